@@ -63,7 +63,11 @@ impl MetricsService {
         if !valid_name(&namespace) {
             return Err(Error::InvalidNamespace { namespace });
         }
-        Ok(Self {
+        Ok(Self::with_valid_namespace(namespace))
+    }
+
+    fn with_valid_namespace(namespace: String) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 registry: Mutex::new(Registry::with_prefix(namespace.clone())),
                 namespace,
@@ -71,7 +75,14 @@ impl MetricsService {
                 hooks: Mutex::default(),
                 cache: OnceLock::new(),
             }),
-        })
+        }
+    }
+
+    /// The process-wide service with namespace `keel`, used when a component is built without
+    /// an explicit registry.
+    pub fn global() -> &'static MetricsService {
+        static GLOBAL: OnceLock<MetricsService> = OnceLock::new();
+        GLOBAL.get_or_init(|| Self::with_valid_namespace("keel".into()))
     }
 
     /// The namespace given to [`MetricsService::new`].

@@ -1,0 +1,278 @@
+//! Serde config at the edge: TOML, YAML or JSON, with the seed's field names.
+//!
+//! ```
+//! use keel_cache::CacheConfig;
+//!
+//! // The seed's Go config, as YAML.
+//! let cfg = CacheConfig::from_yaml("type: memory\nname: sessions\nconfig:\n  defaultTTL: 5m\n").unwrap();
+//! assert_eq!(cfg.options.default_ttl, Some(std::time::Duration::from_secs(300)));
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::{Error, Result};
+
+/// A string that never shows in `Debug` output (passwords, URLs with credentials).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself; keep it out of logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// One cache's config. Field names follow the seeds (`type`, `name`, `host`, `port`,
+/// `password`, `database`, `options` or `config` with `defaultTTL`); unknown fields are errors,
+/// so a typo is caught instead of silently ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Backend: `memory` (and, as they land, `redis`, `tiered`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Name in the manager and in the `cache` metrics label.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Server URL (networked backends).
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// Server host (networked backends).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Server port (networked backends).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// User name (networked backends).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (networked backends); redacted in `Debug`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Database number (networked backends).
+    #[serde(default)]
+    pub database: Option<i64>,
+    /// Backend options; the seed calls this `config`.
+    #[serde(default, alias = "config")]
+    pub options: CacheOptions,
+}
+
+fn default_name() -> String {
+    "default".to_owned()
+}
+
+/// Backend options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheOptions {
+    /// TTL used by `Ttl::Default`: `"5m"`, `"250ms"`, `"1h30m"` or a number of seconds;
+    /// `0` means no default expiry (the seed's Go meaning).
+    #[serde(
+        default,
+        alias = "defaultTTL",
+        alias = "defaultTtl",
+        deserialize_with = "opt_duration"
+    )]
+    pub default_ttl: Option<Duration>,
+    /// Memory backend: at most this many entries (default 100 000). Exclusive with `max_bytes`.
+    #[serde(default, alias = "maxEntries")]
+    pub max_entries: Option<u64>,
+    /// Memory backend: at most this many bytes. Exclusive with `max_entries`.
+    #[serde(default, alias = "maxBytes")]
+    pub max_bytes: Option<u64>,
+    /// Longest key in bytes (default 4096).
+    #[serde(default, alias = "maxKeyBytes")]
+    pub max_key_bytes: Option<usize>,
+    /// Largest value in bytes (default 32 MiB).
+    #[serde(default, alias = "maxValueBytes")]
+    pub max_value_bytes: Option<usize>,
+}
+
+/// Accepts `"5m"`-style strings (humantime) or a number of seconds; zero means "none".
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    let parsed = match Option::<Raw>::deserialize(d)? {
+        None => return Ok(None),
+        Some(Raw::Seconds(s)) => Duration::from_secs(s),
+        Some(Raw::Text(t)) => parse_duration(&t).map_err(serde::de::Error::custom)?,
+    };
+    Ok((!parsed.is_zero()).then_some(parsed))
+}
+
+/// Parses `"5m"`, `"250ms"`, `"1h30m"`, `"90s"` (humantime syntax) or a bare number of seconds.
+///
+/// # Errors
+/// A message naming the bad input.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration {text:?} ({e}); use e.g. \"250ms\", \"30s\", \"5m\""))
+}
+
+impl CacheConfig {
+    /// A config of `kind` named `name` with default options.
+    pub fn new(kind: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            name: name.into(),
+            url: None,
+            host: None,
+            port: None,
+            username: None,
+            password: None,
+            database: None,
+            options: CacheOptions::default(),
+        }
+    }
+
+    /// Parses TOML.
+    ///
+    /// # Errors
+    /// [`Error::Parse`].
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Parse {
+            format: "toml",
+            message: e.to_string(),
+        })
+    }
+
+    /// Parses YAML.
+    ///
+    /// # Errors
+    /// [`Error::Parse`].
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        serde_norway::from_str(text).map_err(|e| Error::Parse {
+            format: "yaml",
+            message: e.to_string(),
+        })
+    }
+
+    /// Parses JSON.
+    ///
+    /// # Errors
+    /// [`Error::Parse`].
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Parse {
+            format: "json",
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads a file, choosing the format by extension (`.toml`, `.yaml`/`.yml`, `.json`).
+    ///
+    /// # Errors
+    /// [`Error::ConfigFile`], [`Error::InvalidConfig`] for an unknown extension,
+    /// [`Error::Parse`].
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Self::from_toml(&text),
+            Some("yaml" | "yml") => Self::from_yaml(&text),
+            Some("json") => Self::from_json(&text),
+            _ => Err(Error::InvalidConfig {
+                field: "path".into(),
+                reason: format!(
+                    "{}: unknown extension; use .toml, .yaml, .yml or .json",
+                    path.display()
+                ),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_go_config_as_json() {
+        let cfg = CacheConfig::from_json(
+            r#"{"type":"memory","name":"session-cache","host":"localhost","port":6379,
+                "password":"hunter2","database":0,"config":{"defaultTTL":"5m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.kind, "memory");
+        assert_eq!(cfg.name, "session-cache");
+        assert_eq!(cfg.port, Some(6379));
+        assert_eq!(cfg.options.default_ttl, Some(Duration::from_secs(300)));
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("***"));
+    }
+
+    #[test]
+    fn toml_with_options_and_snake_case() {
+        let cfg = CacheConfig::from_toml(
+            "type = \"memory\"\n[options]\ndefault_ttl = \"250ms\"\nmax_bytes = 1048576\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.name, "default");
+        assert_eq!(cfg.options.default_ttl, Some(Duration::from_millis(250)));
+        assert_eq!(cfg.options.max_bytes, Some(1 << 20));
+    }
+
+    #[test]
+    fn durations() {
+        for (text, want) in [
+            ("5m", Duration::from_secs(300)),
+            ("250ms", Duration::from_millis(250)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("90", Duration::from_secs(90)),
+        ] {
+            assert_eq!(parse_duration(text).unwrap(), want, "{text}");
+        }
+        assert!(parse_duration("five minutes").unwrap_err().contains("five minutes"));
+        let zero = CacheConfig::from_yaml("type: memory\noptions:\n  defaultTTL: 0\n").unwrap();
+        assert_eq!(zero.options.default_ttl, None);
+        let secs = CacheConfig::from_yaml("type: memory\noptions:\n  defaultTTL: 30\n").unwrap();
+        assert_eq!(secs.options.default_ttl, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn bad_documents_are_typed_errors() {
+        let typo = CacheConfig::from_toml("type = \"memory\"\n[options]\ndefaultTLL = \"5m\"\n");
+        assert!(
+            matches!(&typo, Err(Error::Parse { format: "toml", message }) if message.contains("defaultTLL")),
+            "{typo:?}"
+        );
+        let bad_ttl = CacheConfig::from_json(r#"{"type":"memory","config":{"defaultTTL":"soon"}}"#);
+        assert!(matches!(bad_ttl, Err(Error::Parse { format: "json", .. })));
+        assert!(matches!(
+            CacheConfig::from_yaml("name: x\n"),
+            Err(Error::Parse { format: "yaml", .. })
+        ));
+        assert!(matches!(
+            CacheConfig::from_path("/nonexistent/cache.toml"),
+            Err(Error::ConfigFile { .. })
+        ));
+    }
+}

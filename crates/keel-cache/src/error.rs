@@ -1,0 +1,133 @@
+use std::time::Duration;
+
+/// Everything that can go wrong in `keel-cache`. Variants carry the key or cache name involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key is empty or longer than the backend's limit.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key (cut to 128 characters).
+        key: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// The value is larger than the configured `max_value_bytes`.
+    #[error("value for key {key:?} is {size} bytes, over the limit of {max} bytes")]
+    ValueTooLarge {
+        /// The key.
+        key: String,
+        /// The value's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The TTL cannot be represented (too far in the future).
+    #[error("invalid ttl {ttl:?} for key {key:?}: {reason}")]
+    InvalidTtl {
+        /// The key.
+        key: String,
+        /// The rejected duration.
+        ttl: Duration,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// `incr_by`/`decr_by` on a value that is not a base-10 `i64`.
+    #[error("value at key {key:?} is not an integer")]
+    NotAnInteger {
+        /// The key.
+        key: String,
+    },
+    /// `incr_by`/`decr_by` would leave the `i64` range; the value is unchanged.
+    #[error("adding {delta} to key {key:?} overflows a 64-bit integer; the value is unchanged")]
+    Overflow {
+        /// The key.
+        key: String,
+        /// The requested change.
+        delta: i64,
+    },
+    /// The cache was closed; call `connect()` to reopen it.
+    #[error("cache {cache:?} is closed")]
+    Closed {
+        /// The cache name.
+        cache: String,
+    },
+    /// A stored value could not be decoded as, or a value encoded from, the requested type.
+    #[error("value at key {key:?} could not be encoded or decoded: {source}")]
+    Codec {
+        /// The key.
+        key: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The `type` of a cache config is not one this build knows.
+    #[error("unknown cache type {got:?}; valid types are: {valid}")]
+    UnknownType {
+        /// The rejected type.
+        got: String,
+        /// The valid types, comma separated.
+        valid: String,
+    },
+    /// A config field has a bad value.
+    #[error("invalid cache config field `{field}`: {reason}")]
+    InvalidConfig {
+        /// The field (dotted path).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A config document could not be parsed.
+    #[error("cannot parse {format} cache config: {message}")]
+    Parse {
+        /// `toml`, `yaml` or `json`.
+        format: &'static str,
+        /// The parser's message (with line and column where it gives them).
+        message: String,
+    },
+    /// A config file could not be read.
+    #[error("cannot read cache config {path}: {source}")]
+    ConfigFile {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cache with this name is already registered with the manager.
+    #[error("a cache named {name:?} is already registered")]
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+    /// `Manager::close_all` could not close some caches; all others were closed.
+    #[error("closing {} cache(s) failed: {}", failures.len(), describe(failures))]
+    CloseAll {
+        /// Each failing cache's name and error.
+        failures: Vec<(String, Error)>,
+    },
+    /// The metrics registry rejected the configuration (e.g. a bad namespace).
+    #[error(transparent)]
+    Metrics(#[from] keel_metrics::Error),
+}
+
+fn describe(failures: &[(String, Error)]) -> String {
+    failures
+        .iter()
+        .map(|(name, e)| format!("{name}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Keys in errors are cut so a huge key cannot flood a log line.
+pub(crate) fn key_for_error(key: &str) -> String {
+    const MAX: usize = 128;
+    if key.len() <= MAX {
+        return key.to_owned();
+    }
+    let mut end = MAX;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &key[..end])
+}

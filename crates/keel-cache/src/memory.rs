@@ -1,0 +1,526 @@
+//! The in-process backend, on moka.
+//!
+//! Bounded by entry count or by bytes (key + value + a fixed per-entry overhead), with a
+//! per-entry TTL. Atomic operations (`incr_by`, `set_nx`, `set_if_match`, `expire`) run under
+//! moka's per-key compute lock, so concurrent callers never lose an update. Entries the cache
+//! drops on its own are counted in `<ns>_cache_evictions_total{cause="size"|"expired"}`; the
+//! `<ns>_cache_items` gauge is brought up to date (pending maintenance run first) on every
+//! render of the metrics registry.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use keel_metrics::{CacheInstruments, MetricsService, Operation, Status};
+use moka::Expiry;
+use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
+
+use crate::contract::{Cache, CacheKind, Limits, parse_counter};
+use crate::error::key_for_error;
+use crate::ttl::{KeyTtl, Ttl};
+use crate::{Error, Result};
+
+/// Bytes charged per entry on top of key and value in byte-bounded mode (moka's bookkeeping,
+/// the `String` and `Bytes` headers), so many tiny entries cannot exceed the budget by far.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// What bounds the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    /// At most this many entries.
+    Entries(u64),
+    /// At most this many bytes of keys + values (+96 bytes per entry).
+    Bytes(u64),
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity::Entries(100_000)
+    }
+}
+
+#[derive(Clone)]
+struct Stored {
+    data: Bytes,
+    expires_at: Option<Instant>,
+}
+
+impl Stored {
+    fn is_live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|t| t > now)
+    }
+}
+
+struct PerEntryExpiry;
+
+impl Expiry<String, Stored> for PerEntryExpiry {
+    fn expire_after_create(&self, _: &String, v: &Stored, now: Instant) -> Option<Duration> {
+        v.expires_at.map(|t| t.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        v: &Stored,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        v.expires_at.map(|t| t.saturating_duration_since(now))
+    }
+}
+
+type Store = moka::sync::Cache<String, Stored>;
+
+struct Shared {
+    name: String,
+    store: Store,
+    default_ttl: Option<Duration>,
+    limits: Limits,
+    open: AtomicBool,
+    metrics: CacheInstruments,
+}
+
+/// Builder for [`MemoryCache`].
+#[derive(Debug, Clone)]
+pub struct MemoryCacheBuilder {
+    name: String,
+    capacity: Capacity,
+    default_ttl: Option<Duration>,
+    limits: Limits,
+    metrics: Option<MetricsService>,
+}
+
+impl MemoryCacheBuilder {
+    /// Bounds the cache (default: 100 000 entries).
+    pub fn capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// TTL applied by `Ttl::Default` (default: none, entries live until evicted).
+    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// Key and value size limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Registry to record into (default: [`MetricsService::global`]).
+    pub fn metrics(mut self, metrics: &MetricsService) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// Builds an open cache.
+    pub fn build(self) -> MemoryCache {
+        let service = self.metrics.unwrap_or_else(|| MetricsService::global().clone());
+        let metrics = service.cache_metrics().for_cache(&self.name);
+        let listener_metrics = metrics.clone();
+        let builder = Store::builder()
+            .expire_after(PerEntryExpiry)
+            .eviction_listener(move |_, _, cause| match cause {
+                RemovalCause::Size => listener_metrics.record_size_eviction(),
+                RemovalCause::Expired => listener_metrics.record_expiry_eviction(),
+                RemovalCause::Explicit | RemovalCause::Replaced => {}
+            });
+        let store = match self.capacity {
+            Capacity::Entries(n) => builder.max_capacity(n).build(),
+            Capacity::Bytes(n) => builder
+                .max_capacity(n)
+                .weigher(|k: &String, v: &Stored| {
+                    u32::try_from(k.len() + v.data.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+                })
+                .build(),
+        };
+        let shared = Arc::new(Shared {
+            name: self.name,
+            store,
+            default_ttl: self.default_ttl,
+            limits: self.limits,
+            open: AtomicBool::new(true),
+            metrics,
+        });
+        let weak: Weak<Shared> = Arc::downgrade(&shared);
+        service.on_render(move || {
+            let Some(shared) = weak.upgrade() else {
+                return false;
+            };
+            shared.refresh_items();
+            true
+        });
+        MemoryCache { shared }
+    }
+}
+
+/// The in-process cache. Cheap to clone: clones share the same entries.
+#[derive(Clone)]
+pub struct MemoryCache {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MemoryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCache")
+            .field("name", &self.shared.name)
+            .field("default_ttl", &self.shared.default_ttl)
+            .field("open", &self.shared.open.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryCache {
+    /// A builder for a cache called `name`.
+    pub fn builder(name: impl Into<String>) -> MemoryCacheBuilder {
+        MemoryCacheBuilder {
+            name: name.into(),
+            capacity: Capacity::default(),
+            default_ttl: None,
+            limits: Limits::default(),
+            metrics: None,
+        }
+    }
+
+    /// Number of live entries, after running pending maintenance (exact when no writer is
+    /// active).
+    pub fn len(&self) -> u64 {
+        self.shared.store.run_pending_tasks();
+        self.shared.store.entry_count()
+    }
+
+    /// Whether the cache holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Shared {
+    fn refresh_items(&self) {
+        let items = if self.open.load(Ordering::Acquire) {
+            self.store.run_pending_tasks();
+            i64::try_from(self.store.entry_count()).unwrap_or(i64::MAX)
+        } else {
+            0
+        };
+        self.metrics.set_items(items);
+    }
+
+    #[inline]
+    fn ensure_open(&self) -> Result<()> {
+        if self.open.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::Closed {
+                cache: self.name.clone(),
+            })
+        }
+    }
+
+    fn expiry(&self, key: &str, ttl: Ttl, now: Instant) -> Result<Option<Instant>> {
+        Ok(ttl
+            .resolve(self.default_ttl, key)?
+            .map(|d| now + d))
+    }
+
+    /// A live entry or `None`.
+    #[inline]
+    fn live(&self, key: &str, now: Instant) -> Option<Stored> {
+        self.store.get(key).filter(|s| s.is_live(now))
+    }
+
+    /// Runs `f` under the key's compute lock with the live entry (if any); `f` returns the new
+    /// entry to store (or `None` to leave it) and the call's result.
+    fn compute<T: Send + Sync + 'static>(
+        &self,
+        key: &str,
+        now: Instant,
+        f: impl FnOnce(Option<Stored>) -> Result<(Option<Stored>, T)>,
+    ) -> Result<T> {
+        let mut out = None;
+        let computed = self
+            .store
+            .entry_by_ref(key)
+            .and_try_compute_with(|entry| {
+                let current = entry.map(|e| e.into_value()).filter(|s| s.is_live(now));
+                match f(current) {
+                    Ok((next, result)) => {
+                        out = Some(result);
+                        Ok(next.map_or(Op::Nop, Op::Put))
+                    }
+                    Err(e) => Err(e),
+                }
+            });
+        computed?;
+        // The closure sets `out` whenever it returns Ok, so this fallback is unreachable; it
+        // exists only to avoid a panic path.
+        out.ok_or_else(|| Error::Closed {
+            cache: self.name.clone(),
+        })
+    }
+
+    /// Records `op` with its outcome and passes the result through.
+    #[inline]
+    fn finish<T>(&self, op: Operation, start: Instant, result: Result<T>) -> Result<T> {
+        let status = if result.is_ok() { Status::Ok } else { Status::Error };
+        self.metrics.record(op, status, start.elapsed());
+        result
+    }
+}
+
+#[async_trait]
+impl Cache for MemoryCache {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn kind(&self) -> CacheKind {
+        CacheKind::Memory
+    }
+
+    async fn connect(&self) -> Result<()> {
+        self.shared.open.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Drop the entries: a closed cache should not pin memory.
+        if self.shared.open.swap(false, Ordering::AcqRel) {
+            self.shared.store.invalidate_all();
+            self.shared.store.run_pending_tasks();
+            self.shared.metrics.set_items(0);
+        }
+        Ok(())
+    }
+
+    fn is_connected(&self) -> bool {
+        self.shared.open.load(Ordering::Acquire)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let checked = s.limits.check_key(key).and_then(|()| s.ensure_open());
+        if let Err(e) = checked {
+            s.metrics.record(Operation::Get, Status::Error, start.elapsed());
+            return Err(e);
+        }
+        match s.live(key, start) {
+            Some(v) => {
+                s.metrics.record_hit(start.elapsed());
+                Ok(Some(v.data))
+            }
+            None => {
+                s.metrics.record_miss(start.elapsed());
+                Ok(None)
+            }
+        }
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<()> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = (|| {
+            s.limits.check_entry(key, &value)?;
+            s.ensure_open()?;
+            let expires_at = s.expiry(key, ttl, start)?;
+            s.store.insert(key.to_owned(), Stored { data: value, expires_at });
+            Ok(())
+        })();
+        s.finish(Operation::Set, start, result)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = s.limits.check_key(key).and_then(|()| {
+            s.ensure_open()?;
+            Ok(s.store.remove(key).is_some_and(|v| v.is_live(start)))
+        });
+        s.finish(Operation::Delete, start, result)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = s.limits.check_key(key).and_then(|()| {
+            s.ensure_open()?;
+            Ok(s.live(key, start).is_some())
+        });
+        s.finish(Operation::Exists, start, result)
+    }
+
+    async fn expire(&self, key: &str, ttl: Ttl) -> Result<bool> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = (|| {
+            s.limits.check_key(key)?;
+            s.ensure_open()?;
+            let expires_at = s.expiry(key, ttl, start)?;
+            s.compute(key, start, |current| {
+                Ok(match current {
+                    Some(v) => (Some(Stored { data: v.data, expires_at }), true),
+                    None => (None, false),
+                })
+            })
+        })();
+        s.finish(Operation::Expire, start, result)
+    }
+
+    async fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = s.limits.check_key(key).and_then(|()| {
+            s.ensure_open()?;
+            Ok(match s.live(key, start) {
+                None => KeyTtl::Missing,
+                Some(Stored { expires_at: None, .. }) => KeyTtl::Persistent,
+                Some(Stored { expires_at: Some(t), .. }) => {
+                    KeyTtl::Expires(t.saturating_duration_since(start))
+                }
+            })
+        });
+        s.finish(Operation::Ttl, start, result)
+    }
+
+    async fn set_nx(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<bool> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = (|| {
+            s.limits.check_entry(key, &value)?;
+            s.ensure_open()?;
+            let expires_at = s.expiry(key, ttl, start)?;
+            s.compute(key, start, |current| {
+                Ok(match current {
+                    Some(_) => (None, false),
+                    None => (Some(Stored { data: value, expires_at }), true),
+                })
+            })
+        })();
+        s.finish(Operation::SetNx, start, result)
+    }
+
+    async fn set_if_match(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: &[u8],
+        ttl: Ttl,
+    ) -> Result<bool> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = (|| {
+            s.limits.check_entry(key, &value)?;
+            s.ensure_open()?;
+            let expires_at = s.expiry(key, ttl, start)?;
+            s.compute(key, start, |current| {
+                Ok(match current {
+                    Some(v) if v.data == expected => {
+                        (Some(Stored { data: value, expires_at }), true)
+                    }
+                    _ => (None, false),
+                })
+            })
+        })();
+        s.finish(Operation::Cas, start, result)
+    }
+
+    async fn incr_by(&self, key: &str, delta: i64) -> Result<i64> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = s.limits.check_key(key).and_then(|()| {
+            s.ensure_open()?;
+            s.compute(key, start, |current| {
+                let (old, expires_at) = match current {
+                    None => (0, None),
+                    Some(v) => match parse_counter(&v.data) {
+                        Some(n) => (n, v.expires_at),
+                        None => return Err(Error::NotAnInteger { key: key_for_error(key) }),
+                    },
+                };
+                let new = old.checked_add(delta).ok_or_else(|| Error::Overflow {
+                    key: key_for_error(key),
+                    delta,
+                })?;
+                let data = Bytes::from(new.to_string());
+                Ok((Some(Stored { data, expires_at }), new))
+            })
+        });
+        s.finish(Operation::Incr, start, result)
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = (|| {
+            for key in keys {
+                s.limits.check_key(key)?;
+            }
+            s.ensure_open()?;
+            Ok(keys
+                .iter()
+                .map(|k| s.live(k, start).map(|v| v.data))
+                .collect::<Vec<_>>())
+        })();
+        if let Ok(values) = &result {
+            let hits = values.iter().filter(|v| v.is_some()).count() as u64;
+            s.metrics.record_lookups(hits, values.len() as u64 - hits);
+        }
+        s.finish(Operation::GetMany, start, result)
+    }
+
+    async fn set_many(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = (|| {
+            for (key, value) in items {
+                s.limits.check_entry(key, value)?;
+            }
+            s.ensure_open()?;
+            let first = items.first().map_or("", |(k, _)| *k);
+            let expires_at = s.expiry(first, ttl, start)?;
+            for (key, value) in items {
+                s.store.insert(
+                    (*key).to_owned(),
+                    Stored {
+                        data: value.clone(),
+                        expires_at,
+                    },
+                );
+            }
+            Ok(())
+        })();
+        s.finish(Operation::SetMany, start, result)
+    }
+
+    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = (|| {
+            for key in keys {
+                s.limits.check_key(key)?;
+            }
+            s.ensure_open()?;
+            Ok(keys
+                .iter()
+                .filter(|k| s.store.remove(**k).is_some_and(|v| v.is_live(start)))
+                .count() as u64)
+        })();
+        s.finish(Operation::DeleteMany, start, result)
+    }
+
+    async fn clear(&self) -> Result<()> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let result = s.ensure_open().map(|()| {
+            s.store.invalidate_all();
+            s.store.run_pending_tasks();
+        });
+        s.finish(Operation::Clear, start, result)
+    }
+}
