@@ -187,11 +187,10 @@ impl MemoryCache {
         }
     }
 
-    /// Number of live entries, after running pending maintenance (exact when no writer is
-    /// active).
+    /// Number of live entries (exact when no writer is active). O(entries): it runs pending
+    /// maintenance and skips entries that have expired but not been swept yet.
     pub fn len(&self) -> u64 {
-        self.shared.store.run_pending_tasks();
-        self.shared.store.entry_count()
+        self.shared.live_count()
     }
 
     /// Whether the cache holds no entries.
@@ -201,10 +200,17 @@ impl MemoryCache {
 }
 
 impl Shared {
+    /// moka sweeps expired entries on a timer wheel with ~1 s buckets, so `entry_count` can
+    /// include the dead for a while; counting with our own expiry check is exact.
+    fn live_count(&self) -> u64 {
+        self.store.run_pending_tasks();
+        let now = Instant::now();
+        self.store.iter().filter(|(_, v)| v.is_live(now)).count() as u64
+    }
+
     fn refresh_items(&self) {
         let items = if self.open.load(Ordering::Acquire) {
-            self.store.run_pending_tasks();
-            i64::try_from(self.store.entry_count()).unwrap_or(i64::MAX)
+            i64::try_from(self.live_count()).unwrap_or(i64::MAX)
         } else {
             0
         };

@@ -164,19 +164,19 @@ impl CacheMetrics {
                 .unwrap_or_default()
         }
         Self {
-            requests: family(service, "cache_requests", "Total number of cache requests."),
+            requests: family(service, "cache_requests", "Total number of cache requests"),
             durations: family(
                 service,
                 "cache_operation_duration_seconds",
-                "Duration of cache operations in seconds.",
+                "Duration of cache operations in seconds",
             ),
-            items: family(service, "cache_items", "Current number of items in the cache."),
-            hits: family(service, "cache_hits", "Total number of cache hits."),
-            misses: family(service, "cache_misses", "Total number of cache misses."),
+            items: family(service, "cache_items", "Current number of items in the cache"),
+            hits: family(service, "cache_hits", "Total number of cache hits"),
+            misses: family(service, "cache_misses", "Total number of cache misses"),
             evictions: family(
                 service,
                 "cache_evictions",
-                "Entries removed by the cache itself (cause: size or expired).",
+                "Entries removed by the cache itself (cause: size or expired)",
             ),
         }
     }

@@ -164,15 +164,15 @@ mod tests {
     #[test]
     fn registering_twice_returns_the_same_metric() {
         let m = MetricsService::new("lab").unwrap();
-        let a: Counter = m.get_or_register("jobs", "Jobs.", Counter::default).unwrap();
-        let b: Counter = m.get_or_register("jobs", "Jobs.", Counter::default).unwrap();
+        let a: Counter = m.get_or_register("jobs", "Jobs", Counter::default).unwrap();
+        let b: Counter = m.get_or_register("jobs", "Jobs", Counter::default).unwrap();
         a.inc();
         assert_eq!(b.get(), 1);
         let text = m.render();
         assert_eq!(text.matches("# TYPE lab_jobs counter").count(), 1, "{text}");
         assert!(text.contains("lab_jobs_total 1"));
         assert!(text.ends_with("# EOF\n"));
-        let wrong: Result<Gauge> = m.get_or_register("jobs", "Jobs.", Gauge::default);
+        let wrong: Result<Gauge> = m.get_or_register("jobs", "Jobs", Gauge::default);
         assert!(matches!(wrong, Err(Error::TypeMismatch { .. })));
         assert!(matches!(
             m.get_or_register("bad name", "x", Counter::<u64>::default),
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn hooks_run_on_render_until_they_say_stop() {
         let m = MetricsService::new("lab").unwrap();
-        let g: Gauge = m.get_or_register("items", "Items.", Gauge::default).unwrap();
+        let g: Gauge = m.get_or_register("items", "Items", Gauge::default).unwrap();
         let weak = Arc::downgrade(&Arc::new(()));
         let g2 = g.clone();
         m.on_render(move || {

@@ -1,1 +1,17 @@
+//! Test helpers for Keel (dev-dependency only).
+//!
+//! - [`conformance`]: the one cache conformance suite every backend runs, expanded into
+//!   separate `#[tokio::test]`s by [`cache_conformance!`].
+//! - [`process`]: real servers started on free loopback ports, killed on drop.
+//! - [`prometheus`]: a real Prometheus server scraping a target, queried over its HTTP API,
+//!   and the Python `prometheus_client` OpenMetrics parser.
+//!
+//! Servers are never assumed to be running: helpers start them and fail with a message that
+//! names the missing program (`scripts/test.sh` installs them).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod conformance;
+pub mod http;
+pub mod process;
+pub mod prometheus;

@@ -1,0 +1,80 @@
+//! The memory backend against the conformance suite, plus memory-only behaviour.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_cache::{Cache, Capacity, MemoryCache, Ttl};
+use keel_metrics::MetricsService;
+use keel_testkit::conformance::Spec;
+
+keel_testkit::cache_conformance!(|spec: Spec| async move {
+    Arc::new(
+        MemoryCache::builder(spec.name)
+            .default_ttl(spec.default_ttl)
+            .build(),
+    ) as Arc<dyn Cache>
+});
+
+#[tokio::test]
+async fn entry_bound_evicts_and_counts_evictions() {
+    let metrics = MetricsService::new("lab").unwrap();
+    let cache = MemoryCache::builder("bounded")
+        .capacity(Capacity::Entries(100))
+        .metrics(&metrics)
+        .build();
+    for i in 0..1000 {
+        cache
+            .set(&format!("k{i}"), "v".into(), Ttl::Never)
+            .await
+            .unwrap();
+    }
+    assert!(cache.len() <= 100, "len {}", cache.len());
+    let text = metrics.render();
+    let evicted: u64 = text
+        .lines()
+        .find(|l| l.starts_with("lab_cache_evictions_total{cache=\"bounded\",cause=\"size\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no eviction series in\n{text}"));
+    assert!(evicted >= 900, "evicted {evicted}");
+    let items_line = format!("lab_cache_items{{cache=\"bounded\"}} {}", cache.len());
+    assert!(text.contains(&items_line), "want {items_line} in\n{text}");
+}
+
+#[tokio::test]
+async fn byte_bound_limits_memory() {
+    let cache = MemoryCache::builder("bytes")
+        .capacity(Capacity::Bytes(64 * 1024))
+        .build();
+    for i in 0..1000 {
+        cache
+            .set(&format!("k{i}"), vec![0u8; 1024].into(), Ttl::Never)
+            .await
+            .unwrap();
+    }
+    // 64 KiB / (1024 + key + 96 overhead) is at most 58 entries.
+    assert!(cache.len() <= 58, "len {}", cache.len());
+    assert!(cache.len() > 0);
+}
+
+#[tokio::test]
+async fn items_gauge_counts_live_entries_and_drops_expired() {
+    let metrics = MetricsService::new("lab").unwrap();
+    let cache = MemoryCache::builder("items").metrics(&metrics).build();
+    for i in 0..10 {
+        cache.set(&format!("p{i}"), "v".into(), Ttl::Never).await.unwrap();
+        cache
+            .set(&format!("t{i}"), "v".into(), Ttl::After(Duration::from_millis(50)))
+            .await
+            .unwrap();
+    }
+    cache.set("p0", "again".into(), Ttl::Never).await.unwrap();
+    assert!(metrics.render().contains("lab_cache_items{cache=\"items\"} 20"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = metrics.render();
+    assert!(text.contains("lab_cache_items{cache=\"items\"} 10"), "{text}");
+    cache.delete("p1").await.unwrap();
+    assert!(metrics.render().contains("lab_cache_items{cache=\"items\"} 9"));
+    cache.close().await.unwrap();
+    assert!(metrics.render().contains("lab_cache_items{cache=\"items\"} 0"));
+}
