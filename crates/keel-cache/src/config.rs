@@ -130,8 +130,9 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration {text:?} ({e}); use e.g. \"250ms\", \"30s\", \"5m\""))
+    humantime::parse_duration(t).map_err(|e| {
+        format!("invalid duration {text:?} ({e}); use e.g. \"250ms\", \"30s\", \"5m\"")
+    })
 }
 
 impl CacheConfig {
@@ -250,7 +251,11 @@ mod tests {
         ] {
             assert_eq!(parse_duration(text).unwrap(), want, "{text}");
         }
-        assert!(parse_duration("five minutes").unwrap_err().contains("five minutes"));
+        assert!(
+            parse_duration("five minutes")
+                .unwrap_err()
+                .contains("five minutes")
+        );
         let zero = CacheConfig::from_yaml("type: memory\noptions:\n  defaultTTL: 0\n").unwrap();
         assert_eq!(zero.options.default_ttl, None);
         let secs = CacheConfig::from_yaml("type: memory\noptions:\n  defaultTTL: 30\n").unwrap();

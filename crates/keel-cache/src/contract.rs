@@ -171,8 +171,13 @@ pub trait Cache: Send + Sync + fmt::Debug {
 
     /// Compare-and-set: stores `value` only if the current value equals `expected`; returns
     /// whether it was stored. A missing key never matches.
-    async fn set_if_match(&self, key: &str, value: Bytes, expected: &[u8], ttl: Ttl)
-    -> Result<bool>;
+    async fn set_if_match(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: &[u8],
+        ttl: Ttl,
+    ) -> Result<bool>;
 
     /// Adds `delta` to the integer at `key` and returns the new value.
     ///
@@ -219,12 +224,14 @@ pub trait CacheExt: Cache {
         async move {
             match self.get(key).await? {
                 None => Ok(None),
-                Some(raw) => serde_json::from_slice(&raw)
-                    .map(Some)
-                    .map_err(|source| Error::Codec {
-                        key: key_for_error(key),
-                        source,
-                    }),
+                Some(raw) => {
+                    serde_json::from_slice(&raw)
+                        .map(Some)
+                        .map_err(|source| Error::Codec {
+                            key: key_for_error(key),
+                            source,
+                        })
+                }
             }
         }
     }
@@ -275,7 +282,12 @@ mod tests {
             b"9223372036854775808",
             b"-9223372036854775809",
         ] {
-            assert_eq!(parse_counter(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_counter(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -287,10 +299,17 @@ mod tests {
         };
         assert!(l.check_key("abcd").is_ok());
         assert!(matches!(l.check_key(""), Err(Error::InvalidKey { .. })));
-        assert!(matches!(l.check_key("abcde"), Err(Error::InvalidKey { .. })));
+        assert!(matches!(
+            l.check_key("abcde"),
+            Err(Error::InvalidKey { .. })
+        ));
         assert!(matches!(
             l.check_entry("k", b"abc"),
-            Err(Error::ValueTooLarge { size: 3, max: 2, .. })
+            Err(Error::ValueTooLarge {
+                size: 3,
+                max: 2,
+                ..
+            })
         ));
     }
 }

@@ -73,7 +73,8 @@ impl Manager {
     /// # Errors
     /// [`Error::CloseAll`] listing every cache that failed to close.
     pub async fn close_all(&self) -> Result<()> {
-        let caches = std::mem::take(&mut *self.caches.write().unwrap_or_else(PoisonError::into_inner));
+        let caches =
+            std::mem::take(&mut *self.caches.write().unwrap_or_else(PoisonError::into_inner));
         let mut failures = Vec::new();
         for (name, cache) in caches {
             if let Err(e) = cache.close().await {

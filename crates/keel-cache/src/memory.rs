@@ -120,7 +120,9 @@ impl MemoryCacheBuilder {
 
     /// Builds an open cache.
     pub fn build(self) -> MemoryCache {
-        let service = self.metrics.unwrap_or_else(|| MetricsService::global().clone());
+        let service = self
+            .metrics
+            .unwrap_or_else(|| MetricsService::global().clone());
         let metrics = service.cache_metrics().for_cache(&self.name);
         let listener_metrics = metrics.clone();
         let builder = Store::builder()
@@ -229,9 +231,7 @@ impl Shared {
     }
 
     fn expiry(&self, key: &str, ttl: Ttl, now: Instant) -> Result<Option<Instant>> {
-        Ok(ttl
-            .resolve(self.default_ttl, key)?
-            .map(|d| now + d))
+        Ok(ttl.resolve(self.default_ttl, key)?.map(|d| now + d))
     }
 
     /// A live entry or `None`.
@@ -249,19 +249,16 @@ impl Shared {
         f: impl FnOnce(Option<Stored>) -> Result<(Option<Stored>, T)>,
     ) -> Result<T> {
         let mut out = None;
-        let computed = self
-            .store
-            .entry_by_ref(key)
-            .and_try_compute_with(|entry| {
-                let current = entry.map(|e| e.into_value()).filter(|s| s.is_live(now));
-                match f(current) {
-                    Ok((next, result)) => {
-                        out = Some(result);
-                        Ok(next.map_or(Op::Nop, Op::Put))
-                    }
-                    Err(e) => Err(e),
+        let computed = self.store.entry_by_ref(key).and_try_compute_with(|entry| {
+            let current = entry.map(|e| e.into_value()).filter(|s| s.is_live(now));
+            match f(current) {
+                Ok((next, result)) => {
+                    out = Some(result);
+                    Ok(next.map_or(Op::Nop, Op::Put))
                 }
-            });
+                Err(e) => Err(e),
+            }
+        });
         computed?;
         // The closure sets `out` whenever it returns Ok, so this fallback is unreachable; it
         // exists only to avoid a panic path.
@@ -273,7 +270,11 @@ impl Shared {
     /// Records `op` with its outcome and passes the result through.
     #[inline]
     fn finish<T>(&self, op: Operation, start: Instant, result: Result<T>) -> Result<T> {
-        let status = if result.is_ok() { Status::Ok } else { Status::Error };
+        let status = if result.is_ok() {
+            Status::Ok
+        } else {
+            Status::Error
+        };
         self.metrics.record(op, status, start.elapsed());
         result
     }
@@ -313,7 +314,8 @@ impl Cache for MemoryCache {
         let start = Instant::now();
         let checked = s.limits.check_key(key).and_then(|()| s.ensure_open());
         if let Err(e) = checked {
-            s.metrics.record(Operation::Get, Status::Error, start.elapsed());
+            s.metrics
+                .record(Operation::Get, Status::Error, start.elapsed());
             return Err(e);
         }
         match s.live(key, start) {
@@ -335,7 +337,13 @@ impl Cache for MemoryCache {
             s.limits.check_entry(key, &value)?;
             s.ensure_open()?;
             let expires_at = s.expiry(key, ttl, start)?;
-            s.store.insert(key.to_owned(), Stored { data: value, expires_at });
+            s.store.insert(
+                key.to_owned(),
+                Stored {
+                    data: value,
+                    expires_at,
+                },
+            );
             Ok(())
         })();
         s.finish(Operation::Set, start, result)
@@ -370,7 +378,13 @@ impl Cache for MemoryCache {
             let expires_at = s.expiry(key, ttl, start)?;
             s.compute(key, start, |current| {
                 Ok(match current {
-                    Some(v) => (Some(Stored { data: v.data, expires_at }), true),
+                    Some(v) => (
+                        Some(Stored {
+                            data: v.data,
+                            expires_at,
+                        }),
+                        true,
+                    ),
                     None => (None, false),
                 })
             })
@@ -385,10 +399,13 @@ impl Cache for MemoryCache {
             s.ensure_open()?;
             Ok(match s.live(key, start) {
                 None => KeyTtl::Missing,
-                Some(Stored { expires_at: None, .. }) => KeyTtl::Persistent,
-                Some(Stored { expires_at: Some(t), .. }) => {
-                    KeyTtl::Expires(t.saturating_duration_since(start))
-                }
+                Some(Stored {
+                    expires_at: None, ..
+                }) => KeyTtl::Persistent,
+                Some(Stored {
+                    expires_at: Some(t),
+                    ..
+                }) => KeyTtl::Expires(t.saturating_duration_since(start)),
             })
         });
         s.finish(Operation::Ttl, start, result)
@@ -404,7 +421,13 @@ impl Cache for MemoryCache {
             s.compute(key, start, |current| {
                 Ok(match current {
                     Some(_) => (None, false),
-                    None => (Some(Stored { data: value, expires_at }), true),
+                    None => (
+                        Some(Stored {
+                            data: value,
+                            expires_at,
+                        }),
+                        true,
+                    ),
                 })
             })
         })();
@@ -426,9 +449,13 @@ impl Cache for MemoryCache {
             let expires_at = s.expiry(key, ttl, start)?;
             s.compute(key, start, |current| {
                 Ok(match current {
-                    Some(v) if v.data == expected => {
-                        (Some(Stored { data: value, expires_at }), true)
-                    }
+                    Some(v) if v.data == expected => (
+                        Some(Stored {
+                            data: value,
+                            expires_at,
+                        }),
+                        true,
+                    ),
                     _ => (None, false),
                 })
             })
@@ -446,7 +473,11 @@ impl Cache for MemoryCache {
                     None => (0, None),
                     Some(v) => match parse_counter(&v.data) {
                         Some(n) => (n, v.expires_at),
-                        None => return Err(Error::NotAnInteger { key: key_for_error(key) }),
+                        None => {
+                            return Err(Error::NotAnInteger {
+                                key: key_for_error(key),
+                            });
+                        }
                     },
                 };
                 let new = old.checked_add(delta).ok_or_else(|| Error::Overflow {

@@ -79,14 +79,28 @@ mod tests {
     #[test]
     fn sub_millisecond_rounds_up_never_to_no_expiry() {
         let r = |t: Ttl| t.resolve(None, "k").unwrap();
-        assert_eq!(r(Ttl::After(Duration::ZERO)), Some(Duration::from_millis(1)));
-        assert_eq!(r(Ttl::After(Duration::from_nanos(1))), Some(Duration::from_millis(1)));
-        assert_eq!(r(Ttl::After(Duration::from_micros(1500))), Some(Duration::from_millis(2)));
-        assert_eq!(r(Ttl::After(Duration::from_secs(3))), Some(Duration::from_secs(3)));
+        assert_eq!(
+            r(Ttl::After(Duration::ZERO)),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            r(Ttl::After(Duration::from_nanos(1))),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            r(Ttl::After(Duration::from_micros(1500))),
+            Some(Duration::from_millis(2))
+        );
+        assert_eq!(
+            r(Ttl::After(Duration::from_secs(3))),
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(r(Ttl::Never), None);
         assert_eq!(r(Ttl::Default), None);
         assert_eq!(
-            Ttl::Default.resolve(Some(Duration::from_secs(300)), "k").unwrap(),
+            Ttl::Default
+                .resolve(Some(Duration::from_secs(300)), "k")
+                .unwrap(),
             Some(Duration::from_secs(300))
         );
         assert!(matches!(

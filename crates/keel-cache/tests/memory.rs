@@ -54,7 +54,7 @@ async fn byte_bound_limits_memory() {
     }
     // 64 KiB / (1024 + key + 96 overhead) is at most 58 entries.
     assert!(cache.len() <= 58, "len {}", cache.len());
-    assert!(cache.len() > 0);
+    assert!(!cache.is_empty());
 }
 
 #[tokio::test]
@@ -62,19 +62,41 @@ async fn items_gauge_counts_live_entries_and_drops_expired() {
     let metrics = MetricsService::new("lab").unwrap();
     let cache = MemoryCache::builder("items").metrics(&metrics).build();
     for i in 0..10 {
-        cache.set(&format!("p{i}"), "v".into(), Ttl::Never).await.unwrap();
         cache
-            .set(&format!("t{i}"), "v".into(), Ttl::After(Duration::from_millis(50)))
+            .set(&format!("p{i}"), "v".into(), Ttl::Never)
+            .await
+            .unwrap();
+        cache
+            .set(
+                &format!("t{i}"),
+                "v".into(),
+                Ttl::After(Duration::from_millis(50)),
+            )
             .await
             .unwrap();
     }
     cache.set("p0", "again".into(), Ttl::Never).await.unwrap();
-    assert!(metrics.render().contains("lab_cache_items{cache=\"items\"} 20"));
+    assert!(
+        metrics
+            .render()
+            .contains("lab_cache_items{cache=\"items\"} 20")
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let text = metrics.render();
-    assert!(text.contains("lab_cache_items{cache=\"items\"} 10"), "{text}");
+    assert!(
+        text.contains("lab_cache_items{cache=\"items\"} 10"),
+        "{text}"
+    );
     cache.delete("p1").await.unwrap();
-    assert!(metrics.render().contains("lab_cache_items{cache=\"items\"} 9"));
+    assert!(
+        metrics
+            .render()
+            .contains("lab_cache_items{cache=\"items\"} 9")
+    );
     cache.close().await.unwrap();
-    assert!(metrics.render().contains("lab_cache_items{cache=\"items\"} 0"));
+    assert!(
+        metrics
+            .render()
+            .contains("lab_cache_items{cache=\"items\"} 0")
+    );
 }

@@ -170,7 +170,11 @@ impl CacheMetrics {
                 "cache_operation_duration_seconds",
                 "Duration of cache operations in seconds",
             ),
-            items: family(service, "cache_items", "Current number of items in the cache"),
+            items: family(
+                service,
+                "cache_items",
+                "Current number of items in the cache",
+            ),
             hits: family(service, "cache_hits", "Total number of cache hits"),
             misses: family(service, "cache_misses", "Total number of cache misses"),
             evictions: family(
@@ -327,6 +331,8 @@ mod tests {
             "lab_cache_requests_total{cache=\"c1\",operation=\"delete\",status=\"error\"} 1",
             "# TYPE lab_cache_operation_duration_seconds histogram",
             "lab_cache_operation_duration_seconds_count{cache=\"c1\",operation=\"get\"} 2",
+            "lab_cache_operation_duration_seconds_bucket{le=\"+Inf\",cache=\"c1\",operation=\"get\"} 2",
+            "lab_cache_operation_duration_seconds_bucket{le=\"0.000005\",cache=\"c1\",operation=\"get\"} 2",
             "lab_cache_items{cache=\"c1\"} 7",
             "lab_cache_hits_total{cache=\"c1\"} 1",
             "lab_cache_misses_total{cache=\"c1\"} 1",

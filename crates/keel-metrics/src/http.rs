@@ -79,7 +79,13 @@ async fn handle(mut stream: TcpStream, service: &MetricsService) -> std::io::Res
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         if head.len() > MAX_REQUEST_HEAD {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"").await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"",
+            )
+            .await;
         }
         let n = stream.read(&mut buf).await?;
         if n == 0 {
@@ -135,7 +141,11 @@ mod tests {
         let m = MetricsService::new("lab").unwrap();
         m.cache_metrics().for_cache("c").record_hit(Duration::ZERO);
         let server = m.serve("127.0.0.1:0").await.unwrap();
-        let ok = fetch(server.local_addr(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let ok = fetch(
+            server.local_addr(),
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains(CONTENT_TYPE));
         assert!(ok.contains("lab_cache_hits_total{cache=\"c\"} 1"));

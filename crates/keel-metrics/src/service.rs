@@ -120,7 +120,9 @@ impl MetricsService {
 
     /// The cache metric families of this registry (registered on first use).
     pub fn cache_metrics(&self) -> &CacheMetrics {
-        self.inner.cache.get_or_init(|| CacheMetrics::register(self))
+        self.inner
+            .cache
+            .get_or_init(|| CacheMetrics::register(self))
     }
 
     /// Adds a hook that runs before every [`render`](Self::render), e.g. to refresh a gauge

@@ -110,7 +110,8 @@ impl DurationHistogram {
         self.snapshot().1
     }
 
-    /// `(sum in seconds, count, cumulative buckets as (upper bound in seconds, count))`.
+    /// `(sum in seconds, count, buckets as (upper bound in seconds, count in that bucket))`.
+    /// The counts are per bucket, not cumulative: the OpenMetrics encoder accumulates them.
     fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
         let mut counts = [0u64; BUCKETS];
         let mut sum_nanos: u128 = 0;
@@ -120,16 +121,17 @@ impl DurationHistogram {
             }
             sum_nanos += u128::from(s.0.sum_nanos.load(Ordering::Relaxed));
         }
-        let mut cumulative = 0u64;
-        let mut buckets = Vec::with_capacity(BUCKETS);
-        for (i, c) in counts.iter().enumerate() {
-            cumulative += c;
-            let bound = DEFAULT_BOUNDS
-                .get(i)
-                .map_or(f64::INFINITY, Duration::as_secs_f64);
-            buckets.push((bound, cumulative));
-        }
-        (sum_nanos as f64 / 1e9, cumulative, buckets)
+        let buckets = counts
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let bound = DEFAULT_BOUNDS
+                    .get(i)
+                    .map_or(f64::INFINITY, Duration::as_secs_f64);
+                (bound, c)
+            })
+            .collect();
+        (sum_nanos as f64 / 1e9, counts.iter().sum(), buckets)
     }
 }
 
@@ -169,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn histogram_buckets_are_cumulative_and_bounds_inclusive() {
+    fn histogram_bounds_are_inclusive_and_count_is_the_total() {
         let h = DurationHistogram::new();
         h.observe(Duration::from_micros(1)); // on the first bound: le="1e-6"
         h.observe(Duration::from_micros(2));
@@ -177,8 +179,9 @@ mod tests {
         let (sum, count, buckets) = h.snapshot();
         assert_eq!(count, 3);
         assert_eq!(buckets[0], (1e-6, 1));
-        assert_eq!(buckets[1], (5e-6, 2));
-        assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 3));
+        assert_eq!(buckets[1], (5e-6, 1));
+        assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 1));
+        assert_eq!(buckets.iter().map(|b| b.1).sum::<u64>(), 3);
         assert!((sum - 60.000003).abs() < 1e-9);
     }
 }

@@ -3,7 +3,7 @@
 //! A backend's test file provides a [`Factory`] and expands the suite into one `#[tokio::test]`
 //! per contract point:
 //!
-//! ```ignore
+//! ```no_run
 //! keel_testkit::cache_conformance!(|spec: keel_testkit::conformance::Spec| async move {
 //!     std::sync::Arc::new(keel_cache::MemoryCache::builder(spec.name).default_ttl(spec.default_ttl).build())
 //!         as std::sync::Arc<dyn keel_cache::Cache>
@@ -187,15 +187,22 @@ pub async fn values_expire_after_ttl(f: &impl Factory) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(c.get("k").await.unwrap(), None);
     assert_eq!(c.ttl("k").await.unwrap(), KeyTtl::Missing);
-    assert!(!c.delete("k").await.unwrap(), "an expired key did not exist");
+    assert!(
+        !c.delete("k").await.unwrap(),
+        "an expired key did not exist"
+    );
 }
 
 /// Sub-millisecond (and zero) TTLs round up to 1 ms: they expire, they do not live forever.
 pub async fn sub_millisecond_ttl_expires_instead_of_living_forever(f: &impl Factory) {
     let c = cache(f).await;
-    for (i, ttl) in [Duration::ZERO, Duration::from_nanos(1), Duration::from_micros(999)]
-        .into_iter()
-        .enumerate()
+    for (i, ttl) in [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_micros(999),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let key = format!("k{i}");
         c.set(&key, b("v"), Ttl::After(ttl)).await.unwrap();
@@ -215,7 +222,9 @@ pub async fn default_ttl_comes_from_config(f: &impl Factory) {
     let c = cache_with_ttl(f, Some(Duration::from_secs(300))).await;
     c.set("k", b("v"), Ttl::Default).await.unwrap();
     match c.ttl("k").await.unwrap() {
-        KeyTtl::Expires(d) => assert!(d > Duration::from_secs(290) && d <= Duration::from_secs(300)),
+        KeyTtl::Expires(d) => {
+            assert!(d > Duration::from_secs(290) && d <= Duration::from_secs(300))
+        }
         other => panic!("expected the 5m default, got {other:?}"),
     }
     let none = cache(f).await;
@@ -226,14 +235,30 @@ pub async fn default_ttl_comes_from_config(f: &impl Factory) {
 /// `expire` sets or removes a TTL on existing keys only.
 pub async fn expire_changes_and_removes_expiry(f: &impl Factory) {
     let c = cache(f).await;
-    assert!(!c.expire("missing", Ttl::After(Duration::from_secs(5))).await.unwrap());
+    assert!(
+        !c.expire("missing", Ttl::After(Duration::from_secs(5)))
+            .await
+            .unwrap()
+    );
     c.set("k", b("v"), Ttl::Never).await.unwrap();
-    assert!(c.expire("k", Ttl::After(Duration::from_secs(5))).await.unwrap());
+    assert!(
+        c.expire("k", Ttl::After(Duration::from_secs(5)))
+            .await
+            .unwrap()
+    );
     assert!(matches!(c.ttl("k").await.unwrap(), KeyTtl::Expires(_)));
     assert!(c.expire("k", Ttl::Never).await.unwrap());
     assert_eq!(c.ttl("k").await.unwrap(), KeyTtl::Persistent);
-    assert!(c.expire("k", Ttl::After(Duration::from_millis(100))).await.unwrap());
-    assert_eq!(c.get("k").await.unwrap(), Some(b("v")), "expire keeps the value");
+    assert!(
+        c.expire("k", Ttl::After(Duration::from_millis(100)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        c.get("k").await.unwrap(),
+        Some(b("v")),
+        "expire keeps the value"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(c.get("k").await.unwrap(), None);
 }
@@ -241,7 +266,11 @@ pub async fn expire_changes_and_removes_expiry(f: &impl Factory) {
 /// `set_nx` writes only when the key is absent (or expired).
 pub async fn set_nx_only_writes_absent_keys(f: &impl Factory) {
     let c = cache(f).await;
-    assert!(c.set_nx("k", b("first"), Ttl::After(Duration::from_millis(150))).await.unwrap());
+    assert!(
+        c.set_nx("k", b("first"), Ttl::After(Duration::from_millis(150)))
+            .await
+            .unwrap()
+    );
     assert!(!c.set_nx("k", b("second"), Ttl::Never).await.unwrap());
     assert_eq!(c.get("k").await.unwrap(), Some(b("first")));
     tokio::time::sleep(Duration::from_millis(350)).await;
@@ -278,12 +307,28 @@ pub async fn set_nx_race_has_exactly_one_winner(f: &impl Factory) {
 /// `set_if_match` compares the whole current value; a missing key never matches.
 pub async fn set_if_match_compares_whole_value(f: &impl Factory) {
     let c = cache(f).await;
-    assert!(!c.set_if_match("k", b("new"), b"", Ttl::Never).await.unwrap());
+    assert!(
+        !c.set_if_match("k", b("new"), b"", Ttl::Never)
+            .await
+            .unwrap()
+    );
     assert_eq!(c.get("k").await.unwrap(), None);
     c.set("k", b("old"), Ttl::Never).await.unwrap();
-    assert!(!c.set_if_match("k", b("new"), b"ol", Ttl::Never).await.unwrap());
-    assert!(!c.set_if_match("k", b("new"), b"old!", Ttl::Never).await.unwrap());
-    assert!(c.set_if_match("k", b("new"), b"old", Ttl::After(Duration::from_secs(9))).await.unwrap());
+    assert!(
+        !c.set_if_match("k", b("new"), b"ol", Ttl::Never)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !c.set_if_match("k", b("new"), b"old!", Ttl::Never)
+            .await
+            .unwrap()
+    );
+    assert!(
+        c.set_if_match("k", b("new"), b"old", Ttl::After(Duration::from_secs(9)))
+            .await
+            .unwrap()
+    );
     assert_eq!(c.get("k").await.unwrap(), Some(b("new")));
     assert!(matches!(c.ttl("k").await.unwrap(), KeyTtl::Expires(_)));
 }
@@ -321,10 +366,19 @@ pub async fn incr_starts_at_zero_without_ttl_and_keeps_ttl(f: &impl Factory) {
     assert_eq!(c.incr_by("n", 5).await.unwrap(), 5);
     assert_eq!(c.ttl("n").await.unwrap(), KeyTtl::Persistent);
     assert_eq!(c.decr_by("n", 7).await.unwrap(), -2);
-    assert_eq!(c.get("n").await.unwrap(), Some(b("-2")), "stored as decimal text");
-    c.set("t", b("10"), Ttl::After(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(
+        c.get("n").await.unwrap(),
+        Some(b("-2")),
+        "stored as decimal text"
+    );
+    c.set("t", b("10"), Ttl::After(Duration::from_secs(30)))
+        .await
+        .unwrap();
     assert_eq!(c.incr_by("t", 1).await.unwrap(), 11);
-    assert!(matches!(c.ttl("t").await.unwrap(), KeyTtl::Expires(_)), "TTL was dropped");
+    assert!(
+        matches!(c.ttl("t").await.unwrap(), KeyTtl::Expires(_)),
+        "TTL was dropped"
+    );
     assert_eq!(c.decr_by("fresh", 3).await.unwrap(), -3);
 }
 
@@ -339,12 +393,28 @@ pub async fn incr_rejects_non_integers_and_overflow(f: &impl Factory) {
         );
         assert_eq!(c.get("s").await.unwrap(), Some(b(bad)));
     }
-    c.set("max", Bytes::from(i64::MAX.to_string()), Ttl::Never).await.unwrap();
-    assert!(matches!(c.incr_by("max", 1).await, Err(Error::Overflow { .. })));
-    assert_eq!(c.get("max").await.unwrap(), Some(Bytes::from(i64::MAX.to_string())));
-    c.set("min", Bytes::from(i64::MIN.to_string()), Ttl::Never).await.unwrap();
-    assert!(matches!(c.decr_by("min", 1).await, Err(Error::Overflow { .. })));
-    assert!(matches!(c.decr_by("zero", i64::MIN).await, Err(Error::Overflow { .. })));
+    c.set("max", Bytes::from(i64::MAX.to_string()), Ttl::Never)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.incr_by("max", 1).await,
+        Err(Error::Overflow { .. })
+    ));
+    assert_eq!(
+        c.get("max").await.unwrap(),
+        Some(Bytes::from(i64::MAX.to_string()))
+    );
+    c.set("min", Bytes::from(i64::MIN.to_string()), Ttl::Never)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.decr_by("min", 1).await,
+        Err(Error::Overflow { .. })
+    ));
+    assert!(matches!(
+        c.decr_by("zero", i64::MIN).await,
+        Err(Error::Overflow { .. })
+    ));
 }
 
 /// 1000 concurrent increments give exactly 1000.
@@ -361,7 +431,11 @@ pub async fn concurrent_incr_is_exact(f: &impl Factory) {
         seen.push(t.await.unwrap());
     }
     seen.sort_unstable();
-    assert_eq!(seen, (1..=1000).collect::<Vec<i64>>(), "every result is unique");
+    assert_eq!(
+        seen,
+        (1..=1000).collect::<Vec<i64>>(),
+        "every result is unique"
+    );
     assert_eq!(c.get("hits").await.unwrap(), Some(b("1000")));
 }
 
@@ -377,19 +451,32 @@ pub async fn batches_keep_order_and_count(f: &impl Factory) {
     );
     assert_eq!(c.get_many(&[]).await.unwrap(), Vec::<Option<Bytes>>::new());
     assert_eq!(c.delete_many(&["a", "x", "c"]).await.unwrap(), 2);
-    assert_eq!(c.get_many(&["a", "b", "c"]).await.unwrap(), vec![None, Some(b("2")), None]);
-    c.set_many(&[("t", b("1"))], Ttl::After(Duration::from_secs(20))).await.unwrap();
+    assert_eq!(
+        c.get_many(&["a", "b", "c"]).await.unwrap(),
+        vec![None, Some(b("2")), None]
+    );
+    c.set_many(&[("t", b("1"))], Ttl::After(Duration::from_secs(20)))
+        .await
+        .unwrap();
     assert!(matches!(c.ttl("t").await.unwrap(), KeyTtl::Expires(_)));
 }
 
 /// `set_many` with one bad key writes nothing.
 pub async fn set_many_validates_everything_first(f: &impl Factory) {
     let c = cache(f).await;
-    let r = c.set_many(&[("ok", b("1")), ("", b("2"))], Ttl::Never).await;
+    let r = c
+        .set_many(&[("ok", b("1")), ("", b("2"))], Ttl::Never)
+        .await;
     assert!(matches!(r, Err(Error::InvalidKey { .. })), "{r:?}");
     assert_eq!(c.get("ok").await.unwrap(), None);
-    assert!(matches!(c.get_many(&["a", ""]).await, Err(Error::InvalidKey { .. })));
-    assert!(matches!(c.delete_many(&["", "a"]).await, Err(Error::InvalidKey { .. })));
+    assert!(matches!(
+        c.get_many(&["a", ""]).await,
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        c.delete_many(&["", "a"]).await,
+        Err(Error::InvalidKey { .. })
+    ));
 }
 
 /// `clear` empties this cache and leaves a sibling cache on the same store alone.
@@ -406,7 +493,11 @@ pub async fn clear_removes_only_this_caches_keys(f: &impl Factory) {
     }
     assert_eq!(other.get("k0").await.unwrap(), Some(b("other")));
     a.set("after", b("1"), Ttl::Never).await.unwrap();
-    assert_eq!(a.get("after").await.unwrap(), Some(b("1")), "usable after clear");
+    assert_eq!(
+        a.get("after").await.unwrap(),
+        Some(b("1")),
+        "usable after clear"
+    );
 }
 
 /// `close` twice is fine; everything after it is `Closed` until `connect`.
@@ -426,7 +517,11 @@ pub async fn close_is_idempotent_and_final_until_connect(f: &impl Factory) {
     closed(c.expire("k", Ttl::Never).await.map(drop));
     closed(c.ttl("k").await.map(drop));
     closed(c.set_nx("k", b("v"), Ttl::Never).await.map(drop));
-    closed(c.set_if_match("k", b("v"), b"v", Ttl::Never).await.map(drop));
+    closed(
+        c.set_if_match("k", b("v"), b"v", Ttl::Never)
+            .await
+            .map(drop),
+    );
     closed(c.incr_by("k", 1).await.map(drop));
     closed(c.get_many(&["k"]).await.map(drop));
     closed(c.set_many(&[("k", b("v"))], Ttl::Never).await);
@@ -442,7 +537,8 @@ pub async fn close_is_idempotent_and_final_until_connect(f: &impl Factory) {
 /// Empty keys, oversized keys and values, and absurd TTLs are typed errors on every call.
 pub async fn bad_input_is_a_typed_error_on_every_operation(f: &impl Factory) {
     let c = cache(f).await;
-    let invalid = |r: Result<(), Error>| assert!(matches!(r, Err(Error::InvalidKey { .. })), "{r:?}");
+    let invalid =
+        |r: Result<(), Error>| assert!(matches!(r, Err(Error::InvalidKey { .. })), "{r:?}");
     invalid(c.get("").await.map(drop));
     invalid(c.set("", b("v"), Ttl::Never).await);
     invalid(c.delete("").await.map(drop));
@@ -458,7 +554,9 @@ pub async fn bad_input_is_a_typed_error_on_every_operation(f: &impl Factory) {
     let huge = Bytes::from(vec![0u8; 33 * 1024 * 1024]);
     let r = c.set("big", huge, Ttl::Never).await;
     assert!(matches!(r, Err(Error::ValueTooLarge { .. })), "{r:?}");
-    let r = c.set("k", b("v"), Ttl::After(Duration::from_secs(u64::MAX))).await;
+    let r = c
+        .set("k", b("v"), Ttl::After(Duration::from_secs(u64::MAX)))
+        .await;
     assert!(matches!(r, Err(Error::InvalidTtl { .. })), "{r:?}");
     assert_eq!(c.get("k").await.unwrap(), None, "nothing was written");
 }
@@ -479,7 +577,10 @@ pub async fn typed_json_helpers(f: &impl Factory) {
     assert_eq!(c.get_json::<Session>("s").await.unwrap(), Some(s));
     assert_eq!(c.get_json::<Session>("missing").await.unwrap(), None);
     c.set("bad", b("{not json"), Ttl::Never).await.unwrap();
-    assert!(matches!(c.get_json::<Session>("bad").await, Err(Error::Codec { .. })));
+    assert!(matches!(
+        c.get_json::<Session>("bad").await,
+        Err(Error::Codec { .. })
+    ));
 }
 
 /// Many tasks mixing every operation on a few keys finish (no deadlock) without errors.
@@ -492,11 +593,17 @@ pub async fn mixed_concurrent_load_does_not_deadlock(f: &impl Factory) {
                 for i in 0..100 {
                     let key = format!("k{}", (t + i) % 4);
                     match i % 8 {
-                        0 => c.set(&key, b("1"), Ttl::After(Duration::from_secs(5))).await.map(drop),
+                        0 => c
+                            .set(&key, b("1"), Ttl::After(Duration::from_secs(5)))
+                            .await
+                            .map(drop),
                         1 => c.get(&key).await.map(drop),
                         2 => c.set_nx(&key, b("2"), Ttl::Never).await.map(drop),
                         3 => c.delete(&key).await.map(drop),
-                        4 => c.set_if_match(&key, b("3"), b"1", Ttl::Never).await.map(drop),
+                        4 => c
+                            .set_if_match(&key, b("3"), b"1", Ttl::Never)
+                            .await
+                            .map(drop),
                         5 => c.expire(&key, Ttl::Never).await.map(drop),
                         6 => c.get_many(&[&key, "k0"]).await.map(drop),
                         _ => c.incr_by(&format!("n{t}"), 1).await.map(drop),

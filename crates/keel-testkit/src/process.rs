@@ -83,7 +83,11 @@ impl ServerProcess {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited early ({status}); log:\n{}", self.name, self.log());
+                panic!(
+                    "{} exited early ({status}); log:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             if Instant::now() > deadline {
                 panic!(

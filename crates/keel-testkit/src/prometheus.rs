@@ -36,7 +36,10 @@ impl Prometheus {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut cmd = Command::new(binary);
         cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn");
         let mut process = ServerProcess::spawn("prometheus", cmd, dir.path().join("log"));
@@ -90,16 +93,21 @@ impl Prometheus {
 
 /// The Python interpreter of the test venv (`$KEEL_VENV/bin/python`, made by scripts/test.sh).
 pub fn venv_python() -> PathBuf {
-    require_program("python", "the test venv (scripts/test.sh creates $KEEL_VENV)")
+    require_program(
+        "python",
+        "the test venv (scripts/test.sh creates $KEEL_VENV)",
+    )
 }
 
 /// Parses `exposition` with the reference parser (`prometheus_client.openmetrics.parser`) and
 /// returns `name type sample-count` per family, or the parser's error.
 pub fn parse_openmetrics(exposition: &str) -> Result<Vec<String>, String> {
-    const SCRIPT: &str = "import sys\n\
-from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
-for f in text_string_to_metric_families(sys.stdin.read()):\n\
-    print(f.name, f.type, len(f.samples))\n";
+    const SCRIPT: &str = concat!(
+        "import sys\n",
+        "from prometheus_client.openmetrics.parser import text_string_to_metric_families\n",
+        "for f in text_string_to_metric_families(sys.stdin.read()):\n",
+        "    print(f.name, f.type, len(f.samples))\n",
+    );
     let mut child = Command::new(venv_python())
         .args(["-c", SCRIPT])
         .stdin(Stdio::piped())
