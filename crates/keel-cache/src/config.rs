@@ -97,6 +97,10 @@ pub struct CacheOptions {
     /// Memory backend: at most this many bytes. Exclusive with `max_entries`.
     #[serde(default, alias = "maxBytes")]
     pub max_bytes: Option<u64>,
+    /// Memory backend: count evictions in the metrics (default true; costs a per-key lock on
+    /// every write).
+    #[serde(default, alias = "countEvictions")]
+    pub count_evictions: Option<bool>,
     /// Longest key in bytes (default 4096).
     #[serde(default, alias = "maxKeyBytes")]
     pub max_key_bytes: Option<usize>,

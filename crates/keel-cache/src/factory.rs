@@ -43,6 +43,7 @@ pub async fn open_with_metrics(
                 .capacity(capacity(config)?)
                 .default_ttl(config.options.default_ttl)
                 .limits(limits)
+                .count_evictions(config.options.count_evictions.unwrap_or(true))
                 .metrics(metrics)
                 .build(),
         ),

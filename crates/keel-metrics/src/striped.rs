@@ -73,6 +73,17 @@ pub const DEFAULT_BOUNDS: [Duration; 16] = [
 ];
 const BUCKETS: usize = DEFAULT_BOUNDS.len() + 1;
 
+/// [`DEFAULT_BOUNDS`] in nanoseconds, for a cheap bucket search.
+const BOUNDS_NANOS: [u64; DEFAULT_BOUNDS.len()] = {
+    let mut out = [0u64; DEFAULT_BOUNDS.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = DEFAULT_BOUNDS[i].as_nanos() as u64;
+        i += 1;
+    }
+    out
+};
+
 #[derive(Debug, Default)]
 struct HistogramStripe {
     /// Non-cumulative counts; the last slot is `+Inf`.
@@ -99,7 +110,7 @@ impl DurationHistogram {
     #[inline]
     pub fn observe(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let idx = DEFAULT_BOUNDS.partition_point(|b| b.as_nanos() < u128::from(nanos));
+        let idx = BOUNDS_NANOS.partition_point(|&b| b < nanos);
         let s = &self.inner[stripe()].0;
         s.buckets[idx].fetch_add(1, Ordering::Relaxed);
         s.sum_nanos.fetch_add(nanos, Ordering::Relaxed);

@@ -1,0 +1,179 @@
+//! The Zipf workload and contenders shared by the memory benches.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_cache::{Cache, Capacity, MemoryCache, Ttl};
+use keel_metrics::MetricsService;
+
+pub const KEYS: usize = 100_000;
+const OPS: usize = 1 << 16;
+const VALUE: usize = 64;
+
+/// splitmix64: a tiny deterministic generator, so every contender replays the same sequence.
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `OPS` (key index, is_write) pairs: keys Zipf(s = 1.0) over `KEYS`, writes with
+/// probability `write_pct`/100.
+fn ops(write_pct: u64, seed: u64) -> Vec<(usize, bool)> {
+    let total: f64 = (1..=KEYS).map(|k| 1.0 / k as f64).sum();
+    let mut acc = 0.0;
+    let cdf: Vec<f64> = (1..=KEYS)
+        .map(|k| {
+            acc += 1.0 / k as f64 / total;
+            acc
+        })
+        .collect();
+    let mut state = seed;
+    (0..OPS)
+        .map(|_| {
+            let u = (next(&mut state) >> 11) as f64 / (1u64 << 53) as f64;
+            let key = cdf.partition_point(|&c| c < u).min(KEYS - 1);
+            (key, next(&mut state) % 100 < write_pct)
+        })
+        .collect()
+}
+
+/// One side of a comparison.
+pub trait Contender: Send + Sync + 'static {
+    /// Replays `n` operations of `ops` on the calling thread.
+    fn run(&self, keys: &[String], ops: &[(usize, bool)], n: u64, value: &Bytes);
+}
+
+struct RawMoka(moka::sync::Cache<String, Bytes>);
+
+impl Contender for RawMoka {
+    fn run(&self, keys: &[String], ops: &[(usize, bool)], n: u64, value: &Bytes) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 0..n as usize {
+                let (k, write) = ops[i % ops.len()];
+                if write {
+                    self.0.insert(keys[k].clone(), value.clone());
+                } else {
+                    black_box(self.0.get(keys[k].as_str()));
+                }
+            }
+        });
+    }
+}
+
+struct Keel(Arc<dyn Cache>);
+
+impl Contender for Keel {
+    fn run(&self, keys: &[String], ops: &[(usize, bool)], n: u64, value: &Bytes) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 0..n as usize {
+                let (k, write) = ops[i % ops.len()];
+                if write {
+                    let _ = self.0.set(&keys[k], value.clone(), Ttl::Never).await;
+                } else {
+                    let _ = black_box(self.0.get(&keys[k]).await);
+                }
+            }
+        });
+    }
+}
+
+/// A workload: keys, per-thread op sequences, and prefilled contenders.
+pub struct Workload {
+    keys: Arc<Vec<String>>,
+    ops: Vec<Arc<Vec<(usize, bool)>>>,
+    /// `(name, contender)`; the anchor `raw_moka` comes first.
+    pub contenders: Vec<(&'static str, Arc<dyn Contender>)>,
+}
+
+impl Workload {
+    /// Builds and prefills every contender (each entry with its own buffer: one shared
+    /// `Bytes` would turn every clone on a get into traffic on a single reference count).
+    /// With `variants`, also raw moka with the backend's features turned on one at a time.
+    pub fn new(write_pct: u64, variants: bool) -> Self {
+        let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("key:{i:08}")).collect());
+        let ops = (0..2).map(|t| Arc::new(ops(write_pct, 42 + t))).collect();
+        let value = [b'v'; VALUE];
+        let raw = moka::sync::Cache::builder()
+            .max_capacity(KEYS as u64)
+            .build();
+        let keel = |count_evictions| {
+            let metrics = MetricsService::new("bench").unwrap();
+            MemoryCache::builder("bench")
+                .capacity(Capacity::Entries(KEYS as u64))
+                .count_evictions(count_evictions)
+                .metrics(&metrics)
+                .build()
+        };
+        let (keel, keel_fast) = (keel(true), keel(false));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for k in keys.iter() {
+                raw.insert(k.clone(), Bytes::copy_from_slice(&value));
+                for c in [&keel, &keel_fast] {
+                    c.set(k, Bytes::copy_from_slice(&value), Ttl::Never)
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        let mut contenders: Vec<(&'static str, Arc<dyn Contender>)> = vec![
+            ("raw_moka", Arc::new(RawMoka(raw))),
+            ("keel_memory", Arc::new(Keel(Arc::new(keel)))),
+            (
+                "keel_memory_no_eviction_count",
+                Arc::new(Keel(Arc::new(keel_fast))),
+            ),
+        ];
+        if variants {
+            struct NoExpiry;
+            impl moka::Expiry<String, Bytes> for NoExpiry {}
+            let expiry = moka::sync::Cache::builder()
+                .max_capacity(KEYS as u64)
+                .expire_after(NoExpiry)
+                .build();
+            let listener = moka::sync::Cache::builder()
+                .max_capacity(KEYS as u64)
+                .eviction_listener(|_, _, _| {})
+                .build();
+            for k in keys.iter() {
+                expiry.insert(k.clone(), Bytes::copy_from_slice(&value));
+                listener.insert(k.clone(), Bytes::copy_from_slice(&value));
+            }
+            contenders.push(("moka_with_expiry", Arc::new(RawMoka(expiry))));
+            contenders.push(("moka_with_listener", Arc::new(RawMoka(listener))));
+        }
+        Self {
+            keys,
+            ops,
+            contenders,
+        }
+    }
+
+    /// Wall time for `iters` operations split over `threads` threads.
+    pub fn timed(&self, contender: &Arc<dyn Contender>, threads: usize, iters: u64) -> Duration {
+        let per_thread = iters.div_ceil(threads as u64);
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for ops in self.ops.iter().take(threads) {
+                // Each thread writes its own buffer.
+                let value = Bytes::from(vec![b'v'; VALUE]);
+                let (c, keys, ops) = (contender.clone(), self.keys.clone(), ops.clone());
+                s.spawn(move || c.run(&keys, &ops, per_thread, &value));
+            }
+        });
+        start.elapsed()
+    }
+}
