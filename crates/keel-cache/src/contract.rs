@@ -2,8 +2,9 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -120,6 +121,51 @@ pub fn parse_counter(raw: &[u8]) -> Option<i64> {
     Some(value)
 }
 
+/// The future every [`Cache`] method returns.
+///
+/// In-process backends finish their work before returning and hand back a `Ready` future,
+/// so a call through `dyn Cache` costs no allocation; networked backends return a boxed
+/// future. Either way the caller just `.await`s it.
+#[must_use = "futures do nothing unless awaited"]
+pub enum CacheFuture<'a, T> {
+    /// Already complete.
+    Ready(std::future::Ready<T>),
+    /// Still to run.
+    Boxed(Pin<Box<dyn Future<Output = T> + Send + 'a>>),
+}
+
+impl<'a, T> CacheFuture<'a, T> {
+    /// A future that is already complete.
+    pub fn ready(value: T) -> Self {
+        CacheFuture::Ready(std::future::ready(value))
+    }
+
+    /// Boxes an async block.
+    pub fn boxed(fut: impl Future<Output = T> + Send + 'a) -> Self {
+        CacheFuture::Boxed(Box::pin(fut))
+    }
+}
+
+impl<T> Future for CacheFuture<'_, T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.get_mut() {
+            CacheFuture::Ready(r) => Pin::new(r).poll(cx),
+            CacheFuture::Boxed(b) => b.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> fmt::Debug for CacheFuture<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CacheFuture::Ready(_) => "CacheFuture::Ready",
+            CacheFuture::Boxed(_) => "CacheFuture::Boxed",
+        })
+    }
+}
+
 /// An async cache. Object safe: `Arc<dyn Cache>` is what the factory and the manager hand out.
 ///
 /// Guarantees, on every backend (one conformance suite proves them):
@@ -130,7 +176,6 @@ pub fn parse_counter(raw: &[u8]) -> Option<i64> {
 /// - `clear` removes only this cache's keys;
 /// - after `close`, every operation fails with [`Error::Closed`] until `connect` is called;
 ///   `connect` and `close` are idempotent.
-#[async_trait]
 pub trait Cache: Send + Sync + fmt::Debug {
     /// The cache's name (unique within a `Manager`).
     fn name(&self) -> &str;
@@ -139,76 +184,80 @@ pub trait Cache: Send + Sync + fmt::Debug {
     fn kind(&self) -> CacheKind;
 
     /// Connects (or reopens after `close`). Idempotent.
-    async fn connect(&self) -> Result<()>;
+    fn connect<'a>(&'a self) -> CacheFuture<'a, Result<()>>;
 
     /// Closes the cache: later operations fail with [`Error::Closed`]. Idempotent.
-    async fn close(&self) -> Result<()>;
+    fn close<'a>(&'a self) -> CacheFuture<'a, Result<()>>;
 
     /// Whether the cache is open and, for networked backends, believed reachable.
     fn is_connected(&self) -> bool;
 
     /// The value at `key`, or `None` when it is missing or expired.
-    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+    fn get<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<Option<Bytes>>>;
 
     /// Stores `value` at `key`, replacing any value and TTL.
-    async fn set(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<()>;
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<()>>;
 
     /// Removes `key`; returns whether it existed.
-    async fn delete(&self, key: &str) -> Result<bool>;
+    fn delete<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>>;
 
     /// Whether `key` exists (and has not expired).
-    async fn exists(&self, key: &str) -> Result<bool>;
+    fn exists<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>>;
 
     /// Sets a new TTL on an existing key (`Ttl::Never` removes its expiry); returns whether the
     /// key existed.
-    async fn expire(&self, key: &str, ttl: Ttl) -> Result<bool>;
+    fn expire<'a>(&'a self, key: &'a str, ttl: Ttl) -> CacheFuture<'a, Result<bool>>;
 
     /// The remaining lifetime of `key`.
-    async fn ttl(&self, key: &str) -> Result<KeyTtl>;
+    fn ttl<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<KeyTtl>>;
 
     /// Stores `value` only if `key` is absent; returns whether it was stored.
-    async fn set_nx(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<bool>;
+    fn set_nx<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<bool>>;
 
     /// Compare-and-set: stores `value` only if the current value equals `expected`; returns
     /// whether it was stored. A missing key never matches.
-    async fn set_if_match(
-        &self,
-        key: &str,
+    fn set_if_match<'a>(
+        &'a self,
+        key: &'a str,
         value: Bytes,
-        expected: &[u8],
+        expected: &'a [u8],
         ttl: Ttl,
-    ) -> Result<bool>;
+    ) -> CacheFuture<'a, Result<bool>>;
 
     /// Adds `delta` to the integer at `key` and returns the new value.
     ///
     /// # Errors
     /// [`Error::NotAnInteger`] for a non-integer value, [`Error::Overflow`] when the result
     /// leaves `i64` (the value is then unchanged).
-    async fn incr_by(&self, key: &str, delta: i64) -> Result<i64>;
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64) -> CacheFuture<'a, Result<i64>>;
 
     /// Subtracts `delta`; see [`incr_by`](Self::incr_by).
-    async fn decr_by(&self, key: &str, delta: i64) -> Result<i64> {
+    fn decr_by<'a>(&'a self, key: &'a str, delta: i64) -> CacheFuture<'a, Result<i64>> {
         match delta.checked_neg() {
-            Some(neg) => self.incr_by(key, neg).await,
-            None => Err(Error::Overflow {
+            Some(neg) => self.incr_by(key, neg),
+            None => CacheFuture::ready(Err(Error::Overflow {
                 key: key_for_error(key),
                 delta,
-            }),
+            })),
         }
     }
 
     /// The values of `keys`, in order (`None` for misses).
-    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>>;
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<Vec<Option<Bytes>>>>;
 
     /// Stores every pair with the same TTL. All keys and values are validated before anything
     /// is written.
-    async fn set_many(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()>;
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, Bytes)],
+        ttl: Ttl,
+    ) -> CacheFuture<'a, Result<()>>;
 
     /// Removes `keys`; returns how many existed.
-    async fn delete_many(&self, keys: &[&str]) -> Result<u64>;
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<u64>>;
 
     /// Removes every key of this cache (and only those).
-    async fn clear(&self) -> Result<()>;
+    fn clear<'a>(&'a self) -> CacheFuture<'a, Result<()>>;
 }
 
 /// Typed access through serde (JSON), for every [`Cache`] including `dyn Cache`.

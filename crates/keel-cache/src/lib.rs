@@ -43,7 +43,7 @@ mod ttl;
 
 pub use bytes::Bytes;
 pub use config::{CacheConfig, CacheOptions, Secret, parse_duration};
-pub use contract::{Cache, CacheExt, CacheKind, Limits, parse_counter};
+pub use contract::{Cache, CacheExt, CacheFuture, CacheKind, Limits, parse_counter};
 pub use error::Error;
 pub use factory::{CACHE_TYPES, open, open_with_metrics};
 pub use manager::Manager;

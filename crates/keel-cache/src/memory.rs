@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use keel_metrics::{CacheInstruments, MetricsService, Operation, Status};
 use moka::Expiry;
@@ -21,7 +20,7 @@ use moka::ops::compute::Op;
 // `std::time::Instant` on a KVM guest.
 use quanta::Instant;
 
-use crate::contract::{Cache, CacheKind, Limits, parse_counter};
+use crate::contract::{Cache, CacheFuture, CacheKind, Limits, parse_counter};
 use crate::error::key_for_error;
 use crate::ttl::{KeyTtl, Ttl};
 use crate::{Error, Result};
@@ -306,37 +305,25 @@ impl Shared {
     }
 }
 
-#[async_trait]
-impl Cache for MemoryCache {
-    fn name(&self) -> &str {
-        &self.shared.name
-    }
-
-    fn kind(&self) -> CacheKind {
-        CacheKind::Memory
-    }
-
-    async fn connect(&self) -> Result<()> {
-        self.shared.open.store(true, Ordering::Release);
+/// The operations themselves: synchronous, wrapped in ready futures by the `Cache` impl.
+impl Shared {
+    fn connect(&self) -> Result<()> {
+        self.open.store(true, Ordering::Release);
         Ok(())
     }
 
-    async fn close(&self) -> Result<()> {
+    fn close(&self) -> Result<()> {
         // Drop the entries: a closed cache should not pin memory.
-        if self.shared.open.swap(false, Ordering::AcqRel) {
-            self.shared.store.invalidate_all();
-            self.shared.store.run_pending_tasks();
-            self.shared.metrics.set_items(0);
+        if self.open.swap(false, Ordering::AcqRel) {
+            self.store.invalidate_all();
+            self.store.run_pending_tasks();
+            self.metrics.set_items(0);
         }
         Ok(())
     }
 
-    fn is_connected(&self) -> bool {
-        self.shared.open.load(Ordering::Acquire)
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let s = &self.shared;
+    fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let s = self;
         let start = Instant::now();
         let checked = s.limits.check_key(key).and_then(|()| s.ensure_open());
         if let Err(e) = checked {
@@ -356,8 +343,8 @@ impl Cache for MemoryCache {
         }
     }
 
-    async fn set(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<()> {
-        let s = &self.shared;
+    fn set(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<()> {
+        let s = self;
         let start = Instant::now();
         let result = (|| {
             s.limits.check_entry(key, &value)?;
@@ -375,8 +362,8 @@ impl Cache for MemoryCache {
         s.finish(Operation::Set, start, result)
     }
 
-    async fn delete(&self, key: &str) -> Result<bool> {
-        let s = &self.shared;
+    fn delete(&self, key: &str) -> Result<bool> {
+        let s = self;
         let start = Instant::now();
         let result = s.limits.check_key(key).and_then(|()| {
             s.ensure_open()?;
@@ -385,8 +372,8 @@ impl Cache for MemoryCache {
         s.finish(Operation::Delete, start, result)
     }
 
-    async fn exists(&self, key: &str) -> Result<bool> {
-        let s = &self.shared;
+    fn exists(&self, key: &str) -> Result<bool> {
+        let s = self;
         let start = Instant::now();
         let result = s.limits.check_key(key).and_then(|()| {
             s.ensure_open()?;
@@ -395,8 +382,8 @@ impl Cache for MemoryCache {
         s.finish(Operation::Exists, start, result)
     }
 
-    async fn expire(&self, key: &str, ttl: Ttl) -> Result<bool> {
-        let s = &self.shared;
+    fn expire(&self, key: &str, ttl: Ttl) -> Result<bool> {
+        let s = self;
         let start = Instant::now();
         let result = (|| {
             s.limits.check_key(key)?;
@@ -418,8 +405,8 @@ impl Cache for MemoryCache {
         s.finish(Operation::Expire, start, result)
     }
 
-    async fn ttl(&self, key: &str) -> Result<KeyTtl> {
-        let s = &self.shared;
+    fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        let s = self;
         let start = Instant::now();
         let result = s.limits.check_key(key).and_then(|()| {
             s.ensure_open()?;
@@ -437,8 +424,8 @@ impl Cache for MemoryCache {
         s.finish(Operation::Ttl, start, result)
     }
 
-    async fn set_nx(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<bool> {
-        let s = &self.shared;
+    fn set_nx(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<bool> {
+        let s = self;
         let start = Instant::now();
         let result = (|| {
             s.limits.check_entry(key, &value)?;
@@ -460,14 +447,8 @@ impl Cache for MemoryCache {
         s.finish(Operation::SetNx, start, result)
     }
 
-    async fn set_if_match(
-        &self,
-        key: &str,
-        value: Bytes,
-        expected: &[u8],
-        ttl: Ttl,
-    ) -> Result<bool> {
-        let s = &self.shared;
+    fn set_if_match(&self, key: &str, value: Bytes, expected: &[u8], ttl: Ttl) -> Result<bool> {
+        let s = self;
         let start = Instant::now();
         let result = (|| {
             s.limits.check_entry(key, &value)?;
@@ -489,8 +470,8 @@ impl Cache for MemoryCache {
         s.finish(Operation::Cas, start, result)
     }
 
-    async fn incr_by(&self, key: &str, delta: i64) -> Result<i64> {
-        let s = &self.shared;
+    fn incr_by(&self, key: &str, delta: i64) -> Result<i64> {
+        let s = self;
         let start = Instant::now();
         let result = s.limits.check_key(key).and_then(|()| {
             s.ensure_open()?;
@@ -517,8 +498,8 @@ impl Cache for MemoryCache {
         s.finish(Operation::Incr, start, result)
     }
 
-    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
-        let s = &self.shared;
+    fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        let s = self;
         let start = Instant::now();
         let result = (|| {
             for key in keys {
@@ -537,8 +518,8 @@ impl Cache for MemoryCache {
         s.finish(Operation::GetMany, start, result)
     }
 
-    async fn set_many(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
-        let s = &self.shared;
+    fn set_many(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
+        let s = self;
         let start = Instant::now();
         let result = (|| {
             for (key, value) in items {
@@ -561,8 +542,8 @@ impl Cache for MemoryCache {
         s.finish(Operation::SetMany, start, result)
     }
 
-    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
-        let s = &self.shared;
+    fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        let s = self;
         let start = Instant::now();
         let result = (|| {
             for key in keys {
@@ -577,13 +558,97 @@ impl Cache for MemoryCache {
         s.finish(Operation::DeleteMany, start, result)
     }
 
-    async fn clear(&self) -> Result<()> {
-        let s = &self.shared;
+    fn clear(&self) -> Result<()> {
+        let s = self;
         let start = Instant::now();
         let result = s.ensure_open().map(|()| {
             s.store.invalidate_all();
             s.store.run_pending_tasks();
         });
         s.finish(Operation::Clear, start, result)
+    }
+}
+
+impl Cache for MemoryCache {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn kind(&self) -> CacheKind {
+        CacheKind::Memory
+    }
+
+    fn connect<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::ready(self.shared.connect())
+    }
+
+    fn close<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::ready(self.shared.close())
+    }
+
+    fn is_connected(&self) -> bool {
+        self.shared.open.load(Ordering::Acquire)
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<Option<Bytes>>> {
+        CacheFuture::ready(self.shared.get(key))
+    }
+
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::ready(self.shared.set(key, value, ttl))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
+        CacheFuture::ready(self.shared.delete(key))
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
+        CacheFuture::ready(self.shared.exists(key))
+    }
+
+    fn expire<'a>(&'a self, key: &'a str, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
+        CacheFuture::ready(self.shared.expire(key, ttl))
+    }
+
+    fn ttl<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<KeyTtl>> {
+        CacheFuture::ready(self.shared.ttl(key))
+    }
+
+    fn set_nx<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
+        CacheFuture::ready(self.shared.set_nx(key, value, ttl))
+    }
+
+    fn set_if_match<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expected: &'a [u8],
+        ttl: Ttl,
+    ) -> CacheFuture<'a, Result<bool>> {
+        CacheFuture::ready(self.shared.set_if_match(key, value, expected, ttl))
+    }
+
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64) -> CacheFuture<'a, Result<i64>> {
+        CacheFuture::ready(self.shared.incr_by(key, delta))
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<Vec<Option<Bytes>>>> {
+        CacheFuture::ready(self.shared.get_many(keys))
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, Bytes)],
+        ttl: Ttl,
+    ) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::ready(self.shared.set_many(items, ttl))
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<u64>> {
+        CacheFuture::ready(self.shared.delete_many(keys))
+    }
+
+    fn clear<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::ready(self.shared.clear())
     }
 }

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use keel_cache::{
-    Bytes, Cache, CacheConfig, CacheKind, Error, KeyTtl, Manager, MemoryCache, Result, Ttl,
+    Bytes, Cache, CacheConfig, CacheFuture, CacheKind, Error, KeyTtl, Manager, MemoryCache, Result,
+    Ttl,
 };
 use keel_metrics::MetricsService;
 
@@ -116,7 +116,6 @@ async fn manager_remove_closes_the_cache() {
 #[derive(Debug)]
 struct FailingClose(Arc<dyn Cache>);
 
-#[async_trait]
 impl Cache for FailingClose {
     fn name(&self) -> &str {
         "failing"
@@ -124,62 +123,69 @@ impl Cache for FailingClose {
     fn kind(&self) -> CacheKind {
         self.0.kind()
     }
-    async fn connect(&self) -> Result<()> {
-        self.0.connect().await
+    fn connect<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        self.0.connect()
     }
-    async fn close(&self) -> Result<()> {
-        Err(Error::InvalidConfig {
-            field: "test".into(),
-            reason: "close refused".into(),
+    fn close<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::boxed(async {
+            tokio::task::yield_now().await;
+            Err(Error::InvalidConfig {
+                field: "test".into(),
+                reason: "close refused".into(),
+            })
         })
     }
     fn is_connected(&self) -> bool {
         self.0.is_connected()
     }
-    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        self.0.get(key).await
+    fn get<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<Option<Bytes>>> {
+        self.0.get(key)
     }
-    async fn set(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<()> {
-        self.0.set(key, value, ttl).await
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<()>> {
+        self.0.set(key, value, ttl)
     }
-    async fn delete(&self, key: &str) -> Result<bool> {
-        self.0.delete(key).await
+    fn delete<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
+        self.0.delete(key)
     }
-    async fn exists(&self, key: &str) -> Result<bool> {
-        self.0.exists(key).await
+    fn exists<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
+        self.0.exists(key)
     }
-    async fn expire(&self, key: &str, ttl: Ttl) -> Result<bool> {
-        self.0.expire(key, ttl).await
+    fn expire<'a>(&'a self, key: &'a str, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
+        self.0.expire(key, ttl)
     }
-    async fn ttl(&self, key: &str) -> Result<KeyTtl> {
-        self.0.ttl(key).await
+    fn ttl<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<KeyTtl>> {
+        self.0.ttl(key)
     }
-    async fn set_nx(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<bool> {
-        self.0.set_nx(key, value, ttl).await
+    fn set_nx<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
+        self.0.set_nx(key, value, ttl)
     }
-    async fn set_if_match(
-        &self,
-        key: &str,
+    fn set_if_match<'a>(
+        &'a self,
+        key: &'a str,
         value: Bytes,
-        expected: &[u8],
+        expected: &'a [u8],
         ttl: Ttl,
-    ) -> Result<bool> {
-        self.0.set_if_match(key, value, expected, ttl).await
+    ) -> CacheFuture<'a, Result<bool>> {
+        self.0.set_if_match(key, value, expected, ttl)
     }
-    async fn incr_by(&self, key: &str, delta: i64) -> Result<i64> {
-        self.0.incr_by(key, delta).await
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64) -> CacheFuture<'a, Result<i64>> {
+        self.0.incr_by(key, delta)
     }
-    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
-        self.0.get_many(keys).await
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<Vec<Option<Bytes>>>> {
+        self.0.get_many(keys)
     }
-    async fn set_many(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
-        self.0.set_many(items, ttl).await
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, Bytes)],
+        ttl: Ttl,
+    ) -> CacheFuture<'a, Result<()>> {
+        self.0.set_many(items, ttl)
     }
-    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
-        self.0.delete_many(keys).await
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<u64>> {
+        self.0.delete_many(keys)
     }
-    async fn clear(&self) -> Result<()> {
-        self.0.clear().await
+    fn clear<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        self.0.clear()
     }
 }
 

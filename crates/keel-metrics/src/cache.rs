@@ -1,13 +1,17 @@
 //! The cache metric families (names are part of the contract: see the crate docs).
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 
+#[cfg(doc)]
 use crate::service::MetricsService;
-use crate::striped::{DurationHistogram, StripedCounter};
+use crate::striped::{BUCKETS, STRIPES, bucket_index, bucket_pairs, stripe};
 
 /// A cache operation, the `operation` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,7 +83,7 @@ impl Operation {
     }
 
     /// Which statuses this operation reports: lookups report hit/miss, the rest ok.
-    fn statuses(self) -> &'static [Status] {
+    const fn statuses(self) -> &'static [Status] {
         match self {
             Operation::Get => &[Status::Hit, Status::Miss, Status::Error],
             _ => &[Status::Ok, Status::Error],
@@ -112,205 +116,392 @@ impl Status {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    cache: String,
-    operation: &'static str,
-    status: &'static str,
+/// Every (operation, status) pair a cache reports, in a fixed order: one statistics cell each.
+const CELLS: [(Operation, Status); 27] = {
+    let mut out = [(Operation::Get, Status::Hit); 27];
+    let mut n = 0;
+    let mut i = 0;
+    while i < Operation::ALL.len() {
+        let op = Operation::ALL[i];
+        let statuses = op.statuses();
+        let mut j = 0;
+        while j < statuses.len() {
+            out[n] = (op, statuses[j]);
+            n += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    out
+};
+
+/// The cell of `(op, status)`, or `None` for a pair the operation never reports.
+const fn cell_index(op: Operation, status: Status) -> Option<usize> {
+    let mut i = 0;
+    while i < CELLS.len() {
+        if CELLS[i].0 as usize == op as usize && CELLS[i].1 as usize == status as usize {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OperationLabels {
-    cache: String,
-    operation: &'static str,
+/// Slots per cell: the histogram buckets, then the sum in nanoseconds.
+const CELL_SLOTS: usize = BUCKETS + 1;
+
+/// One thread stripe of a cache's statistics: every cell's buckets and sum, contiguous, padded
+/// so two stripes never share a cache line.
+#[repr(align(128))]
+struct StatsStripe {
+    slots: [AtomicU64; CELLS.len() * CELL_SLOTS],
+    batch_hits: AtomicU64,
+    batch_misses: AtomicU64,
+    evicted_size: AtomicU64,
+    evicted_expired: AtomicU64,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CacheLabels {
-    cache: String,
+impl Default for StatsStripe {
+    fn default() -> Self {
+        Self {
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
+            batch_hits: AtomicU64::new(0),
+            batch_misses: AtomicU64::new(0),
+            evicted_size: AtomicU64::new(0),
+            evicted_expired: AtomicU64::new(0),
+        }
+    }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EvictionLabels {
-    cache: String,
-    cause: &'static str,
+struct CacheStats {
+    name: String,
+    stripes: Box<[StatsStripe; STRIPES]>,
+    items: AtomicI64,
 }
+
+/// A summed view of one cache's statistics at render time.
+struct Snapshot {
+    slots: Vec<u64>,
+    batch_hits: u64,
+    batch_misses: u64,
+    evicted_size: u64,
+    evicted_expired: u64,
+}
+
+impl Snapshot {
+    fn count(&self, cell: usize) -> u64 {
+        self.slots[cell * CELL_SLOTS..cell * CELL_SLOTS + BUCKETS]
+            .iter()
+            .sum()
+    }
+}
+
+impl CacheStats {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            stripes: Box::new(std::array::from_fn(|_| StatsStripe::default())),
+            items: AtomicI64::new(0),
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot {
+            slots: vec![0; CELLS.len() * CELL_SLOTS],
+            batch_hits: 0,
+            batch_misses: 0,
+            evicted_size: 0,
+            evicted_expired: 0,
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for s in self.stripes.iter() {
+            for (total, slot) in snap.slots.iter_mut().zip(&s.slots) {
+                *total = total.wrapping_add(load(slot));
+            }
+            snap.batch_hits += load(&s.batch_hits);
+            snap.batch_misses += load(&s.batch_misses);
+            snap.evicted_size += load(&s.evicted_size);
+            snap.evicted_expired += load(&s.evicted_expired);
+        }
+        snap
+    }
+}
+
+type CacheMap = Arc<Mutex<BTreeMap<String, Arc<CacheStats>>>>;
 
 /// The cache metric families of one registry. Obtain it with
 /// [`MetricsService::cache_metrics`], then resolve per-cache instruments with
 /// [`for_cache`](Self::for_cache).
-#[derive(Debug, Clone)]
+///
+/// Recording is cheap because nothing is counted twice: each (operation, status) pair keeps
+/// one latency histogram per thread stripe, and `requests_total`, the per-operation duration
+/// histogram, `hits_total` and `misses_total` are all derived from those cells when the
+/// registry is rendered.
+#[derive(Clone)]
 pub struct CacheMetrics {
-    requests: Family<RequestLabels, StripedCounter>,
-    durations: Family<OperationLabels, DurationHistogram>,
-    items: Family<CacheLabels, Gauge>,
-    hits: Family<CacheLabels, StripedCounter>,
-    misses: Family<CacheLabels, StripedCounter>,
-    evictions: Family<EvictionLabels, StripedCounter>,
+    caches: CacheMap,
 }
 
+impl std::fmt::Debug for CacheMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheMetrics").finish_non_exhaustive()
+    }
+}
+
+/// The metric names (without namespace) the cache collector owns.
+pub(crate) const CACHE_FAMILY_NAMES: [&str; 6] = [
+    "cache_requests",
+    "cache_operation_duration_seconds",
+    "cache_items",
+    "cache_hits",
+    "cache_misses",
+    "cache_evictions",
+];
+
 impl CacheMetrics {
-    pub(crate) fn register(service: &MetricsService) -> Self {
-        // The names are fixed and valid, and nothing else registers them with other types
-        // before this runs once per service, so these cannot fail; fall back to unregistered
-        // families rather than panic if a caller squatted on a name.
-        fn family<M: prometheus_client::registry::Metric + Clone + Default>(
-            service: &MetricsService,
-            name: &str,
-            help: &str,
-        ) -> M {
-            service
-                .get_or_register(name, help, M::default)
-                .unwrap_or_default()
-        }
-        Self {
-            requests: family(service, "cache_requests", "Total number of cache requests"),
-            durations: family(
-                service,
-                "cache_operation_duration_seconds",
-                "Duration of cache operations in seconds",
-            ),
-            items: family(
-                service,
-                "cache_items",
-                "Current number of items in the cache",
-            ),
-            hits: family(service, "cache_hits", "Total number of cache hits"),
-            misses: family(service, "cache_misses", "Total number of cache misses"),
-            evictions: family(
-                service,
-                "cache_evictions",
-                "Entries removed by the cache itself (cause: size or expired)",
-            ),
-        }
+    pub(crate) fn new() -> (Self, CacheCollector) {
+        let caches = CacheMap::default();
+        (
+            Self {
+                caches: caches.clone(),
+            },
+            CacheCollector { caches },
+        )
     }
 
     /// Instruments for the cache named `cache`. Resolving the same name twice returns handles
     /// to the same series. Every (operation, status) pair the cache can report starts at 0.
     pub fn for_cache(&self, cache: &str) -> CacheInstruments {
-        let cache = cache.to_owned();
-        let requests = Operation::ALL.map(|op| {
-            let mut by_status: [Option<StripedCounter>; 4] = Default::default();
-            for &status in op.statuses() {
-                by_status[status as usize] =
-                    Some(self.requests.get_or_create_owned(&RequestLabels {
-                        cache: cache.clone(),
-                        operation: op.as_str(),
-                        status: status.as_str(),
-                    }));
-            }
-            by_status
-        });
-        let durations = Operation::ALL.map(|op| {
-            self.durations.get_or_create_owned(&OperationLabels {
-                cache: cache.clone(),
-                operation: op.as_str(),
-            })
-        });
-        let labels = CacheLabels {
-            cache: cache.clone(),
-        };
-        let eviction = |cause| {
-            self.evictions.get_or_create_owned(&EvictionLabels {
-                cache: cache.clone(),
-                cause,
-            })
-        };
-        CacheInstruments {
-            requests,
-            durations,
-            items: self.items.get_or_create_owned(&labels),
-            hits: self.hits.get_or_create_owned(&labels),
-            misses: self.misses.get_or_create_owned(&labels),
-            evicted_size: eviction("size"),
-            evicted_expired: eviction("expired"),
-            spare: StripedCounter::default(),
-        }
+        let mut caches = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
+        let stats = caches
+            .entry(cache.to_owned())
+            .or_insert_with(|| Arc::new(CacheStats::new(cache)))
+            .clone();
+        CacheInstruments { stats }
     }
 }
 
-/// Pre-resolved metric handles for one cache: recording touches no lock and no map.
-#[derive(Debug, Clone)]
+/// Pre-resolved metric handles for one cache: recording touches no lock and no map, only the
+/// calling thread's stripe (two relaxed atomic adds per request).
+#[derive(Clone)]
 pub struct CacheInstruments {
-    requests: [[Option<StripedCounter>; 4]; Operation::ALL.len()],
-    durations: [DurationHistogram; Operation::ALL.len()],
-    items: Gauge,
-    hits: StripedCounter,
-    misses: StripedCounter,
-    evicted_size: StripedCounter,
-    evicted_expired: StripedCounter,
-    /// Target for (operation, status) pairs an operation never reports, so a mistaken call
-    /// is counted nowhere visible instead of panicking.
-    spare: StripedCounter,
+    stats: Arc<CacheStats>,
+}
+
+impl std::fmt::Debug for CacheInstruments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheInstruments")
+            .field("cache", &self.stats.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CacheInstruments {
-    fn op_index(op: Operation) -> usize {
-        op as usize
+    #[inline]
+    fn stripe(&self) -> &StatsStripe {
+        &self.stats.stripes[stripe()]
     }
 
-    /// Counts one request of `op` with `status` that took `elapsed`.
+    /// Counts one request of `op` with `status` that took `elapsed`. A pair the operation
+    /// never reports (e.g. `set`/`hit`) is counted as `Ok` for writes and `Error` otherwise.
     #[inline]
     pub fn record(&self, op: Operation, status: Status, elapsed: Duration) {
-        let i = Self::op_index(op);
-        self.requests[i][status as usize]
-            .as_ref()
-            .unwrap_or(&self.spare)
-            .inc();
-        self.durations[i].observe(elapsed);
+        let cell = cell_index(op, status)
+            .or_else(|| cell_index(op, Status::Ok))
+            .or_else(|| cell_index(op, Status::Error))
+            .unwrap_or(0);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let base = cell * CELL_SLOTS;
+        let s = self.stripe();
+        s.slots[base + bucket_index(nanos)].fetch_add(1, Ordering::Relaxed);
+        s.slots[base + BUCKETS].fetch_add(nanos, Ordering::Relaxed);
     }
 
-    /// A `get` that found its key: request, duration and `hits_total`.
+    /// A `get` that found its key (also counts towards `hits_total`).
     #[inline]
     pub fn record_hit(&self, elapsed: Duration) {
         self.record(Operation::Get, Status::Hit, elapsed);
-        self.hits.inc();
     }
 
-    /// A `get` that missed: request, duration and `misses_total`.
+    /// A `get` that missed (also counts towards `misses_total`).
     #[inline]
     pub fn record_miss(&self, elapsed: Duration) {
         self.record(Operation::Get, Status::Miss, elapsed);
-        self.misses.inc();
     }
 
     /// Adds the hits and misses of a batch lookup to `hits_total` / `misses_total`.
     pub fn record_lookups(&self, hits: u64, misses: u64) {
-        self.hits.inc_by(hits);
-        self.misses.inc_by(misses);
+        let s = self.stripe();
+        s.batch_hits.fetch_add(hits, Ordering::Relaxed);
+        s.batch_misses.fetch_add(misses, Ordering::Relaxed);
     }
 
     /// Sets the `cache_items` gauge.
     pub fn set_items(&self, items: i64) {
-        self.items.set(items);
+        self.stats.items.store(items, Ordering::Relaxed);
     }
 
     /// Counts entries the cache removed on its own because it was full.
     pub fn record_size_eviction(&self) {
-        self.evicted_size.inc();
+        self.stripe().evicted_size.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts entries the cache removed on its own because they expired.
     pub fn record_expiry_eviction(&self) {
-        self.evicted_expired.inc();
+        self.stripe()
+            .evicted_expired
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Number of `op` requests with `status` so far (for tests and status pages).
     pub fn requests(&self, op: Operation, status: Status) -> u64 {
-        self.requests[Self::op_index(op)][status as usize]
-            .as_ref()
-            .map_or(0, |c| c.get())
+        cell_index(op, status).map_or(0, |cell| self.stats.snapshot().count(cell))
     }
 
     /// The current `cache_items` value.
     pub fn items(&self) -> i64 {
-        self.items.get()
+        self.stats.items.load(Ordering::Relaxed)
+    }
+}
+
+/// Encodes every cache's statistics at render time.
+#[derive(Debug)]
+pub(crate) struct CacheCollector {
+    caches: CacheMap,
+}
+
+impl std::fmt::Debug for CacheStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheStats")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let caches: Vec<(Arc<CacheStats>, Snapshot)> = self
+            .caches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|c| (c.clone(), c.snapshot()))
+            .collect();
+        let label = |c: &CacheStats| [("cache", c.name.clone())];
+
+        let mut family = encoder.encode_descriptor(
+            "cache_requests",
+            "Total number of cache requests",
+            None,
+            MetricType::Counter,
+        )?;
+        for (c, snap) in &caches {
+            for (cell, (op, status)) in CELLS.iter().enumerate() {
+                let labels = [
+                    ("cache", c.name.as_str()),
+                    ("operation", op.as_str()),
+                    ("status", status.as_str()),
+                ];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&snap.count(cell), None)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "cache_operation_duration_seconds",
+            "Duration of cache operations in seconds",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (c, snap) in &caches {
+            for op in Operation::ALL {
+                let mut counts = [0u64; BUCKETS];
+                let mut sum_nanos: u128 = 0;
+                for (cell, _) in CELLS.iter().enumerate().filter(|(_, (o, _))| *o == op) {
+                    let base = cell * CELL_SLOTS;
+                    for (total, v) in counts.iter_mut().zip(&snap.slots[base..base + BUCKETS]) {
+                        *total += v;
+                    }
+                    sum_nanos += u128::from(snap.slots[base + BUCKETS]);
+                }
+                let labels = [("cache", c.name.as_str()), ("operation", op.as_str())];
+                let buckets = bucket_pairs(&counts);
+                family
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        sum_nanos as f64 / 1e9,
+                        counts.iter().sum(),
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "cache_items",
+            "Current number of items in the cache",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (c, _) in &caches {
+            family
+                .encode_family(&label(c))?
+                .encode_gauge(&c.items.load(Ordering::Relaxed))?;
+        }
+
+        let hit_cell = cell_index(Operation::Get, Status::Hit).unwrap_or(0);
+        let miss_cell = cell_index(Operation::Get, Status::Miss).unwrap_or(0);
+        for (name, help, pick) in [
+            (
+                "cache_hits",
+                "Total number of cache hits",
+                (|s: &Snapshot, cell| s.count(cell) + s.batch_hits) as fn(&Snapshot, usize) -> u64,
+            ),
+            (
+                "cache_misses",
+                "Total number of cache misses",
+                |s: &Snapshot, cell| s.count(cell) + s.batch_misses,
+            ),
+        ] {
+            let cell = if name == "cache_hits" {
+                hit_cell
+            } else {
+                miss_cell
+            };
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (c, snap) in &caches {
+                family
+                    .encode_family(&label(c))?
+                    .encode_counter::<NoLabelSet, _, u64>(&pick(snap, cell), None)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "cache_evictions",
+            "Entries removed by the cache itself (cause: size or expired)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (c, snap) in &caches {
+            for (cause, n) in [
+                ("size", snap.evicted_size),
+                ("expired", snap.evicted_expired),
+            ] {
+                let labels = [("cache", c.name.as_str()), ("cause", cause)];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MetricsService;
 
     #[test]
     fn seed_names_and_labels() {
@@ -340,7 +531,17 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
-        // Lookups never report "ok", writes never "hit".
+        // Lookups never report "ok", writes never "hit"; derived totals agree with the cells.
+        c.record_lookups(3, 4);
+        let text = m.render();
+        assert!(
+            text.contains("lab_cache_hits_total{cache=\"c1\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lab_cache_misses_total{cache=\"c1\"} 5"),
+            "{text}"
+        );
         assert!(!text.contains("operation=\"get\",status=\"ok\""));
         assert!(!text.contains("operation=\"set\",status=\"hit\""));
     }

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::cache::CacheMetrics;
+use crate::cache::{CACHE_FAMILY_NAMES, CacheMetrics};
+
+/// Marks a name owned by a built-in collector.
+struct Reserved;
 use crate::{Error, Result};
 
 /// The `Content-Type` of [`MetricsService::render`]'s output (OpenMetrics 1.0 text).
@@ -120,9 +123,16 @@ impl MetricsService {
 
     /// The cache metric families of this registry (registered on first use).
     pub fn cache_metrics(&self) -> &CacheMetrics {
-        self.inner
-            .cache
-            .get_or_init(|| CacheMetrics::register(self))
+        self.inner.cache.get_or_init(|| {
+            let (metrics, collector) = CacheMetrics::new();
+            let mut families = lock(&self.inner.families);
+            for name in CACHE_FAMILY_NAMES {
+                // Reserve the names so `get_or_register` cannot add a clashing family.
+                families.insert(name.to_owned(), Box::new(Reserved));
+            }
+            lock(&self.inner.registry).register_collector(Box::new(collector));
+            metrics
+        })
     }
 
     /// Adds a hook that runs before every [`render`](Self::render), e.g. to refresh a gauge
@@ -180,6 +190,18 @@ mod tests {
             m.get_or_register("bad name", "x", Counter::<u64>::default),
             Err(Error::InvalidName { .. })
         ));
+    }
+
+    #[test]
+    fn cache_family_names_are_reserved() {
+        let m = MetricsService::new("lab").unwrap();
+        m.cache_metrics().for_cache("c");
+        let clash: Result<Counter> = m.get_or_register("cache_hits", "x", Counter::default);
+        assert!(matches!(clash, Err(Error::TypeMismatch { .. })));
+        assert_eq!(
+            m.render().matches("# TYPE lab_cache_hits counter").count(),
+            1
+        );
     }
 
     #[test]

@@ -9,14 +9,14 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 
 /// Number of stripes. A power of two comfortably above the core counts Keel targets; threads
 /// beyond that share stripes, which is still correct, only slower.
-const STRIPES: usize = 16;
+pub(crate) const STRIPES: usize = 8;
 
 /// One cache line (128 bytes covers adjacent-line prefetching on x86) per stripe.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Padded<T>(T);
 
-fn stripe() -> usize {
+pub(crate) fn stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
@@ -71,7 +71,7 @@ pub const DEFAULT_BOUNDS: [Duration; 16] = [
     Duration::from_secs(1),
     Duration::from_secs(10),
 ];
-const BUCKETS: usize = DEFAULT_BOUNDS.len() + 1;
+pub(crate) const BUCKETS: usize = DEFAULT_BOUNDS.len() + 1;
 
 /// [`DEFAULT_BOUNDS`] in nanoseconds, for a cheap bucket search.
 const BOUNDS_NANOS: [u64; DEFAULT_BOUNDS.len()] = {
@@ -83,6 +83,27 @@ const BOUNDS_NANOS: [u64; DEFAULT_BOUNDS.len()] = {
     }
     out
 };
+
+/// The bucket of an observation of `nanos` (bounds are inclusive upper bounds).
+#[inline]
+pub(crate) fn bucket_index(nanos: u64) -> usize {
+    BOUNDS_NANOS.partition_point(|&b| b < nanos)
+}
+
+/// Per-bucket counts paired with their upper bounds in seconds, as the encoder wants them
+/// (not cumulative: the OpenMetrics encoder accumulates).
+pub(crate) fn bucket_pairs(counts: &[u64; BUCKETS]) -> Vec<(f64, u64)> {
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let bound = DEFAULT_BOUNDS
+                .get(i)
+                .map_or(f64::INFINITY, Duration::as_secs_f64);
+            (bound, c)
+        })
+        .collect()
+}
 
 #[derive(Debug, Default)]
 struct HistogramStripe {
@@ -110,7 +131,7 @@ impl DurationHistogram {
     #[inline]
     pub fn observe(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let idx = BOUNDS_NANOS.partition_point(|&b| b < nanos);
+        let idx = bucket_index(nanos);
         let s = &self.inner[stripe()].0;
         s.buckets[idx].fetch_add(1, Ordering::Relaxed);
         s.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -132,17 +153,11 @@ impl DurationHistogram {
             }
             sum_nanos += u128::from(s.0.sum_nanos.load(Ordering::Relaxed));
         }
-        let buckets = counts
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| {
-                let bound = DEFAULT_BOUNDS
-                    .get(i)
-                    .map_or(f64::INFINITY, Duration::as_secs_f64);
-                (bound, c)
-            })
-            .collect();
-        (sum_nanos as f64 / 1e9, counts.iter().sum(), buckets)
+        (
+            sum_nanos as f64 / 1e9,
+            counts.iter().sum(),
+            bucket_pairs(&counts),
+        )
     }
 }
 
