@@ -69,6 +69,10 @@ pub struct CacheConfig {
     /// Database number (networked backends).
     #[serde(default)]
     pub database: Option<i64>,
+    /// Key prefix (networked backends; default `"<name>:"`). `clear` deletes only keys with
+    /// this prefix and refuses to run with an empty one.
+    #[serde(default, alias = "key_prefix", alias = "keyPrefix")]
+    pub prefix: Option<String>,
     /// Backend options; the seed calls this `config`.
     #[serde(default, alias = "config")]
     pub options: CacheOptions,
@@ -101,6 +105,20 @@ pub struct CacheOptions {
     /// every write).
     #[serde(default, alias = "countEvictions")]
     pub count_evictions: Option<bool>,
+    /// Networked backends: how long connecting may take (default 5s).
+    #[serde(default, alias = "connectTimeout", deserialize_with = "opt_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// Networked backends: how long one request may wait for its answer (default 2s).
+    #[serde(default, alias = "responseTimeout", deserialize_with = "opt_duration")]
+    pub response_timeout: Option<Duration>,
+    /// Redis: how often the `cache_items` gauge is recounted by a SCAN over the prefix
+    /// (default 10s; `"0s"` turns it off).
+    #[serde(
+        default,
+        alias = "itemsRefresh",
+        deserialize_with = "opt_duration_keep_zero"
+    )]
+    pub items_refresh: Option<Duration>,
     /// Longest key in bytes (default 4096).
     #[serde(default, alias = "maxKeyBytes")]
     pub max_key_bytes: Option<usize>,
@@ -111,18 +129,22 @@ pub struct CacheOptions {
 
 /// Accepts `"5m"`-style strings (humantime) or a number of seconds; zero means "none".
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Ok(opt_duration_keep_zero(d)?.filter(|d| !d.is_zero()))
+}
+
+/// Like `opt_duration`, but zero stays zero (it means "off" there).
+fn opt_duration_keep_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
         Seconds(u64),
         Text(String),
     }
-    let parsed = match Option::<Raw>::deserialize(d)? {
-        None => return Ok(None),
-        Some(Raw::Seconds(s)) => Duration::from_secs(s),
-        Some(Raw::Text(t)) => parse_duration(&t).map_err(serde::de::Error::custom)?,
-    };
-    Ok((!parsed.is_zero()).then_some(parsed))
+    Ok(match Option::<Raw>::deserialize(d)? {
+        None => None,
+        Some(Raw::Seconds(s)) => Some(Duration::from_secs(s)),
+        Some(Raw::Text(t)) => Some(parse_duration(&t).map_err(serde::de::Error::custom)?),
+    })
 }
 
 /// Parses `"5m"`, `"250ms"`, `"1h30m"`, `"90s"` (humantime syntax) or a bare number of seconds.
@@ -151,6 +173,7 @@ impl CacheConfig {
             username: None,
             password: None,
             database: None,
+            prefix: None,
             options: CacheOptions::default(),
         }
     }

@@ -19,6 +19,8 @@ use crate::{Error, Result};
 pub enum CacheKind {
     /// In-process, on moka.
     Memory,
+    /// A Redis server.
+    Redis,
 }
 
 impl CacheKind {
@@ -26,6 +28,7 @@ impl CacheKind {
     pub const fn as_str(self) -> &'static str {
         match self {
             CacheKind::Memory => "memory",
+            CacheKind::Redis => "redis",
         }
     }
 }

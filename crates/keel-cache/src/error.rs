@@ -106,6 +106,36 @@ pub enum Error {
         /// Each failing cache's name and error.
         failures: Vec<(String, Error)>,
     },
+    /// The server did not answer within the response timeout.
+    #[error("cache {cache:?}: {operation} timed out after {after:?}")]
+    Timeout {
+        /// The cache name.
+        cache: String,
+        /// The operation.
+        operation: &'static str,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The server cannot be reached (refused, dropped, not yet reconnected).
+    #[error("cache {cache:?}: server unavailable during {operation}: {reason}")]
+    Unavailable {
+        /// The cache name.
+        cache: String,
+        /// The operation.
+        operation: &'static str,
+        /// What the client reported.
+        reason: String,
+    },
+    /// The server answered with an error this crate does not map to another variant.
+    #[error("cache {cache:?}: {operation} failed: {message}")]
+    Backend {
+        /// The cache name.
+        cache: String,
+        /// The operation.
+        operation: &'static str,
+        /// The server's or client's message.
+        message: String,
+    },
     /// The metrics registry rejected the configuration (e.g. a bad namespace).
     #[error(transparent)]
     Metrics(#[from] keel_metrics::Error),

@@ -10,6 +10,10 @@ use crate::memory::{Capacity, MemoryCache};
 use crate::{Error, Result};
 
 /// The `type` values this build accepts.
+#[cfg(feature = "redis")]
+pub const CACHE_TYPES: &[&str] = &["memory", "redis"];
+/// The `type` values this build accepts.
+#[cfg(not(feature = "redis"))]
 pub const CACHE_TYPES: &[&str] = &["memory"];
 
 /// Builds, connects and returns the cache `config` describes, recording into
@@ -46,6 +50,13 @@ pub async fn open_with_metrics(
                 .count_evictions(config.options.count_evictions.unwrap_or(true))
                 .metrics(metrics)
                 .build(),
+        ),
+        #[cfg(feature = "redis")]
+        "redis" => Arc::new(
+            redis_builder(config)?
+                .limits(limits)
+                .metrics(metrics)
+                .build()?,
         ),
         _ => {
             return Err(Error::UnknownType {
@@ -95,4 +106,40 @@ fn limits(config: &CacheConfig) -> Result<Limits> {
         limits.max_value_bytes = n;
     }
     Ok(limits)
+}
+
+#[cfg(feature = "redis")]
+fn redis_builder(config: &CacheConfig) -> Result<crate::redis::RedisCacheBuilder> {
+    use crate::redis::{Endpoint, RedisCache};
+    let endpoint = match (&config.url, &config.host) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidConfig {
+                field: "url".into(),
+                reason: "set either url or host/port, not both".into(),
+            });
+        }
+        (Some(url), None) => Endpoint::Url(url.clone()),
+        (None, host) => Endpoint::Tcp {
+            host: host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            port: config.port.unwrap_or(6379),
+            username: config.username.clone(),
+            password: config.password.clone(),
+            database: config.database.unwrap_or(0),
+        },
+    };
+    let o = &config.options;
+    let mut b = RedisCache::builder(&config.name, endpoint).default_ttl(o.default_ttl);
+    if let Some(prefix) = &config.prefix {
+        b = b.prefix(prefix.clone());
+    }
+    if let Some(d) = o.connect_timeout {
+        b = b.connect_timeout(d);
+    }
+    if let Some(d) = o.response_timeout {
+        b = b.response_timeout(d);
+    }
+    if let Some(d) = o.items_refresh {
+        b = b.items_refresh(Some(d));
+    }
+    Ok(b)
 }

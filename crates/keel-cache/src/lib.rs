@@ -39,6 +39,8 @@ mod error;
 mod factory;
 mod manager;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod ttl;
 
 pub use bytes::Bytes;
@@ -48,6 +50,8 @@ pub use error::Error;
 pub use factory::{CACHE_TYPES, open, open_with_metrics};
 pub use manager::Manager;
 pub use memory::{Capacity, MemoryCache, MemoryCacheBuilder};
+#[cfg(feature = "redis")]
+pub use redis::{Endpoint, RedisCache, RedisCacheBuilder};
 pub use ttl::{KeyTtl, MAX_TTL, Ttl};
 
 /// The result type of this crate.

@@ -3,6 +3,7 @@
 //! - [`conformance`]: the one cache conformance suite every backend runs, expanded into
 //!   separate `#[tokio::test]`s by [`cache_conformance!`].
 //! - [`process`]: real servers started on free loopback ports, killed on drop.
+//! - [`redis`]: `redis-server` on a free port with kill, SIGSTOP/SIGCONT and restart.
 //! - [`prometheus`]: a real Prometheus server scraping a target, queried over its HTTP API,
 //!   and the Python `prometheus_client` OpenMetrics parser.
 //!
@@ -15,3 +16,4 @@ pub mod conformance;
 pub mod http;
 pub mod process;
 pub mod prometheus;
+pub mod redis;

@@ -1,0 +1,788 @@
+//! The Redis backend (feature `redis`), on redis-rs's `ConnectionManager`.
+//!
+//! One multiplexed connection per cache pipelines concurrent requests. Keys are stored as
+//! `prefix + key` and values as raw bytes, so `redis-cli GET <prefix><key>` shows exactly what
+//! was written. Atomic operations are single commands (`INCRBY`, `SET NX PX`) or Lua scripts
+//! (compare-and-set, persist-if-exists).
+//!
+//! Failure modes: every request is bounded by the response timeout (default 2 s) and fails
+//! with [`Error::Timeout`]; a refused or dropped connection fails with
+//! [`Error::Unavailable`]. The connection manager reconnects by itself on the next request
+//! after a failure, so the same cache recovers when the server comes back; nothing hangs and
+//! nothing panics.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel_metrics::{CacheInstruments, MetricsService, Operation, Status};
+use quanta::Instant;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Client, ConnectionAddr, IntoConnectionInfo, RedisError, Script};
+use tokio::task::JoinHandle;
+
+use crate::config::Secret;
+use crate::contract::{Cache, CacheFuture, CacheKind, Limits};
+use crate::error::key_for_error;
+use crate::ttl::{KeyTtl, Ttl};
+use crate::{Error, Result};
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_ITEMS_REFRESH: Duration = Duration::from_secs(10);
+const SCAN_BATCH: usize = 500;
+
+/// Compare-and-set: `KEYS[1]`, expected `ARGV[1]`, new value `ARGV[2]`, TTL in ms `ARGV[3]`
+/// (empty: no expiry).
+const CAS_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[3] == '' then
+    redis.call('SET', KEYS[1], ARGV[2])
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  end
+  return 1
+end
+return 0";
+
+/// `PERSIST` that reports whether the key exists (plain `PERSIST` answers 0 for an existing
+/// key without TTL).
+const PERSIST_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('PERSIST', KEYS[1])
+  return 1
+end
+return 0";
+
+/// Where the server is.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    /// A `redis://` or `rediss://` URL (may carry credentials; redacted in `Debug`).
+    Url(Secret),
+    /// Host and port with optional credentials and database.
+    Tcp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+        /// ACL user name.
+        username: Option<String>,
+        /// Password.
+        password: Option<Secret>,
+        /// Database number.
+        database: i64,
+    },
+}
+
+/// Builder for [`RedisCache`].
+#[derive(Debug, Clone)]
+pub struct RedisCacheBuilder {
+    name: String,
+    endpoint: Endpoint,
+    prefix: Option<String>,
+    default_ttl: Option<Duration>,
+    limits: Limits,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    items_refresh: Option<Duration>,
+    metrics: Option<MetricsService>,
+}
+
+impl RedisCacheBuilder {
+    /// Key prefix (default `"<name>:"`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// TTL applied by `Ttl::Default`.
+    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// Key and value size limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How long `connect` may take (default 5 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// How long one request may wait for its answer (default 2 s).
+    pub fn response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+
+    /// How often `cache_items` is recounted with a SCAN over the prefix (default 10 s;
+    /// `None` or zero: never).
+    pub fn items_refresh(mut self, every: Option<Duration>) -> Self {
+        self.items_refresh = every.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Registry to record into (default: [`MetricsService::global`]).
+    pub fn metrics(mut self, metrics: &MetricsService) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// Builds the cache, not yet connected: call [`Cache::connect`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a URL or address redis-rs cannot use.
+    pub fn build(self) -> Result<RedisCache> {
+        let bad = |reason: String| Error::InvalidConfig {
+            field: "url".into(),
+            reason,
+        };
+        let info = match &self.endpoint {
+            Endpoint::Url(url) => url
+                .expose()
+                .into_connection_info()
+                .map_err(|e| bad(format!("not a usable redis URL: {e}")))?,
+            Endpoint::Tcp {
+                host,
+                port,
+                username,
+                password,
+                database,
+            } => {
+                let info = ConnectionAddr::Tcp(host.clone(), *port)
+                    .into_connection_info()
+                    .map_err(|e| bad(e.to_string()))?;
+                let mut settings = info.redis_settings().clone().set_db(*database);
+                if let Some(user) = username {
+                    settings = settings.set_username(user);
+                }
+                if let Some(pass) = password {
+                    settings = settings.set_password(pass.expose());
+                }
+                info.set_redis_settings(settings)
+            }
+        };
+        let client = Client::open(info).map_err(|e| bad(e.to_string()))?;
+        let service = self
+            .metrics
+            .unwrap_or_else(|| MetricsService::global().clone());
+        let metrics = service.cache_metrics().for_cache(&self.name);
+        let prefix = self.prefix.unwrap_or_else(|| format!("{}:", self.name));
+        Ok(RedisCache {
+            shared: Arc::new(Shared {
+                name: self.name,
+                prefix,
+                client,
+                conn: RwLock::new(None),
+                healthy: AtomicBool::new(false),
+                default_ttl: self.default_ttl,
+                limits: self.limits,
+                connect_timeout: self.connect_timeout,
+                response_timeout: self.response_timeout,
+                items_refresh: self.items_refresh,
+                items_task: std::sync::Mutex::new(None),
+                metrics,
+                cas: Script::new(CAS_SCRIPT),
+                persist: Script::new(PERSIST_SCRIPT),
+            }),
+        })
+    }
+}
+
+struct Shared {
+    name: String,
+    prefix: String,
+    client: Client,
+    /// `None` before `connect` and after `close`.
+    conn: RwLock<Option<ConnectionManager>>,
+    /// Whether the last request reached the server.
+    healthy: AtomicBool,
+    default_ttl: Option<Duration>,
+    limits: Limits,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    items_refresh: Option<Duration>,
+    items_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    metrics: CacheInstruments,
+    cas: Script,
+    persist: Script,
+}
+
+/// A cache on a Redis server. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct RedisCache {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client's connection info may hold a password: never print it.
+        f.debug_struct("RedisCache")
+            .field("name", &self.shared.name)
+            .field("prefix", &self.shared.prefix)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisCache {
+    /// A builder for a cache called `name` on `endpoint`.
+    pub fn builder(name: impl Into<String>, endpoint: Endpoint) -> RedisCacheBuilder {
+        RedisCacheBuilder {
+            name: name.into(),
+            endpoint,
+            prefix: None,
+            default_ttl: None,
+            limits: Limits::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            items_refresh: Some(DEFAULT_ITEMS_REFRESH),
+            metrics: None,
+        }
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+
+    /// Counts this cache's keys now (a SCAN over the prefix) and updates `cache_items`.
+    ///
+    /// # Errors
+    /// As any request.
+    pub async fn count_items(&self) -> Result<u64> {
+        self.shared.count_items().await
+    }
+}
+
+/// Escapes glob characters so a prefix matches only itself in `SCAN MATCH`.
+fn glob_escape(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('*');
+    out
+}
+
+impl Shared {
+    fn key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + key.len());
+        k.push_str(&self.prefix);
+        k.push_str(key);
+        k
+    }
+
+    fn conn(&self) -> Result<ConnectionManager> {
+        self.conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| Error::Closed {
+                cache: self.name.clone(),
+            })
+    }
+
+    fn ttl_ms(&self, key: &str, ttl: Ttl) -> Result<Option<u64>> {
+        Ok(ttl
+            .resolve(self.default_ttl, key)?
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
+
+    /// Maps a client error, and remembers whether the server was reachable.
+    fn error(&self, op: Operation, e: &RedisError) -> Error {
+        let cache = self.name.clone();
+        let operation = op.as_str();
+        if e.is_timeout() {
+            self.healthy.store(false, Ordering::Relaxed);
+            Error::Timeout {
+                cache,
+                operation,
+                after: self.response_timeout,
+            }
+        } else if e.is_io_error()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || e.is_unrecoverable_error()
+        {
+            self.healthy.store(false, Ordering::Relaxed);
+            Error::Unavailable {
+                cache,
+                operation,
+                reason: e.to_string(),
+            }
+        } else {
+            Error::Backend {
+                cache,
+                operation,
+                message: e.to_string(),
+            }
+        }
+    }
+
+    /// Runs one request under the response timeout, maps its error and records metrics.
+    async fn run<T>(
+        &self,
+        op: Operation,
+        status: impl FnOnce(&T) -> Status,
+        body: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        // redis-rs enforces the response timeout itself; this outer bound also covers the
+        // wait for a reconnect.
+        let result = match tokio::time::timeout(self.response_timeout * 2, body).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                Err(Error::Timeout {
+                    cache: self.name.clone(),
+                    operation: op.as_str(),
+                    after: self.response_timeout * 2,
+                })
+            }
+        };
+        let elapsed = start.elapsed();
+        match &result {
+            Ok(v) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                self.metrics.record(op, status(v), elapsed);
+            }
+            Err(_) => self.metrics.record(op, Status::Error, elapsed),
+        }
+        result
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<()> {
+        if self
+            .conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            return Ok(());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            // A failed request triggers a reconnect; keep each attempt short so callers see
+            // typed errors quickly while the server is down.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
+        let manager = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                return Err(Error::Unavailable {
+                    cache: self.name.clone(),
+                    operation: "connect",
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(Error::Timeout {
+                    cache: self.name.clone(),
+                    operation: "connect",
+                    after: self.connect_timeout,
+                });
+            }
+        };
+        *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(manager);
+        self.healthy.store(true, Ordering::Relaxed);
+        if let Some(every) = self.items_refresh {
+            let weak = Arc::downgrade(self);
+            let task = tokio::spawn(refresh_items(weak, every));
+            if let Some(old) = self
+                .items_task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .replace(task)
+            {
+                old.abort();
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.conn
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.healthy.store(false, Ordering::Relaxed);
+        if let Some(task) = self
+            .items_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+
+    async fn count_items(&self) -> Result<u64> {
+        let mut conn = self.conn()?;
+        let pattern = glob_escape(&self.prefix);
+        let mut cursor: u64 = 0;
+        let mut count: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_BATCH)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.error(Operation::Clear, &e))?;
+            count += keys.len() as u64;
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        self.metrics
+            .set_items(i64::try_from(count).unwrap_or(i64::MAX));
+        Ok(count)
+    }
+}
+
+async fn refresh_items(cache: Weak<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = cache.upgrade() else {
+            return;
+        };
+        // A failed count keeps the last value; the failure is visible in requests_total.
+        let _ = shared.count_items().await;
+    }
+}
+
+fn is_hit(v: &Option<Bytes>) -> Status {
+    if v.is_some() {
+        Status::Hit
+    } else {
+        Status::Miss
+    }
+}
+
+fn ok<T>(_: &T) -> Status {
+    Status::Ok
+}
+
+impl Cache for RedisCache {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn kind(&self) -> CacheKind {
+        CacheKind::Redis
+    }
+
+    fn connect<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::boxed(self.shared.connect())
+    }
+
+    fn close<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        self.shared.close();
+        CacheFuture::ready(Ok(()))
+    }
+
+    fn is_connected(&self) -> bool {
+        let s = &self.shared;
+        s.healthy.load(Ordering::Relaxed)
+            && s.conn
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<Option<Bytes>>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::Get, is_hit, async move {
+            s.limits.check_key(key)?;
+            let mut c = s.conn()?;
+            let v: Option<Vec<u8>> = c
+                .get(s.key(key))
+                .await
+                .map_err(|e| s.error(Operation::Get, &e))?;
+            Ok(v.map(Bytes::from))
+        }))
+    }
+
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<()>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::Set, ok, async move {
+            s.limits.check_entry(key, &value)?;
+            let ms = s.ttl_ms(key, ttl)?;
+            let mut c = s.conn()?;
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(s.key(key)).arg(value.as_ref());
+            if let Some(ms) = ms {
+                cmd.arg("PX").arg(ms);
+            }
+            cmd.query_async::<()>(&mut c)
+                .await
+                .map_err(|e| s.error(Operation::Set, &e))
+        }))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::Delete, ok, async move {
+            s.limits.check_key(key)?;
+            let mut c = s.conn()?;
+            let n: u64 = c
+                .del(s.key(key))
+                .await
+                .map_err(|e| s.error(Operation::Delete, &e))?;
+            Ok(n > 0)
+        }))
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::Exists, ok, async move {
+            s.limits.check_key(key)?;
+            let mut c = s.conn()?;
+            c.exists(s.key(key))
+                .await
+                .map_err(|e| s.error(Operation::Exists, &e))
+        }))
+    }
+
+    fn expire<'a>(&'a self, key: &'a str, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::Expire, ok, async move {
+            s.limits.check_key(key)?;
+            let ms = s.ttl_ms(key, ttl)?;
+            let mut c = s.conn()?;
+            let full = s.key(key);
+            let changed: i64 = match ms {
+                Some(ms) => {
+                    redis::cmd("PEXPIRE")
+                        .arg(&full)
+                        .arg(ms)
+                        .query_async(&mut c)
+                        .await
+                }
+                None => s.persist.key(&full).invoke_async(&mut c).await,
+            }
+            .map_err(|e| s.error(Operation::Expire, &e))?;
+            Ok(changed == 1)
+        }))
+    }
+
+    fn ttl<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<KeyTtl>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::Ttl, ok, async move {
+            s.limits.check_key(key)?;
+            let mut c = s.conn()?;
+            let ms: i64 = redis::cmd("PTTL")
+                .arg(s.key(key))
+                .query_async(&mut c)
+                .await
+                .map_err(|e| s.error(Operation::Ttl, &e))?;
+            Ok(match ms {
+                -2 => KeyTtl::Missing,
+                -1 => KeyTtl::Persistent,
+                ms => KeyTtl::Expires(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            })
+        }))
+    }
+
+    fn set_nx<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::SetNx, ok, async move {
+            s.limits.check_entry(key, &value)?;
+            let ms = s.ttl_ms(key, ttl)?;
+            let mut c = s.conn()?;
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(s.key(key)).arg(value.as_ref()).arg("NX");
+            if let Some(ms) = ms {
+                cmd.arg("PX").arg(ms);
+            }
+            let set: Option<String> = cmd
+                .query_async(&mut c)
+                .await
+                .map_err(|e| s.error(Operation::SetNx, &e))?;
+            Ok(set.is_some())
+        }))
+    }
+
+    fn set_if_match<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expected: &'a [u8],
+        ttl: Ttl,
+    ) -> CacheFuture<'a, Result<bool>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::Cas, ok, async move {
+            s.limits.check_entry(key, &value)?;
+            let ms = s.ttl_ms(key, ttl)?;
+            let mut c = s.conn()?;
+            let swapped: i64 = s
+                .cas
+                .key(s.key(key))
+                .arg(expected)
+                .arg(value.as_ref())
+                .arg(ms.map(|m| m.to_string()).unwrap_or_default())
+                .invoke_async(&mut c)
+                .await
+                .map_err(|e| s.error(Operation::Cas, &e))?;
+            Ok(swapped == 1)
+        }))
+    }
+
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64) -> CacheFuture<'a, Result<i64>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::Incr, ok, async move {
+            s.limits.check_key(key)?;
+            let mut c = s.conn()?;
+            c.incr(s.key(key), delta).await.map_err(|e| {
+                // INCRBY reports both failures as server errors; tell them apart by text.
+                let text = e.to_string();
+                if text.contains("overflow") {
+                    Error::Overflow {
+                        key: key_for_error(key),
+                        delta,
+                    }
+                } else if text.contains("not an integer") {
+                    Error::NotAnInteger {
+                        key: key_for_error(key),
+                    }
+                } else {
+                    s.error(Operation::Incr, &e)
+                }
+            })
+        }))
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<Vec<Option<Bytes>>>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::GetMany, ok, async move {
+            for key in keys {
+                s.limits.check_key(key)?;
+            }
+            let mut c = s.conn()?;
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let full: Vec<String> = keys.iter().map(|k| s.key(k)).collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&full)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| s.error(Operation::GetMany, &e))?;
+            let hits = values.iter().filter(|v| v.is_some()).count() as u64;
+            s.metrics.record_lookups(hits, values.len() as u64 - hits);
+            Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+        }))
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, Bytes)],
+        ttl: Ttl,
+    ) -> CacheFuture<'a, Result<()>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::SetMany, ok, async move {
+            for (key, value) in items {
+                s.limits.check_entry(key, value)?;
+            }
+            let ms = s.ttl_ms(items.first().map_or("", |(k, _)| *k), ttl)?;
+            let mut c = s.conn()?;
+            if items.is_empty() {
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            for (key, value) in items {
+                let cmd = pipe.cmd("SET").arg(s.key(key)).arg(value.as_ref());
+                if let Some(ms) = ms {
+                    cmd.arg("PX").arg(ms);
+                }
+                cmd.ignore();
+            }
+            pipe.query_async::<()>(&mut c)
+                .await
+                .map_err(|e| s.error(Operation::SetMany, &e))
+        }))
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<u64>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::DeleteMany, ok, async move {
+            for key in keys {
+                s.limits.check_key(key)?;
+            }
+            let mut c = s.conn()?;
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            let full: Vec<String> = keys.iter().map(|k| s.key(k)).collect();
+            c.del(&full)
+                .await
+                .map_err(|e| s.error(Operation::DeleteMany, &e))
+        }))
+    }
+
+    fn clear<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        let s = &self.shared;
+        CacheFuture::boxed(s.run(Operation::Clear, ok, async move {
+            if s.prefix.is_empty() {
+                return Err(Error::InvalidConfig {
+                    field: "prefix".into(),
+                    reason: "clear() needs a key prefix; it never deletes a whole database".into(),
+                });
+            }
+            let mut c = s.conn()?;
+            let pattern = glob_escape(&s.prefix);
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_BATCH)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| s.error(Operation::Clear, &e))?;
+                if !keys.is_empty() {
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<()>(&mut c)
+                        .await
+                        .map_err(|e| s.error(Operation::Clear, &e))?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            s.metrics.set_items(0);
+            Ok(())
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_escape_matches_only_the_prefix() {
+        assert_eq!(glob_escape("app:"), "app:*");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\*");
+    }
+}

@@ -1,0 +1,245 @@
+//! The Redis backend against the conformance suite on a real `redis-server`, plus what only a
+//! networked backend has: raw storage, prefixes, timeouts, outages and recovery.
+#![cfg(feature = "redis")]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_cache::{Cache, CacheConfig, Endpoint, Error, RedisCache, Secret, Ttl};
+use keel_metrics::MetricsService;
+use keel_testkit::conformance::{Factory, Spec};
+use keel_testkit::redis::RedisServer;
+
+/// One fresh server per test; caches from it get distinct prefixes (their names).
+struct Redis(RedisServer);
+
+impl Redis {
+    fn start() -> Self {
+        Self(RedisServer::start())
+    }
+
+    fn builder(&self, name: &str) -> keel_cache::RedisCacheBuilder {
+        RedisCache::builder(name, Endpoint::Url(Secret::new(self.0.url())))
+            .response_timeout(Duration::from_millis(500))
+            .connect_timeout(Duration::from_secs(2))
+    }
+}
+
+impl Factory for Redis {
+    fn make(&self, spec: Spec) -> Pin<Box<dyn Future<Output = Arc<dyn Cache>> + Send + '_>> {
+        Box::pin(async move {
+            let cache = self
+                .builder(&spec.name)
+                .default_ttl(spec.default_ttl)
+                .build()
+                .unwrap();
+            cache.connect().await.unwrap();
+            Arc::new(cache) as Arc<dyn Cache>
+        })
+    }
+}
+
+keel_testkit::cache_conformance!(Redis::start());
+
+#[tokio::test]
+async fn values_are_raw_bytes_under_the_prefix() {
+    let redis = Redis::start();
+    let cache = redis.builder("app").build().unwrap();
+    cache.connect().await.unwrap();
+    cache
+        .set(
+            "greeting",
+            "hello world".into(),
+            Ttl::After(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(redis.0.cli(&["GET", "app:greeting"]), "hello world");
+    let pttl: u64 = redis.0.cli(&["PTTL", "app:greeting"]).parse().unwrap();
+    assert!(pttl > 29_000 && pttl <= 30_000, "{pttl}");
+    cache.incr_by("n", 5).await.unwrap();
+    assert_eq!(redis.0.cli(&["GET", "app:n"]), "5");
+    redis.0.cli(&["SET", "app:external", "from-cli"]);
+    assert_eq!(
+        cache.get("external").await.unwrap().as_deref(),
+        Some(&b"from-cli"[..])
+    );
+}
+
+#[tokio::test]
+async fn clear_scans_only_the_prefix_and_refuses_an_empty_one() {
+    let redis = Redis::start();
+    redis.0.cli(&["SET", "unrelated", "keep"]);
+    redis.0.cli(&["SET", "app*:glob", "keep"]);
+    let cache = redis.builder("app").build().unwrap();
+    cache.connect().await.unwrap();
+    for i in 0..1200 {
+        cache
+            .set(&format!("k{i}"), "v".into(), Ttl::Never)
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.count_items().await.unwrap(), 1200);
+    cache.clear().await.unwrap();
+    assert_eq!(redis.0.cli(&["DBSIZE"]), "2");
+    assert_eq!(redis.0.cli(&["GET", "unrelated"]), "keep");
+    let bare = redis.builder("bare").prefix("").build().unwrap();
+    bare.connect().await.unwrap();
+    assert!(matches!(
+        bare.clear().await,
+        Err(Error::InvalidConfig { .. })
+    ));
+    assert_eq!(redis.0.cli(&["DBSIZE"]), "2");
+}
+
+#[tokio::test]
+async fn items_gauge_counts_this_caches_keys_not_dbsize() {
+    let redis = Redis::start();
+    redis.0.cli(&["SET", "other:1", "x"]);
+    let metrics = MetricsService::new("lab").unwrap();
+    let cache = redis
+        .builder("app")
+        .metrics(&metrics)
+        .items_refresh(Some(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    for i in 0..7 {
+        cache
+            .set(&format!("k{i}"), "v".into(), Ttl::Never)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics.render();
+        if text.contains("lab_cache_items{cache=\"app\"} 7") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gauge never reached 7:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_typed_error_within_the_timeout() {
+    let port = keel_testkit::process::free_port();
+    let cache = RedisCache::builder(
+        "down",
+        Endpoint::Url(Secret::new(format!("redis://127.0.0.1:{port}"))),
+    )
+    .connect_timeout(Duration::from_secs(1))
+    .build()
+    .unwrap();
+    let start = Instant::now();
+    let err = cache.connect().await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable { .. } | Error::Timeout { .. }),
+        "{err:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(cache.get("k").await, Err(Error::Closed { .. })),
+        "never connected"
+    );
+    let bad = CacheConfig::from_toml("type = \"redis\"\nurl = \"http://nope\"\n").unwrap();
+    assert!(matches!(
+        keel_cache::open(&bad).await,
+        Err(Error::InvalidConfig { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_fails_fast_then_the_same_client_recovers() {
+    let mut redis = Redis::start();
+    let cache = redis.builder("app").build().unwrap();
+    cache.connect().await.unwrap();
+    cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+    redis.0.kill();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let r = cache.get("k").await;
+        assert!(
+            matches!(r, Err(Error::Unavailable { .. } | Error::Timeout { .. })),
+            "{r:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    assert!(!cache.is_connected());
+    redis.0.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cache.set("k", "back".into(), Ttl::Never).await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "never recovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"back"[..]));
+    assert!(cache.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_server_times_out_instead_of_hanging() {
+    let redis = Redis::start();
+    let cache = redis.builder("app").build().unwrap();
+    cache.connect().await.unwrap();
+    cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+    redis.0.pause();
+    let start = Instant::now();
+    let r = cache.get("k").await;
+    let waited = start.elapsed();
+    redis.0.resume();
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    assert!(waited < Duration::from_millis(1500), "{waited:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cache.get("k").await {
+            Ok(v) => {
+                assert_eq!(v.as_deref(), Some(&b"v"[..]));
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "never recovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn config_with_seed_fields_authenticates_and_never_shows_the_password() {
+    let redis = Redis::start();
+    redis.0.cli(&["CONFIG", "SET", "requirepass", "s3cret-pw"]);
+    let text = format!(
+        "type: redis\nname: session-cache\nhost: 127.0.0.1\nport: {}\ndatabase: 2\npassword: s3cret-pw\nconfig:\n  defaultTTL: 5m\n",
+        redis.0.addr().port()
+    );
+    let config = CacheConfig::from_yaml(&text).unwrap();
+    let cache = keel_cache::open(&config).await.unwrap();
+    cache.set("k", "v".into(), Ttl::Default).await.unwrap();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--no-auth-warning", "-a", "s3cret-pw", "-n", "2"];
+        all.extend_from_slice(args);
+        redis.0.cli(&all)
+    };
+    assert_eq!(cli(&["GET", "session-cache:k"]), "v");
+    let pttl: u64 = cli(&["PTTL", "session-cache:k"]).parse().unwrap();
+    assert!(pttl > 290_000, "{pttl}");
+    for shown in [format!("{config:?}"), format!("{cache:?}")] {
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+    }
+    let mut wrong = config.clone();
+    wrong.password = Some(Secret::new("nope"));
+    let err = keel_cache::open(&wrong).await.unwrap_err();
+    assert!(!err.to_string().contains("nope"), "{err}");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+}
