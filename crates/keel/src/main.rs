@@ -1,6 +1,7 @@
 //! `keel`: the operator's command-line tool.
 #![forbid(unsafe_code)]
 
+mod cache_cmd;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ enum Command {
     /// Runs a tour of the cache API on embedded defaults (memory cache, console output) and
     /// prints the Prometheus exposition at the end.
     Demo(demo::Args),
+    /// Runs one cache command against a Redis server: get, set, del, ttl, incr.
+    Cache(cache_cmd::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +41,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Cache(args) => cache_cmd::run(args).await,
         }
     });
     match result {
