@@ -1,6 +1,7 @@
 //! `keel`: the operator's command-line tool.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod cache_cmd;
 mod demo;
 
@@ -24,6 +25,8 @@ enum Command {
     Demo(demo::Args),
     /// Runs one cache command against a Redis server: get, set, del, ttl, incr.
     Cache(cache_cmd::Args),
+    /// Load generators: `keel bench cache --url URL|memory …`.
+    Bench(bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Cache(args) => cache_cmd::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

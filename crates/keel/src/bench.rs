@@ -1,0 +1,225 @@
+//! `keel bench cache`: a load generator for any Keel cache.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use keel_cache::{
+    Bytes, Cache, Capacity, Endpoint, MemoryCache, RedisCache, Secret, Ttl, parse_duration,
+};
+use keel_metrics::MetricsService;
+
+/// Arguments of `keel bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    target: Target,
+}
+
+#[derive(clap::Subcommand)]
+enum Target {
+    /// Drives get/set load against a cache and reports throughput and latency percentiles.
+    Cache(CacheArgs),
+}
+
+#[derive(clap::Args)]
+struct CacheArgs {
+    /// `memory` for an in-process cache, or a redis:// URL.
+    #[arg(long)]
+    url: String,
+    /// Concurrent clients (tasks sharing one cache, as a service's request handlers would).
+    #[arg(long, default_value_t = 50)]
+    clients: u64,
+    /// Total requests across all clients.
+    #[arg(long, default_value_t = 100_000)]
+    requests: u64,
+    /// gets:sets, e.g. 9:1; 1:0 is get-only, 0:1 set-only.
+    #[arg(long, default_value = "9:1", value_parser = parse_ratio)]
+    ratio: (u64, u64),
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 64)]
+    value_size: usize,
+    /// Distinct keys (all written once before the run, so gets hit).
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Per-request timeout (Redis).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print one final JSON line instead of text (no progress bar).
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_ratio(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("invalid ratio {s:?}: use GETS:SETS, e.g. 9:1");
+    let (g, w) = s.split_once(':').ok_or_else(bad)?;
+    let (g, w): (u64, u64) = (
+        g.trim().parse().map_err(|_| bad())?,
+        w.trim().parse().map_err(|_| bad())?,
+    );
+    if g + w == 0 {
+        return Err(bad());
+    }
+    Ok((g, w))
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    match args.target {
+        Target::Cache(a) => cache(a).await,
+    }
+}
+
+async fn open(a: &CacheArgs) -> Result<Arc<dyn Cache>> {
+    let metrics = MetricsService::new("keel_bench")?;
+    let cache: Arc<dyn Cache> = if a.url == "memory" {
+        Arc::new(
+            MemoryCache::builder("bench")
+                .capacity(Capacity::Entries(a.keys.max(1)))
+                .metrics(&metrics)
+                .build(),
+        )
+    } else {
+        Arc::new(
+            RedisCache::builder("bench", Endpoint::Url(Secret::new(a.url.clone())))
+                .prefix("keel-bench:")
+                .connect_timeout(a.timeout)
+                .response_timeout(a.timeout)
+                .items_refresh(None)
+                .metrics(&metrics)
+                .build()?,
+        )
+    };
+    cache.connect().await.context("connecting")?;
+    Ok(cache)
+}
+
+/// splitmix64, so runs are repeatable without a RNG dependency.
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+async fn cache(a: CacheArgs) -> Result<()> {
+    if a.clients == 0 || a.requests == 0 || a.keys == 0 {
+        bail!("--clients, --requests and --keys must be at least 1");
+    }
+    let cache = open(&a).await?;
+    let value = Bytes::from(vec![b'x'; a.value_size]);
+    let keys: Arc<Vec<String>> = Arc::new((0..a.keys).map(|i| format!("key:{i}")).collect());
+    for chunk in keys.chunks(500) {
+        let items: Vec<(&str, Bytes)> = chunk.iter().map(|k| (k.as_str(), value.clone())).collect();
+        cache
+            .set_many(&items, Ttl::Never)
+            .await
+            .context("prefilling keys")?;
+    }
+
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = if a.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(a.requests);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let progress = {
+        let (bar, done) = (bar.clone(), done.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(done.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let (gets, sets) = a.ratio;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..a.clients {
+        let share = a.requests / a.clients + u64::from(client < a.requests % a.clients);
+        let (cache, keys, value, done) = (cache.clone(), keys.clone(), value.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            // 1 µs .. 60 s at 3 significant digits.
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
+            let mut errors = 0u64;
+            let mut rng = client.wrapping_mul(0x1234_5678_9ABC_DEF1) | 1;
+            for i in 0..share {
+                let key = &keys[(next(&mut rng) % keys.len() as u64) as usize];
+                let t = Instant::now();
+                let ok = if i % (gets + sets) < gets {
+                    cache.get(key).await.is_ok()
+                } else {
+                    cache.set(key, value.clone(), Ttl::Never).await.is_ok()
+                };
+                let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+                hist.saturating_record(us.max(1));
+                errors += u64::from(!ok);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok((hist, errors))
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await.context("client task")??;
+        hist.add(&h)
+            .map_err(|e| anyhow::anyhow!("histogram: {e}"))?;
+        errors += e;
+    }
+    let elapsed = start.elapsed();
+    progress.abort();
+    bar.finish_and_clear();
+    let _ = cache.clear().await;
+    cache.close().await?;
+
+    let ops = a.requests as f64 / elapsed.as_secs_f64();
+    let (p50, p99, p999) = (
+        hist.value_at_quantile(0.50),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999),
+    );
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "target": if a.url == "memory" { "memory" } else { "redis" },
+                "clients": a.clients,
+                "requests": hist.len(),
+                "ratio": format!("{gets}:{sets}"),
+                "value_size": a.value_size,
+                "seconds": elapsed.as_secs_f64(),
+                "ops_per_sec": ops.round(),
+                "p50_us": p50,
+                "p99_us": p99,
+                "p999_us": p999,
+                "errors": errors,
+            })
+        );
+    } else {
+        println!(
+            "{} requests ({gets}:{sets} get:set, {} B values) from {} clients in {:.2?}",
+            hist.len(),
+            a.value_size,
+            a.clients,
+            elapsed
+        );
+        println!(
+            "{ops:.0} ops/s   p50 {p50} µs   p99 {p99} µs   p99.9 {p999} µs   errors {errors}"
+        );
+    }
+    if errors > 0 {
+        bail!("{errors} of {} requests failed", a.requests);
+    }
+    Ok(())
+}
