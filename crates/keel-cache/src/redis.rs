@@ -427,21 +427,31 @@ impl Shared {
         }
     }
 
+    /// One `SCAN` page over this cache's prefix: the next cursor (0 when done) and the keys.
+    async fn scan_page(
+        &self,
+        conn: &mut ConnectionManager,
+        cursor: u64,
+        op: Operation,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(glob_escape(&self.prefix))
+            .arg("COUNT")
+            .arg(SCAN_BATCH)
+            .query_async(conn)
+            .await
+            .map_err(|e| self.error(op, &e))
+    }
+
     async fn count_items(&self) -> Result<u64> {
         let mut conn = self.conn()?;
-        let pattern = glob_escape(&self.prefix);
-        let mut cursor: u64 = 0;
+        let mut cursor = 0;
         let mut count: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_BATCH)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.error(Operation::Clear, &e))?;
+            // Counting is a batch existence check; its errors name that operation.
+            let (next, keys) = self.scan_page(&mut conn, cursor, Operation::Exists).await?;
             count += keys.len() as u64;
             cursor = next;
             if cursor == 0 {
@@ -746,18 +756,9 @@ impl Cache for RedisCache {
                 });
             }
             let mut c = s.conn()?;
-            let pattern = glob_escape(&s.prefix);
-            let mut cursor: u64 = 0;
+            let mut cursor = 0;
             loop {
-                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(SCAN_BATCH)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| s.error(Operation::Clear, &e))?;
+                let (next, keys) = s.scan_page(&mut c, cursor, Operation::Clear).await?;
                 if !keys.is_empty() {
                     redis::cmd("UNLINK")
                         .arg(&keys)
