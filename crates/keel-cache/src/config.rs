@@ -69,6 +69,19 @@ pub struct CacheConfig {
     /// Database number (networked backends).
     #[serde(default)]
     pub database: Option<i64>,
+    /// Redis topology: `standalone` (default), `cluster` or `sentinel`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Redis Cluster seed nodes (`host:port` or URLs); `url` or `host`/`port` also work as
+    /// the single seed.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Redis Sentinel addresses (`host:port` or URLs).
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// Redis Sentinel: the monitored master's name.
+    #[serde(default, alias = "masterName", alias = "master")]
+    pub master_name: Option<String>,
     /// Key prefix (networked backends; default `"<name>:"`). `clear` deletes only keys with
     /// this prefix and refuses to run with an empty one.
     #[serde(default, alias = "key_prefix", alias = "keyPrefix")]
@@ -173,6 +186,10 @@ impl CacheConfig {
             username: None,
             password: None,
             database: None,
+            mode: None,
+            nodes: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: None,
             prefix: None,
             options: CacheOptions::default(),
         }

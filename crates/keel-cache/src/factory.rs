@@ -111,21 +111,70 @@ fn limits(config: &CacheConfig) -> Result<Limits> {
 #[cfg(feature = "redis")]
 fn redis_builder(config: &CacheConfig) -> Result<crate::redis::RedisCacheBuilder> {
     use crate::redis::{Endpoint, RedisCache};
-    let endpoint = match (&config.url, &config.host) {
-        (Some(_), Some(_)) => {
-            return Err(Error::InvalidConfig {
-                field: "url".into(),
-                reason: "set either url or host/port, not both".into(),
-            });
+    let tcp = || -> Result<Endpoint> {
+        Ok(match (&config.url, &config.host) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidConfig {
+                    field: "url".into(),
+                    reason: "set either url or host/port, not both".into(),
+                });
+            }
+            (Some(url), None) => Endpoint::Url(url.clone()),
+            (None, host) => Endpoint::Tcp {
+                host: host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                port: config.port.unwrap_or(6379),
+                username: config.username.clone(),
+                password: config.password.clone(),
+                database: config.database.unwrap_or(0),
+            },
+        })
+    };
+    let endpoint = match config.mode.as_deref().unwrap_or("standalone") {
+        "standalone" => tcp()?,
+        "cluster" => {
+            let mut nodes = config.nodes.clone();
+            if nodes.is_empty() {
+                match (&config.url, &config.host) {
+                    (Some(url), _) => nodes.push(url.expose().to_owned()),
+                    (None, Some(host)) => {
+                        nodes.push(format!("{host}:{}", config.port.unwrap_or(6379)));
+                    }
+                    (None, None) => {}
+                }
+            }
+            if config.database.is_some_and(|db| db != 0) {
+                return Err(Error::InvalidConfig {
+                    field: "database".into(),
+                    reason: "Redis Cluster has only database 0".into(),
+                });
+            }
+            Endpoint::Cluster {
+                nodes,
+                username: config.username.clone(),
+                password: config.password.clone(),
+            }
         }
-        (Some(url), None) => Endpoint::Url(url.clone()),
-        (None, host) => Endpoint::Tcp {
-            host: host.clone().unwrap_or_else(|| "127.0.0.1".into()),
-            port: config.port.unwrap_or(6379),
+        "sentinel" => Endpoint::Sentinel {
+            sentinels: config.sentinels.clone(),
+            master: config
+                .master_name
+                .clone()
+                .ok_or_else(|| Error::InvalidConfig {
+                    field: "master_name".into(),
+                    reason: "sentinel mode needs the monitored master's name".into(),
+                })?,
             username: config.username.clone(),
             password: config.password.clone(),
             database: config.database.unwrap_or(0),
         },
+        other => {
+            return Err(Error::InvalidConfig {
+                field: "mode".into(),
+                reason: format!(
+                    "unknown mode {other:?}; valid modes are: standalone, cluster, sentinel"
+                ),
+            });
+        }
     };
     let o = &config.options;
     let mut b = RedisCache::builder(&config.name, endpoint).default_ttl(o.default_ttl);

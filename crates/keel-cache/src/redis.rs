@@ -18,8 +18,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_metrics::{CacheInstruments, MetricsService, Operation, Status};
 use quanta::Instant;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Client, ConnectionAddr, IntoConnectionInfo, RedisError, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{
+    AsyncCommands, Client, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisError,
+    RedisFuture, RedisResult, Script, Value,
+};
 use tokio::task::JoinHandle;
 
 use crate::config::Secret;
@@ -73,6 +80,94 @@ pub enum Endpoint {
         /// Database number.
         database: i64,
     },
+    /// A Redis Cluster, found through any of these seed nodes (`host:port` or URLs).
+    Cluster {
+        /// Seed nodes.
+        nodes: Vec<String>,
+        /// ACL user name.
+        username: Option<String>,
+        /// Password.
+        password: Option<Secret>,
+    },
+    /// A master found through Redis Sentinel; the cache follows failovers.
+    Sentinel {
+        /// Sentinel addresses (`host:port` or URLs).
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master: String,
+        /// ACL user name for the data nodes.
+        username: Option<String>,
+        /// Password for the data nodes.
+        password: Option<Secret>,
+        /// Database number.
+        database: i64,
+    },
+}
+
+fn node_url(node: &str) -> String {
+    if node.contains("://") {
+        node.to_owned()
+    } else {
+        format!("redis://{node}")
+    }
+}
+
+fn redis_settings(
+    base: redis::RedisConnectionInfo,
+    username: Option<&String>,
+    password: Option<&Secret>,
+    database: i64,
+) -> redis::RedisConnectionInfo {
+    let mut settings = base.set_db(database);
+    if let Some(user) = username {
+        settings = settings.set_username(user);
+    }
+    if let Some(pass) = password {
+        settings = settings.set_password(pass.expose());
+    }
+    settings
+}
+
+/// The client side of each mode, before connecting.
+enum Target {
+    Single(Client),
+    Cluster(redis::cluster::ClusterClient),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+/// A live connection of any mode; cheap to clone (all share one multiplexed connection).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// Builder for [`RedisCache`].
@@ -142,11 +237,15 @@ impl RedisCacheBuilder {
             field: "url".into(),
             reason,
         };
-        let info = match &self.endpoint {
-            Endpoint::Url(url) => url
-                .expose()
-                .into_connection_info()
-                .map_err(|e| bad(format!("not a usable redis URL: {e}")))?,
+        let target = match &self.endpoint {
+            Endpoint::Url(url) => Target::Single(
+                Client::open(
+                    url.expose()
+                        .into_connection_info()
+                        .map_err(|e| bad(format!("not a usable redis URL: {e}")))?,
+                )
+                .map_err(|e| bad(e.to_string()))?,
+            ),
             Endpoint::Tcp {
                 host,
                 port,
@@ -157,17 +256,77 @@ impl RedisCacheBuilder {
                 let info = ConnectionAddr::Tcp(host.clone(), *port)
                     .into_connection_info()
                     .map_err(|e| bad(e.to_string()))?;
-                let mut settings = info.redis_settings().clone().set_db(*database);
+                let settings = redis_settings(
+                    info.redis_settings().clone(),
+                    username.as_ref(),
+                    password.as_ref(),
+                    *database,
+                );
+                Target::Single(
+                    Client::open(info.set_redis_settings(settings))
+                        .map_err(|e| bad(e.to_string()))?,
+                )
+            }
+            Endpoint::Cluster {
+                nodes,
+                username,
+                password,
+            } => {
+                if nodes.is_empty() {
+                    return Err(Error::InvalidConfig {
+                        field: "nodes".into(),
+                        reason: "cluster mode needs at least one seed node".into(),
+                    });
+                }
+                let mut b = ClusterClientBuilder::new(nodes.iter().map(|n| node_url(n)))
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.response_timeout)
+                    .retries(2);
                 if let Some(user) = username {
-                    settings = settings.set_username(user);
+                    b = b.username(user);
                 }
                 if let Some(pass) = password {
-                    settings = settings.set_password(pass.expose());
+                    b = b.password(pass.expose());
                 }
-                info.set_redis_settings(settings)
+                Target::Cluster(b.build().map_err(|e| Error::InvalidConfig {
+                    field: "nodes".into(),
+                    reason: e.to_string(),
+                })?)
+            }
+            Endpoint::Sentinel {
+                sentinels,
+                master,
+                username,
+                password,
+                database,
+            } => {
+                if sentinels.is_empty() || master.is_empty() {
+                    return Err(Error::InvalidConfig {
+                        field: "sentinels".into(),
+                        reason: "sentinel mode needs sentinel addresses and a master name".into(),
+                    });
+                }
+                let settings = redis_settings(
+                    redis::RedisConnectionInfo::default(),
+                    username.as_ref(),
+                    password.as_ref(),
+                    *database,
+                );
+                let node =
+                    SentinelNodeConnectionInfo::default().set_redis_connection_info(settings);
+                let client = SentinelClient::build(
+                    sentinels.iter().map(|n| node_url(n)).collect(),
+                    master.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(|e| Error::InvalidConfig {
+                    field: "sentinels".into(),
+                    reason: e.to_string(),
+                })?;
+                Target::Sentinel(tokio::sync::Mutex::new(client))
             }
         };
-        let client = Client::open(info).map_err(|e| bad(e.to_string()))?;
         let service = self
             .metrics
             .unwrap_or_else(|| MetricsService::global().clone());
@@ -177,8 +336,9 @@ impl RedisCacheBuilder {
             shared: Arc::new(Shared {
                 name: self.name,
                 prefix,
-                client,
+                target,
                 conn: RwLock::new(None),
+                resolve: AtomicBool::new(false),
                 healthy: AtomicBool::new(false),
                 default_ttl: self.default_ttl,
                 limits: self.limits,
@@ -197,9 +357,11 @@ impl RedisCacheBuilder {
 struct Shared {
     name: String,
     prefix: String,
-    client: Client,
+    target: Target,
     /// `None` before `connect` and after `close`.
-    conn: RwLock<Option<ConnectionManager>>,
+    conn: RwLock<Option<Conn>>,
+    /// Sentinel mode: the master must be looked up again before the next request.
+    resolve: AtomicBool,
     /// Whether the last request reached the server.
     healthy: AtomicBool,
     default_ttl: Option<Duration>,
@@ -281,13 +443,89 @@ impl Shared {
         k
     }
 
-    fn conn(&self) -> Result<ConnectionManager> {
-        self.conn
+    /// The live connection; in Sentinel mode, after a failure, first asks the sentinels for
+    /// the current master and reconnects if it moved.
+    async fn conn(&self) -> Result<Conn> {
+        let current = self
+            .conn
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or_else(|| Error::Closed {
                 cache: self.name.clone(),
+            })?;
+        if matches!(self.target, Target::Sentinel(_)) && self.resolve.swap(false, Ordering::AcqRel)
+        {
+            match self.open_conn().await {
+                Ok(fresh) => {
+                    let mut slot = self.conn.write().unwrap_or_else(PoisonError::into_inner);
+                    // A concurrent close wins: do not resurrect the cache.
+                    if slot.is_some() {
+                        *slot = Some(fresh.clone());
+                    }
+                    return Ok(fresh);
+                }
+                Err(e) => {
+                    self.resolve.store(true, Ordering::Release);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(current)
+    }
+
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            // A failed request triggers a reconnect; keep each attempt short so callers see
+            // typed errors quickly while the server is down.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500))
+    }
+
+    /// Opens a new connection for the configured mode, bounded by the connect timeout.
+    async fn open_conn(&self) -> Result<Conn> {
+        let unavailable = |e: RedisError| Error::Unavailable {
+            cache: self.name.clone(),
+            operation: "connect",
+            reason: e.to_string(),
+        };
+        let opening = async {
+            match &self.target {
+                Target::Single(client) => {
+                    ConnectionManager::new_with_config(client.clone(), self.manager_config())
+                        .await
+                        .map(Conn::Single)
+                        .map_err(unavailable)
+                }
+                Target::Cluster(client) => client
+                    .get_async_connection()
+                    .await
+                    .map(Conn::Cluster)
+                    .map_err(unavailable),
+                Target::Sentinel(sentinel) => {
+                    let client = sentinel
+                        .lock()
+                        .await
+                        .async_get_client()
+                        .await
+                        .map_err(unavailable)?;
+                    ConnectionManager::new_with_config(client, self.manager_config())
+                        .await
+                        .map(Conn::Single)
+                        .map_err(unavailable)
+                }
+            }
+        };
+        tokio::time::timeout(self.connect_timeout, opening)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    cache: self.name.clone(),
+                    operation: "connect",
+                    after: self.connect_timeout,
+                })
             })
     }
 
@@ -301,6 +539,19 @@ impl Shared {
     fn error(&self, op: Operation, e: &RedisError) -> Error {
         let cache = self.name.clone();
         let operation = op.as_str();
+        let readonly = e.code() == Some("READONLY");
+        if readonly || e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
+            // In Sentinel mode the master may have moved (a demoted master answers READONLY).
+            self.resolve.store(true, Ordering::Release);
+        }
+        if readonly {
+            self.healthy.store(false, Ordering::Relaxed);
+            return Error::Unavailable {
+                cache,
+                operation,
+                reason: "the server is a read-only replica (failover in progress)".into(),
+            };
+        }
         if e.is_timeout() {
             self.healthy.store(false, Ordering::Relaxed);
             Error::Timeout {
@@ -369,31 +620,7 @@ impl Shared {
         {
             return Ok(());
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            // A failed request triggers a reconnect; keep each attempt short so callers see
-            // typed errors quickly while the server is down.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
-        let manager = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => {
-                return Err(Error::Unavailable {
-                    cache: self.name.clone(),
-                    operation: "connect",
-                    reason: e.to_string(),
-                });
-            }
-            Err(_) => {
-                return Err(Error::Timeout {
-                    cache: self.name.clone(),
-                    operation: "connect",
-                    after: self.connect_timeout,
-                });
-            }
-        };
+        let manager = self.open_conn().await?;
         *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(manager);
         self.healthy.store(true, Ordering::Relaxed);
         if let Some(every) = self.items_refresh {
@@ -427,41 +654,97 @@ impl Shared {
         }
     }
 
-    /// One `SCAN` page over this cache's prefix: the next cursor (0 when done) and the keys.
-    async fn scan_page(
-        &self,
-        conn: &mut ConnectionManager,
-        cursor: u64,
-        op: Operation,
-    ) -> Result<(u64, Vec<Vec<u8>>)> {
-        redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(glob_escape(&self.prefix))
-            .arg("COUNT")
-            .arg(SCAN_BATCH)
-            .query_async(conn)
-            .await
-            .map_err(|e| self.error(op, &e))
+    /// Walks every key under the prefix with `SCAN` (on every master in Cluster mode),
+    /// unlinking them when `unlink`; returns how many it saw.
+    async fn sweep(&self, op: Operation, unlink: bool) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        let fail = |e: &RedisError| self.error(op, e);
+        let nodes = match &mut conn {
+            Conn::Single(_) => vec![None],
+            Conn::Cluster(c) => cluster_masters(c)
+                .await
+                .map_err(|e| fail(&e))?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        let pattern = glob_escape(&self.prefix);
+        let mut seen: u64 = 0;
+        for node in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_BATCH);
+                let (next, keys): (u64, Vec<Vec<u8>>) = match (&mut conn, &node) {
+                    (Conn::Cluster(c), Some((host, port))) => {
+                        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        });
+                        let value = c.route_command(cmd, route).await.map_err(|e| fail(&e))?;
+                        redis::from_redis_value(value).map_err(|e| Error::Backend {
+                            cache: self.name.clone(),
+                            operation: op.as_str(),
+                            message: e.to_string(),
+                        })?
+                    }
+                    _ => cmd.query_async(&mut conn).await.map_err(|e| fail(&e))?,
+                };
+                seen += keys.len() as u64;
+                if unlink && !keys.is_empty() {
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(|e| fail(&e))?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(seen)
     }
 
     async fn count_items(&self) -> Result<u64> {
-        let mut conn = self.conn()?;
-        let mut cursor = 0;
-        let mut count: u64 = 0;
-        loop {
-            // Counting is a batch existence check; its errors name that operation.
-            let (next, keys) = self.scan_page(&mut conn, cursor, Operation::Exists).await?;
-            count += keys.len() as u64;
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+        // Counting is a batch existence check; its errors name that operation.
+        let count = self.sweep(Operation::Exists, false).await?;
         self.metrics
             .set_items(i64::try_from(count).unwrap_or(i64::MAX));
         Ok(count)
     }
+}
+
+/// `(host, port)` of every master that is not marked failed, from `CLUSTER NODES`.
+async fn cluster_masters(c: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("NODES");
+    let value = c
+        .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+        .await?;
+    let text: String = redis::from_redis_value(value)
+        .map_err(|e| RedisError::from((redis::ErrorKind::Parse, "CLUSTER NODES", e.to_string())))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let flags = *fields.get(2)?;
+            // Fields 8.. are slot ranges: a master without slots (e.g. emptied by a
+            // resharding) holds no keys and may be unknown to the client's slot map.
+            if !flags.contains("master") || flags.contains("fail") || fields.len() <= 8 {
+                return None;
+            }
+            // "host:port@bus[,hostname]"
+            let addr = fields.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect())
 }
 
 async fn refresh_items(cache: Weak<Shared>, every: Duration) {
@@ -520,7 +803,7 @@ impl Cache for RedisCache {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::Get, is_hit, async move {
             s.limits.check_key(key)?;
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             let v: Option<Vec<u8>> = c
                 .get(s.key(key))
                 .await
@@ -534,7 +817,7 @@ impl Cache for RedisCache {
         CacheFuture::boxed(s.run(Operation::Set, ok, async move {
             s.limits.check_entry(key, &value)?;
             let ms = s.ttl_ms(key, ttl)?;
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             let mut cmd = redis::cmd("SET");
             cmd.arg(s.key(key)).arg(value.as_ref());
             if let Some(ms) = ms {
@@ -550,7 +833,7 @@ impl Cache for RedisCache {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::Delete, ok, async move {
             s.limits.check_key(key)?;
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             let n: u64 = c
                 .del(s.key(key))
                 .await
@@ -563,7 +846,7 @@ impl Cache for RedisCache {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::Exists, ok, async move {
             s.limits.check_key(key)?;
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             c.exists(s.key(key))
                 .await
                 .map_err(|e| s.error(Operation::Exists, &e))
@@ -575,7 +858,7 @@ impl Cache for RedisCache {
         CacheFuture::boxed(s.run(Operation::Expire, ok, async move {
             s.limits.check_key(key)?;
             let ms = s.ttl_ms(key, ttl)?;
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             let full = s.key(key);
             let changed: i64 = match ms {
                 Some(ms) => {
@@ -596,7 +879,7 @@ impl Cache for RedisCache {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::Ttl, ok, async move {
             s.limits.check_key(key)?;
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             let ms: i64 = redis::cmd("PTTL")
                 .arg(s.key(key))
                 .query_async(&mut c)
@@ -615,7 +898,7 @@ impl Cache for RedisCache {
         CacheFuture::boxed(s.run(Operation::SetNx, ok, async move {
             s.limits.check_entry(key, &value)?;
             let ms = s.ttl_ms(key, ttl)?;
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             let mut cmd = redis::cmd("SET");
             cmd.arg(s.key(key)).arg(value.as_ref()).arg("NX");
             if let Some(ms) = ms {
@@ -640,7 +923,7 @@ impl Cache for RedisCache {
         CacheFuture::boxed(s.run(Operation::Cas, ok, async move {
             s.limits.check_entry(key, &value)?;
             let ms = s.ttl_ms(key, ttl)?;
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             let swapped: i64 = s
                 .cas
                 .key(s.key(key))
@@ -658,7 +941,7 @@ impl Cache for RedisCache {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::Incr, ok, async move {
             s.limits.check_key(key)?;
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             c.incr(s.key(key), delta).await.map_err(|e| {
                 // INCRBY reports both failures as server errors; tell them apart by text.
                 let text = e.to_string();
@@ -684,7 +967,7 @@ impl Cache for RedisCache {
             for key in keys {
                 s.limits.check_key(key)?;
             }
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
@@ -711,17 +994,43 @@ impl Cache for RedisCache {
                 s.limits.check_entry(key, value)?;
             }
             let ms = s.ttl_ms(items.first().map_or("", |(k, _)| *k), ttl)?;
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             if items.is_empty() {
+                return Ok(());
+            }
+            let set = |key: &str, value: &Bytes| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(s.key(key)).arg(value.as_ref());
+                if let Some(ms) = ms {
+                    cmd.arg("PX").arg(ms);
+                }
+                cmd
+            };
+            if let Conn::Cluster(cluster) = &c {
+                // A Cluster pipeline must stay within one slot: send the SETs as concurrent
+                // single commands instead; the multiplexed connections still batch them.
+                let mut sets = tokio::task::JoinSet::new();
+                for (key, value) in items {
+                    let (cmd, mut conn) = (set(key, value), cluster.clone());
+                    sets.spawn(async move { cmd.query_async::<()>(&mut conn).await });
+                }
+                while let Some(done) = sets.join_next().await {
+                    match done {
+                        Ok(r) => r.map_err(|e| s.error(Operation::SetMany, &e))?,
+                        Err(e) => {
+                            return Err(Error::Backend {
+                                cache: s.name.clone(),
+                                operation: Operation::SetMany.as_str(),
+                                message: e.to_string(),
+                            });
+                        }
+                    }
+                }
                 return Ok(());
             }
             let mut pipe = redis::pipe();
             for (key, value) in items {
-                let cmd = pipe.cmd("SET").arg(s.key(key)).arg(value.as_ref());
-                if let Some(ms) = ms {
-                    cmd.arg("PX").arg(ms);
-                }
-                cmd.ignore();
+                pipe.add_command(set(key, value)).ignore();
             }
             pipe.query_async::<()>(&mut c)
                 .await
@@ -735,7 +1044,7 @@ impl Cache for RedisCache {
             for key in keys {
                 s.limits.check_key(key)?;
             }
-            let mut c = s.conn()?;
+            let mut c = s.conn().await?;
             if keys.is_empty() {
                 return Ok(0);
             }
@@ -755,22 +1064,7 @@ impl Cache for RedisCache {
                     reason: "clear() needs a key prefix; it never deletes a whole database".into(),
                 });
             }
-            let mut c = s.conn()?;
-            let mut cursor = 0;
-            loop {
-                let (next, keys) = s.scan_page(&mut c, cursor, Operation::Clear).await?;
-                if !keys.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async::<()>(&mut c)
-                        .await
-                        .map_err(|e| s.error(Operation::Clear, &e))?;
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
+            s.sweep(Operation::Clear, true).await?;
             s.metrics.set_items(0);
             Ok(())
         }))

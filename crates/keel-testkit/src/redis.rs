@@ -12,6 +12,7 @@ use crate::process::{ServerProcess, free_port, require_program};
 pub struct RedisServer {
     port: u16,
     binary: PathBuf,
+    extra: Vec<String>,
     // Field order: kill the server before removing its directory.
     process: Option<ServerProcess>,
     dir: tempfile::TempDir,
@@ -20,16 +21,27 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(free_port(), &[])
+    }
+
+    /// Starts a server on `port` with extra `redis-server` arguments (e.g. `--replicaof`).
+    pub fn start_with(port: u16, extra: &[&str]) -> Self {
         let binary = require_program("redis-server", "the Debian package `redis-server`");
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let mut server = Self {
-            port: free_port(),
+            port,
             binary,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             process: None,
             dir,
         };
         server.spawn();
         server
+    }
+
+    /// The server's working directory (for config and cluster files).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     fn spawn(&mut self) {
@@ -38,7 +50,8 @@ impl RedisServer {
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
-            .arg(self.dir.path());
+            .arg(self.dir.path())
+            .args(&self.extra);
         let mut process = ServerProcess::spawn("redis-server", cmd, self.dir.path().join("log"));
         process.wait_for_port(self.addr(), Duration::from_secs(10));
         self.process = Some(process);
@@ -47,6 +60,11 @@ impl RedisServer {
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
         ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -100,5 +118,198 @@ impl RedisServer {
             .output()
             .unwrap_or_else(|e| panic!("redis-cli: {e}"));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true, panicking with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free port `p` whose cluster bus port `p + 10000` is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) made with `redis-cli --cluster create`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, joins them and waits for `cluster_state:ok`.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(
+                    free_cluster_port(),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        let cli = require_program("redis-cli", "the Debian package `redis-tools`");
+        let mut create = Command::new(cli);
+        create.args(["--cluster", "create"]);
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port()));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("redis-cli --cluster create: {e}"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes };
+        wait_until(
+            "cluster_state:ok on every node",
+            Duration::from_secs(20),
+            || {
+                cluster
+                    .nodes
+                    .iter()
+                    .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            },
+        );
+        cluster
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// `redis://127.0.0.1:PORT` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Total keys over all masters.
+    pub fn dbsize(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.cli(&["DBSIZE"]).parse::<u64>().unwrap_or(0))
+            .sum()
+    }
+}
+
+/// One master, one replica and three sentinels monitoring them as `mymaster`.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    /// The initial master (index 0) and replica (index 1).
+    pub servers: Vec<RedisServer>,
+    sentinels: Vec<RedisServer>,
+}
+
+impl RedisSentinel {
+    /// The master name the sentinels monitor.
+    pub const MASTER: &'static str = "mymaster";
+
+    /// Starts the servers and sentinels and waits until every sentinel knows the replica.
+    pub fn start() -> Self {
+        let master = RedisServer::start();
+        let master_port = master.port().to_string();
+        let replica =
+            RedisServer::start_with(free_port(), &["--replicaof", "127.0.0.1", &master_port]);
+        wait_until("the replica to sync", Duration::from_secs(20), || {
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        });
+        let sentinels = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+                let conf = dir.path().join("sentinel.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "port {port}\nbind 127.0.0.1\nprotected-mode no\n\
+                         sentinel monitor {m} 127.0.0.1 {master_port} 2\n\
+                         sentinel down-after-milliseconds {m} 1000\n\
+                         sentinel failover-timeout {m} 5000\n\
+                         sentinel parallel-syncs {m} 1\n",
+                        m = Self::MASTER
+                    ),
+                )
+                .unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
+                let conf = conf.display().to_string();
+                let s = RedisServer::start_sentinel(port, &conf, dir);
+                s
+            })
+            .collect::<Vec<_>>();
+        let this = Self {
+            servers: vec![master, replica],
+            sentinels,
+        };
+        wait_until(
+            "sentinels to see the replica and each other",
+            Duration::from_secs(30),
+            || {
+                this.sentinels.iter().all(|s| {
+                    let info = s.cli(&["SENTINEL", "MASTER", Self::MASTER]);
+                    info.contains("num-slaves\n1") && info.contains("num-other-sentinels\n2")
+                })
+            },
+        );
+        this
+    }
+
+    /// `127.0.0.1:PORT` of every sentinel.
+    pub fn sentinel_addrs(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect()
+    }
+
+    /// The port of the current master, as the first sentinel reports it.
+    pub fn master_port(&self) -> u16 {
+        let out = self.sentinels[0].cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER]);
+        out.lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl RedisServer {
+    fn start_sentinel(port: u16, conf: &str, dir: tempfile::TempDir) -> Self {
+        let binary = require_program("redis-server", "the Debian package `redis-server`");
+        let mut cmd = Command::new(&binary);
+        cmd.arg(conf).arg("--sentinel");
+        let mut process = ServerProcess::spawn("redis-sentinel", cmd, dir.path().join("log"));
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        process.wait_for_port(addr, Duration::from_secs(10));
+        Self {
+            port,
+            binary,
+            extra: Vec::new(),
+            process: Some(process),
+            dir,
+        }
     }
 }

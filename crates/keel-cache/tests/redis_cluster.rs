@@ -1,0 +1,143 @@
+//! The Redis backend on a real 3-master Redis Cluster: the conformance suite, keys on every
+//! master, cross-slot batches, prefix-only clear over all masters, and resharding.
+#![cfg(feature = "redis")]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_cache::{Cache, CacheConfig, Endpoint, RedisCache, Ttl};
+use keel_testkit::conformance::{Factory, Spec};
+use keel_testkit::redis::RedisCluster;
+
+struct Cluster(RedisCluster);
+
+impl Cluster {
+    fn start() -> Self {
+        Self(RedisCluster::start())
+    }
+
+    fn builder(&self, name: &str) -> keel_cache::RedisCacheBuilder {
+        RedisCache::builder(
+            name,
+            Endpoint::Cluster {
+                nodes: self.0.urls(),
+                username: None,
+                password: None,
+            },
+        )
+        .response_timeout(Duration::from_secs(1))
+    }
+}
+
+impl Factory for Cluster {
+    fn make(&self, spec: Spec) -> Pin<Box<dyn Future<Output = Arc<dyn Cache>> + Send + '_>> {
+        Box::pin(async move {
+            let cache = self
+                .builder(&spec.name)
+                .default_ttl(spec.default_ttl)
+                .build()
+                .unwrap();
+            cache.connect().await.unwrap();
+            Arc::new(cache) as Arc<dyn Cache>
+        })
+    }
+}
+
+keel_testkit::cache_conformance!(Cluster::start());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_spread_over_every_master_and_clear_reaches_them_all() {
+    let cluster = Cluster::start();
+    // -c: follow the MOVED redirect to the slot's owner.
+    cluster.0.nodes()[0].cli(&["-c", "SET", "{other}:keep", "x"]);
+    let cache = cluster.builder("app").build().unwrap();
+    cache.connect().await.unwrap();
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    let items: Vec<(&str, keel_cache::Bytes)> =
+        keys.iter().map(|k| (k.as_str(), "v".into())).collect();
+    cache.set_many(&items, Ttl::Never).await.unwrap();
+    for node in cluster.0.nodes() {
+        let n: u64 = node.cli(&["DBSIZE"]).parse().unwrap();
+        assert!(n > 50, "a master holds only {n} keys");
+    }
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let got = cache.get_many(&refs).await.unwrap();
+    assert!(got.iter().all(Option::is_some), "cross-slot MGET");
+    assert_eq!(cache.count_items().await.unwrap(), 300);
+    assert_eq!(
+        cache.delete_many(&refs[..100]).await.unwrap(),
+        100,
+        "cross-slot DEL"
+    );
+    cache.clear().await.unwrap();
+    assert_eq!(cluster.0.dbsize(), 1, "only the foreign key is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_a_resharding() {
+    let cluster = Cluster::start();
+    let cache = cluster.builder("app").build().unwrap();
+    cache.connect().await.unwrap();
+    for i in 0..50 {
+        cache
+            .set(&format!("k{i}"), format!("v{i}").into(), Ttl::Never)
+            .await
+            .unwrap();
+    }
+    let nodes = cluster.0.nodes();
+    let (src, dst) = (&nodes[0], &nodes[1]);
+    let (src_id, dst_id) = (src.cli(&["CLUSTER", "MYID"]), dst.cli(&["CLUSTER", "MYID"]));
+    let before: u64 = src.cli(&["DBSIZE"]).parse().unwrap();
+    assert!(before > 0);
+    let cli = keel_testkit::process::require_program("redis-cli", "redis-tools");
+    let out = std::process::Command::new(cli)
+        .args(["--cluster", "reshard", &format!("127.0.0.1:{}", src.port())])
+        .args(["--cluster-from", &src_id, "--cluster-to", &dst_id])
+        .args(["--cluster-slots", "16384", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(src.cli(&["DBSIZE"]), "0", "every slot of the source moved");
+    for i in 0..50 {
+        let key = format!("k{i}");
+        assert_eq!(
+            cache.get(&key).await.unwrap().as_deref(),
+            Some(format!("v{i}").as_bytes()),
+            "{key} after MOVED"
+        );
+        cache.set(&key, "new".into(), Ttl::Never).await.unwrap();
+    }
+    assert_eq!(cache.count_items().await.unwrap(), 50);
+}
+
+#[tokio::test]
+async fn cluster_config_from_seed_nodes() {
+    let cluster = Cluster::start();
+    let text = format!(
+        "type = \"redis\"\nname = \"c\"\nmode = \"cluster\"\nnodes = [{}]\n",
+        cluster
+            .0
+            .nodes()
+            .iter()
+            .map(|n| format!("\"127.0.0.1:{}\"", n.port()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let cache = keel_cache::open(&CacheConfig::from_toml(&text).unwrap())
+        .await
+        .unwrap();
+    cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    let mut bad = CacheConfig::from_toml(&text).unwrap();
+    bad.database = Some(3);
+    assert!(matches!(
+        keel_cache::open(&bad).await,
+        Err(keel_cache::Error::InvalidConfig { field, .. }) if field == "database"
+    ));
+}
