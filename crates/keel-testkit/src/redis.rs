@@ -257,8 +257,7 @@ impl RedisSentinel {
                 )
                 .unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
                 let conf = conf.display().to_string();
-                let s = RedisServer::start_sentinel(port, &conf, dir);
-                s
+                RedisServer::start_sentinel(port, &conf, dir)
             })
             .collect::<Vec<_>>();
         let this = Self {
