@@ -126,6 +126,16 @@ pub enum Error {
         /// What the client reported.
         reason: String,
     },
+    /// The server refused the credentials or the user's permissions (ACL) for this command.
+    #[error("cache {cache:?}: {operation} denied: {message}")]
+    Denied {
+        /// The cache name.
+        cache: String,
+        /// The operation.
+        operation: &'static str,
+        /// The server's message (never the password).
+        message: String,
+    },
     /// The server answered with an error this crate does not map to another variant.
     #[error("cache {cache:?}: {operation} failed: {message}")]
     Backend {

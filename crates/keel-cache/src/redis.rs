@@ -128,6 +128,12 @@ fn redis_settings(
     settings
 }
 
+/// Wrong credentials or a permission the ACL does not grant.
+fn is_denied(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOPERM" | "WRONGPASS" | "NOAUTH"))
+}
+
 /// The client side of each mode, before connecting.
 enum Target {
     Single(Client),
@@ -486,10 +492,20 @@ impl Shared {
 
     /// Opens a new connection for the configured mode, bounded by the connect timeout.
     async fn open_conn(&self) -> Result<Conn> {
-        let unavailable = |e: RedisError| Error::Unavailable {
-            cache: self.name.clone(),
-            operation: "connect",
-            reason: e.to_string(),
+        let unavailable = |e: RedisError| {
+            if is_denied(&e) {
+                Error::Denied {
+                    cache: self.name.clone(),
+                    operation: "connect",
+                    message: e.to_string(),
+                }
+            } else {
+                Error::Unavailable {
+                    cache: self.name.clone(),
+                    operation: "connect",
+                    reason: e.to_string(),
+                }
+            }
         };
         let opening = async {
             match &self.target {
@@ -543,6 +559,13 @@ impl Shared {
         if readonly || e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
             // In Sentinel mode the master may have moved (a demoted master answers READONLY).
             self.resolve.store(true, Ordering::Release);
+        }
+        if is_denied(e) {
+            return Error::Denied {
+                cache,
+                operation,
+                message: e.to_string(),
+            };
         }
         if readonly {
             self.healthy.store(false, Ordering::Relaxed);

@@ -241,5 +241,42 @@ async fn config_with_seed_fields_authenticates_and_never_shows_the_password() {
     wrong.password = Some(Secret::new("nope"));
     let err = keel_cache::open(&wrong).await.unwrap_err();
     assert!(!err.to_string().contains("nope"), "{err}");
-    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(matches!(err, Error::Denied { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn acl_user_limited_to_its_prefix() {
+    let redis = Redis::start();
+    redis.0.cli(&[
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-pass",
+        "~app:*",
+        "+@all",
+    ]);
+    let text = format!(
+        "type = \"redis\"\nname = \"app\"\nhost = \"127.0.0.1\"\nport = {}\nusername = \"app\"\npassword = \"app-pass\"\n",
+        redis.0.addr().port()
+    );
+    let config = CacheConfig::from_toml(&text).unwrap();
+    let cache = keel_cache::open(&config).await.unwrap();
+    cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+    assert_eq!(redis.0.cli(&["GET", "app:k"]), "v");
+    assert!(!format!("{config:?}").contains("app-pass"));
+    // The ACL allows only keys under app:, so another prefix is refused by the server.
+    let mut other = config.clone();
+    other.name = "other".into();
+    let denied = keel_cache::open(&other).await.unwrap();
+    let err = denied.set("k", "v".into(), Ttl::Never).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Denied { message, .. } if message.contains("no permissions")),
+        "{err:?}"
+    );
+    let mut wrong = config.clone();
+    wrong.password = Some(Secret::new("guess"));
+    let err = keel_cache::open(&wrong).await.unwrap_err();
+    assert!(matches!(err, Error::Denied { .. }), "{err:?}");
+    assert!(!err.to_string().contains("guess"), "{err}");
 }
