@@ -132,6 +132,19 @@ pub struct CacheOptions {
         deserialize_with = "opt_duration_keep_zero"
     )]
     pub items_refresh: Option<Duration>,
+    /// Redis: use TLS with `host`/`port` (a `rediss://` URL implies it).
+    #[serde(default)]
+    pub tls: Option<bool>,
+    /// Redis TLS: PEM file of the CA that signed the server certificate (default: the
+    /// system's roots).
+    #[serde(default, alias = "tlsCaFile")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Redis TLS: client certificate (PEM) for servers that require one.
+    #[serde(default, alias = "tlsCertFile")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// Redis TLS: client private key (PEM), with `tls_cert_file`.
+    #[serde(default, alias = "tlsKeyFile")]
+    pub tls_key_file: Option<std::path::PathBuf>,
     /// Longest key in bytes (default 4096).
     #[serde(default, alias = "maxKeyBytes")]
     pub max_key_bytes: Option<usize>,

@@ -177,7 +177,14 @@ fn redis_builder(config: &CacheConfig) -> Result<crate::redis::RedisCacheBuilder
         }
     };
     let o = &config.options;
-    let mut b = RedisCache::builder(&config.name, endpoint).default_ttl(o.default_ttl);
+    let mut b = RedisCache::builder(&config.name, endpoint)
+        .default_ttl(o.default_ttl)
+        .tls(crate::redis::TlsOptions {
+            enabled: o.tls.unwrap_or(false),
+            ca_file: o.tls_ca_file.clone(),
+            cert_file: o.tls_cert_file.clone(),
+            key_file: o.tls_key_file.clone(),
+        });
     if let Some(prefix) = &config.prefix {
         b = b.prefix(prefix.clone());
     }

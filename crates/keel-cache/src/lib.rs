@@ -51,7 +51,7 @@ pub use factory::{CACHE_TYPES, open, open_with_metrics};
 pub use manager::Manager;
 pub use memory::{Capacity, MemoryCache, MemoryCacheBuilder};
 #[cfg(feature = "redis")]
-pub use redis::{Endpoint, RedisCache, RedisCacheBuilder};
+pub use redis::{Endpoint, RedisCache, RedisCacheBuilder, TlsOptions};
 pub use ttl::{KeyTtl, MAX_TTL, Ttl};
 
 /// The result type of this crate.

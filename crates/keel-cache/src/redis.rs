@@ -176,6 +176,85 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// TLS settings. A `rediss://` URL turns TLS on by itself; `enabled` does it for
+/// `host`/`port` and Cluster seeds given as `host:port`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// Use TLS.
+    pub enabled: bool,
+    /// PEM file of the CA to trust instead of the system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl TlsOptions {
+    fn has_files(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    #[cfg(feature = "redis-tls")]
+    fn certificates(&self) -> Result<Option<redis::TlsCertificates>> {
+        if !self.has_files() {
+            return Ok(None);
+        }
+        let read = |field: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Error::InvalidConfig {
+                field: format!("options.{field}"),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        let client_tls = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("tls_cert_file", cert)?,
+                client_key: read("tls_key_file", key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(Error::InvalidConfig {
+                    field: "options.tls_cert_file".into(),
+                    reason: "a client certificate needs both tls_cert_file and tls_key_file".into(),
+                });
+            }
+        };
+        let root_cert = match &self.ca_file {
+            Some(ca) => Some(read("tls_ca_file", ca)?),
+            None => None,
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+}
+
+/// Opens a standalone client, with the TLS material when there is any.
+fn single_client(info: redis::ConnectionInfo, tls: &TlsOptions) -> Result<Client> {
+    let bad = |e: RedisError| Error::InvalidConfig {
+        field: "url".into(),
+        reason: e.to_string(),
+    };
+    #[cfg(feature = "redis-tls")]
+    if let Some(certs) = tls.certificates()? {
+        return Client::build_with_tls(info, certs).map_err(bad);
+    }
+    #[cfg(not(feature = "redis-tls"))]
+    if tls.enabled || tls.has_files() {
+        return Err(no_tls());
+    }
+    Client::open(info).map_err(bad)
+}
+
+#[cfg(not(feature = "redis-tls"))]
+fn no_tls() -> Error {
+    Error::InvalidConfig {
+        field: "options.tls".into(),
+        reason: "this build of keel-cache has no TLS (enable the `redis-tls` feature)".into(),
+    }
+}
+
 /// Builder for [`RedisCache`].
 #[derive(Debug, Clone)]
 pub struct RedisCacheBuilder {
@@ -188,9 +267,16 @@ pub struct RedisCacheBuilder {
     response_timeout: Duration,
     items_refresh: Option<Duration>,
     metrics: Option<MetricsService>,
+    tls: TlsOptions,
 }
 
 impl RedisCacheBuilder {
+    /// TLS settings (see [`TlsOptions`]).
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Key prefix (default `"<name>:"`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Some(prefix.into());
@@ -244,14 +330,12 @@ impl RedisCacheBuilder {
             reason,
         };
         let target = match &self.endpoint {
-            Endpoint::Url(url) => Target::Single(
-                Client::open(
-                    url.expose()
-                        .into_connection_info()
-                        .map_err(|e| bad(format!("not a usable redis URL: {e}")))?,
-                )
-                .map_err(|e| bad(e.to_string()))?,
-            ),
+            Endpoint::Url(url) => Target::Single(single_client(
+                url.expose()
+                    .into_connection_info()
+                    .map_err(|e| bad(format!("not a usable redis URL: {e}")))?,
+                &self.tls,
+            )?),
             Endpoint::Tcp {
                 host,
                 port,
@@ -259,7 +343,17 @@ impl RedisCacheBuilder {
                 password,
                 database,
             } => {
-                let info = ConnectionAddr::Tcp(host.clone(), *port)
+                let addr = if self.tls.enabled {
+                    ConnectionAddr::TcpTls {
+                        host: host.clone(),
+                        port: *port,
+                        insecure: false,
+                        tls_params: None,
+                    }
+                } else {
+                    ConnectionAddr::Tcp(host.clone(), *port)
+                };
+                let info = addr
                     .into_connection_info()
                     .map_err(|e| bad(e.to_string()))?;
                 let settings = redis_settings(
@@ -268,10 +362,7 @@ impl RedisCacheBuilder {
                     password.as_ref(),
                     *database,
                 );
-                Target::Single(
-                    Client::open(info.set_redis_settings(settings))
-                        .map_err(|e| bad(e.to_string()))?,
-                )
+                Target::Single(single_client(info.set_redis_settings(settings), &self.tls)?)
             }
             Endpoint::Cluster {
                 nodes,
@@ -284,10 +375,26 @@ impl RedisCacheBuilder {
                         reason: "cluster mode needs at least one seed node".into(),
                     });
                 }
-                let mut b = ClusterClientBuilder::new(nodes.iter().map(|n| node_url(n)))
+                let scheme = if self.tls.enabled { "rediss" } else { "redis" };
+                let urls = nodes.iter().map(|n| {
+                    if n.contains("://") {
+                        n.clone()
+                    } else {
+                        format!("{scheme}://{n}")
+                    }
+                });
+                let mut b = ClusterClientBuilder::new(urls)
                     .connection_timeout(self.connect_timeout)
                     .response_timeout(self.response_timeout)
                     .retries(2);
+                #[cfg(feature = "redis-tls")]
+                if let Some(certs) = self.tls.certificates()? {
+                    b = b.certs(certs);
+                }
+                #[cfg(not(feature = "redis-tls"))]
+                if self.tls.enabled || self.tls.has_files() {
+                    return Err(no_tls());
+                }
                 if let Some(user) = username {
                     b = b.username(user);
                 }
@@ -306,6 +413,12 @@ impl RedisCacheBuilder {
                 password,
                 database,
             } => {
+                if self.tls.enabled || self.tls.has_files() {
+                    return Err(Error::InvalidConfig {
+                        field: "options.tls".into(),
+                        reason: "TLS through Sentinel is not supported yet".into(),
+                    });
+                }
                 if sentinels.is_empty() || master.is_empty() {
                     return Err(Error::InvalidConfig {
                         field: "sentinels".into(),
@@ -411,6 +524,7 @@ impl RedisCache {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             items_refresh: Some(DEFAULT_ITEMS_REFRESH),
             metrics: None,
+            tls: TlsOptions::default(),
         }
     }
 

@@ -13,6 +13,8 @@ pub struct RedisServer {
     port: u16,
     binary: PathBuf,
     extra: Vec<String>,
+    /// Arguments `redis-cli` needs to reach this server (TLS flags).
+    cli_extra: Vec<String>,
     // Field order: kill the server before removing its directory.
     process: Option<ServerProcess>,
     dir: tempfile::TempDir,
@@ -32,10 +34,51 @@ impl RedisServer {
             port,
             binary,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            cli_extra: Vec::new(),
             process: None,
             dir,
         };
         server.spawn();
+        server
+    }
+
+    /// Starts a TLS-only server (certificates from [`TlsFiles::generate`]); with
+    /// `require_client_cert`, clients must present a certificate signed by the same CA.
+    pub fn start_tls(tls: &TlsFiles, require_client_cert: bool) -> Self {
+        let port = free_port();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let (cert, key, ca) = (
+            path(&tls.server_cert),
+            path(&tls.server_key),
+            path(&tls.ca_cert),
+        );
+        let auth = if require_client_cert { "yes" } else { "no" };
+        let mut server = Self::start_with(
+            port,
+            &[
+                "--tls-port",
+                &port.to_string(),
+                "--port",
+                "0",
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                auth,
+            ],
+        );
+        server.cli_extra = vec![
+            "--tls".into(),
+            "--cacert".into(),
+            ca,
+            "--cert".into(),
+            path(&tls.client_cert),
+            "--key".into(),
+            path(&tls.client_key),
+        ];
         server
     }
 
@@ -112,6 +155,7 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let cli = require_program("redis-cli", "the Debian package `redis-tools`");
         let out = Command::new(cli)
+            .args(&self.cli_extra)
             .args(["-h", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .args(args)
@@ -307,8 +351,116 @@ impl RedisServer {
             port,
             binary,
             extra: Vec::new(),
+            cli_extra: Vec::new(),
             process: Some(process),
             dir,
+        }
+    }
+}
+
+/// A throwaway CA with a server certificate for 127.0.0.1/localhost and a client certificate,
+/// made with the `openssl` command (P-256 keys, valid for one day).
+#[derive(Debug)]
+pub struct TlsFiles {
+    /// The CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// The server certificate (PEM).
+    pub server_cert: PathBuf,
+    /// The server key (PEM).
+    pub server_key: PathBuf,
+    /// A client certificate signed by the CA (PEM).
+    pub client_cert: PathBuf,
+    /// The client key (PEM).
+    pub client_key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    /// Generates the files in a temporary directory.
+    pub fn generate() -> Self {
+        let openssl = require_program("openssl", "the Debian package `openssl`");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let p = |name: &str| dir.path().join(name);
+        let run = |args: &[&str]| {
+            let out = Command::new(&openssl)
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap_or_else(|e| panic!("openssl: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=keel-test-ca",
+            ],
+        ]
+        .concat());
+        std::fs::write(
+            p("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap_or_else(|e| panic!("write server.ext: {e}"));
+        std::fs::write(p("client.ext"), "extendedKeyUsage=clientAuth\n")
+            .unwrap_or_else(|e| panic!("write client.ext: {e}"));
+        for who in ["server", "client"] {
+            let (key, csr, crt, ext) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.crt"),
+                format!("{who}.ext"),
+            );
+            let subject = format!("/CN=keel-test-{who}");
+            run(&[
+                &["req"][..],
+                &ec,
+                &["-keyout", &key, "-out", &csr, "-subj", &subject],
+            ]
+            .concat());
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Self {
+            ca_cert: p("ca.crt"),
+            server_cert: p("server.crt"),
+            server_key: p("server.key"),
+            client_cert: p("client.crt"),
+            client_key: p("client.key"),
+            _dir: dir,
         }
     }
 }
