@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use keel_cache::{
-    Bytes, Cache, Capacity, Endpoint, MemoryCache, RedisCache, Secret, Ttl, parse_duration,
+    Bytes, Cache, CacheConfig, Capacity, Endpoint, MemoryCache, RedisCache, Secret, Ttl,
+    parse_duration,
 };
 use keel_metrics::MetricsService;
+
+/// Every key the bench writes starts with this; it removes them when it is done.
+const BENCH_PREFIX: &str = "keel-bench:";
 
 /// Arguments of `keel bench`.
 #[derive(clap::Args)]
@@ -25,10 +29,14 @@ enum Target {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["url", "config"])))]
 struct CacheArgs {
-    /// `memory` for an in-process cache, or a redis:// URL.
+    /// `memory` for an in-process cache, or a redis:// / rediss:// URL.
     #[arg(long)]
-    url: String,
+    url: Option<String>,
+    /// A cache config file (TOML, YAML or JSON): any backend and topology.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
     /// Concurrent clients (tasks sharing one cache, as a service's request handlers would).
     #[arg(long, default_value_t = 50)]
     clients: u64,
@@ -73,7 +81,18 @@ pub async fn run(args: Args) -> Result<()> {
 
 async fn open(a: &CacheArgs) -> Result<Arc<dyn Cache>> {
     let metrics = MetricsService::new("keel_bench")?;
-    let cache: Arc<dyn Cache> = if a.url == "memory" {
+    let url = match (&a.url, &a.config) {
+        (Some(url), _) => url,
+        (None, Some(path)) => {
+            let mut config = CacheConfig::from_path(path)?;
+            // The bench writes, then clears, its own keys: never the configured prefix.
+            config.prefix = Some(BENCH_PREFIX.into());
+            config.options.items_refresh = Some(Duration::ZERO);
+            return Ok(keel_cache::open_with_metrics(&config, &metrics).await?);
+        }
+        (None, None) => bail!("give --url or --config"),
+    };
+    let cache: Arc<dyn Cache> = if url == "memory" {
         Arc::new(
             MemoryCache::builder("bench")
                 .capacity(Capacity::Entries(a.keys.max(1)))
@@ -82,8 +101,8 @@ async fn open(a: &CacheArgs) -> Result<Arc<dyn Cache>> {
         )
     } else {
         Arc::new(
-            RedisCache::builder("bench", Endpoint::Url(Secret::new(a.url.clone())))
-                .prefix("keel-bench:")
+            RedisCache::builder("bench", Endpoint::Url(Secret::new(url.clone())))
+                .prefix(BENCH_PREFIX)
                 .connect_timeout(a.timeout)
                 .response_timeout(a.timeout)
                 .items_refresh(None)
@@ -109,6 +128,7 @@ async fn cache(a: CacheArgs) -> Result<()> {
         bail!("--clients, --requests and --keys must be at least 1");
     }
     let cache = open(&a).await?;
+    let cache_kind = cache.kind().as_str();
     let value = Bytes::from(vec![b'x'; a.value_size]);
     let keys: Arc<Vec<String>> = Arc::new((0..a.keys).map(|i| format!("key:{i}")).collect());
     for chunk in keys.chunks(500) {
@@ -193,7 +213,7 @@ async fn cache(a: CacheArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "target": if a.url == "memory" { "memory" } else { "redis" },
+                "target": cache_kind,
                 "clients": a.clients,
                 "requests": hist.len(),
                 "ratio": format!("{gets}:{sets}"),

@@ -91,3 +91,45 @@ fn bad_arguments_fail_clearly() {
     assert!(!down.status.success());
     assert!(String::from_utf8_lossy(&down.stderr).contains("connecting"));
 }
+
+#[test]
+fn config_file_runs_against_a_cluster_and_keeps_its_prefix() {
+    let cluster = keel_testkit::redis::RedisCluster::start();
+    cluster.nodes()[0].cli(&["-c", "SET", "app:keep", "x"]);
+    let dir = std::env::temp_dir().join(format!("keel-bench-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cache.toml");
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("\"127.0.0.1:{}\"", n.port()))
+        .collect();
+    std::fs::write(
+        &path,
+        format!(
+            "type = \"redis\"\nname = \"app\"\nmode = \"cluster\"\nnodes = [{}]\n",
+            nodes.join(", ")
+        ),
+    )
+    .unwrap();
+    let path = path.display().to_string();
+    let v = json(&bench(&[
+        "--config",
+        &path,
+        "--clients",
+        "4",
+        "--requests",
+        "1000",
+        "--keys",
+        "50",
+        "--json",
+    ]));
+    check(&v, 1000);
+    assert_eq!(v["target"], "redis");
+    assert_eq!(
+        cluster.dbsize(),
+        1,
+        "the bench removed its keys and only its keys"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

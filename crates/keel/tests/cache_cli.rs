@@ -96,3 +96,41 @@ fn unreachable_server_exits_nonzero_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[test]
+fn config_file_with_acl_credentials() {
+    let redis = RedisServer::start();
+    redis.cli(&["ACL", "SETUSER", "ops", "on", ">ops-pass", "~*", "+@all"]);
+    let dir = std::env::temp_dir().join(format!("keel-cache-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cache.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "type: redis\nname: app\nhost: 127.0.0.1\nport: {}\nusername: ops\npassword: ops-pass\n",
+            redis.port()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["cache", "--config"])
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(stdout(&run(&["set", "k", "v"])), "OK\n");
+    assert_eq!(
+        redis.cli(&["GET", "app:k"]),
+        "v",
+        "the config's prefix applies"
+    );
+    assert_eq!(stdout(&run(&["get", "k"])), "v");
+    let neither = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["cache", "get", "k"])
+        .output()
+        .unwrap();
+    assert!(!neither.status.success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
