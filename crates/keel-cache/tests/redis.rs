@@ -299,7 +299,7 @@ async fn kill_under_load_gives_only_typed_errors_and_recovers() {
                 while !stop.load(Ordering::Relaxed) {
                     let key = format!("w{w}:{}", i % 10);
                     let t = Instant::now();
-                    let r = if i % 2 == 0 {
+                    let r = if i.is_multiple_of(2) {
                         cache.set(&key, "v".into(), Ttl::Never).await
                     } else {
                         cache.get(&key).await.map(drop)
@@ -313,7 +313,7 @@ async fn kill_under_load_gives_only_typed_errors_and_recovers() {
                         Err(other) => panic!("untyped failure under load: {other:?}"),
                     };
                     i += 1;
-                    if i % 50 == 0 {
+                    if i.is_multiple_of(50) {
                         tokio::task::yield_now().await;
                     }
                 }
