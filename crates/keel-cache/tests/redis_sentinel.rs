@@ -2,10 +2,30 @@
 //! master by name and follows it through a failover after the master is killed.
 #![cfg(feature = "redis")]
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_cache::{CacheConfig, Error, Ttl};
+use keel_cache::{Cache, CacheConfig, Error, Ttl};
+use keel_testkit::conformance::{Factory, Spec};
 use keel_testkit::redis::RedisSentinel;
+
+/// One sentinel group per test; caches find the master through the sentinels.
+struct Sentinel(RedisSentinel);
+
+impl Factory for Sentinel {
+    fn make(&self, spec: Spec) -> Pin<Box<dyn Future<Output = Arc<dyn Cache>> + Send + '_>> {
+        Box::pin(async move {
+            let mut cfg = config(&self.0);
+            cfg.name = spec.name;
+            cfg.options.default_ttl = spec.default_ttl;
+            keel_cache::open(&cfg).await.unwrap()
+        })
+    }
+}
+
+keel_testkit::cache_conformance!(Sentinel(RedisSentinel::start_for_lookups()));
 
 fn config(s: &RedisSentinel) -> CacheConfig {
     let text = format!(
@@ -98,7 +118,7 @@ async fn sentinel_config_errors_are_clear() {
 
 #[tokio::test]
 async fn unknown_master_name_is_a_typed_error() {
-    let s = RedisSentinel::start();
+    let s = RedisSentinel::start_for_lookups();
     let mut cfg = config(&s);
     cfg.master_name = Some("nosuchmaster".into());
     let start = Instant::now();
