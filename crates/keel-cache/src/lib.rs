@@ -37,6 +37,7 @@ mod config;
 mod contract;
 mod error;
 mod factory;
+pub mod lock;
 mod manager;
 pub mod memory;
 #[cfg(feature = "redis")]

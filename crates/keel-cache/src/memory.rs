@@ -88,9 +88,17 @@ impl Expiry<String, Stored> for PerEntryExpiry {
 
 type Store = moka::sync::Cache<String, Stored>;
 
+/// In-process locks: owner token and expiry per name, and the per-name fence counters.
+#[derive(Default)]
+struct LockTable {
+    held: std::collections::HashMap<String, (String, std::time::Instant)>,
+    fences: std::collections::HashMap<String, u64>,
+}
+
 struct Shared {
     name: String,
     store: Store,
+    locks: std::sync::Mutex<LockTable>,
     default_ttl: Option<Duration>,
     limits: Limits,
     open: AtomicBool,
@@ -168,6 +176,7 @@ impl MemoryCacheBuilder {
         let shared = Arc::new(Shared {
             name: self.name,
             store,
+            locks: std::sync::Mutex::default(),
             default_ttl: self.default_ttl,
             limits: self.limits,
             open: AtomicBool::new(true),
@@ -650,5 +659,82 @@ impl Cache for MemoryCache {
 
     fn clear<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
         CacheFuture::ready(self.shared.clear())
+    }
+}
+
+impl Shared {
+    fn lock_table(&self) -> Result<std::sync::MutexGuard<'_, LockTable>> {
+        self.ensure_open()?;
+        Ok(self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// The holder of `name` if its lock has not expired (expired entries are dropped).
+    fn live_holder<'t>(table: &'t mut LockTable, name: &str) -> Option<&'t String> {
+        let now = std::time::Instant::now();
+        if table.held.get(name).is_some_and(|(_, until)| *until <= now) {
+            table.held.remove(name);
+        }
+        table.held.get(name).map(|(token, _)| token)
+    }
+}
+
+/// Same semantics as the Redis locks, in-process: one mutex orders every lock operation, so
+/// acquire-and-increment, check-and-release and check-and-extend are each atomic.
+impl crate::lock::LockStore for MemoryCache {
+    fn acquire<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> CacheFuture<'a, Result<Option<u64>>> {
+        CacheFuture::ready(self.shared.lock_table().map(|mut t| {
+            if Shared::live_holder(&mut t, name).is_some() {
+                return None;
+            }
+            let until = std::time::Instant::now() + ttl;
+            t.held.insert(name.to_owned(), (token.to_owned(), until));
+            let fence = t.fences.entry(name.to_owned()).or_insert(0);
+            *fence += 1;
+            Some(*fence)
+        }))
+    }
+
+    fn release<'a>(&'a self, name: &'a str, token: &'a str) -> CacheFuture<'a, Result<bool>> {
+        CacheFuture::ready(self.shared.lock_table().map(|mut t| {
+            if Shared::live_holder(&mut t, name).is_some_and(|h| h == token) {
+                t.held.remove(name);
+                true
+            } else {
+                false
+            }
+        }))
+    }
+
+    fn extend<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> CacheFuture<'a, Result<bool>> {
+        CacheFuture::ready(self.shared.lock_table().map(|mut t| {
+            if Shared::live_holder(&mut t, name).is_some_and(|h| h == token) {
+                let until = std::time::Instant::now() + ttl;
+                t.held.insert(name.to_owned(), (token.to_owned(), until));
+                true
+            } else {
+                false
+            }
+        }))
+    }
+
+    fn holder<'a>(&'a self, name: &'a str) -> CacheFuture<'a, Result<Option<String>>> {
+        CacheFuture::ready(
+            self.shared
+                .lock_table()
+                .map(|mut t| Shared::live_holder(&mut t, name).cloned()),
+        )
     }
 }

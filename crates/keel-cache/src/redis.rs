@@ -62,6 +62,28 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 0";
 
+/// Lock acquire: `KEYS[1]` lock, `KEYS[2]` fence counter, `ARGV[1]` token, `ARGV[2]` TTL ms.
+/// Returns the new fencing token, or 0 when the lock is held.
+const LOCK_ACQUIRE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0";
+
+/// Lock release: delete `KEYS[1]` only if it holds `ARGV[1]`.
+const LOCK_RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Lock extend: reset `KEYS[1]`'s TTL to `ARGV[2]` ms only if it holds `ARGV[1]`.
+const LOCK_EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
 /// Where the server is.
 #[derive(Clone, Debug)]
 pub enum Endpoint {
@@ -468,6 +490,9 @@ impl RedisCacheBuilder {
                 metrics,
                 cas: Script::new(CAS_SCRIPT),
                 persist: Script::new(PERSIST_SCRIPT),
+                lock_acquire: Script::new(LOCK_ACQUIRE),
+                lock_release: Script::new(LOCK_RELEASE),
+                lock_extend: Script::new(LOCK_EXTEND),
             }),
         })
     }
@@ -492,6 +517,9 @@ struct Shared {
     metrics: CacheInstruments,
     cas: Script,
     persist: Script,
+    lock_acquire: Script,
+    lock_release: Script,
+    lock_extend: Script,
 }
 
 /// A cache on a Redis server. Cheap to clone: clones share the connection.
@@ -1205,6 +1233,97 @@ impl Cache for RedisCache {
             s.metrics.set_items(0);
             Ok(())
         }))
+    }
+}
+
+impl Shared {
+    /// The lock key and its fence counter. Both share the `{…}` hash tag, so they live in one
+    /// Cluster slot and one script can touch both.
+    fn lock_keys(&self, name: &str) -> (String, String) {
+        let lock = format!("{}lock:{{{name}}}", self.prefix);
+        let fence = format!("{lock}:fence");
+        (lock, fence)
+    }
+
+    async fn lock_call<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T> {
+        let mut conn = self.conn().await?;
+        let mut call = script.prepare_invoke();
+        for k in keys {
+            call.key(*k);
+        }
+        for a in args {
+            call.arg(*a);
+        }
+        let run = call.invoke_async(&mut conn);
+        match tokio::time::timeout(self.response_timeout * 2, run).await {
+            Ok(r) => r.map_err(|e| self.error(Operation::SetNx, &e)),
+            Err(_) => Err(Error::Timeout {
+                cache: self.name.clone(),
+                operation: "lock",
+                after: self.response_timeout * 2,
+            }),
+        }
+    }
+}
+
+/// Redis locks: `SET NX PX` + `INCR` of the fence counter in one Lua script; release and
+/// extend check the owner token in Lua.
+impl crate::lock::LockStore for RedisCache {
+    fn acquire<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> CacheFuture<'a, Result<Option<u64>>> {
+        let s = &self.shared;
+        CacheFuture::boxed(async move {
+            let (lock, fence) = s.lock_keys(name);
+            let ms = ttl.as_millis().max(1).to_string();
+            let n: u64 = s
+                .lock_call(&s.lock_acquire, &[&lock, &fence], &[token, &ms])
+                .await?;
+            Ok((n > 0).then_some(n))
+        })
+    }
+
+    fn release<'a>(&'a self, name: &'a str, token: &'a str) -> CacheFuture<'a, Result<bool>> {
+        let s = &self.shared;
+        CacheFuture::boxed(async move {
+            let (lock, _) = s.lock_keys(name);
+            let n: i64 = s.lock_call(&s.lock_release, &[&lock], &[token]).await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> CacheFuture<'a, Result<bool>> {
+        let s = &self.shared;
+        CacheFuture::boxed(async move {
+            let (lock, _) = s.lock_keys(name);
+            let ms = ttl.as_millis().max(1).to_string();
+            let n: i64 = s.lock_call(&s.lock_extend, &[&lock], &[token, &ms]).await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn holder<'a>(&'a self, name: &'a str) -> CacheFuture<'a, Result<Option<String>>> {
+        let s = &self.shared;
+        CacheFuture::boxed(async move {
+            let (lock, _) = s.lock_keys(name);
+            let mut conn = s.conn().await?;
+            conn.get(lock)
+                .await
+                .map_err(|e| s.error(Operation::Get, &e))
+        })
     }
 }
 

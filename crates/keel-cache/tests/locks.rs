@@ -1,0 +1,338 @@
+//! Locks with fencing tokens, on every store: memory, Redis standalone and Redis Cluster.
+//! Each worker gets its own `Locker` (and, on Redis, its own connection), as separate
+//! processes would.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_cache::lock::{LockOptions, Locker};
+use keel_cache::{Cache, Endpoint, Error, MemoryCache, RedisCache, Secret, Ttl};
+use keel_testkit::redis::{RedisCluster, RedisServer};
+
+/// Makes lockers (and a cache for test data) on one shared store.
+trait Stores: Send + Sync {
+    fn locker(&self) -> Locker;
+    fn cache(&self) -> Arc<dyn Cache>;
+}
+
+struct Memory(MemoryCache);
+
+impl Stores for Memory {
+    fn locker(&self) -> Locker {
+        Locker::new(self.0.clone())
+    }
+    fn cache(&self) -> Arc<dyn Cache> {
+        Arc::new(self.0.clone())
+    }
+}
+
+struct Redis {
+    endpoint: Endpoint,
+    _server: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Redis {
+    fn standalone() -> Self {
+        let server = RedisServer::start();
+        Self {
+            endpoint: Endpoint::Url(Secret::new(server.url())),
+            _server: Some(server),
+            _cluster: None,
+            rt: tokio::runtime::Handle::current(),
+        }
+    }
+
+    fn cluster() -> Self {
+        let cluster = RedisCluster::start();
+        Self {
+            endpoint: Endpoint::Cluster {
+                nodes: cluster.urls(),
+                username: None,
+                password: None,
+            },
+            _server: None,
+            _cluster: Some(cluster),
+            rt: tokio::runtime::Handle::current(),
+        }
+    }
+
+    fn connected(&self) -> RedisCache {
+        let cache = RedisCache::builder("locks", self.endpoint.clone())
+            .response_timeout(Duration::from_millis(500))
+            .items_refresh(None)
+            .build()
+            .unwrap();
+        let c = cache.clone();
+        // Each locker gets its own connection, like a separate process.
+        tokio::task::block_in_place(|| self.rt.block_on(c.connect())).unwrap();
+        cache
+    }
+}
+
+impl Stores for Redis {
+    fn locker(&self) -> Locker {
+        Locker::new(self.connected())
+    }
+    fn cache(&self) -> Arc<dyn Cache> {
+        Arc::new(self.connected())
+    }
+}
+
+async fn mutual_exclusion(s: &dyn Stores) {
+    let counter = s.cache();
+    counter
+        .set("counter", "0".into(), Ttl::Never)
+        .await
+        .unwrap();
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let (locker, counter) = (s.locker(), counter.clone());
+            tokio::spawn(async move {
+                for _ in 0..15 {
+                    let guard = locker
+                        .lock("counter", Duration::from_secs(5), Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    // A deliberately non-atomic read-modify-write: only the lock protects it.
+                    let n: u64 =
+                        String::from_utf8_lossy(&counter.get("counter").await.unwrap().unwrap())
+                            .parse()
+                            .unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    counter
+                        .set("counter", (n + 1).to_string().into(), Ttl::Never)
+                        .await
+                        .unwrap();
+                    assert!(guard.release().await.unwrap(), "released a lock we held");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        counter.get("counter").await.unwrap().as_deref(),
+        Some(&b"90"[..])
+    );
+}
+
+async fn fencing_tokens_strictly_increase(s: &dyn Stores) {
+    let (a, b) = (s.locker(), s.locker());
+    let mut last = 0;
+    for i in 0..20 {
+        let locker = if i % 2 == 0 { &a } else { &b };
+        let g = locker
+            .try_lock("fence", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            g.fencing_token() > last,
+            "{} after {last}",
+            g.fencing_token()
+        );
+        last = g.fencing_token();
+        g.release().await.unwrap();
+    }
+}
+
+async fn only_the_owner_can_release_or_extend(s: &dyn Stores) {
+    let locker = s.locker();
+    let g = locker
+        .try_lock("owned", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let other = s.locker();
+    assert!(
+        other
+            .try_lock("owned", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let store = other.store();
+    assert!(!store.release("owned", "not-the-token").await.unwrap());
+    assert!(
+        !store
+            .extend("owned", "not-the-token", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.holder("owned").await.unwrap().as_deref(),
+        Some(g.token())
+    );
+    assert!(g.extend(Duration::from_secs(5)).await.unwrap());
+    assert!(g.release().await.unwrap());
+    assert!(
+        other
+            .try_lock("owned", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn crashed_holders_sub_second_lock_expires(s: &dyn Stores) {
+    let crashed = s
+        .locker()
+        .try_lock("crash", Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    let lost = crashed.lost();
+    let first = crashed.fencing_token();
+    // A crash: no release, no drop handler.
+    std::mem::forget(crashed);
+    let other = s.locker();
+    assert!(
+        other
+            .try_lock("crash", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokio::time::timeout(Duration::from_secs(2), lost.cancelled())
+        .await
+        .expect("the crashed guard's lost() fires at its deadline");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let next = other
+        .try_lock("crash", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("expired");
+    assert!(next.fencing_token() > first);
+}
+
+async fn watchdog_keeps_a_long_job_locked(s: &dyn Stores) {
+    let g = s
+        .locker()
+        .try_lock_with("long", Duration::from_millis(300), LockOptions::watchdog())
+        .await
+        .unwrap()
+        .unwrap();
+    let other = s.locker();
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            other
+                .try_lock("long", Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert!(!g.lost().is_cancelled());
+    assert!(g.release().await.unwrap());
+}
+
+async fn losing_the_lock_fires_lost(s: &dyn Stores) {
+    let g = s
+        .locker()
+        .try_lock("taken", Duration::from_millis(150))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), g.lost().cancelled())
+        .await
+        .expect("lost fires at the local deadline");
+    let thief = s
+        .locker()
+        .try_lock("taken", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(thief.is_some());
+    assert!(
+        !g.extend(Duration::from_secs(5)).await.unwrap(),
+        "no longer ours"
+    );
+    assert!(!g.release().await.unwrap());
+}
+
+async fn waiting_times_out_and_bad_input_is_typed(s: &dyn Stores) {
+    let locker = s.locker();
+    let _g = locker
+        .try_lock("busy", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let err = locker
+        .lock("busy", Duration::from_secs(5), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::LockTimeout { .. }), "{err:?}");
+    assert!(matches!(
+        locker.try_lock("", Duration::from_secs(1)).await,
+        Err(Error::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        locker.try_lock("x", Duration::from_millis(1)).await,
+        Err(Error::InvalidTtl { .. })
+    ));
+}
+
+macro_rules! lock_suite {
+    ($store:ident, $make:expr) => {
+        mod $store {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mutual_exclusion() {
+                super::mutual_exclusion(&$make).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fencing_tokens_strictly_increase() {
+                super::fencing_tokens_strictly_increase(&$make).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn only_the_owner_can_release_or_extend() {
+                super::only_the_owner_can_release_or_extend(&$make).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn crashed_holders_sub_second_lock_expires() {
+                super::crashed_holders_sub_second_lock_expires(&$make).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn watchdog_keeps_a_long_job_locked() {
+                super::watchdog_keeps_a_long_job_locked(&$make).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn losing_the_lock_fires_lost() {
+                super::losing_the_lock_fires_lost(&$make).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn waiting_times_out_and_bad_input_is_typed() {
+                super::waiting_times_out_and_bad_input_is_typed(&$make).await;
+            }
+        }
+    };
+}
+
+lock_suite!(memory, Memory(MemoryCache::builder("locks").build()));
+lock_suite!(redis, Redis::standalone());
+lock_suite!(redis_cluster, Redis::cluster());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_fires_lost_before_the_lock_can_expire() {
+    let redis = Redis::standalone();
+    let ttl = Duration::from_millis(800);
+    let g = redis
+        .locker()
+        .try_lock_with("paused", ttl, LockOptions::watchdog())
+        .await
+        .unwrap()
+        .unwrap();
+    let server = redis._server.as_ref().unwrap();
+    server.pause();
+    let deadline = g.deadline();
+    let fired = tokio::time::timeout(Duration::from_secs(5), g.lost().cancelled()).await;
+    let at = tokio::time::Instant::now();
+    server.resume();
+    assert!(fired.is_ok(), "lost never fired while Redis was frozen");
+    assert!(at >= deadline, "fired before the deadline it promised");
+    drop(g);
+}
