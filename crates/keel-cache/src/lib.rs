@@ -35,6 +35,7 @@
 
 mod config;
 mod contract;
+pub mod election;
 mod error;
 mod factory;
 pub mod lock;

@@ -318,7 +318,7 @@ impl Locker {
 }
 
 /// A number in [0, 1) for backoff jitter; from the CSPRNG, falling back to the clock.
-fn jitter() -> f64 {
+pub(crate) fn jitter() -> f64 {
     let mut b = [0u8; 4];
     if getrandom::fill(&mut b).is_err() {
         return f64::from(

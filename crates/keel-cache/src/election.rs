@@ -1,0 +1,436 @@
+//! Leader election on top of [`Locker`](crate::lock::Locker), with client-go's timing rules.
+//!
+//! A candidate campaigns by trying to take the election's lock every retry period. The
+//! winner holds it with a TTL of `lease` and renews it every retry period. It **stops
+//! leading on its own monotonic clock** when `renew_deadline` has passed since the last
+//! renewal it *sent* that succeeded — and because `renew_deadline < lease` and the server
+//! started that lease after the send, the leader has stopped acting before anyone else can
+//! take the lock. The leadership's [`CancellationToken`] is cancelled at that moment; the
+//! epoch handed to `on_started_leading` is the lock's fencing token.
+//!
+//! Timing rules (validated by [`ElectionBuilder::build`]):
+//! `lease > renew_deadline > 1.2 × retry_period > 0`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use keel_cache::{MemoryCache, election::Election, lock::Locker};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), keel_cache::Error> {
+//! let locker = Locker::new(MemoryCache::builder("coordination").build());
+//! let election = Election::builder(locker, "scheduler", "node-a")
+//!     .lease(Duration::from_secs(3))
+//!     .renew_deadline(Duration::from_secs(2))
+//!     .retry_period(Duration::from_millis(500))
+//!     .on_started_leading(|leadership| {
+//!         println!("leading in epoch {}", leadership.epoch);
+//!     })
+//!     .build()?;
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! stop.cancel(); // a real service would cancel this on shutdown
+//! election.run(stop).await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use keel_metrics::MetricsService;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::lock::{LockGuard, LockOptions, Locker};
+use crate::{Error, Result};
+
+/// What a new leader gets: a token cancelled when it must stop acting, and its epoch.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    /// Cancelled when leadership ends (deadline, loss, resign or shutdown).
+    pub token: CancellationToken,
+    /// The epoch: the lock's fencing token, strictly increasing across leaders.
+    pub epoch: u64,
+}
+
+type Started = Arc<dyn Fn(Leadership) + Send + Sync>;
+type Stopped = Arc<dyn Fn() + Send + Sync>;
+type NewLeader = Arc<dyn Fn(Option<String>) + Send + Sync>;
+
+/// Builder for [`Election`].
+pub struct ElectionBuilder {
+    locker: Locker,
+    name: String,
+    identity: String,
+    lease: Duration,
+    renew_deadline: Duration,
+    retry_period: Duration,
+    started: Option<Started>,
+    stopped: Option<Stopped>,
+    new_leader: Option<NewLeader>,
+    metrics: Option<MetricsService>,
+}
+
+impl std::fmt::Debug for ElectionBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElectionBuilder")
+            .field("name", &self.name)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ElectionBuilder {
+    /// How long a leader's lock lives without renewal (default 15 s).
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.lease = d;
+        self
+    }
+
+    /// How long a leader keeps leading without a successful renewal (default 10 s).
+    pub fn renew_deadline(mut self, d: Duration) -> Self {
+        self.renew_deadline = d;
+        self
+    }
+
+    /// How often candidates try and leaders renew (default 2 s).
+    pub fn retry_period(mut self, d: Duration) -> Self {
+        self.retry_period = d;
+        self
+    }
+
+    /// Called when this candidate becomes leader.
+    pub fn on_started_leading(mut self, f: impl Fn(Leadership) + Send + Sync + 'static) -> Self {
+        self.started = Some(Arc::new(f));
+        self
+    }
+
+    /// Called when this candidate stops leading (after its token is cancelled).
+    pub fn on_stopped_leading(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.stopped = Some(Arc::new(f));
+        self
+    }
+
+    /// Called when the observed leader changes (`None`: nobody holds the lock).
+    pub fn on_new_leader(mut self, f: impl Fn(Option<String>) + Send + Sync + 'static) -> Self {
+        self.new_leader = Some(Arc::new(f));
+        self
+    }
+
+    /// Registry for the `election_*` metrics (default: [`MetricsService::global`]).
+    pub fn metrics(mut self, metrics: &MetricsService) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// Validates the timing and builds the election.
+    ///
+    /// # Errors
+    /// [`Error::InvalidElection`] unless `lease > renew_deadline > 1.2 × retry_period > 0`,
+    /// and for an empty name or identity (or one containing `|`).
+    pub fn build(self) -> Result<Election> {
+        let bad = |m: String| Err(Error::InvalidElection(m));
+        if self.name.is_empty() {
+            return bad("the election name must not be empty".into());
+        }
+        if self.identity.is_empty() || self.identity.contains('|') {
+            return bad("the identity must be non-empty and must not contain '|'".into());
+        }
+        if self.retry_period.is_zero() {
+            return bad("retry_period must be greater than zero".into());
+        }
+        if self.lease <= self.renew_deadline {
+            return bad(format!(
+                "lease ({:?}) must be greater than renew_deadline ({:?})",
+                self.lease, self.renew_deadline
+            ));
+        }
+        if self.renew_deadline <= self.retry_period.mul_f64(1.2) {
+            return bad(format!(
+                "renew_deadline ({:?}) must be greater than 1.2 x retry_period ({:?})",
+                self.renew_deadline, self.retry_period
+            ));
+        }
+        let service = self
+            .metrics
+            .unwrap_or_else(|| MetricsService::global().clone());
+        let metrics = ElectionMetrics::new(&service, &self.name);
+        Ok(Election {
+            inner: Arc::new(Inner {
+                locker: self.locker,
+                name: self.name,
+                identity: self.identity,
+                lease: self.lease,
+                renew_deadline: self.renew_deadline,
+                retry_period: self.retry_period,
+                started: self.started,
+                stopped: self.stopped,
+                new_leader: self.new_leader,
+                leading: AtomicBool::new(false),
+                resign: Notify::new(),
+                metrics,
+            }),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ElectionLabels {
+    election: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct AttemptLabels {
+    election: String,
+    result: &'static str,
+}
+
+struct ElectionMetrics {
+    is_leader: Gauge,
+    transitions: Counter,
+    attempts: Family<AttemptLabels, Counter>,
+    election: String,
+}
+
+impl ElectionMetrics {
+    fn new(service: &MetricsService, name: &str) -> Self {
+        let labels = ElectionLabels {
+            election: name.to_owned(),
+        };
+        let is_leader: Family<ElectionLabels, Gauge> = service
+            .get_or_register(
+                "election_is_leader",
+                "1 while this process leads",
+                Family::default,
+            )
+            .unwrap_or_default();
+        let transitions: Family<ElectionLabels, Counter> = service
+            .get_or_register(
+                "election_transitions",
+                "Times this process started or stopped leading",
+                Family::default,
+            )
+            .unwrap_or_default();
+        let attempts = service
+            .get_or_register(
+                "election_attempts",
+                "Campaign attempts by result (won, held, error)",
+                Family::default,
+            )
+            .unwrap_or_default();
+        Self {
+            is_leader: is_leader.get_or_create_owned(&labels),
+            transitions: transitions.get_or_create_owned(&labels),
+            attempts,
+            election: name.to_owned(),
+        }
+    }
+
+    fn attempt(&self, result: &'static str) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                election: self.election.clone(),
+                result,
+            })
+            .inc();
+    }
+}
+
+struct Inner {
+    locker: Locker,
+    name: String,
+    identity: String,
+    lease: Duration,
+    renew_deadline: Duration,
+    retry_period: Duration,
+    started: Option<Started>,
+    stopped: Option<Stopped>,
+    new_leader: Option<NewLeader>,
+    leading: AtomicBool,
+    resign: Notify,
+    metrics: ElectionMetrics,
+}
+
+/// A candidate in one election. Cheap to clone.
+#[derive(Clone)]
+pub struct Election {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Election {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Election")
+            .field("name", &self.inner.name)
+            .field("identity", &self.inner.identity)
+            .field("leading", &self.is_leader())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The identity part of a lock value `identity|token`.
+fn identity_of(holder: &str) -> String {
+    holder
+        .rsplit_once('|')
+        .map_or(holder, |(id, _)| id)
+        .to_owned()
+}
+
+impl Election {
+    /// A builder for candidate `identity` in election `name` on `locker`'s store.
+    pub fn builder(
+        locker: Locker,
+        name: impl Into<String>,
+        identity: impl Into<String>,
+    ) -> ElectionBuilder {
+        ElectionBuilder {
+            locker,
+            name: name.into(),
+            identity: identity.into(),
+            lease: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+            started: None,
+            stopped: None,
+            new_leader: None,
+            metrics: None,
+        }
+    }
+
+    /// Whether this candidate leads right now.
+    pub fn is_leader(&self) -> bool {
+        self.inner.leading.load(Ordering::Acquire)
+    }
+
+    /// The identity holding the election's lock, as the store sees it now.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn current_leader(&self) -> Result<Option<String>> {
+        Ok(self
+            .inner
+            .locker
+            .store()
+            .holder(&self.inner.name)
+            .await?
+            .map(|h| identity_of(&h)))
+    }
+
+    /// Steps down if leading (releasing the lock so another candidate can win at once); the
+    /// campaign goes on after a retry period.
+    pub fn resign(&self) {
+        self.inner.resign.notify_one();
+    }
+
+    /// Campaigns (and leads when elected) until `shutdown` is cancelled; a leader then stops
+    /// leading and releases the lock.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let mut observed: Option<Option<String>> = None;
+        let options = LockOptions {
+            watchdog: false,
+            token_prefix: Some(format!("{}|", inner.identity)),
+        };
+        while !shutdown.is_cancelled() {
+            let sent = Instant::now();
+            match inner
+                .locker
+                .try_lock_with(&inner.name, inner.lease, options.clone())
+                .await
+            {
+                Ok(Some(guard)) => {
+                    inner.metrics.attempt("won");
+                    self.observe(&mut observed, Some(inner.identity.clone()));
+                    self.lead(guard, sent, &shutdown).await;
+                    // Give the others a fair chance after a resignation or a loss.
+                    if !sleep_or(&shutdown, inner.retry_period).await {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(None) => {
+                    inner.metrics.attempt("held");
+                    if let Ok(holder) = self.current_leader().await {
+                        self.observe(&mut observed, holder);
+                    }
+                }
+                Err(_) => inner.metrics.attempt("error"),
+            }
+            let jittered = inner
+                .retry_period
+                .mul_f64(1.0 + 0.2 * crate::lock::jitter());
+            if !sleep_or(&shutdown, jittered).await {
+                break;
+            }
+        }
+    }
+
+    fn observe(&self, observed: &mut Option<Option<String>>, now: Option<String>) {
+        if observed.as_ref() != Some(&now) {
+            if let Some(cb) = &self.inner.new_leader {
+                cb(now.clone());
+            }
+            *observed = Some(now);
+        }
+    }
+
+    async fn lead(&self, guard: LockGuard, sent: Instant, shutdown: &CancellationToken) {
+        let inner = &self.inner;
+        let token = CancellationToken::new();
+        inner.leading.store(true, Ordering::Release);
+        inner.metrics.is_leader.set(1);
+        inner.metrics.transitions.inc();
+        if let Some(cb) = &inner.started {
+            cb(Leadership {
+                token: token.clone(),
+                epoch: guard.fencing_token(),
+            });
+        }
+        // The last renewal that succeeded was sent at `renewed`; leadership ends at
+        // `renewed + renew_deadline` unless another renewal succeeds first.
+        let mut renewed = sent;
+        loop {
+            let step_down = renewed + inner.renew_deadline;
+            let next = (Instant::now() + inner.retry_period).min(step_down);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = inner.resign.notified() => break,
+                () = tokio::time::sleep_until(next) => {}
+            }
+            if Instant::now() >= step_down {
+                break;
+            }
+            let attempt = Instant::now();
+            let renewal = tokio::time::timeout_at(step_down, guard.extend(inner.lease)).await;
+            match renewal {
+                Ok(Ok(true)) => renewed = attempt,
+                Ok(Ok(false)) => break,   // someone else holds it: it is gone
+                Ok(Err(_)) | Err(_) => {} // retried until the step-down time
+            }
+            if Instant::now() >= step_down {
+                break;
+            }
+        }
+        token.cancel();
+        inner.leading.store(false, Ordering::Release);
+        inner.metrics.is_leader.set(0);
+        inner.metrics.transitions.inc();
+        if let Some(cb) = &inner.stopped {
+            cb();
+        }
+        // Release is owner-checked, so it is safe even when the lock may already belong to
+        // someone else; when the store is unreachable the lease simply runs out.
+        let _ = tokio::time::timeout(inner.retry_period, guard.release()).await;
+    }
+}
+
+/// Sleeps for `d` unless `shutdown` fires first; returns false on shutdown.
+async fn sleep_or(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(d) => true,
+    }
+}
