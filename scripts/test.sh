@@ -15,6 +15,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v pgrep >/dev/null 2>&1 || missing+=(procps)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then

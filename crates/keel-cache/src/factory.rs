@@ -108,6 +108,21 @@ fn limits(config: &CacheConfig) -> Result<Limits> {
     Ok(limits)
 }
 
+/// Builds (without connecting) the Redis cache a `type = "redis"` config describes.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] for bad fields.
+#[cfg(feature = "redis")]
+pub fn redis_from_config(
+    config: &CacheConfig,
+    metrics: &MetricsService,
+) -> Result<crate::redis::RedisCache> {
+    redis_builder(config)?
+        .limits(limits(config)?)
+        .metrics(metrics)
+        .build()
+}
+
 #[cfg(feature = "redis")]
 fn redis_builder(config: &CacheConfig) -> Result<crate::redis::RedisCacheBuilder> {
     use crate::redis::{Endpoint, RedisCache};

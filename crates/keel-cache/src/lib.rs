@@ -49,6 +49,8 @@ pub use bytes::Bytes;
 pub use config::{CacheConfig, CacheOptions, Secret, parse_duration};
 pub use contract::{Cache, CacheExt, CacheFuture, CacheKind, Limits, parse_counter};
 pub use error::Error;
+#[cfg(feature = "redis")]
+pub use factory::redis_from_config;
 pub use factory::{CACHE_TYPES, open, open_with_metrics};
 pub use manager::Manager;
 pub use memory::{Capacity, MemoryCache, MemoryCacheBuilder};

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cache_cmd;
+mod coord;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,12 @@ enum Command {
     Cache(cache_cmd::Args),
     /// Load generators: `keel bench cache --url URL|memory …`.
     Bench(bench::Args),
+    /// Runs a command while holding a distributed lock (renewed; SIGTERM if it is lost).
+    /// The command gets KEEL_FENCING_TOKEN. Exits with its code, or 75 if the lock was lost.
+    Lock(coord::LockArgs),
+    /// Runs a command only while this process is the elected leader; campaigns again when
+    /// the command exits or leadership is lost. The command gets KEEL_FENCING_TOKEN (epoch).
+    Elect(coord::ElectArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,13 +50,17 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Demo(args) => demo::run(args).await,
-            Command::Cache(args) => cache_cmd::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Demo(args) => demo::run(args).await.map(|()| 0),
+            Command::Cache(args) => cache_cmd::run(args).await.map(|()| 0),
+            Command::Bench(args) => bench::run(args).await.map(|()| 0),
+            Command::Lock(args) => coord::lock(args).await,
+            Command::Elect(args) => coord::elect(args).await,
         }
     });
+    // Child processes and background tasks must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("keel: {e:#}");
             std::process::ExitCode::FAILURE

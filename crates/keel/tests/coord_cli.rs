@@ -1,0 +1,252 @@
+//! `keel lock` and `keel elect` as real processes against a real redis-server.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel_testkit::redis::{RedisServer, wait_until};
+
+fn keel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+}
+
+#[test]
+fn lock_runs_the_command_with_a_fencing_token_and_passes_its_exit_code() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let out = keel()
+        .args(["lock", "--url", &url, "job", "--ttl", "2s", "--"])
+        .args(["sh", "-c", "echo token=$KEEL_FENCING_TOKEN; exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "token=1\n");
+    let again = keel()
+        .args([
+            "lock",
+            "--url",
+            &url,
+            "job",
+            "--",
+            "sh",
+            "-c",
+            "echo $KEEL_FENCING_TOKEN",
+        ])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        "2\n",
+        "tokens increase"
+    );
+    assert_eq!(
+        redis.cli(&["EXISTS", "keel:lock:{job}"]),
+        "0",
+        "released after the command"
+    );
+}
+
+#[test]
+fn a_held_lock_makes_the_second_caller_wait_and_give_up() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut holder = keel()
+        .args([
+            "lock", "--url", &url, "job", "--ttl", "1s", "--", "sleep", "3",
+        ])
+        .spawn()
+        .unwrap();
+    wait_until("the first holder", Duration::from_secs(5), || {
+        redis.cli(&["EXISTS", "keel:lock:{job}"]) == "1"
+    });
+    let start = Instant::now();
+    let second = keel()
+        .args([
+            "lock", "--url", &url, "job", "--wait", "500ms", "--", "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("still held"));
+    assert!(start.elapsed() >= Duration::from_millis(500));
+    assert!(
+        holder.wait().unwrap().success(),
+        "the watchdog kept the 1 s lock for 3 s"
+    );
+}
+
+#[test]
+fn a_lost_lock_terminates_the_command_and_exits_75() {
+    let redis = RedisServer::start();
+    let dir = tempdir();
+    let marker = dir.join("term");
+    let script = format!(
+        "trap 'echo got-term > {}; exit 0' TERM; sleep 30 & wait",
+        marker.display()
+    );
+    let mut child = keel()
+        .args([
+            "lock",
+            "--url",
+            &redis.url(),
+            "job",
+            "--ttl",
+            "300ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the lock", Duration::from_secs(5), || {
+        redis.cli(&["EXISTS", "keel:lock:{job}"]) == "1"
+    });
+    // Someone (an operator, a bug, an expiry during a pause) takes the lock away.
+    redis.cli(&["SET", "keel:lock:{job}", "someone-else"]);
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert_eq!(status, Some(75));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "got-term");
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "keel-coord-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let dir = dir.join(format!("{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `start <identity> <epoch>` and `stop <identity>` lines appended by each leader's command.
+fn leader_script(log: &Path, id: &str) -> String {
+    format!(
+        "echo start {id} $KEEL_FENCING_TOKEN >> {log}; trap 'echo stop {id} >> {log}; exit 0' TERM; \
+         while true; do sleep 0.05; done",
+        log = log.display()
+    )
+}
+
+struct Candidate {
+    id: String,
+    keel: Child,
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        kill_tree(self.keel.id());
+        let _ = self.keel.wait();
+    }
+}
+
+fn kill_tree(pid: u32) {
+    // The command runs as keel's child: kill it too, as a crash of the whole node would.
+    // keel goes first, so it cannot see its command die and resign cleanly.
+    let children = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    for child in children.split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", child]).status();
+    }
+}
+
+fn current_leaders(log: &Path) -> Vec<(String, u64)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut running: Vec<(String, u64)> = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["start", id, epoch] => running.push(((*id).to_owned(), epoch.parse().unwrap())),
+            ["stop", id] => running.retain(|(r, _)| r != id),
+            _ => {}
+        }
+    }
+    running
+}
+
+#[test]
+fn elect_runs_one_leader_and_fails_over_when_it_is_killed() {
+    let redis = RedisServer::start();
+    let dir = tempdir();
+    let log = dir.join("leaders");
+    let mut candidates: Vec<Candidate> = (0..3)
+        .map(|i| {
+            let id = format!("node-{i}");
+            let keel = keel()
+                .args([
+                    "elect",
+                    "--url",
+                    &redis.url(),
+                    "boss",
+                    "--lease",
+                    "1500ms",
+                    "--identity",
+                    &id,
+                ])
+                .args(["--", "sh", "-c", &leader_script(&log, &id)])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            Candidate { id, keel }
+        })
+        .collect();
+    wait_until("a leader", Duration::from_secs(10), || {
+        current_leaders(&log).len() == 1
+    });
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            current_leaders(&log).len() <= 1,
+            "two commands running at once"
+        );
+    }
+    let (leader, first_epoch) = current_leaders(&log)[0].clone();
+    let idx = candidates.iter().position(|c| c.id == leader).unwrap();
+    let killed = candidates.remove(idx);
+    let killed_at = Instant::now();
+    drop(killed); // SIGKILL keel and its command: no release, no stop line
+    // The dead leader's command never logged "stop"; forget it.
+    let others = |log: &Path| -> Vec<(String, u64)> {
+        current_leaders(log)
+            .into_iter()
+            .filter(|(id, _)| *id != leader)
+            .collect()
+    };
+    wait_until("a new leader", Duration::from_secs(10), || {
+        others(&log).len() == 1
+    });
+    let failover = killed_at.elapsed();
+    let (new_leader, epoch) = others(&log)[0].clone();
+    assert_ne!(new_leader, leader);
+    assert!(epoch > first_epoch, "epoch {epoch} after {first_epoch}");
+    // Lease 1.5 s + retry period 250 ms (+ jitter and process start-up).
+    // The last renewal was at most one retry period (250 ms) before the kill.
+    assert!(
+        failover >= Duration::from_secs(1),
+        "took over before the lease could expire: {failover:?}"
+    );
+    assert!(failover < Duration::from_secs(10), "{failover:?}");
+}
