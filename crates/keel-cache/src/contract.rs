@@ -21,6 +21,8 @@ pub enum CacheKind {
     Memory,
     /// A Redis server.
     Redis,
+    /// Memory in front of Redis.
+    Tiered,
 }
 
 impl CacheKind {
@@ -29,6 +31,7 @@ impl CacheKind {
         match self {
             CacheKind::Memory => "memory",
             CacheKind::Redis => "redis",
+            CacheKind::Tiered => "tiered",
         }
     }
 }

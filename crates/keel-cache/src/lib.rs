@@ -43,6 +43,8 @@ mod manager;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+pub mod tiered;
 mod ttl;
 
 pub use bytes::Bytes;
@@ -56,6 +58,8 @@ pub use manager::Manager;
 pub use memory::{Capacity, MemoryCache, MemoryCacheBuilder};
 #[cfg(feature = "redis")]
 pub use redis::{Endpoint, RedisCache, RedisCacheBuilder, TlsOptions};
+#[cfg(feature = "redis")]
+pub use tiered::{TieredCache, TieredCacheBuilder};
 pub use ttl::{KeyTtl, MAX_TTL, Ttl};
 
 /// The result type of this crate.

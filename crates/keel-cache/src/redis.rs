@@ -473,8 +473,13 @@ impl RedisCacheBuilder {
             .unwrap_or_else(|| MetricsService::global().clone());
         let metrics = service.cache_metrics().for_cache(&self.name);
         let prefix = self.prefix.unwrap_or_else(|| format!("{}:", self.name));
+        let pubsub_seed = match &self.endpoint {
+            Endpoint::Cluster { nodes, .. } => nodes.first().map(|n| node_url(n)),
+            _ => None,
+        };
         Ok(RedisCache {
             shared: Arc::new(Shared {
+                pubsub_seed,
                 name: self.name,
                 prefix,
                 target,
@@ -502,6 +507,8 @@ struct Shared {
     name: String,
     prefix: String,
     target: Target,
+    /// Cluster mode: the node a pub/sub connection goes to.
+    pubsub_seed: Option<String>,
     /// `None` before `connect` and after `close`.
     conn: RwLock<Option<Conn>>,
     /// Sentinel mode: the master must be looked up again before the next request.
@@ -540,6 +547,91 @@ impl std::fmt::Debug for RedisCache {
 }
 
 impl RedisCache {
+    /// The value and remaining lifetime of `key` in one round trip (`GET` + `PTTL`).
+    ///
+    /// # Errors
+    /// As `get`.
+    pub async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, KeyTtl)>> {
+        let s = &self.shared;
+        s.run(
+            Operation::Get,
+            |v: &Option<(Bytes, KeyTtl)>| {
+                if v.is_some() {
+                    Status::Hit
+                } else {
+                    Status::Miss
+                }
+            },
+            async move {
+                s.limits.check_key(key)?;
+                let mut c = s.conn().await?;
+                let full = s.key(key);
+                let (value, ms): (Option<Vec<u8>>, i64) = redis::pipe()
+                    .cmd("GET")
+                    .arg(&full)
+                    .cmd("PTTL")
+                    .arg(&full)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| s.error(Operation::Get, &e))?;
+                Ok(value.map(|v| {
+                    let ttl = match ms {
+                        -1 => KeyTtl::Persistent,
+                        ms if ms >= 0 => {
+                            KeyTtl::Expires(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+                        }
+                        _ => KeyTtl::Missing,
+                    };
+                    (Bytes::from(v), ttl)
+                }))
+            },
+        )
+        .await
+    }
+
+    /// Publishes `message` on `channel` (not prefixed).
+    ///
+    /// # Errors
+    /// As any request.
+    pub async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
+        let s = &self.shared;
+        let mut c = s.conn().await?;
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(message)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| s.error(Operation::Set, &e))
+    }
+
+    /// A client for a dedicated pub/sub connection to the current server (the master in
+    /// Sentinel mode, the first seed node in Cluster mode: Cluster forwards every `PUBLISH`
+    /// to all nodes).
+    pub(crate) async fn pubsub_client(&self) -> Result<Client> {
+        let s = &self.shared;
+        let unavailable = |e: RedisError| Error::Unavailable {
+            cache: s.name.clone(),
+            operation: "subscribe",
+            reason: e.to_string(),
+        };
+        match &s.target {
+            Target::Single(c) => Ok(c.clone()),
+            Target::Sentinel(sentinel) => sentinel
+                .lock()
+                .await
+                .async_get_client()
+                .await
+                .map_err(unavailable),
+            Target::Cluster(_) => match &s.pubsub_seed {
+                Some(url) => Client::open(url.as_str()).map_err(unavailable),
+                None => Err(Error::InvalidConfig {
+                    field: "nodes".into(),
+                    reason: "no seed node for pub/sub".into(),
+                }),
+            },
+        }
+    }
+
     /// A builder for a cache called `name` on `endpoint`.
     pub fn builder(name: impl Into<String>, endpoint: Endpoint) -> RedisCacheBuilder {
         RedisCacheBuilder {

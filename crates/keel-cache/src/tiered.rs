@@ -1,0 +1,542 @@
+//! A two-tier cache: in-process memory (L1) in front of Redis (L2), kept coherent across
+//! nodes by invalidation messages over Redis pub/sub.
+//!
+//! - Reads try L1, then L2; an L2 hit fills L1 with `min(l1_ttl, remaining L2 TTL)`.
+//! - Writes and deletes go to L2 first, then drop the key from this node's L1 and publish an
+//!   invalidation so every other node drops it too (a node ignores its own messages).
+//! - Atomic operations (`incr_by`, `set_nx`, `set_if_match`) run on L2 only and invalidate.
+//! - When the pub/sub connection drops, invalidations may have been missed: L1 is flushed
+//!   as soon as it is back (and while it is down, L1 is bypassed).
+//! - `exists`, `ttl` and `expire` are answered by L2, the source of truth.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use keel_metrics::MetricsService;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::task::JoinHandle;
+
+use crate::contract::{Cache, CacheFuture, CacheKind};
+use crate::memory::MemoryCache;
+use crate::redis::RedisCache;
+use crate::ttl::{KeyTtl, Ttl};
+use crate::{Error, Result};
+
+/// Messages are `<node id>\n<kind><key>`: kind `k` drops one key, `f` drops the whole L1.
+const KIND_KEY: u8 = b'k';
+const KIND_FLUSH: u8 = b'f';
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct TierLabels {
+    cache: String,
+    tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DirectionLabels {
+    cache: String,
+    direction: &'static str,
+}
+
+#[derive(Clone)]
+struct TierMetrics {
+    l1_hits: Counter,
+    l1_misses: Counter,
+    l2_hits: Counter,
+    l2_misses: Counter,
+    sent: Counter,
+    received: Counter,
+    flushes: Counter,
+}
+
+impl TierMetrics {
+    fn new(service: &MetricsService, cache: &str) -> Self {
+        let hits: Family<TierLabels, Counter> = service
+            .get_or_register("tiered_hits", "Tiered cache hits by tier", Family::default)
+            .unwrap_or_default();
+        let misses: Family<TierLabels, Counter> = service
+            .get_or_register(
+                "tiered_misses",
+                "Tiered cache misses by tier",
+                Family::default,
+            )
+            .unwrap_or_default();
+        let inval: Family<DirectionLabels, Counter> = service
+            .get_or_register(
+                "tiered_invalidations",
+                "L1 invalidation messages sent and received",
+                Family::default,
+            )
+            .unwrap_or_default();
+        let flushes: Family<TierLabels, Counter> = service
+            .get_or_register(
+                "tiered_l1_flushes",
+                "Whole-L1 flushes (clear, or pub/sub reconnects)",
+                Family::default,
+            )
+            .unwrap_or_default();
+        let tier = |t| TierLabels {
+            cache: cache.to_owned(),
+            tier: t,
+        };
+        let dir = |d| DirectionLabels {
+            cache: cache.to_owned(),
+            direction: d,
+        };
+        Self {
+            l1_hits: hits.get_or_create_owned(&tier("l1")),
+            l1_misses: misses.get_or_create_owned(&tier("l1")),
+            l2_hits: hits.get_or_create_owned(&tier("l2")),
+            l2_misses: misses.get_or_create_owned(&tier("l2")),
+            sent: inval.get_or_create_owned(&dir("sent")),
+            received: inval.get_or_create_owned(&dir("received")),
+            flushes: flushes.get_or_create_owned(&tier("l1")),
+        }
+    }
+}
+
+/// Invalidation counters, striped by key hash. A read remembers its key's counter before
+/// going to L2 and fills L1 only if no invalidation touched that stripe meanwhile; otherwise
+/// a slow read could put a value back into L1 after a newer write invalidated it.
+struct Generations {
+    stripes: [std::sync::atomic::AtomicU64; 64],
+}
+
+impl Generations {
+    fn new() -> Self {
+        Self {
+            stripes: std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+
+    fn slot(&self, key: &str) -> &std::sync::atomic::AtomicU64 {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let h = BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key);
+        &self.stripes[(h % 64) as usize]
+    }
+
+    fn get(&self, key: &str) -> u64 {
+        self.slot(key).load(Ordering::Acquire)
+    }
+
+    fn bump(&self, key: &str) {
+        self.slot(key).fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn bump_all(&self) {
+        for s in &self.stripes {
+            s.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+struct Inner {
+    name: String,
+    generations: Generations,
+    l1: MemoryCache,
+    l2: RedisCache,
+    l1_ttl: Duration,
+    node: String,
+    channel: String,
+    /// Whether the invalidation subscription is live; L1 is bypassed while it is not.
+    subscribed: AtomicBool,
+    listener: std::sync::Mutex<Option<JoinHandle<()>>>,
+    metrics: TierMetrics,
+}
+
+/// Builder for [`TieredCache`].
+#[derive(Debug)]
+pub struct TieredCacheBuilder {
+    name: String,
+    l1: MemoryCache,
+    l2: RedisCache,
+    l1_ttl: Duration,
+    metrics: Option<MetricsService>,
+}
+
+impl TieredCacheBuilder {
+    /// The longest an entry stays in L1 (default 60 s): the bound on staleness if an
+    /// invalidation is lost without the connection dropping.
+    pub fn l1_ttl(mut self, d: Duration) -> Self {
+        self.l1_ttl = d;
+        self
+    }
+
+    /// Registry for the `tiered_*` metrics (default: [`MetricsService::global`]).
+    pub fn metrics(mut self, metrics: &MetricsService) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// Builds the cache (call `connect` to start it).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] if the OS has no randomness for the node id.
+    pub fn build(self) -> Result<TieredCache> {
+        let service = self
+            .metrics
+            .unwrap_or_else(|| MetricsService::global().clone());
+        let channel = format!("{}__keel_invalidate", self.l2.prefix());
+        Ok(TieredCache {
+            inner: Arc::new(Inner {
+                generations: Generations::new(),
+                metrics: TierMetrics::new(&service, &self.name),
+                name: self.name,
+                l1: self.l1,
+                l2: self.l2,
+                l1_ttl: crate::ttl::round_up_to_millis(self.l1_ttl),
+                node: crate::lock::new_token()?,
+                channel,
+                subscribed: AtomicBool::new(false),
+                listener: std::sync::Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// Memory in front of Redis, coherent across nodes. Cheap to clone.
+#[derive(Clone)]
+pub struct TieredCache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TieredCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredCache")
+            .field("name", &self.inner.name)
+            .field("l2", &self.inner.l2)
+            .field("subscribed", &self.inner.subscribed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TieredCache {
+    /// A builder for a tiered cache called `name` over `l1` and `l2`.
+    pub fn builder(name: impl Into<String>, l1: MemoryCache, l2: RedisCache) -> TieredCacheBuilder {
+        TieredCacheBuilder {
+            name: name.into(),
+            l1,
+            l2,
+            l1_ttl: Duration::from_secs(60),
+            metrics: None,
+        }
+    }
+
+    /// Whether the invalidation subscription is live (L1 is only used while it is).
+    pub fn is_subscribed(&self) -> bool {
+        self.inner.subscribed.load(Ordering::Acquire)
+    }
+
+    /// The L1 (for inspection).
+    pub fn l1(&self) -> &MemoryCache {
+        &self.inner.l1
+    }
+
+    fn message(&self, kind: u8, key: &str) -> Vec<u8> {
+        let mut m = Vec::with_capacity(self.inner.node.len() + 2 + key.len());
+        m.extend_from_slice(self.inner.node.as_bytes());
+        m.push(b'\n');
+        m.push(kind);
+        m.extend_from_slice(key.as_bytes());
+        m
+    }
+
+    /// Drops `key` here and on every other node.
+    async fn invalidate(&self, key: &str) -> Result<()> {
+        let i = &self.inner;
+        i.generations.bump(key);
+        let _ = i.l1.delete(key).await;
+        i.metrics.sent.inc();
+        i.l2.publish(&i.channel, &self.message(KIND_KEY, key)).await
+    }
+
+    /// Drops the whole L1 here and on every other node.
+    async fn invalidate_all(&self) -> Result<()> {
+        let i = &self.inner;
+        i.generations.bump_all();
+        let _ = i.l1.clear().await;
+        i.metrics.flushes.inc();
+        i.metrics.sent.inc();
+        i.l2.publish(&i.channel, &self.message(KIND_FLUSH, ""))
+            .await
+    }
+
+    async fn listen(inner: std::sync::Weak<Inner>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let Some(i) = inner.upgrade() else { return };
+            let subscribed = async {
+                let client = i.l2.pubsub_client().await?;
+                let mut pubsub =
+                    client
+                        .get_async_pubsub()
+                        .await
+                        .map_err(|e| Error::Unavailable {
+                            cache: i.name.clone(),
+                            operation: "subscribe",
+                            reason: e.to_string(),
+                        })?;
+                pubsub
+                    .subscribe(&i.channel)
+                    .await
+                    .map_err(|e| Error::Unavailable {
+                        cache: i.name.clone(),
+                        operation: "subscribe",
+                        reason: e.to_string(),
+                    })?;
+                Ok::<_, Error>(pubsub)
+            }
+            .await;
+            let Ok(pubsub) = subscribed else {
+                drop(i);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            };
+            backoff = Duration::from_millis(50);
+            // Anything could have changed while we were not listening.
+            i.generations.bump_all();
+            let _ = i.l1.clear().await;
+            i.metrics.flushes.inc();
+            i.subscribed.store(true, Ordering::Release);
+            let node = i.node.clone();
+            drop(i);
+            let mut messages = pubsub.into_on_message();
+            while let Some(msg) = messages.next().await {
+                let Some(i) = inner.upgrade() else { return };
+                let payload = msg.get_payload_bytes();
+                let Some(split) = payload.iter().position(|&b| b == b'\n') else {
+                    continue;
+                };
+                let (from, rest) = (&payload[..split], &payload[split + 1..]);
+                if from == node.as_bytes() {
+                    continue; // our own write: L1 was already dropped locally
+                }
+                i.metrics.received.inc();
+                match rest.split_first() {
+                    Some((&KIND_FLUSH, _)) => {
+                        i.generations.bump_all();
+                        let _ = i.l1.clear().await;
+                        i.metrics.flushes.inc();
+                    }
+                    Some((&KIND_KEY, key)) => {
+                        let key = String::from_utf8_lossy(key);
+                        i.generations.bump(&key);
+                        let _ = i.l1.delete(&key).await;
+                    }
+                    _ => {}
+                }
+            }
+            // The stream ended: the connection dropped. Bypass L1 until resubscribed.
+            let Some(i) = inner.upgrade() else { return };
+            i.subscribed.store(false, Ordering::Release);
+            i.generations.bump_all();
+            let _ = i.l1.clear().await;
+            i.metrics.flushes.inc();
+        }
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Bytes>> {
+        let i = &self.inner;
+        let use_l1 = self.is_subscribed();
+        let generation = i.generations.get(key);
+        if use_l1 {
+            if let Some(v) = i.l1.get(key).await? {
+                i.metrics.l1_hits.inc();
+                return Ok(Some(v));
+            }
+            i.metrics.l1_misses.inc();
+        }
+        match i.l2.get_with_ttl(key).await? {
+            Some((value, ttl)) => {
+                i.metrics.l2_hits.inc();
+                if use_l1 {
+                    let fill = match ttl {
+                        KeyTtl::Expires(left) => left.min(i.l1_ttl),
+                        _ => i.l1_ttl,
+                    };
+                    // Skip the fill if the key was invalidated while we read L2, and undo it
+                    // if an invalidation slipped in between that check and the fill
+                    // (invalidators bump the counter before they delete, so one of the two
+                    // deletes always comes last).
+                    if !fill.is_zero() && i.generations.get(key) == generation {
+                        let _ = i.l1.set(key, value.clone(), Ttl::After(fill)).await;
+                        if i.generations.get(key) != generation {
+                            let _ = i.l1.delete(key).await;
+                        }
+                    }
+                }
+                Ok(Some(value))
+            }
+            None => {
+                i.metrics.l2_misses.inc();
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Cache for TieredCache {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn kind(&self) -> CacheKind {
+        CacheKind::Tiered
+    }
+
+    fn connect<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::boxed(async move {
+            let i = &self.inner;
+            i.l1.connect().await?;
+            i.l2.connect().await?;
+            let mut listener = i
+                .listener
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if listener.is_none() {
+                *listener = Some(tokio::spawn(Self::listen(Arc::downgrade(i))));
+            }
+            Ok(())
+        })
+    }
+
+    fn close<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::boxed(async move {
+            let i = &self.inner;
+            if let Some(task) = i
+                .listener
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+            {
+                task.abort();
+            }
+            i.subscribed.store(false, Ordering::Release);
+            i.l1.close().await?;
+            i.l2.close().await
+        })
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.l2.is_connected()
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<Option<Bytes>>> {
+        CacheFuture::boxed(self.read(key))
+    }
+
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::boxed(async move {
+            self.inner.l2.set(key, value, ttl).await?;
+            self.invalidate(key).await
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
+        CacheFuture::boxed(async move {
+            let existed = self.inner.l2.delete(key).await?;
+            self.invalidate(key).await?;
+            Ok(existed)
+        })
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
+        self.inner.l2.exists(key)
+    }
+
+    fn expire<'a>(&'a self, key: &'a str, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
+        CacheFuture::boxed(async move {
+            let existed = self.inner.l2.expire(key, ttl).await?;
+            self.invalidate(key).await?;
+            Ok(existed)
+        })
+    }
+
+    fn ttl<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<KeyTtl>> {
+        self.inner.l2.ttl(key)
+    }
+
+    fn set_nx<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
+        CacheFuture::boxed(async move {
+            let stored = self.inner.l2.set_nx(key, value, ttl).await?;
+            if stored {
+                self.invalidate(key).await?;
+            }
+            Ok(stored)
+        })
+    }
+
+    fn set_if_match<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        expected: &'a [u8],
+        ttl: Ttl,
+    ) -> CacheFuture<'a, Result<bool>> {
+        CacheFuture::boxed(async move {
+            let stored = self
+                .inner
+                .l2
+                .set_if_match(key, value, expected, ttl)
+                .await?;
+            if stored {
+                self.invalidate(key).await?;
+            }
+            Ok(stored)
+        })
+    }
+
+    fn incr_by<'a>(&'a self, key: &'a str, delta: i64) -> CacheFuture<'a, Result<i64>> {
+        CacheFuture::boxed(async move {
+            let n = self.inner.l2.incr_by(key, delta).await?;
+            self.invalidate(key).await?;
+            Ok(n)
+        })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<Vec<Option<Bytes>>>> {
+        CacheFuture::boxed(async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                out.push(self.read(key).await?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, Bytes)],
+        ttl: Ttl,
+    ) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::boxed(async move {
+            self.inner.l2.set_many(items, ttl).await?;
+            for (key, _) in items {
+                self.invalidate(key).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<u64>> {
+        CacheFuture::boxed(async move {
+            let n = self.inner.l2.delete_many(keys).await?;
+            for key in keys {
+                self.invalidate(key).await?;
+            }
+            Ok(n)
+        })
+    }
+
+    fn clear<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
+        CacheFuture::boxed(async move {
+            self.inner.l2.clear().await?;
+            self.invalidate_all().await
+        })
+    }
+}

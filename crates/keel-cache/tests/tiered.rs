@@ -1,0 +1,144 @@
+//! The tiered cache on a real redis-server: the conformance suite, two nodes kept coherent by
+//! invalidations, and an L1 flush after the pub/sub connection is killed.
+#![cfg(feature = "redis")]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_cache::{Cache, Endpoint, MemoryCache, RedisCache, Secret, TieredCache, Ttl};
+use keel_metrics::MetricsService;
+use keel_testkit::conformance::{Factory, Spec};
+use keel_testkit::redis::RedisServer;
+
+struct Tiered(RedisServer);
+
+impl Tiered {
+    async fn node(
+        &self,
+        name: &str,
+        default_ttl: Option<Duration>,
+        metrics: &MetricsService,
+    ) -> TieredCache {
+        let l2 = RedisCache::builder(name, Endpoint::Url(Secret::new(self.0.url())))
+            .default_ttl(default_ttl)
+            .response_timeout(Duration::from_millis(500))
+            .items_refresh(None)
+            .metrics(metrics)
+            .build()
+            .unwrap();
+        let l1 = MemoryCache::builder(format!("{name}:l1"))
+            .default_ttl(default_ttl)
+            .metrics(metrics)
+            .build();
+        let cache = TieredCache::builder(name, l1, l2)
+            .metrics(metrics)
+            .build()
+            .unwrap();
+        cache.connect().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cache.is_subscribed() {
+            assert!(Instant::now() < deadline, "never subscribed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cache
+    }
+}
+
+impl Factory for Tiered {
+    fn make(&self, spec: Spec) -> Pin<Box<dyn Future<Output = Arc<dyn Cache>> + Send + '_>> {
+        Box::pin(async move {
+            let metrics = MetricsService::new("t").unwrap();
+            Arc::new(self.node(&spec.name, spec.default_ttl, &metrics).await) as Arc<dyn Cache>
+        })
+    }
+}
+
+keel_testkit::cache_conformance!(Tiered(RedisServer::start()));
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_node_is_not_served_stale_by_another() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let (a, b) = (
+        t.node("app", None, &metrics).await,
+        t.node("app", None, &metrics).await,
+    );
+    a.set("k", "v1".into(), Ttl::Never).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"v1"[..]));
+    assert_eq!(
+        b.l1().get("k").await.unwrap().as_deref(),
+        Some(&b"v1"[..]),
+        "B cached it in L1"
+    );
+    a.set("k", "v2".into(), Ttl::Never).await.unwrap();
+    eventually("B's L1 to drop the key", async || {
+        b.l1().get("k").await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"v2"[..]));
+    a.delete("k").await.unwrap();
+    eventually("B to see the delete", async || {
+        b.get("k").await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(a.incr_by("n", 1).await.unwrap(), 1);
+    assert_eq!(b.get("n").await.unwrap().as_deref(), Some(&b"1"[..]));
+    a.incr_by("n", 1).await.unwrap();
+    eventually("B to see the increment", async || {
+        b.get("n").await.unwrap().as_deref() == Some(&b"2"[..])
+    })
+    .await;
+    let text = metrics.render();
+    assert!(
+        text.contains("t_tiered_invalidations_total{cache=\"app\",direction=\"received\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_fill_respects_the_remaining_l2_ttl() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let a = t.node("app", None, &metrics).await;
+    a.set("short", "v".into(), Ttl::After(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert!(a.get("short").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        a.l1().get("short").await.unwrap(),
+        None,
+        "L1 copy expired with L2's TTL"
+    );
+    assert_eq!(a.get("short").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pubsub_connection_flushes_l1() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let b = t.node("app", None, &metrics).await;
+    b.set("k", "old".into(), Ttl::Never).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"old"[..]));
+    assert!(b.l1().get("k").await.unwrap().is_some());
+    // Kill the subscription and change the value behind B's back: the invalidation that
+    // would have told B is never sent.
+    t.0.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    t.0.cli(&["SET", "app:k", "new"]);
+    eventually("B to resubscribe", async || {
+        b.is_subscribed() && b.l1().get("k").await.unwrap().is_none()
+    })
+    .await;
+    assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"new"[..]));
+    assert!(metrics.render().contains("t_tiered_l1_flushes_total"));
+}
