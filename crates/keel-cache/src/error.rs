@@ -77,6 +77,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `get_or_load` loader failed (the error reaches every caller waiting for that load;
+    /// nothing is cached).
+    #[error("loading key {key:?} failed: {message}")]
+    Load {
+        /// The key.
+        key: String,
+        /// The loader's error message.
+        message: String,
+    },
     /// `Locker::lock` waited its whole `wait` without getting the lock.
     #[error("lock {lock:?} still held by someone else after waiting {waited:?}")]
     LockTimeout {

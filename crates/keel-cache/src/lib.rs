@@ -38,6 +38,7 @@ mod contract;
 pub mod election;
 mod error;
 mod factory;
+pub mod load;
 pub mod lock;
 mod manager;
 pub mod memory;

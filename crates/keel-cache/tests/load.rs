@@ -1,0 +1,264 @@
+//! `get_or_load`: single flight in one process and across processes, error propagation,
+//! negative caching and early refresh — on memory and on the tiered cache over real Redis.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use keel_cache::load::{LoadOptions, Loader};
+use keel_cache::lock::Locker;
+use keel_cache::{
+    Bytes, Cache, Endpoint, Error, MemoryCache, RedisCache, Secret, TieredCache, Ttl,
+};
+use keel_testkit::redis::RedisServer;
+
+fn ttl() -> LoadOptions {
+    LoadOptions::new(Ttl::After(Duration::from_secs(60)))
+}
+
+async fn thousand_concurrent_misses_call_the_loader_once(cache: Arc<dyn Cache>) {
+    let loader = Loader::new(cache);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (loader, calls) = (loader.clone(), calls.clone());
+            tokio::spawn(async move {
+                loader
+                    .get_or_load("hot", &ttl(), || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, std::io::Error>(Some(Bytes::from_static(b"value")))
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().as_deref(), Some(&b"value"[..]));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        loader.cache().get("hot").await.unwrap().as_deref(),
+        Some(&b"value"[..])
+    );
+}
+
+async fn loader_errors_reach_every_waiter_and_are_not_cached(cache: Arc<dyn Cache>) {
+    let loader = Loader::new(cache);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (loader, calls) = (loader.clone(), calls.clone());
+            tokio::spawn(async move {
+                loader
+                    .get_or_load("broken", &ttl(), || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err::<Option<Bytes>, _>(std::io::Error::other("database is down"))
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let err = t.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, Error::Load { message, .. } if message == "database is down"),
+            "{err:?}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        loader.cache().get("broken").await.unwrap(),
+        None,
+        "errors are not cached"
+    );
+    let ok = loader
+        .get_or_load("broken", &ttl(), || async {
+            Ok::<_, std::io::Error>(Some("fixed".into()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.as_deref(),
+        Some(&b"fixed"[..]),
+        "the next call loads again"
+    );
+}
+
+async fn negative_answers_are_cached_for_a_while(cache: Arc<dyn Cache>) {
+    let loader = Loader::new(cache);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut options = ttl();
+    options.negative_ttl = Some(Duration::from_millis(300));
+    let load = || {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<Option<Bytes>, std::io::Error>(None)
+        }
+    };
+    assert_eq!(
+        loader.get_or_load("ghost", &options, load).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        loader.get_or_load("ghost", &options, load).await.unwrap(),
+        None
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        loader.get_or_load("ghost", &options, load).await.unwrap(),
+        None
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+async fn hot_keys_refresh_before_they_expire(cache: Arc<dyn Cache>) {
+    let loader = Loader::new(cache);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut options = LoadOptions::new(Ttl::After(Duration::from_secs(1)));
+    options.refresh_ahead = Some(Duration::from_millis(700));
+    let load = || {
+        let calls = calls.clone();
+        async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok::<_, std::io::Error>(Some(Bytes::from(format!("v{n}"))))
+        }
+    };
+    assert_eq!(
+        loader
+            .get_or_load("k", &options, load)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"v1"[..])
+    );
+    assert_eq!(
+        loader
+            .get_or_load("k", &options, load)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"v1"[..])
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Less than 700 ms left: this caller reloads.
+    assert_eq!(
+        loader
+            .get_or_load("k", &options, load)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"v2"[..])
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+macro_rules! load_suite {
+    ($store:ident, $make:expr) => {
+        mod $store {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn thousand_concurrent_misses_call_the_loader_once() {
+                let (_server, cache) = $make;
+                super::thousand_concurrent_misses_call_the_loader_once(cache).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn loader_errors_reach_every_waiter_and_are_not_cached() {
+                let (_server, cache) = $make;
+                super::loader_errors_reach_every_waiter_and_are_not_cached(cache).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn negative_answers_are_cached_for_a_while() {
+                let (_server, cache) = $make;
+                super::negative_answers_are_cached_for_a_while(cache).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hot_keys_refresh_before_they_expire() {
+                let (_server, cache) = $make;
+                super::hot_keys_refresh_before_they_expire(cache).await;
+            }
+        }
+    };
+}
+
+fn memory() -> ((), Arc<dyn Cache>) {
+    ((), Arc::new(MemoryCache::builder("load").build()))
+}
+
+async fn redis_cache(server: &RedisServer, name: &str) -> RedisCache {
+    let cache = RedisCache::builder(name, Endpoint::Url(Secret::new(server.url())))
+        .items_refresh(None)
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    cache
+}
+
+async fn tiered_node(server: &RedisServer) -> TieredCache {
+    let l2 = RedisCache::builder("load", Endpoint::Url(Secret::new(server.url())))
+        .items_refresh(None)
+        .build()
+        .unwrap();
+    let cache = TieredCache::builder("load", MemoryCache::builder("load:l1").build(), l2)
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    cache
+}
+
+fn tiered() -> (RedisServer, Arc<dyn Cache>) {
+    let server = RedisServer::start();
+    let cache = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(tiered_node(&server))
+    });
+    (server, Arc::new(cache))
+}
+
+load_suite!(memory_store, memory());
+load_suite!(tiered_store, tiered());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_a_lock_load_once() {
+    let server = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for node in 0..2 {
+        // Each "process": its own cache connection, loader and lock connection.
+        let loader = Loader::new(Arc::new(redis_cache(&server, "shared").await));
+        let mut options = ttl();
+        options.lock = Some((
+            Locker::new(redis_cache(&server, "locks").await),
+            Duration::from_secs(10),
+        ));
+        for _ in 0..50 {
+            let (loader, options, calls) = (loader.clone(), options.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                loader
+                    .get_or_load("report", &options, || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, std::io::Error>(Some(Bytes::from(format!("from node {node}"))))
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    let mut values = Vec::new();
+    for t in tasks {
+        values.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one load across both processes"
+    );
+    assert!(
+        values.windows(2).all(|w| w[0] == w[1]),
+        "everyone got the same value"
+    );
+}
