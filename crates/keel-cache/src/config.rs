@@ -86,6 +86,12 @@ pub struct CacheConfig {
     /// this prefix and refuses to run with an empty one.
     #[serde(default, alias = "key_prefix", alias = "keyPrefix")]
     pub prefix: Option<String>,
+    /// Tiered: the in-process tier (a `memory` config; default: 10 000 entries).
+    #[serde(default)]
+    pub l1: Option<Box<CacheConfig>>,
+    /// Tiered: the shared tier (a `redis` config).
+    #[serde(default)]
+    pub l2: Option<Box<CacheConfig>>,
     /// Backend options; the seed calls this `config`.
     #[serde(default, alias = "config")]
     pub options: CacheOptions,
@@ -145,6 +151,14 @@ pub struct CacheOptions {
     /// Redis TLS: client private key (PEM), with `tls_cert_file`.
     #[serde(default, alias = "tlsKeyFile")]
     pub tls_key_file: Option<std::path::PathBuf>,
+    /// Tiered: the longest an entry stays in L1 (default 60s).
+    #[serde(
+        default,
+        alias = "l1TTL",
+        alias = "l1Ttl",
+        deserialize_with = "opt_duration"
+    )]
+    pub l1_ttl: Option<Duration>,
     /// Longest key in bytes (default 4096).
     #[serde(default, alias = "maxKeyBytes")]
     pub max_key_bytes: Option<usize>,
@@ -204,6 +218,8 @@ impl CacheConfig {
             sentinels: Vec::new(),
             master_name: None,
             prefix: None,
+            l1: None,
+            l2: None,
             options: CacheOptions::default(),
         }
     }

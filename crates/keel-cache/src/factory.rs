@@ -11,7 +11,7 @@ use crate::{Error, Result};
 
 /// The `type` values this build accepts.
 #[cfg(feature = "redis")]
-pub const CACHE_TYPES: &[&str] = &["memory", "redis"];
+pub const CACHE_TYPES: &[&str] = &["memory", "redis", "tiered"];
 /// The `type` values this build accepts.
 #[cfg(not(feature = "redis"))]
 pub const CACHE_TYPES: &[&str] = &["memory"];
@@ -40,24 +40,14 @@ pub async fn open_with_metrics(
             reason: "must not be empty".into(),
         });
     }
-    let limits = limits(config)?;
     let cache: Arc<dyn Cache> = match config.kind.to_ascii_lowercase().as_str() {
-        "memory" | "mem" | "in-memory" | "inmemory" => Arc::new(
-            MemoryCache::builder(&config.name)
-                .capacity(capacity(config)?)
-                .default_ttl(config.options.default_ttl)
-                .limits(limits)
-                .count_evictions(config.options.count_evictions.unwrap_or(true))
-                .metrics(metrics)
-                .build(),
-        ),
+        "memory" | "mem" | "in-memory" | "inmemory" => {
+            Arc::new(memory_from_config(config, metrics)?)
+        }
         #[cfg(feature = "redis")]
-        "redis" => Arc::new(
-            redis_builder(config)?
-                .limits(limits)
-                .metrics(metrics)
-                .build()?,
-        ),
+        "redis" => Arc::new(redis_from_config(config, metrics)?),
+        #[cfg(feature = "redis")]
+        "tiered" => Arc::new(tiered_from_config(config, metrics)?),
         _ => {
             return Err(Error::UnknownType {
                 got: config.kind.clone(),
@@ -67,6 +57,64 @@ pub async fn open_with_metrics(
     };
     cache.connect().await?;
     Ok(cache)
+}
+
+fn memory_from_config(config: &CacheConfig, metrics: &MetricsService) -> Result<MemoryCache> {
+    Ok(MemoryCache::builder(&config.name)
+        .capacity(capacity(config)?)
+        .default_ttl(config.options.default_ttl)
+        .limits(limits(config)?)
+        .count_evictions(config.options.count_evictions.unwrap_or(true))
+        .metrics(metrics)
+        .build())
+}
+
+/// A `tiered` config: `l1` (memory, optional) and `l2` (redis, required) sections; the
+/// tiered cache's own `name`, `options.default_ttl` and `options.l1_ttl` apply.
+#[cfg(feature = "redis")]
+fn tiered_from_config(
+    config: &CacheConfig,
+    metrics: &MetricsService,
+) -> Result<crate::tiered::TieredCache> {
+    let bad = |field: &str, reason: &str| Error::InvalidConfig {
+        field: field.into(),
+        reason: reason.into(),
+    };
+    let mut l2 = config
+        .l2
+        .as_deref()
+        .cloned()
+        .ok_or_else(|| bad("l2", "a tiered cache needs an l2 section of type redis"))?;
+    if l2.kind != "redis" {
+        return Err(bad("l2.type", "l2 must be a redis cache"));
+    }
+    let mut l1 = match config.l1.as_deref() {
+        Some(l1) if l1.kind != "memory" => return Err(bad("l1.type", "l1 must be a memory cache")),
+        Some(l1) => l1.clone(),
+        None => {
+            let mut l1 = CacheConfig::new("memory", "");
+            l1.options.max_entries = Some(10_000);
+            l1
+        }
+    };
+    // Both tiers answer to the tiered cache's name and default TTL.
+    l1.name = format!("{}:l1", config.name);
+    l2.name.clone_from(&config.name);
+    for tier in [&mut l1, &mut l2] {
+        if tier.options.default_ttl.is_none() {
+            tier.options.default_ttl = config.options.default_ttl;
+        }
+    }
+    let mut b = crate::tiered::TieredCache::builder(
+        &config.name,
+        memory_from_config(&l1, metrics)?,
+        redis_from_config(&l2, metrics)?,
+    )
+    .metrics(metrics);
+    if let Some(d) = config.options.l1_ttl {
+        b = b.l1_ttl(d);
+    }
+    b.build()
 }
 
 fn capacity(config: &CacheConfig) -> Result<Capacity> {

@@ -142,3 +142,27 @@ async fn killed_pubsub_connection_flushes_l1() {
     assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"new"[..]));
     assert!(metrics.render().contains("t_tiered_l1_flushes_total"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiered_config_with_l1_and_l2_sections() {
+    let server = RedisServer::start();
+    let text = format!(
+        "type = \"tiered\"\nname = \"sessions\"\n[options]\ndefaultTTL = \"5m\"\nl1_ttl = \"10s\"\n\
+         [l1]\ntype = \"memory\"\n[l1.options]\nmax_entries = 1000\n\
+         [l2]\ntype = \"redis\"\nurl = \"{}\"\n",
+        server.url()
+    );
+    let config = keel_cache::CacheConfig::from_toml(&text).unwrap();
+    let cache = keel_cache::open(&config).await.unwrap();
+    assert_eq!(cache.kind(), keel_cache::CacheKind::Tiered);
+    cache.set("k", "v".into(), Ttl::Default).await.unwrap();
+    assert_eq!(server.cli(&["GET", "sessions:k"]), "v");
+    let pttl: u64 = server.cli(&["PTTL", "sessions:k"]).parse().unwrap();
+    assert!(pttl > 290_000, "default TTL reaches L2: {pttl}");
+    let mut no_l2 = config.clone();
+    no_l2.l2 = None;
+    assert!(matches!(
+        keel_cache::open(&no_l2).await,
+        Err(keel_cache::Error::InvalidConfig { field, .. }) if field == "l2"
+    ));
+}
