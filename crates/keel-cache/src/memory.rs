@@ -229,6 +229,12 @@ impl MemoryCache {
         self.shared.live_count()
     }
 
+    /// `get` without the future: the memory backend never waits, so callers in this crate
+    /// (the tiered cache's L1 hit path) can skip boxing one.
+    pub(crate) fn get_now(&self, key: &str) -> Result<Option<Bytes>> {
+        self.shared.get(key)
+    }
+
     /// Whether the cache holds no entries.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

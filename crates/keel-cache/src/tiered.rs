@@ -340,17 +340,37 @@ impl TieredCache {
         }
     }
 
+    /// The L1 lookup, synchronous: `Some(answer)` when L1 settles it (a hit or an error).
+    fn read_l1(&self, key: &str) -> Option<Result<Option<Bytes>>> {
+        let i = &self.inner;
+        if !self.is_subscribed() {
+            return None;
+        }
+        match i.l1.get_now(key) {
+            Ok(Some(v)) => {
+                i.metrics.l1_hits.inc();
+                Some(Ok(Some(v)))
+            }
+            Ok(None) => {
+                i.metrics.l1_misses.inc();
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     async fn read(&self, key: &str) -> Result<Option<Bytes>> {
+        match self.read_l1(key) {
+            Some(answer) => answer,
+            None => self.read_l2(key).await,
+        }
+    }
+
+    async fn read_l2(&self, key: &str) -> Result<Option<Bytes>> {
         let i = &self.inner;
         let use_l1 = self.is_subscribed();
+        // Read before L2: any invalidation from here on makes the fill below stand down.
         let generation = i.generations.get(key);
-        if use_l1 {
-            if let Some(v) = i.l1.get(key).await? {
-                i.metrics.l1_hits.inc();
-                return Ok(Some(v));
-            }
-            i.metrics.l1_misses.inc();
-        }
         match i.l2.get_with_ttl(key).await? {
             Some((value, ttl)) => {
                 i.metrics.l2_hits.inc();
@@ -427,7 +447,11 @@ impl Cache for TieredCache {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<Option<Bytes>>> {
-        CacheFuture::boxed(self.read(key))
+        // An L1 hit needs no allocation: only misses box the L2 round trip.
+        match self.read_l1(key) {
+            Some(answer) => CacheFuture::ready(answer),
+            None => CacheFuture::boxed(self.read_l2(key)),
+        }
     }
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<()>> {

@@ -1,0 +1,120 @@
+//! L1-hit reads through `TieredCache` vs the memory backend and vs Redis reads.
+//!
+//! `cargo bench -p keel-cache --bench tiered` — starts its own redis-server; 10 000 keys with
+//! 64-byte values and a 600 s TTL, written through each contender and read once to warm L1; then 15
+//! interleaved rounds of 200 000 sequential gets (uniform over the keys) per contender on one
+//! task. Prints median ns per get and the median per-round ratios
+//! memory_time / tiered_time (≥ 0.9 is the target) and redis_time / tiered_time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_cache::{Cache, Endpoint, MemoryCache, RedisCache, Secret, TieredCache, Ttl};
+use keel_metrics::MetricsService;
+use keel_testkit::redis::RedisServer;
+
+const KEYS: usize = 10_000;
+const GETS: usize = 200_000;
+const REDIS_GETS: usize = 20_000;
+const ROUNDS: usize = 15;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn reads(cache: &dyn Cache, keys: &[String], n: usize) -> Duration {
+    let t = Instant::now();
+    for i in 0..n {
+        let k = &keys[(i.wrapping_mul(7919)) % keys.len()];
+        std::hint::black_box(cache.get(k).await.unwrap());
+    }
+    t.elapsed()
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let metrics = MetricsService::new("bench").unwrap();
+        let redis = |name: &str| {
+            RedisCache::builder(name, Endpoint::Url(Secret::new(server.url())))
+                .items_refresh(None)
+                .metrics(&metrics)
+                .build()
+                .unwrap()
+        };
+        let memory: Arc<dyn Cache> =
+            Arc::new(MemoryCache::builder("mem").metrics(&metrics).build());
+        let plain = redis("plain");
+        plain.connect().await.unwrap();
+        let plain: Arc<dyn Cache> = Arc::new(plain);
+        let tiered = TieredCache::builder(
+            "tiered",
+            MemoryCache::builder("tiered:l1").metrics(&metrics).build(),
+            redis("tiered"),
+        )
+        .l1_ttl(Duration::from_secs(600))
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+        tiered.connect().await.unwrap();
+        while !tiered.is_subscribed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let tiered: Arc<dyn Cache> = Arc::new(tiered);
+        let keys: Vec<String> = (0..KEYS).map(|i| format!("key:{i}")).collect();
+        for c in [&memory, &plain, &tiered] {
+            for k in &keys {
+                c.set(k, Bytes::from(vec![b'v'; 64]), Ttl::Never)
+                    .await
+                    .unwrap();
+                c.get(k).await.unwrap();
+            }
+        }
+        let (mut m_ns, mut t_ns, mut r_ns, mut vs_mem, mut vs_redis) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..=ROUNDS {
+            let (m, t) = if round % 2 == 0 {
+                let m = reads(memory.as_ref(), &keys, GETS).await;
+                (m, reads(tiered.as_ref(), &keys, GETS).await)
+            } else {
+                let t = reads(tiered.as_ref(), &keys, GETS).await;
+                (reads(memory.as_ref(), &keys, GETS).await, t)
+            };
+            let r = reads(plain.as_ref(), &keys, REDIS_GETS).await;
+            if round == 0 {
+                continue;
+            }
+            let per = |d: Duration, n: usize| d.as_nanos() as f64 / n as f64;
+            let (m, t, r) = (per(m, GETS), per(t, GETS), per(r, REDIS_GETS));
+            m_ns.push(m);
+            t_ns.push(t);
+            r_ns.push(r);
+            vs_mem.push(m / t);
+            vs_redis.push(r / t);
+        }
+        println!("| contender | median ns per get | median ratio vs tiered L1 hit |");
+        println!("|---|---|---|");
+        println!("| tiered (L1 hit) | {:.0} | 1.00x |", median(t_ns));
+        println!(
+            "| memory backend | {:.0} | memory/tiered = {:.2}x |",
+            median(m_ns),
+            median(vs_mem)
+        );
+        println!(
+            "| redis backend | {:.0} | redis/tiered = {:.1}x |",
+            median(r_ns),
+            median(vs_redis)
+        );
+    });
+}
+
+use keel_cache::Bytes;
