@@ -41,7 +41,6 @@ use keel_metrics::MetricsService;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -171,7 +170,7 @@ impl ElectionBuilder {
                 stopped: self.stopped,
                 new_leader: self.new_leader,
                 leading: AtomicBool::new(false),
-                resign: Notify::new(),
+                term: std::sync::Mutex::new(None),
                 metrics,
             }),
         })
@@ -251,7 +250,9 @@ struct Inner {
     stopped: Option<Stopped>,
     new_leader: Option<NewLeader>,
     leading: AtomicBool,
-    resign: Notify,
+    /// The current term's resign token (`None` while not leading), so a `resign()` made
+    /// outside a term cannot end the next one.
+    term: std::sync::Mutex<Option<CancellationToken>>,
     metrics: ElectionMetrics,
 }
 
@@ -322,7 +323,15 @@ impl Election {
     /// Steps down if leading (releasing the lock so another candidate can win at once); the
     /// campaign goes on after a retry period.
     pub fn resign(&self) {
-        self.inner.resign.notify_one();
+        if let Some(term) = self
+            .inner
+            .term
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            term.cancel();
+        }
     }
 
     /// Campaigns (and leads when elected) until `shutdown` is cancelled; a leader then stops
@@ -380,6 +389,11 @@ impl Election {
     async fn lead(&self, guard: LockGuard, sent: Instant, shutdown: &CancellationToken) {
         let inner = &self.inner;
         let token = CancellationToken::new();
+        let resign = CancellationToken::new();
+        *inner
+            .term
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(resign.clone());
         inner.leading.store(true, Ordering::Release);
         inner.metrics.is_leader.set(1);
         inner.metrics.transitions.inc();
@@ -397,7 +411,7 @@ impl Election {
             let next = (Instant::now() + inner.retry_period).min(step_down);
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = inner.resign.notified() => break,
+                () = resign.cancelled() => break,
                 () = tokio::time::sleep_until(next) => {}
             }
             if Instant::now() >= step_down {
@@ -415,6 +429,11 @@ impl Election {
             }
         }
         token.cancel();
+        inner
+            .term
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         inner.leading.store(false, Ordering::Release);
         inner.metrics.is_leader.set(0);
         inner.metrics.transitions.inc();

@@ -186,6 +186,13 @@ fn check_lock(name: &str, ttl: Duration) -> Result<()> {
             reason: "lock names must not be empty",
         });
     }
+    // The name becomes a Cluster hash tag `{name}`: braces inside would change the slot.
+    if name.contains(['{', '}']) {
+        return Err(Error::InvalidKey {
+            key: crate::error::key_for_error(name),
+            reason: "lock names must not contain '{' or '}'",
+        });
+    }
     if ttl < MIN_LOCK_TTL || ttl > crate::MAX_TTL {
         return Err(Error::InvalidTtl {
             key: crate::error::key_for_error(name),
@@ -353,23 +360,26 @@ struct GuardState {
     locker: Locker,
     name: String,
     token: String,
-    ttl: Duration,
+    /// The TTL of the last successful acquire/extend; renewals hold this lock, so replies
+    /// cannot arrive out of order and overwrite a newer deadline.
+    ttl: tokio::sync::Mutex<Duration>,
     lost: CancellationToken,
     /// Local deadline as nanoseconds since `epoch` (atomically updated by renewals).
     deadline: std::sync::atomic::AtomicU64,
+    /// Wakes the deadline timer when the deadline moves (it may move closer).
+    moved: tokio::sync::Notify,
     epoch: Instant,
     acquired: Instant,
 }
 
 impl GuardState {
-    fn set_deadline(&self, sent: Instant) {
-        let nanos = (sent + self.ttl)
-            .saturating_duration_since(self.epoch)
-            .as_nanos();
+    fn set_deadline(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
         self.deadline.store(
             u64::try_from(nanos).unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Release,
         );
+        self.moved.notify_one();
     }
 
     fn deadline(&self) -> Instant {
@@ -387,15 +397,17 @@ impl GuardState {
         }
     }
 
-    /// One renewal; true if the lock is still ours.
-    async fn renew(&self, ttl: Duration) -> Result<bool> {
+    /// One renewal with `ttl` (or the current TTL); true if the lock is still ours. The new
+    /// deadline is this send time plus this TTL, shorter or longer than before.
+    async fn renew(&self, ttl: Option<Duration>) -> Result<bool> {
+        let mut current = self.ttl.lock().await;
+        let ttl = ttl.unwrap_or(*current);
         let sent = Instant::now();
         let ours = self.locker.store.extend(&self.name, &self.token, ttl).await;
         match ours {
             Ok(true) => {
-                if sent + ttl > self.deadline() {
-                    self.set_deadline(sent);
-                }
+                *current = ttl;
+                self.set_deadline(sent + ttl);
                 Ok(true)
             }
             Ok(false) => {
@@ -451,13 +463,14 @@ impl LockGuard {
             locker,
             name,
             token,
-            ttl,
+            ttl: tokio::sync::Mutex::new(ttl),
             lost: CancellationToken::new(),
             deadline: std::sync::atomic::AtomicU64::new(0),
+            moved: tokio::sync::Notify::new(),
             epoch: sent,
             acquired: Instant::now(),
         });
-        state.set_deadline(sent);
+        state.set_deadline(sent + ttl);
         let mut tasks = Vec::new();
         // The deadline timer: fires `lost` unless renewals keep pushing the deadline out.
         let timer = Arc::downgrade(&state);
@@ -466,11 +479,16 @@ impl LockGuard {
                 let Some(s) = timer.upgrade() else { return };
                 let deadline = s.deadline();
                 let lost = s.lost.clone();
-                drop(s);
+                let moved = {
+                    let s = s.clone();
+                    async move { s.moved.notified().await }
+                };
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => {}
                     () = lost.cancelled() => return,
+                    () = moved => continue,
                 }
+                drop(s);
                 let Some(s) = timer.upgrade() else { return };
                 if Instant::now() >= s.deadline() {
                     s.mark_lost();
@@ -481,7 +499,7 @@ impl LockGuard {
         if watchdog {
             let dog = Arc::downgrade(&state);
             tasks.push(tokio::spawn(async move {
-                let period = (ttl / 3).max(Duration::from_millis(1));
+                let mut period = (ttl / 3).max(Duration::from_millis(1));
                 loop {
                     tokio::time::sleep(period).await;
                     let Some(s) = dog.upgrade() else { return };
@@ -489,9 +507,11 @@ impl LockGuard {
                         return;
                     }
                     // Errors are retried at the next period; the deadline timer decides loss.
-                    if let Ok(false) = s.renew(ttl).await {
+                    // The current TTL is used, so a manual extend to another TTL sticks.
+                    if let Ok(false) = s.renew(None).await {
                         return;
                     }
+                    period = (*s.ttl.lock().await / 3).max(Duration::from_millis(1));
                 }
             }));
         }
@@ -539,7 +559,7 @@ impl LockGuard {
         if self.state.lost.is_cancelled() {
             return Ok(false);
         }
-        self.state.renew(round_up_to_millis(ttl)).await
+        self.state.renew(Some(round_up_to_millis(ttl))).await
     }
 
     /// Releases the lock; returns whether it was still ours.
@@ -556,15 +576,13 @@ impl LockGuard {
             .hold
             .get_or_create(&labels)
             .observe(self.state.acquired.elapsed().as_secs_f64());
-        let was_ours = self
-            .state
+        // Watchers must stop before the server lets anyone else in.
+        self.state.lost.cancel();
+        self.state
             .locker
             .store
             .release(&self.state.name, &self.state.token)
-            .await?;
-        // Anyone still watching `lost` must stop now.
-        self.state.lost.cancel();
-        Ok(was_ours)
+            .await
     }
 
     fn stop_tasks(&mut self) {

@@ -993,7 +993,8 @@ async fn cluster_masters(c: &mut ClusterConnection) -> RedisResult<Vec<(String, 
             let flags = *fields.get(2)?;
             // Fields 8.. are slot ranges: a master without slots (e.g. emptied by a
             // resharding) holds no keys and may be unknown to the client's slot map.
-            if !flags.contains("master") || flags.contains("fail") || fields.len() <= 8 {
+            let has = |flag: &str| flags.split(',').any(|f| f == flag);
+            if !has("master") || has("fail") || fields.len() <= 8 {
                 return None;
             }
             // "host:port@bus[,hostname]"
@@ -1332,7 +1333,9 @@ impl Shared {
     /// The lock key and its fence counter. Both share the `{…}` hash tag, so they live in one
     /// Cluster slot and one script can touch both.
     fn lock_keys(&self, name: &str) -> (String, String) {
-        let lock = format!("{}lock:{{{name}}}", self.prefix);
+        // Outside the cache's prefix, so `clear()` and the items count never touch locks or
+        // their fence counters.
+        let lock = format!("__keel_lock:{}{{{name}}}", self.prefix);
         let fence = format!("{lock}:fence");
         (lock, fence)
     }

@@ -377,7 +377,9 @@ impl TieredCache {
                 if use_l1 {
                     let fill = match ttl {
                         KeyTtl::Expires(left) => left.min(i.l1_ttl),
-                        _ => i.l1_ttl,
+                        KeyTtl::Persistent => i.l1_ttl,
+                        // Expired right after the GET: do not keep it in L1.
+                        KeyTtl::Missing => Duration::ZERO,
                     };
                     // Skip the fill if the key was invalidated while we read L2, and undo it
                     // if an invalidation slipped in between that check and the fill

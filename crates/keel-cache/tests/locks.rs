@@ -240,17 +240,41 @@ async fn losing_the_lock_fires_lost(s: &dyn Stores) {
     tokio::time::timeout(Duration::from_secs(2), g.lost().cancelled())
         .await
         .expect("lost fires at the local deadline");
+    // The server's TTL started after our send, so it may outlive our deadline by a round
+    // trip: the thief waits briefly instead of expecting the key gone at that instant.
     let thief = s
         .locker()
-        .try_lock("taken", Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(thief.is_some());
+        .lock("taken", Duration::from_secs(5), Duration::from_secs(2))
+        .await;
+    assert!(thief.is_ok(), "{thief:?}");
     assert!(
         !g.extend(Duration::from_secs(5)).await.unwrap(),
         "no longer ours"
     );
     assert!(!g.release().await.unwrap());
+}
+
+async fn extend_to_another_ttl_moves_the_deadline_both_ways(s: &dyn Stores) {
+    let g = s
+        .locker()
+        .try_lock("moving", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let far = g.deadline();
+    assert!(g.extend(Duration::from_millis(300)).await.unwrap());
+    assert!(g.deadline() < far, "a shorter TTL brings the deadline in");
+    tokio::time::timeout(Duration::from_secs(2), g.lost().cancelled())
+        .await
+        .expect("lost fires at the shortened deadline");
+    let next = s
+        .locker()
+        .lock("moving", Duration::from_secs(5), Duration::from_secs(2))
+        .await;
+    assert!(
+        next.is_ok(),
+        "the server expired it with the shorter TTL too: {next:?}"
+    );
 }
 
 async fn waiting_times_out_and_bad_input_is_typed(s: &dyn Stores) {
@@ -272,6 +296,10 @@ async fn waiting_times_out_and_bad_input_is_typed(s: &dyn Stores) {
     assert!(matches!(
         locker.try_lock("x", Duration::from_millis(1)).await,
         Err(Error::InvalidTtl { .. })
+    ));
+    assert!(matches!(
+        locker.try_lock("}x", Duration::from_secs(1)).await,
+        Err(Error::InvalidKey { .. })
     ));
 }
 
@@ -303,6 +331,10 @@ macro_rules! lock_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn losing_the_lock_fires_lost() {
                 super::losing_the_lock_fires_lost(&$make).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn extend_to_another_ttl_moves_the_deadline_both_ways() {
+                super::extend_to_another_ttl_moves_the_deadline_both_ways(&$make).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn waiting_times_out_and_bad_input_is_typed() {

@@ -95,7 +95,7 @@ pub struct ElectArgs {
     command: Vec<String>,
 }
 
-/// How long a command gets between SIGTERM and SIGKILL.
+/// How long a command gets between SIGTERM and SIGKILL on Ctrl-C / SIGTERM to keel.
 const GRACE: Duration = Duration::from_secs(10);
 
 fn spawn(command: &[String], token: u64, name: &str) -> Result<Child> {
@@ -104,21 +104,27 @@ fn spawn(command: &[String], token: u64, name: &str) -> Result<Child> {
         .args(args)
         .env("KEEL_FENCING_TOKEN", token.to_string())
         .env("KEEL_LOCK_NAME", name)
+        // Its own process group, so a pipeline or a shell's children are stopped with it.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot run {program}"))
 }
 
-/// SIGTERM, then SIGKILL after the grace period; returns the exit status.
-async fn stop(child: &mut Child) -> Result<ExitStatus> {
+fn signal_group(child: &Child, signal: Signal) {
     if let Some(pid) = child.id() {
-        let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-        let _ = kill(pid, Signal::SIGTERM);
+        let group = Pid::from_raw(-i32::try_from(pid).unwrap_or(i32::MAX));
+        let _ = kill(group, signal);
     }
-    match tokio::time::timeout(GRACE, child.wait()).await {
+}
+
+/// SIGTERM to the command's process group, then SIGKILL after `grace`; returns its status.
+async fn stop(child: &mut Child, grace: Duration) -> Result<ExitStatus> {
+    signal_group(child, Signal::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => Ok(status?),
         Err(_) => {
-            child.start_kill()?;
+            signal_group(child, Signal::SIGKILL);
             Ok(child.wait().await?)
         }
     }
@@ -156,24 +162,45 @@ pub async fn lock(args: LockArgs) -> Result<i32> {
     eprintln!("keel: holding lock {:?} (fencing token {token})", args.name);
     let mut child = spawn(&args.command, token, &args.name)?;
     let lost = guard.lost();
-    tokio::select! {
-        status = child.wait() => {
-            let status = status?;
-            let released = guard.release().await;
-            if let Err(e) = released {
-                eprintln!("keel: could not release the lock (it expires by itself): {e}");
+    // The command must be gone by the lock's deadline. The watchdog renews every TTL/3, so a
+    // deadline less than TTL/3 away means renewals are failing: start stopping it then, and
+    // SIGKILL it at the deadline.
+    let margin = args.ttl / 3;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let stop_at = guard
+            .deadline()
+            .checked_sub(margin)
+            .unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            status = child.wait() => {
+                let status = status?;
+                if let Err(e) = guard.release().await {
+                    eprintln!("keel: could not release the lock (it expires by itself): {e}");
+                }
+                return Ok(code(status));
             }
-            Ok(code(status))
-        }
-        () = lost.cancelled() => {
-            eprintln!("keel: lost lock {:?}; stopping the command", args.name);
-            stop(&mut child).await?;
-            Ok(LOST_EXIT)
-        }
-        () = shutdown_signal() => {
-            let status = stop(&mut child).await?;
-            let _ = guard.release().await;
-            Ok(code(status))
+            () = lost.cancelled() => {
+                eprintln!("keel: lost lock {:?}; stopping the command", args.name);
+                let left = guard.deadline().saturating_duration_since(tokio::time::Instant::now());
+                stop(&mut child, left).await?;
+                return Ok(LOST_EXIT);
+            }
+            () = tokio::time::sleep_until(stop_at) => {
+                if tokio::time::Instant::now() < guard.deadline().checked_sub(margin).unwrap_or(stop_at) {
+                    continue; // a renewal moved the deadline out
+                }
+                eprintln!("keel: cannot renew lock {:?}; stopping the command before it expires", args.name);
+                let left = guard.deadline().saturating_duration_since(tokio::time::Instant::now());
+                stop(&mut child, left).await?;
+                return Ok(LOST_EXIT);
+            }
+            () = &mut shutdown => {
+                let status = stop(&mut child, GRACE).await?;
+                let _ = guard.release().await;
+                return Ok(code(status));
+            }
         }
     }
 }
@@ -224,10 +251,12 @@ pub async fn elect(args: ElectArgs) -> Result<i32> {
             }
             () = leadership.token.cancelled() => {
                 eprintln!("keel: lost leadership of {:?}; stopping the command", args.name);
-                stop(&mut child).await?;
+                // Leadership ends at the renew deadline, a third of the lease before anyone
+                // else can win: the command must be gone well within that.
+                stop(&mut child, args.lease / 4).await?;
             }
             () = &mut stop_all => {
-                stop(&mut child).await?;
+                stop(&mut child, GRACE).await?;
                 break Ok(0);
             }
         }

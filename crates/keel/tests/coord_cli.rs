@@ -41,7 +41,7 @@ fn lock_runs_the_command_with_a_fencing_token_and_passes_its_exit_code() {
         "tokens increase"
     );
     assert_eq!(
-        redis.cli(&["EXISTS", "keel:lock:{job}"]),
+        redis.cli(&["EXISTS", "__keel_lock:keel:{job}"]),
         "0",
         "released after the command"
     );
@@ -58,7 +58,7 @@ fn a_held_lock_makes_the_second_caller_wait_and_give_up() {
         .spawn()
         .unwrap();
     wait_until("the first holder", Duration::from_secs(5), || {
-        redis.cli(&["EXISTS", "keel:lock:{job}"]) == "1"
+        redis.cli(&["EXISTS", "__keel_lock:keel:{job}"]) == "1"
     });
     let start = Instant::now();
     let second = keel()
@@ -81,8 +81,11 @@ fn a_lost_lock_terminates_the_command_and_exits_75() {
     let redis = RedisServer::start();
     let dir = tempdir();
     let marker = dir.join("term");
+    let grandchild = dir.join("grandchild");
+    // A grandchild that does nothing special: it must die with the command's group.
     let script = format!(
-        "trap 'echo got-term > {}; exit 0' TERM; sleep 30 & wait",
+        "sleep 60 & echo $! > {}; trap 'echo got-term > {}; exit 0' TERM; sleep 30 & wait",
+        grandchild.display(),
         marker.display()
     );
     let mut child = keel()
@@ -102,13 +105,28 @@ fn a_lost_lock_terminates_the_command_and_exits_75() {
         .spawn()
         .unwrap();
     wait_until("the lock", Duration::from_secs(5), || {
-        redis.cli(&["EXISTS", "keel:lock:{job}"]) == "1"
+        redis.cli(&["EXISTS", "__keel_lock:keel:{job}"]) == "1"
     });
     // Someone (an operator, a bug, an expiry during a pause) takes the lock away.
-    redis.cli(&["SET", "keel:lock:{job}", "someone-else"]);
+    redis.cli(&["SET", "__keel_lock:keel:{job}", "someone-else"]);
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert_eq!(status, Some(75));
     assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "got-term");
+    let pid = std::fs::read_to_string(&grandchild)
+        .unwrap()
+        .trim()
+        .to_owned();
+    wait_until(
+        "the grandchild to be stopped with the group",
+        Duration::from_secs(5),
+        || {
+            !Command::new("kill")
+                .args(["-0", &pid])
+                .status()
+                .unwrap()
+                .success()
+        },
+    );
 }
 
 fn tempdir() -> std::path::PathBuf {
