@@ -1,0 +1,325 @@
+//! Text and JSON formatters, with redaction of secret-looking keys.
+
+use std::io::Write;
+
+use crate::record::{Field, Level, Record, Value};
+
+/// What a redacted value is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Key fragments that mark a value as secret (compared case-insensitively, ignoring `-`/`_`).
+const SECRET_FRAGMENTS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "apikey",
+    "credential",
+    "privatekey",
+    "cookie",
+];
+
+/// Whether a field with this key must never be written in clear: `password`, `api_key`,
+/// `X-Auth-Token`, `client_secret`, `Authorization`, `refreshToken`…
+pub fn is_secret_key(key: &str) -> bool {
+    let folded: String = key
+        .chars()
+        .filter(|c| *c != '_' && *c != '-' && *c != '.')
+        .flat_map(char::to_lowercase)
+        .collect();
+    SECRET_FRAGMENTS.iter().any(|f| folded.contains(f))
+}
+
+/// Turns a record into bytes (one line, newline included).
+pub trait Format: Send + Sync {
+    /// Appends the formatted record to `out`.
+    fn format(&self, record: &Record, out: &mut Vec<u8>);
+}
+
+/// `<time> [<LEVEL>] <logger>: <message> k=v …`, one line. Control characters in the message
+/// and values are escaped (`\n`, `\t`, `\u{1b}`); values with spaces, quotes, `=` or escapes
+/// are quoted. Colour (the level only) when `color` is set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextFormat {
+    /// Colour the level with ANSI escapes.
+    pub color: bool,
+}
+
+impl TextFormat {
+    /// Colour only for a terminal, and never when `NO_COLOR` is set (to anything non-empty).
+    pub fn for_output(is_terminal: bool) -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Self {
+            color: is_terminal && !no_color,
+        }
+    }
+}
+
+fn escape_into(out: &mut Vec<u8>, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+}
+
+fn write_text_value(out: &mut Vec<u8>, text: &str) {
+    let needs_quotes = text.is_empty()
+        || text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '=' | '\\'));
+    if !needs_quotes {
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    out.push(b'"');
+    for c in text.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c => {
+                let mut tmp = String::new();
+                tmp.push(c);
+                escape_into(out, &tmp);
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+fn level_color(level: Level) -> &'static str {
+    match level {
+        Level::Debug => "\x1b[36m",
+        Level::Info => "\x1b[32m",
+        Level::Warn => "\x1b[33m",
+        Level::Error => "\x1b[31m",
+        Level::Fatal => "\x1b[35;1m",
+    }
+}
+
+fn timestamp(record: &Record) -> String {
+    humantime::format_rfc3339_millis(record.time).to_string()
+}
+
+impl Format for TextFormat {
+    fn format(&self, record: &Record, out: &mut Vec<u8>) {
+        out.extend_from_slice(timestamp(record).as_bytes());
+        out.extend_from_slice(b" [");
+        if self.color {
+            out.extend_from_slice(level_color(record.level).as_bytes());
+            out.extend_from_slice(record.level.as_str().as_bytes());
+            out.extend_from_slice(b"\x1b[0m");
+        } else {
+            out.extend_from_slice(record.level.as_str().as_bytes());
+        }
+        out.extend_from_slice(b"] ");
+        escape_into(out, &record.logger);
+        out.extend_from_slice(b": ");
+        escape_into(out, &record.message);
+        for Field { key, value } in &record.fields {
+            out.push(b' ');
+            escape_into(out, key);
+            out.push(b'=');
+            if is_secret_key(key) {
+                out.extend_from_slice(REDACTED.as_bytes());
+                continue;
+            }
+            match value {
+                Value::Json(v) => write_text_value(out, &redact_json(v.clone()).to_string()),
+                other => write_text_value(out, &other.to_string()),
+            }
+        }
+        out.push(b'\n');
+    }
+}
+
+/// One JSON object per line: `time` (RFC 3339, UTC, ms), `level`, `logger`, `message`, then
+/// the fields flat. A field named like a reserved key is written as `fields.<key>`; when a key
+/// repeats, the last value wins (call fields override prebound ones).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonFormat;
+
+const RESERVED: [&str; 4] = ["time", "level", "logger", "message"];
+
+fn redact_json(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    if is_secret_key(&k) {
+                        (k, serde_json::Value::String(REDACTED.into()))
+                    } else {
+                        (k, redact_json(v))
+                    }
+                })
+                .collect(),
+        ),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(redact_json).collect())
+        }
+        other => other,
+    }
+}
+
+fn json_value(key: &str, value: &Value) -> serde_json::Value {
+    if is_secret_key(key) {
+        return serde_json::Value::String(REDACTED.into());
+    }
+    match value {
+        Value::Str(s) => serde_json::Value::String(s.to_string()),
+        Value::I64(v) => (*v).into(),
+        Value::U64(v) => (*v).into(),
+        Value::F64(v) => serde_json::Number::from_f64(*v).map_or_else(
+            || serde_json::Value::String(v.to_string()),
+            serde_json::Value::Number,
+        ),
+        Value::Bool(v) => (*v).into(),
+        Value::Json(v) => redact_json(v.clone()),
+    }
+}
+
+impl Format for JsonFormat {
+    fn format(&self, record: &Record, out: &mut Vec<u8>) {
+        let mut map = serde_json::Map::with_capacity(4 + record.fields.len());
+        map.insert("time".into(), timestamp(record).into());
+        map.insert("level".into(), record.level.as_str().into());
+        map.insert("logger".into(), record.logger.to_string().into());
+        map.insert("message".into(), record.message.clone().into());
+        for Field { key, value } in &record.fields {
+            let name = if RESERVED.contains(&key.as_ref()) {
+                format!("fields.{key}")
+            } else {
+                key.to_string()
+            };
+            map.insert(name, json_value(key, value));
+        }
+        // Serializing a Map of Values into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &serde_json::Value::Object(map));
+        out.push(b'\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::field;
+
+    fn text(record: &Record) -> String {
+        let mut out = Vec::new();
+        TextFormat::default().format(record, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn json(record: &Record) -> serde_json::Value {
+        let mut out = Vec::new();
+        JsonFormat.format(record, &mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn text_line_shape_quoting_and_escapes() {
+        let r = Record::new(Level::Warn, "smtp", "queue\nfull\x1b[2J").with(vec![
+            field("plain", "v1"),
+            field("spaced", "two words"),
+            field("quoted", "say \"hi\""),
+            field("empty", ""),
+            field("n", 42),
+            field("ok", true),
+        ]);
+        let line = text(&r);
+        let (time, rest) = line.split_once(' ').unwrap();
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+        assert_eq!(
+            rest,
+            "[WARN] smtp: queue\\nfull\\u{1b}[2J plain=v1 spaced=\"two words\" quoted=\"say \\\"hi\\\"\" empty=\"\" n=42 ok=true\n"
+        );
+        assert!(!line.contains('\x1b'), "no raw escape characters");
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        let r = Record::new(Level::Error, "a", "m");
+        let mut out = Vec::new();
+        TextFormat { color: true }.format(&r, &mut out);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("\x1b[31mERROR\x1b[0m")
+        );
+        assert!(!text(&r).contains('\x1b'));
+        assert!(!TextFormat::for_output(false).color);
+    }
+
+    #[test]
+    fn json_is_flat_valid_and_keeps_reserved_keys() {
+        let r = Record::new(Level::Info, "app", "line \"1\"\n\tend").with(vec![
+            field("message", "not the message"),
+            field("level", 7),
+            field("user", "ada"),
+            field("ratio", 0.5),
+            field("nan", f64::NAN),
+            field("big", u64::MAX),
+            field("nested", serde_json::json!({"a": [1, 2], "token": "t0p"})),
+            field("user", "grace"),
+        ]);
+        let v = json(&r);
+        assert_eq!(v["message"], "line \"1\"\n\tend");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["logger"], "app");
+        assert_eq!(v["fields.message"], "not the message");
+        assert_eq!(v["fields.level"], 7);
+        assert_eq!(v["user"], "grace", "the last value wins");
+        assert_eq!(v["ratio"], 0.5);
+        assert_eq!(v["nan"], "NaN");
+        assert_eq!(v["big"], u64::MAX);
+        assert_eq!(v["nested"]["a"][1], 2);
+        assert_eq!(v["nested"]["token"], REDACTED);
+        assert!(humantime::parse_rfc3339(v["time"].as_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_both_formats() {
+        for key in [
+            "password",
+            "DB_PASSWORD",
+            "api-key",
+            "X-Auth-Token",
+            "client_secret",
+            "Authorization",
+            "refreshToken",
+            "Cookie",
+        ] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        assert!(!is_secret_key("user_id") && !is_secret_key("author"));
+        // Anything containing "token" counts: redaction errs on the safe side.
+        assert!(is_secret_key("tokens_used"));
+        let r = Record::new(Level::Info, "a", "login").with(vec![
+            field("password", "hunter2"),
+            field("api_key", "k-123"),
+            field("user", "ada"),
+        ]);
+        let line = text(&r);
+        assert!(
+            !line.contains("hunter2") && !line.contains("k-123"),
+            "{line}"
+        );
+        assert!(line.contains("password=[REDACTED]"));
+        let v = json(&r);
+        assert_eq!(v["password"], REDACTED);
+        assert_eq!(v["api_key"], REDACTED);
+        assert_eq!(v["user"], "ada");
+    }
+}
