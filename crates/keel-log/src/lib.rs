@@ -1,11 +1,14 @@
 //! Structured logging for Keel services: the record model and its formatters.
 //!
-//! This first part of the crate holds what every sink shares: [`Level`], [`Field`] /
-//! [`Value`], [`Record`], and the two [`Format`]s — a human text line
-//! `<time> [<LEVEL>] <logger>: <message> k=v …` and one flat JSON object per line. Both redact
-//! secret-looking keys ([`is_secret_key`]) and never write control characters raw. Sinks
-//! (console, rotating file, Elasticsearch), the logger manager and the `tracing`/`log` bridges
-//! build on these.
+//! [`Level`], [`Field`] / [`Value`] and [`Record`] are the model; two [`Format`]s write a
+//! human text line `<time> [<LEVEL>] <logger>: <message> k=v …` or one flat JSON object per
+//! line, both redacting secret-looking keys ([`is_secret_key`]) and never writing control
+//! characters raw. A [`Logger`] (with `with_fields` children that share its sinks, runtime
+//! `set_level`, and `fatal` that flushes then exits through a replaceable hook) writes to
+//! non-blocking [`Sink`]s: a [`QueueSink`] is a bounded queue with an [`Overflow`] policy in
+//! front of a writer thread, and reports drops in-band. [`Manager`] keeps loggers by name
+//! with a default; [`build`] turns a [`LogConfig`] into a logger. This version has the console
+//! sink; file and Elasticsearch sinks and the `tracing`/`log` bridges come next.
 //!
 //! ```
 //! use keel_log::{Format, JsonFormat, Level, Record, field};
@@ -21,8 +24,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod config;
+mod error;
 mod format;
+mod logger;
+mod manager;
 mod record;
+mod sink;
 
+pub use config::{LOGGER_TYPES, LogConfig, LogOptions, build};
+pub use error::Error;
 pub use format::{Format, JsonFormat, REDACTED, TextFormat, is_secret_key};
+pub use logger::{Logger, set_fatal_hook};
+pub use manager::{Manager, global};
 pub use record::{Field, Level, ParseLevelError, Record, Value, field};
+pub use sink::{DeliveryStats, Overflow, QueueSink, RecordWriter, Sink};

@@ -1,0 +1,51 @@
+/// Everything that can go wrong in `keel-log`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The `type` of a logger config is not one this crate knows.
+    #[error("unknown logger type {got:?}; valid types are: {valid}")]
+    UnknownType {
+        /// The rejected type.
+        got: String,
+        /// The valid types, comma separated.
+        valid: String,
+    },
+    /// A known type whose sink is not available in this build yet.
+    #[error("logger type {kind:?} is not available yet in this version of keel-log")]
+    NotAvailable {
+        /// The type.
+        kind: String,
+    },
+    /// A config field has a bad value.
+    #[error("invalid logger config field `{field}`: {reason}")]
+    InvalidConfig {
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A config document could not be parsed.
+    #[error("cannot parse logger config: {0}")]
+    Parse(String),
+    /// A logger with this name is already registered.
+    #[error("a logger named {name:?} is already registered")]
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+    /// No logger with this name is registered.
+    #[error("no logger named {name:?} is registered")]
+    UnknownLogger {
+        /// The name.
+        name: String,
+    },
+    /// A sink could not start (thread or I/O).
+    #[error("cannot start sink {sink:?}: {source}")]
+    Sink {
+        /// The sink.
+        sink: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,178 @@
+//! Loggers, children that share their parent's sinks, and the Fatal hook.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::record::{Field, Level, Record};
+use crate::sink::{DeliveryStats, Sink};
+
+struct Core {
+    name: Cow<'static, str>,
+    level: AtomicU8,
+    sinks: Vec<Arc<dyn Sink>>,
+}
+
+/// A named logger. Cheap to clone; [`with_fields`](Self::with_fields) children share the
+/// parent's sinks and level, so a child never outlives its parent's files or buffers.
+#[derive(Clone)]
+pub struct Logger {
+    core: Arc<Core>,
+    fields: Arc<[Field]>,
+}
+
+impl std::fmt::Debug for Logger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logger")
+            .field("name", &self.core.name)
+            .field("level", &self.level())
+            .field("fields", &self.fields.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn level_from(v: u8) -> Level {
+    match v {
+        0 => Level::Debug,
+        1 => Level::Info,
+        2 => Level::Warn,
+        3 => Level::Error,
+        _ => Level::Fatal,
+    }
+}
+
+type FatalHook = Box<dyn Fn() + Send + Sync>;
+
+static FATAL_HOOK: RwLock<Option<FatalHook>> = RwLock::new(None);
+
+/// Replaces what `Logger::fatal` does after flushing every sink (default: exit with code 1).
+pub fn set_fatal_hook(hook: impl Fn() + Send + Sync + 'static) {
+    *FATAL_HOOK
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(hook));
+}
+
+/// How long `fatal` waits for sinks to flush before exiting.
+const FATAL_FLUSH: Duration = Duration::from_secs(5);
+
+impl Logger {
+    /// A logger writing to `sinks` at `level` and above.
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        level: Level,
+        sinks: Vec<Arc<dyn Sink>>,
+    ) -> Self {
+        Self {
+            core: Arc::new(Core {
+                name: name.into(),
+                level: AtomicU8::new(level as u8),
+                sinks,
+            }),
+            fields: Arc::from(Vec::new()),
+        }
+    }
+
+    /// The logger's name.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// The current minimum level.
+    pub fn level(&self) -> Level {
+        level_from(self.core.level.load(Ordering::Relaxed))
+    }
+
+    /// Changes the minimum level at runtime (for this logger and all its children).
+    pub fn set_level(&self, level: Level) {
+        self.core.level.store(level as u8, Ordering::Relaxed);
+    }
+
+    /// Whether `level` would be written.
+    pub fn enabled(&self, level: Level) -> bool {
+        level >= self.level()
+    }
+
+    /// A child with `fields` bound to every record (after the parent's own bound fields).
+    #[must_use]
+    pub fn with_fields(&self, fields: &[Field]) -> Logger {
+        let mut all = self.fields.to_vec();
+        all.extend_from_slice(fields);
+        Logger {
+            core: self.core.clone(),
+            fields: Arc::from(all),
+        }
+    }
+
+    /// A child with one more bound field.
+    #[must_use]
+    pub fn with_field(&self, field: Field) -> Logger {
+        self.with_fields(&[field])
+    }
+
+    /// Writes a record if `level` is enabled.
+    pub fn log(&self, level: Level, message: impl Into<String>, fields: &[Field]) {
+        if !self.enabled(level) {
+            return;
+        }
+        let mut all = Vec::with_capacity(self.fields.len() + fields.len());
+        all.extend_from_slice(&self.fields);
+        all.extend_from_slice(fields);
+        let record = Arc::new(Record::new(level, self.core.name.clone(), message).with(all));
+        for sink in &self.core.sinks {
+            sink.write(record.clone());
+        }
+    }
+
+    /// Logs at `Debug`.
+    pub fn debug(&self, message: impl Into<String>, fields: &[Field]) {
+        self.log(Level::Debug, message, fields);
+    }
+
+    /// Logs at `Info`.
+    pub fn info(&self, message: impl Into<String>, fields: &[Field]) {
+        self.log(Level::Info, message, fields);
+    }
+
+    /// Logs at `Warn`.
+    pub fn warn(&self, message: impl Into<String>, fields: &[Field]) {
+        self.log(Level::Warn, message, fields);
+    }
+
+    /// Logs at `Error`.
+    pub fn error(&self, message: impl Into<String>, fields: &[Field]) {
+        self.log(Level::Error, message, fields);
+    }
+
+    /// Logs at `Fatal`, flushes every sink of this logger (up to 5 s), then runs the fatal
+    /// hook (by default: exit with code 1).
+    pub fn fatal(&self, message: impl Into<String>, fields: &[Field]) {
+        self.log(Level::Fatal, message, fields);
+        let _ = self.flush(FATAL_FLUSH);
+        let hook = FATAL_HOOK
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match hook.as_ref() {
+            Some(hook) => hook(),
+            None => std::process::exit(1),
+        }
+    }
+
+    /// Waits until every sink has written what was queued; sums their stats.
+    pub fn flush(&self, timeout: Duration) -> DeliveryStats {
+        self.core
+            .sinks
+            .iter()
+            .map(|s| s.flush(timeout))
+            .fold(DeliveryStats::default(), |a, b| a + b)
+    }
+
+    /// Flushes and stops every sink; sums their stats.
+    pub fn shutdown(&self, timeout: Duration) -> DeliveryStats {
+        self.core
+            .sinks
+            .iter()
+            .map(|s| s.shutdown(timeout))
+            .fold(DeliveryStats::default(), |a, b| a + b)
+    }
+}

@@ -1,0 +1,267 @@
+//! Loggers, children, levels, queue sinks (overflow, flush, shutdown), Fatal and the manager.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_log::{
+    Error, JsonFormat, Level, LogConfig, Logger, Manager, Overflow, QueueSink, Sink, TextFormat,
+    field, set_fatal_hook,
+};
+
+/// An in-memory destination shared with the test; `gate` holds the writer thread until the
+/// test opens it, to fill the queue on purpose.
+#[derive(Clone, Default)]
+struct Buffer {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    gate: Arc<Mutex<()>>,
+    /// Writes that have started (the writer thread may be waiting at the gate).
+    started: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Write for Buffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _open = self.gate.lock().unwrap();
+        self.bytes.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Buffer {
+    fn lines(&self) -> Vec<serde_json::Value> {
+        String::from_utf8(self.bytes.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn json_logger(
+    name: &'static str,
+    level: Level,
+    capacity: usize,
+    policy: Overflow,
+) -> (Logger, Buffer) {
+    let buf = Buffer::default();
+    let sink = QueueSink::start(name, capacity, policy, Box::new(JsonFormat), buf.clone()).unwrap();
+    (
+        Logger::new(name, level, vec![Arc::new(sink) as Arc<dyn Sink>]),
+        buf,
+    )
+}
+
+#[test]
+fn levels_filter_and_change_at_runtime() {
+    let (log, buf) = json_logger("app", Level::Info, 100, Overflow::Block);
+    log.debug("hidden", &[]);
+    log.info("shown", &[]);
+    log.set_level(Level::Debug);
+    log.debug("now shown", &[]);
+    log.set_level(Level::Error);
+    log.warn("hidden again", &[]);
+    log.flush(Duration::from_secs(5));
+    let messages: Vec<String> = buf
+        .lines()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(messages, ["shown", "now shown"]);
+}
+
+#[test]
+fn children_share_sinks_and_bind_fields_in_order() {
+    let (log, buf) = json_logger("app", Level::Debug, 100, Overflow::Block);
+    let user = log.with_fields(&[field("user_id", "123"), field("session_id", "abc")]);
+    let req = user.with_field(field("request", 7));
+    req.info(
+        "user logged in",
+        &[field("request", 8), field("password", "hunter2")],
+    );
+    log.set_level(Level::Error);
+    req.info("filtered by the parent's level", &[]);
+    let stats = log.flush(Duration::from_secs(5));
+    assert_eq!(stats.written, 1);
+    let line = &buf.lines()[0];
+    assert_eq!(line["user_id"], "123");
+    assert_eq!(line["session_id"], "abc");
+    assert_eq!(line["request"], 8, "call fields override bound ones");
+    assert_eq!(line["password"], "[REDACTED]");
+    assert_eq!(line["logger"], "app");
+}
+
+#[test]
+fn drop_newest_counts_exactly_and_reports_in_band() {
+    let (log, buf) = json_logger("busy", Level::Info, 4, Overflow::DropNewest);
+    let held = buf.gate.lock().unwrap();
+    // The worker takes the first record and blocks on the gate; 4 more fill the queue.
+    log.info("r0", &[]);
+    while buf.started.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    for i in 1..=10 {
+        log.info(format!("r{i}"), &[]);
+    }
+    drop(held);
+    let stats = log.flush(Duration::from_secs(5));
+    assert_eq!(stats.dropped, 6, "{stats:?}");
+    assert_eq!(
+        stats.written,
+        5 + 1,
+        "5 records and one drop report: {stats:?}"
+    );
+    let lines = buf.lines();
+    let report = lines
+        .iter()
+        .find(|l| l["message"] == "6 records dropped")
+        .expect("in-band report");
+    assert_eq!(report["dropped"], 6);
+    assert_eq!(report["level"], "WARN");
+}
+
+#[test]
+fn block_policy_loses_nothing_and_shutdown_flushes_everything() {
+    let (log, buf) = json_logger("steady", Level::Info, 8, Overflow::Block);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..2500 {
+                    log.info("m", &[field("t", t), field("i", i)]);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = log.shutdown(Duration::from_secs(10));
+    assert_eq!(stats.written, 10_000);
+    assert_eq!(stats.dropped, 0);
+    assert_eq!(stats.pending, 0);
+    let lines = buf.lines();
+    assert_eq!(lines.len(), 10_000);
+    for t in 0..4 {
+        let seq: Vec<u64> = lines
+            .iter()
+            .filter(|l| l["t"] == t)
+            .map(|l| l["i"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seq,
+            (0..2500).collect::<Vec<u64>>(),
+            "thread {t} in order, none lost"
+        );
+    }
+    log.info("after shutdown", &[]);
+    assert_eq!(
+        log.flush(Duration::from_millis(100)).dropped,
+        1,
+        "counted, not hung"
+    );
+}
+
+#[test]
+fn flush_gives_up_at_its_timeout_and_reports_pending() {
+    let (log, buf) = json_logger("stuck", Level::Info, 100, Overflow::Block);
+    let held = buf.gate.lock().unwrap();
+    for _ in 0..5 {
+        log.info("x", &[]);
+    }
+    let stats = log.flush(Duration::from_millis(200));
+    assert!(stats.pending > 0, "{stats:?}");
+    drop(held);
+    assert_eq!(log.flush(Duration::from_secs(5)).written, 5);
+}
+
+#[test]
+fn fatal_flushes_then_calls_the_hook() {
+    let (log, buf) = json_logger("dying", Level::Info, 100, Overflow::Block);
+    let called = Arc::new(Mutex::new(0usize));
+    let seen = called.clone();
+    let buf2 = buf.clone();
+    set_fatal_hook(move || {
+        // Everything was written before the hook ran.
+        *seen.lock().unwrap() = buf2.lines().len();
+    });
+    log.info("first", &[]);
+    log.fatal("cannot continue", &[field("reason", "disk gone")]);
+    assert_eq!(*called.lock().unwrap(), 2);
+}
+
+#[test]
+fn text_format_through_a_sink() {
+    let buf = Buffer::default();
+    let sink = QueueSink::start(
+        "t",
+        10,
+        Overflow::Block,
+        Box::new(TextFormat::default()),
+        buf.clone(),
+    )
+    .unwrap();
+    let log = Logger::new("smtp", Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]);
+    log.warn("queue full", &[field("size", 10)]);
+    log.flush(Duration::from_secs(5));
+    let text = String::from_utf8(buf.bytes.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.ends_with(" [WARN] smtp: queue full size=10\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn manager_registers_defaults_and_closes() {
+    let m = Manager::new();
+    let (a, _) = json_logger("a", Level::Info, 10, Overflow::Block);
+    m.register(a.clone()).unwrap();
+    assert!(matches!(m.register(a), Err(Error::DuplicateName { .. })));
+    assert!(matches!(
+        m.set_default("nope"),
+        Err(Error::UnknownLogger { .. })
+    ));
+    assert_eq!(m.default_logger().name(), "default");
+    m.set_default("a").unwrap();
+    assert_eq!(m.default_logger().name(), "a");
+    m.get("a").unwrap().info("x", &[]);
+    let stats = m.close_all(Duration::from_secs(5));
+    assert_eq!(stats["a"].written, 1);
+    assert!(m.get("a").is_none());
+}
+
+#[test]
+fn config_and_factory() {
+    let cfg = LogConfig::from_toml(
+        "type = \"console\"\nname = \"app-logger\"\nlevel = \"debug\"\nformatter = \"json\"\noutput = \"stderr\"\n[options]\noverflow = \"drop\"\nqueue = 100\n",
+    )
+    .unwrap();
+    let log = keel_log::build(&cfg).unwrap();
+    assert_eq!(log.name(), "app-logger");
+    assert_eq!(log.level(), Level::Debug);
+    log.shutdown(Duration::from_secs(1));
+    let err = keel_log::build(&LogConfig::from_json(r#"{"type":"syslog","name":"x"}"#).unwrap())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("valid types are: console, file, elastic, elasticsearch"),
+        "{err}"
+    );
+    let file = keel_log::build(&LogConfig::from_json(r#"{"type":"file","name":"x"}"#).unwrap())
+        .unwrap_err();
+    assert!(matches!(file, Error::NotAvailable { .. }));
+    let level = LogConfig::from_json(r#"{"type":"console","name":"x","level":"loud"}"#).unwrap();
+    assert!(matches!(
+        keel_log::build(&level),
+        Err(Error::InvalidConfig { .. })
+    ));
+    assert!(matches!(
+        LogConfig::from_toml("type = \"console\"\nname = \"x\"\nlevl = \"info\"\n"),
+        Err(Error::Parse(_))
+    ));
+}
