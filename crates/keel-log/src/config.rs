@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::format::{Format, JsonFormat, TextFormat};
 use crate::logger::Logger;
 use crate::record::Level;
+use crate::rotation::{FileOptions, FileSink, Period};
 use crate::sink::{Overflow, QueueSink, Sink};
 
 /// The types a config may name.
@@ -47,6 +48,27 @@ pub struct LogOptions {
     /// `block` (default) or `drop` when the queue is full.
     #[serde(default)]
     pub overflow: Option<String>,
+    /// File: the live file's path (or give it as `output`).
+    #[serde(default)]
+    pub path: Option<std::path::PathBuf>,
+    /// File: rotate past this many bytes.
+    #[serde(default, alias = "maxSize", alias = "max_size")]
+    pub max_bytes: Option<u64>,
+    /// File: `hourly` or `daily` rotation (UTC).
+    #[serde(default)]
+    pub rotate: Option<String>,
+    /// File: keep at most this many rotated files.
+    #[serde(default, alias = "maxBackups", alias = "max_backups")]
+    pub keep_files: Option<usize>,
+    /// File: delete rotated files older than this (`"7d"`, `"12h"`).
+    #[serde(default, alias = "maxAge")]
+    pub max_age: Option<String>,
+    /// File: keep rotated files within this many bytes.
+    #[serde(default)]
+    pub max_total_bytes: Option<u64>,
+    /// File: gzip rotated files.
+    #[serde(default)]
+    pub compress: Option<bool>,
 }
 
 impl LogConfig {
@@ -137,9 +159,66 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
                 vec![Arc::new(sink) as Arc<dyn Sink>],
             ))
         }
-        kind @ ("file" | "elastic" | "elasticsearch") => {
-            Err(Error::NotAvailable { kind: kind.into() })
+        "file" => {
+            let o = &config.options;
+            let path = o
+                .path
+                .clone()
+                .or_else(|| config.output.as_ref().map(std::path::PathBuf::from))
+                .ok_or_else(|| {
+                    bad(
+                        "options.path",
+                        "a file logger needs a path (options.path or output)",
+                    )
+                })?;
+            let period = match o.rotate.as_deref() {
+                None => None,
+                Some("hourly") => Some(Period::Hourly),
+                Some("daily") => Some(Period::Daily),
+                Some(other) => {
+                    return Err(bad(
+                        "options.rotate",
+                        format!("{other:?}; use hourly or daily"),
+                    ));
+                }
+            };
+            let max_age = match &o.max_age {
+                None => None,
+                Some(t) => Some(
+                    humantime::parse_duration(t)
+                        .map_err(|e| bad("options.max_age", e.to_string()))?,
+                ),
+            };
+            let format: Box<dyn Format> = match config.formatter.as_deref() {
+                None | Some("text") => Box::new(TextFormat::default()),
+                Some("json") => Box::new(JsonFormat),
+                Some(other) => {
+                    return Err(bad("formatter", format!("{other:?}; use text or json")));
+                }
+            };
+            let options = FileOptions {
+                path,
+                max_bytes: o.max_bytes,
+                period,
+                keep_files: o.keep_files,
+                max_age,
+                max_total_bytes: o.max_total_bytes,
+                compress: o.compress.unwrap_or(false),
+            };
+            let sink_name = format!("{}:file", config.name);
+            let sink = FileSink::start(&sink_name, options, queue, overflow, format).map_err(
+                |source| Error::Sink {
+                    sink: sink_name,
+                    source,
+                },
+            )?;
+            Ok(Logger::new(
+                config.name.clone(),
+                level,
+                vec![Arc::new(sink) as Arc<dyn Sink>],
+            ))
         }
+        kind @ ("elastic" | "elasticsearch") => Err(Error::NotAvailable { kind: kind.into() }),
         _ => Err(Error::UnknownType {
             got: config.kind.clone(),
             valid: LOGGER_TYPES.join(", "),

@@ -7,8 +7,8 @@
 //! `set_level`, and `fatal` that flushes then exits through a replaceable hook) writes to
 //! non-blocking [`Sink`]s: a [`QueueSink`] is a bounded queue with an [`Overflow`] policy in
 //! front of a writer thread, and reports drops in-band. [`Manager`] keeps loggers by name
-//! with a default; [`build`] turns a [`LogConfig`] into a logger. This version has the console
-//! sink; file and Elasticsearch sinks and the `tracing`/`log` bridges come next.
+//! with a default; [`build`] turns a [`LogConfig`] into a logger. Sinks: console and a
+//! rotating [`FileSink`]; the Elasticsearch sink and the `tracing`/`log` bridges come next.
 //!
 //! ```
 //! use keel_log::{Format, JsonFormat, Level, Record, field};
@@ -30,6 +30,7 @@ mod format;
 mod logger;
 mod manager;
 mod record;
+mod rotation;
 mod sink;
 
 pub use config::{LOGGER_TYPES, LogConfig, LogOptions, build};
@@ -38,4 +39,5 @@ pub use format::{Format, JsonFormat, REDACTED, TextFormat, is_secret_key};
 pub use logger::{Logger, set_fatal_hook};
 pub use manager::{Manager, global};
 pub use record::{Field, Level, ParseLevelError, Record, Value, field};
+pub use rotation::{FileOptions, FileSink, FileWriter, Period, ReopenHandle, rotated_files};
 pub use sink::{DeliveryStats, Overflow, QueueSink, RecordWriter, Sink};
