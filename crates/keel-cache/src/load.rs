@@ -272,6 +272,15 @@ impl Loader {
             }
             None => None,
         };
+        // A previous flight may have finished (stored its value and left the map) between
+        // our cache miss and our becoming leader: look once more before loading.
+        if lock_guard.is_none() {
+            match self.cache.get(key).await? {
+                Some(v) if v == NEGATIVE_MARKER => return Ok(None),
+                Some(v) if !self.due_for_refresh(key, options).await => return Ok(Some(v)),
+                _ => {}
+            }
+        }
         self.calls.inc();
         let loaded = load().await.map_err(|e| Error::Load {
             key: crate::error::key_for_error(key),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use keel_cache::{CacheConfig, CacheExt, Manager, Ttl};
+use keel_log::field;
 use keel_metrics::MetricsService;
 use serde::Deserialize;
 
@@ -27,6 +28,9 @@ struct DemoConfig {
     #[serde(default)]
     metrics: MetricsSection,
     cache: CacheConfig,
+    /// The console logger the demo narrates to (none: no log lines).
+    #[serde(default)]
+    log: Option<keel_log::LogConfig>,
 }
 
 #[derive(Deserialize)]
@@ -56,10 +60,21 @@ fn load(path: Option<&PathBuf>) -> Result<DemoConfig> {
 
 pub async fn run(args: Args) -> Result<()> {
     let config = load(args.config.as_ref())?;
+    let log = match &config.log {
+        Some(c) => keel_log::build(c)?,
+        None => keel_log::Logger::new("demo", keel_log::Level::Fatal, Vec::new()),
+    };
     let metrics = MetricsService::new(&config.metrics.namespace)?;
     let manager = Manager::new();
     let cache = keel_cache::open_with_metrics(&config.cache, &metrics).await?;
     manager.register(cache.clone())?;
+    log.info(
+        "cache opened",
+        &[
+            field("cache", cache.name().to_owned()),
+            field("kind", cache.kind().as_str()),
+        ],
+    );
     println!(
         "opened {} cache {:?} (default TTL {:?}); manager holds {:?}",
         cache.kind(),
@@ -77,6 +92,10 @@ pub async fn run(args: Args) -> Result<()> {
         )
         .await?;
     println!("set {key} = \"session-data\" (ttl 30s)");
+    log.info(
+        "session stored",
+        &[field("key", key), field("ttl_secs", 30)],
+    );
     let got = cache.get(key).await?;
     println!(
         "get {key} -> {:?}",
@@ -134,7 +153,13 @@ pub async fn run(args: Args) -> Result<()> {
     );
 
     match cache.incr_by(key, 1).await {
-        Err(e) => println!("incr on a non-integer is a typed error: {e}"),
+        Err(e) => {
+            log.warn(
+                "incr refused",
+                &[field("key", key), field("error", e.to_string())],
+            );
+            println!("incr on a non-integer is a typed error: {e}");
+        }
         Ok(n) => println!("unexpected: incr returned {n}"),
     }
     match cache.get("").await {
@@ -156,5 +181,13 @@ pub async fn run(args: Args) -> Result<()> {
     println!("\n--- Prometheus exposition ---");
     print!("{}", metrics.render());
     manager.close_all().await?;
+    log.info("demo finished", &[]);
+    let stats = log.shutdown(Duration::from_secs(5));
+    if stats.dropped > 0 || stats.failed > 0 {
+        eprintln!(
+            "keel: {} log records dropped, {} failed",
+            stats.dropped, stats.failed
+        );
+    }
     Ok(())
 }

@@ -43,6 +43,12 @@ fn demo_prints_seed_metrics_with_nonzero_counts() {
     assert!(value("lab_cache_misses_total{cache=\"demo\"}") > 0.0);
     assert!(value("lab_cache_items{cache=\"demo\"}") > 0.0);
     assert!(stdout.trim_end().ends_with("# EOF"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[INFO] demo: cache opened cache=demo kind=memory"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("[WARN] demo: incr refused"), "{stderr}");
 }
 
 #[test]
