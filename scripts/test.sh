@@ -37,5 +37,5 @@ if ! "$KEEL_VENV/bin/python" -c 'import prometheus_client, osmem_server' >/dev/n
   "$KEEL_VENV/bin/pip" install -q --disable-pip-version-check osmem-server prometheus-client
 fi
 
-say "cargo test --workspace"
-cargo test --workspace --locked
+say "cargo test --workspace --all-features"
+cargo test --workspace --all-features --locked

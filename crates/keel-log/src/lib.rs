@@ -24,6 +24,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "log", feature = "tracing"))]
+pub mod bridge;
 mod config;
 mod error;
 mod format;

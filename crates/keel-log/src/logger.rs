@@ -5,6 +5,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use keel_metrics::MetricsService;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::record::{Field, Level, Record};
 use crate::sink::{DeliveryStats, Sink};
 
@@ -12,6 +16,37 @@ struct Core {
     name: Cow<'static, str>,
     level: AtomicU8,
     sinks: Vec<Arc<dyn Sink>>,
+    /// `<ns>_log_records_total{logger,level}`, one counter per level.
+    records: [Counter; 5],
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct RecordLabels {
+    logger: String,
+    level: &'static str,
+}
+
+fn record_counters(metrics: &MetricsService, logger: &str) -> [Counter; 5] {
+    let family: Family<RecordLabels, Counter> = metrics
+        .get_or_register(
+            "log_records",
+            "Log records written, by logger and level",
+            Family::default,
+        )
+        .unwrap_or_default();
+    [
+        Level::Debug,
+        Level::Info,
+        Level::Warn,
+        Level::Error,
+        Level::Fatal,
+    ]
+    .map(|level| {
+        family.get_or_create_owned(&RecordLabels {
+            logger: logger.to_owned(),
+            level: level.as_str(),
+        })
+    })
 }
 
 /// A named logger. Cheap to clone; [`with_fields`](Self::with_fields) children share the
@@ -57,15 +92,28 @@ pub fn set_fatal_hook(hook: impl Fn() + Send + Sync + 'static) {
 const FATAL_FLUSH: Duration = Duration::from_secs(5);
 
 impl Logger {
-    /// A logger writing to `sinks` at `level` and above.
+    /// A logger writing to `sinks` at `level` and above, counting records in
+    /// [`MetricsService::global`].
     pub fn new(
         name: impl Into<Cow<'static, str>>,
         level: Level,
         sinks: Vec<Arc<dyn Sink>>,
     ) -> Self {
+        Self::with_metrics(name, level, sinks, MetricsService::global())
+    }
+
+    /// Like [`new`](Self::new), counting `<ns>_log_records_total{logger,level}` in `metrics`.
+    pub fn with_metrics(
+        name: impl Into<Cow<'static, str>>,
+        level: Level,
+        sinks: Vec<Arc<dyn Sink>>,
+        metrics: &MetricsService,
+    ) -> Self {
+        let name = name.into();
         Self {
             core: Arc::new(Core {
-                name: name.into(),
+                records: record_counters(metrics, &name),
+                name,
                 level: AtomicU8::new(level as u8),
                 sinks,
             }),
@@ -115,6 +163,7 @@ impl Logger {
         if !self.enabled(level) {
             return;
         }
+        self.core.records[level as usize].inc();
         let mut all = Vec::with_capacity(self.fields.len() + fields.len());
         all.extend_from_slice(&self.fields);
         all.extend_from_slice(fields);

@@ -105,6 +105,8 @@ pub struct QueueSink {
     tx: Sender<Msg>,
     policy: Overflow,
     counters: Arc<Counters>,
+    /// `<ns>_log_dropped_total{sink}` in the global registry.
+    dropped_metric: prometheus_client::metrics::counter::Counter,
     worker: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -172,11 +174,23 @@ impl QueueSink {
                     }
                 }
             })?;
+        let family: prometheus_client::metrics::family::Family<
+            Vec<(&'static str, String)>,
+            prometheus_client::metrics::counter::Counter,
+        > = keel_metrics::MetricsService::global()
+            .get_or_register(
+                "log_dropped",
+                "Log records dropped because a sink's queue was full",
+                Default::default,
+            )
+            .unwrap_or_default();
+        let dropped_metric = family.get_or_create_owned(&vec![("sink", name.clone())]);
         Ok(Self {
             name,
             tx,
             policy,
             counters,
+            dropped_metric,
             worker: std::sync::Mutex::new(Some(worker)),
         })
     }
@@ -191,6 +205,7 @@ impl QueueSink {
     }
 
     fn drop_one(&self) {
+        self.dropped_metric.inc();
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         self.counters.unreported.fetch_add(1, Ordering::Relaxed);
     }
