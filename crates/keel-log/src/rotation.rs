@@ -89,6 +89,10 @@ pub struct FileWriter {
     period_index: u64,
     reopen: ReopenHandle,
     compressor: Option<crossbeam_channel::Sender<PathBuf>>,
+    /// The last rotated name's stamp and sequence: sequences only go up within a second,
+    /// even when retention has deleted the earlier files (reusing a freed number would sort a
+    /// newer file before older ones).
+    last_rotation: Option<(String, u64)>,
 }
 
 impl std::fmt::Debug for FileWriter {
@@ -273,25 +277,31 @@ impl FileWriter {
                 period_index,
                 reopen: reopen.clone(),
                 compressor,
+                last_rotation: None,
             },
             reopen,
         ))
     }
 
-    fn rotated_name(&self) -> PathBuf {
+    fn rotated_name(&mut self) -> PathBuf {
         let (stem, ext) = split_name(&self.opts.path);
         let dir = self
             .opts
             .path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+            .unwrap_or(Path::new("."))
+            .to_owned();
         let stamp = utc_stamp(now_secs());
-        let mut n = 0u64;
+        let mut n = match &self.last_rotation {
+            Some((last, seq)) if *last == stamp => seq + 1,
+            _ => 0,
+        };
         loop {
             let candidate = dir.join(format!("{stem}.{stamp}.{n}.{ext}"));
             let gz = PathBuf::from(format!("{}.gz", candidate.display()));
             if !candidate.exists() && !gz.exists() {
+                self.last_rotation = Some((stamp, n));
                 return candidate;
             }
             n += 1;

@@ -1,40 +1,17 @@
 //! The `log` and `tracing` bridges, and the logger metrics.
 #![cfg(all(feature = "log", feature = "tracing"))]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_log::bridge::{KeelLayer, LogBridge};
 use keel_log::{JsonFormat, Level, Logger, Overflow, QueueSink, Sink};
 use keel_metrics::MetricsService;
+use keel_testkit::writer::SharedBuffer;
 use tracing_subscriber::layer::SubscriberExt;
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buffer {
-    fn lines(&self) -> Vec<serde_json::Value> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-fn logger(name: &'static str, level: Level, metrics: &MetricsService) -> (Logger, Buffer) {
-    let buf = Buffer::default();
+fn logger(name: &'static str, level: Level, metrics: &MetricsService) -> (Logger, SharedBuffer) {
+    let buf = SharedBuffer::default();
     let sink = QueueSink::start(
         name,
         1000,
@@ -63,7 +40,7 @@ fn tracing_events_with_span_fields_reach_the_logger() {
         tracing::trace!("very detailed");
     });
     log.flush(Duration::from_secs(5));
-    let lines = buf.lines();
+    let lines = buf.json_lines();
     assert_eq!(lines.len(), 2);
     let l = &lines[0];
     assert_eq!(l["message"], "delivery deferred");
@@ -95,12 +72,12 @@ fn log_records_route_by_target_prefix() {
     log::warn!(target: "other", "to the fallback");
     fallback.flush(Duration::from_secs(5));
     smtp.flush(Duration::from_secs(5));
-    let s = sb.lines();
+    let s = sb.json_lines();
     assert_eq!(s.len(), 1);
     assert_eq!(s[0]["message"], "queued 3 messages");
     assert_eq!(s[0]["target"], "smtp::queue");
     let f: Vec<String> = fb
-        .lines()
+        .json_lines()
         .iter()
         .map(|l| l["message"].as_str().unwrap().to_owned())
         .collect();

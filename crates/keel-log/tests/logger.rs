@@ -1,6 +1,5 @@
 //! Loggers, children, levels, queue sinks (overflow, flush, shutdown), Fatal and the manager.
 
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,48 +7,15 @@ use keel_log::{
     Error, JsonFormat, Level, LogConfig, Logger, Manager, Overflow, QueueSink, Sink, TextFormat,
     field, set_fatal_hook,
 };
-
-/// An in-memory destination shared with the test; `gate` holds the writer thread until the
-/// test opens it, to fill the queue on purpose.
-#[derive(Clone, Default)]
-struct Buffer {
-    bytes: Arc<Mutex<Vec<u8>>>,
-    gate: Arc<Mutex<()>>,
-    /// Writes that have started (the writer thread may be waiting at the gate).
-    started: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Write for Buffer {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.started
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let _open = self.gate.lock().unwrap();
-        self.bytes.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buffer {
-    fn lines(&self) -> Vec<serde_json::Value> {
-        String::from_utf8(self.bytes.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
+use keel_testkit::writer::SharedBuffer;
 
 fn json_logger(
     name: &'static str,
     level: Level,
     capacity: usize,
     policy: Overflow,
-) -> (Logger, Buffer) {
-    let buf = Buffer::default();
+) -> (Logger, SharedBuffer) {
+    let buf = SharedBuffer::default();
     let sink = QueueSink::start(name, capacity, policy, Box::new(JsonFormat), buf.clone()).unwrap();
     (
         Logger::new(name, level, vec![Arc::new(sink) as Arc<dyn Sink>]),
@@ -68,7 +34,7 @@ fn levels_filter_and_change_at_runtime() {
     log.warn("hidden again", &[]);
     log.flush(Duration::from_secs(5));
     let messages: Vec<String> = buf
-        .lines()
+        .json_lines()
         .iter()
         .map(|l| l["message"].as_str().unwrap().to_owned())
         .collect();
@@ -88,7 +54,7 @@ fn children_share_sinks_and_bind_fields_in_order() {
     req.info("filtered by the parent's level", &[]);
     let stats = log.flush(Duration::from_secs(5));
     assert_eq!(stats.written, 1);
-    let line = &buf.lines()[0];
+    let line = &buf.json_lines()[0];
     assert_eq!(line["user_id"], "123");
     assert_eq!(line["session_id"], "abc");
     assert_eq!(line["request"], 8, "call fields override bound ones");
@@ -102,7 +68,7 @@ fn drop_newest_counts_exactly_and_reports_in_band() {
     let held = buf.gate.lock().unwrap();
     // The worker takes the first record and blocks on the gate; 4 more fill the queue.
     log.info("r0", &[]);
-    while buf.started.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+    while buf.started() == 0 {
         std::thread::yield_now();
     }
     for i in 1..=10 {
@@ -116,7 +82,7 @@ fn drop_newest_counts_exactly_and_reports_in_band() {
         5 + 1,
         "5 records and one drop report: {stats:?}"
     );
-    let lines = buf.lines();
+    let lines = buf.json_lines();
     let report = lines
         .iter()
         .find(|l| l["message"] == "6 records dropped")
@@ -145,7 +111,7 @@ fn block_policy_loses_nothing_and_shutdown_flushes_everything() {
     assert_eq!(stats.written, 10_000);
     assert_eq!(stats.dropped, 0);
     assert_eq!(stats.pending, 0);
-    let lines = buf.lines();
+    let lines = buf.json_lines();
     assert_eq!(lines.len(), 10_000);
     for t in 0..4 {
         let seq: Vec<u64> = lines
@@ -188,7 +154,7 @@ fn fatal_flushes_then_calls_the_hook() {
     let buf2 = buf.clone();
     set_fatal_hook(move || {
         // Everything was written before the hook ran.
-        *seen.lock().unwrap() = buf2.lines().len();
+        *seen.lock().unwrap() = buf2.json_lines().len();
     });
     log.info("first", &[]);
     log.fatal("cannot continue", &[field("reason", "disk gone")]);
@@ -197,7 +163,7 @@ fn fatal_flushes_then_calls_the_hook() {
 
 #[test]
 fn text_format_through_a_sink() {
-    let buf = Buffer::default();
+    let buf = SharedBuffer::default();
     let sink = QueueSink::start(
         "t",
         10,
@@ -209,7 +175,7 @@ fn text_format_through_a_sink() {
     let log = Logger::new("smtp", Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]);
     log.warn("queue full", &[field("size", 10)]);
     log.flush(Duration::from_secs(5));
-    let text = String::from_utf8(buf.bytes.lock().unwrap().clone()).unwrap();
+    let text = buf.text();
     assert!(
         text.ends_with(" [WARN] smtp: queue full size=10\n"),
         "{text}"

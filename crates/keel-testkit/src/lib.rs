@@ -7,6 +7,8 @@
 //! - [`prometheus`]: a real Prometheus server scraping a target, queried over its HTTP API,
 //!   and the Python `prometheus_client` OpenMetrics parser.
 //!
+//! - [`writer`]: an in-memory `Write` destination for log sink tests.
+//!
 //! Servers are never assumed to be running: helpers start them and fail with a message that
 //! names the missing program (`scripts/test.sh` installs them).
 #![forbid(unsafe_code)]
@@ -17,3 +19,4 @@ pub mod http;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
+pub mod writer;
