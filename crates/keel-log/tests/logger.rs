@@ -220,7 +220,14 @@ fn config_and_factory() {
     );
     let file = keel_log::build(&LogConfig::from_json(r#"{"type":"file","name":"x"}"#).unwrap())
         .unwrap_err();
-    assert!(matches!(file, Error::NotAvailable { .. }));
+    assert!(
+        matches!(&file, Error::InvalidConfig { field, .. } if field == "options.path"),
+        "{file:?}"
+    );
+    let elastic =
+        keel_log::build(&LogConfig::from_json(r#"{"type":"elastic","name":"x"}"#).unwrap())
+            .unwrap_err();
+    assert!(matches!(elastic, Error::NotAvailable { .. }));
     let level = LogConfig::from_json(r#"{"type":"console","name":"x","level":"loud"}"#).unwrap();
     assert!(matches!(
         keel_log::build(&level),
