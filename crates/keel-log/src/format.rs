@@ -126,7 +126,7 @@ impl Format for TextFormat {
         escape_into(out, &record.logger);
         out.extend_from_slice(b": ");
         escape_into(out, &record.message);
-        for Field { key, value } in &record.fields {
+        for Field { key, value } in record.all_fields() {
             out.push(b' ');
             escape_into(out, key);
             out.push(b'=');
@@ -190,12 +190,12 @@ fn json_value(key: &str, value: &Value) -> serde_json::Value {
 
 impl Format for JsonFormat {
     fn format(&self, record: &Record, out: &mut Vec<u8>) {
-        let mut map = serde_json::Map::with_capacity(4 + record.fields.len());
+        let mut map = serde_json::Map::with_capacity(4 + record.bound.len() + record.fields.len());
         map.insert("time".into(), timestamp(record).into());
         map.insert("level".into(), record.level.as_str().into());
         map.insert("logger".into(), record.logger.to_string().into());
         map.insert("message".into(), record.message.clone().into());
-        for Field { key, value } in &record.fields {
+        for Field { key, value } in record.all_fields() {
             let name = if RESERVED.contains(&key.as_ref()) {
                 format!("fields.{key}")
             } else {

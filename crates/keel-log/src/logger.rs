@@ -164,10 +164,10 @@ impl Logger {
             return;
         }
         self.core.records[level as usize].inc();
-        let mut all = Vec::with_capacity(self.fields.len() + fields.len());
-        all.extend_from_slice(&self.fields);
-        all.extend_from_slice(fields);
-        let record = Arc::new(Record::new(level, self.core.name.clone(), message).with(all));
+        let mut record = Record::new(level, self.core.name.clone(), message);
+        record.bound = self.fields.clone();
+        record.fields.extend_from_slice(fields);
+        let record = Arc::new(record);
         for sink in &self.core.sinks {
             sink.write(record.clone());
         }

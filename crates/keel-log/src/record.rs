@@ -189,7 +189,9 @@ pub struct Record {
     pub logger: Cow<'static, str>,
     /// The message.
     pub message: String,
-    /// Fields, prebound (from `with_fields`) first, then the call's own.
+    /// Fields bound by `with_fields`, shared with the logger (not copied per record).
+    pub bound: std::sync::Arc<[Field]>,
+    /// The call's own fields.
     pub fields: Vec<Field>,
 }
 
@@ -205,8 +207,14 @@ impl Record {
             level,
             logger: logger.into(),
             message: message.into(),
+            bound: std::sync::Arc::from(Vec::new()),
             fields: Vec::new(),
         }
+    }
+
+    /// Every field: the bound ones first, then the call's own.
+    pub fn all_fields(&self) -> impl Iterator<Item = &Field> {
+        self.bound.iter().chain(&self.fields)
     }
 
     /// Adds fields.

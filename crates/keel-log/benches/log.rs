@@ -1,0 +1,130 @@
+//! Caller-side cost of a JSON log event written to a file: Keel vs tracing-subscriber's JSON
+//! fmt layer, in the same run.
+//!
+//! `cargo bench -p keel-log --bench log` — 15 interleaved rounds of 100 000 events per
+//! contender, one thread; median ns per event measured around the logging calls only (Keel
+//! formats and writes on its sink thread; tracing-subscriber formats and writes on the
+//! caller, into a `BufWriter<File>`). Two shapes: 3 call fields, and 10 prebound fields plus
+//! 3 call fields (Keel: a `with_fields` child; tracing: an entered span with 10 fields).
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_log::{FileOptions, FileSink, JsonFormat, Level, Logger, Overflow, Sink, field};
+use tracing_subscriber::layer::SubscriberExt;
+
+const EVENTS: u64 = 100_000;
+const ROUNDS: usize = 15;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn keel_round(dir: &std::path::Path, prebound: bool) -> f64 {
+    let sink = FileSink::start(
+        "bench",
+        FileOptions::new(dir.join("keel.log")),
+        (EVENTS as usize) + 1,
+        Overflow::Block,
+        Box::new(JsonFormat),
+    )
+    .unwrap();
+    let root = Logger::new("bench", Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]);
+    let log = if prebound {
+        root.with_fields(
+            &(0..10)
+                .map(|i| field(format!("k{i}"), i))
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        root.clone()
+    };
+    let t = Instant::now();
+    for i in 0..EVENTS {
+        log.info(
+            "request served",
+            &[
+                field("method", "GET"),
+                field("status", 200),
+                field("bytes", i),
+            ],
+        );
+    }
+    let caller = t.elapsed();
+    root.shutdown(Duration::from_secs(60));
+    caller.as_nanos() as f64 / EVENTS as f64
+}
+
+fn tracing_round(dir: &std::path::Path, prebound: bool) -> f64 {
+    let file = BufWriter::new(File::create(dir.join("tracing.log")).unwrap());
+    let layer = tracing_subscriber::fmt::layer()
+        .json()
+        .with_writer(Mutex::new(file));
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::with_default(subscriber, || {
+        let span = prebound.then(|| {
+            tracing::info_span!(
+                "ctx",
+                k0 = 0,
+                k1 = 1,
+                k2 = 2,
+                k3 = 3,
+                k4 = 4,
+                k5 = 5,
+                k6 = 6,
+                k7 = 7,
+                k8 = 8,
+                k9 = 9
+            )
+        });
+        let _entered = span.as_ref().map(tracing::Span::enter);
+        let t = Instant::now();
+        for i in 0..EVENTS {
+            tracing::info!(method = "GET", status = 200, bytes = i, "request served");
+        }
+        t.elapsed().as_nanos() as f64 / EVENTS as f64
+    })
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    println!(
+        "| shape | keel ns/event (caller) | tracing-subscriber json ns/event | ratio tracing / keel |"
+    );
+    println!("|---|---|---|---|");
+    for prebound in [false, true] {
+        let (mut k, mut t, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..=ROUNDS {
+            let (kn, tn) = if round % 2 == 0 {
+                let kn = keel_round(dir.path(), prebound);
+                (kn, tracing_round(dir.path(), prebound))
+            } else {
+                let tn = tracing_round(dir.path(), prebound);
+                (keel_round(dir.path(), prebound), tn)
+            };
+            if round == 0 {
+                continue;
+            }
+            k.push(kn);
+            t.push(tn);
+            r.push(tn / kn);
+        }
+        let shape = if prebound {
+            "10 prebound + 3 call fields"
+        } else {
+            "3 call fields"
+        };
+        println!(
+            "| {shape} | {:.0} | {:.0} | {:.2}x |",
+            median(k),
+            median(t),
+            median(r)
+        );
+    }
+}
