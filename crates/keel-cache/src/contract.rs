@@ -81,6 +81,22 @@ impl Limits {
         Ok(())
     }
 
+    /// Checks every key of a batch (the first bad one is the error).
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`].
+    pub fn check_keys(&self, keys: &[&str]) -> Result<()> {
+        keys.iter().try_for_each(|k| self.check_key(k))
+    }
+
+    /// Checks every key and value of a batch (the first bad one is the error).
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`], [`Error::ValueTooLarge`].
+    pub fn check_entries(&self, items: &[(&str, Bytes)]) -> Result<()> {
+        items.iter().try_for_each(|(k, v)| self.check_entry(k, v))
+    }
+
     /// Rejects a value over `max_value_bytes` (after checking the key).
     ///
     /// # Errors

@@ -517,9 +517,7 @@ impl Shared {
         let s = self;
         let start = Instant::now();
         let result = (|| {
-            for key in keys {
-                s.limits.check_key(key)?;
-            }
+            s.limits.check_keys(keys)?;
             s.ensure_open()?;
             Ok(keys
                 .iter()
@@ -537,9 +535,7 @@ impl Shared {
         let s = self;
         let start = Instant::now();
         let result = (|| {
-            for (key, value) in items {
-                s.limits.check_entry(key, value)?;
-            }
+            s.limits.check_entries(items)?;
             s.ensure_open()?;
             let first = items.first().map_or("", |(k, _)| *k);
             let expires_at = s.expiry(first, ttl, start)?;
@@ -561,9 +557,7 @@ impl Shared {
         let s = self;
         let start = Instant::now();
         let result = (|| {
-            for key in keys {
-                s.limits.check_key(key)?;
-            }
+            s.limits.check_keys(keys)?;
             s.ensure_open()?;
             Ok(keys
                 .iter()

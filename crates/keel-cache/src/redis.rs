@@ -1222,9 +1222,7 @@ impl Cache for RedisCache {
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<Vec<Option<Bytes>>>> {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::GetMany, ok, async move {
-            for key in keys {
-                s.limits.check_key(key)?;
-            }
+            s.limits.check_keys(keys)?;
             let mut c = s.conn().await?;
             if keys.is_empty() {
                 return Ok(Vec::new());
@@ -1248,9 +1246,7 @@ impl Cache for RedisCache {
     ) -> CacheFuture<'a, Result<()>> {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::SetMany, ok, async move {
-            for (key, value) in items {
-                s.limits.check_entry(key, value)?;
-            }
+            s.limits.check_entries(items)?;
             let ms = s.ttl_ms(items.first().map_or("", |(k, _)| *k), ttl)?;
             let mut c = s.conn().await?;
             if items.is_empty() {
@@ -1299,9 +1295,7 @@ impl Cache for RedisCache {
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<u64>> {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::DeleteMany, ok, async move {
-            for key in keys {
-                s.limits.check_key(key)?;
-            }
+            s.limits.check_keys(keys)?;
             let mut c = s.conn().await?;
             if keys.is_empty() {
                 return Ok(0);
