@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::format::{Format, JsonFormat, TextFormat};
 use crate::logger::Logger;
 use crate::record::Level;
-use crate::rotation::{FileOptions, FileSink, Period};
+use crate::rotation::{FileOptions, FileSink, Period, Zone};
 use crate::sink::{Overflow, QueueSink, Sink};
 
 /// The types a config may name.
@@ -54,9 +54,13 @@ pub struct LogOptions {
     /// File: rotate past this many bytes.
     #[serde(default, alias = "maxSize", alias = "max_size")]
     pub max_bytes: Option<u64>,
-    /// File: `hourly` or `daily` rotation (UTC).
+    /// File: `hourly` or `daily` rotation, at boundaries of `timezone`.
     #[serde(default)]
     pub rotate: Option<String>,
+    /// File: the clock for rotation boundaries and rotated names: `utc` (default), `local`
+    /// (the system zone) or an IANA name such as `Europe/Berlin`.
+    #[serde(default, alias = "tz")]
+    pub timezone: Option<String>,
     /// File: keep at most this many rotated files.
     #[serde(default, alias = "maxBackups", alias = "max_backups")]
     pub keep_files: Option<usize>,
@@ -196,10 +200,17 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
                     return Err(bad("formatter", format!("{other:?}; use text or json")));
                 }
             };
+            let zone = match o.timezone.as_deref() {
+                None => Zone::utc(),
+                Some(name) => name
+                    .parse()
+                    .map_err(|e: Error| bad("options.timezone", e.to_string()))?,
+            };
             let options = FileOptions {
                 path,
                 max_bytes: o.max_bytes,
                 period,
+                zone,
                 keep_files: o.keep_files,
                 max_age,
                 max_total_bytes: o.max_total_bytes,

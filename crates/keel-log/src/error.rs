@@ -39,6 +39,14 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// A time zone name that the time zone database does not know.
+    #[error("unknown time zone {name:?}: {reason}")]
+    UnknownTimeZone {
+        /// The name.
+        name: String,
+        /// Why it could not be loaded.
+        reason: String,
+    },
     /// A sink could not start (thread or I/O).
     #[error("cannot start sink {sink:?}: {source}")]
     Sink {

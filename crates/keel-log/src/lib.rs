@@ -41,5 +41,5 @@ pub use format::{Format, JsonFormat, REDACTED, TextFormat, is_secret_key};
 pub use logger::{Logger, set_fatal_hook};
 pub use manager::{Manager, global};
 pub use record::{Field, Level, ParseLevelError, Record, Value, field};
-pub use rotation::{FileOptions, FileSink, FileWriter, Period, ReopenHandle, rotated_files};
+pub use rotation::{FileOptions, FileSink, FileWriter, Period, ReopenHandle, Zone, rotated_files};
 pub use sink::{DeliveryStats, Overflow, QueueSink, RecordWriter, Sink};

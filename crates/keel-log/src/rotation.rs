@@ -1,9 +1,9 @@
 //! The file sink's writer: rotation by size and/or time, unique rotated names, retention,
 //! background gzip, `reopen` for external logrotate, private permissions.
 //!
-//! Rotated files are named `<stem>.<UTC yyyymmddTHHMMSS>.<n>.<ext>` next to the live file,
-//! where `n` makes the name unique even for many rotations in one second (an existing name is
-//! never overwritten). With compression on, a background thread gzips each rotated file to
+//! Rotated files are named `<stem>.<yyyymmddTHHMMSS>.<n>.<ext>` next to the live file, the
+//! stamp on the sink's [`Zone`] clock (UTC unless configured), where `n` makes the name unique
+//! even for many rotations in one second (an existing name is never overwritten). With compression on, a background thread gzips each rotated file to
 //! `….gz` and removes the plain one. Retention (count, age, total bytes) runs after each
 //! rotation over the rotated files of this log only; the live file is never deleted.
 
@@ -15,9 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jiff::tz::TimeZone;
+use jiff::{RoundMode, Timestamp, ToSpan, Unit, Zoned, ZonedRound};
+
+use crate::error::Error;
 use crate::sink::RecordWriter;
 
-/// Time-based rotation (boundaries in UTC).
+/// Time-based rotation, at boundaries of the sink's [`Zone`] clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Period {
     /// At every full hour.
@@ -33,6 +37,125 @@ impl Period {
             Period::Daily => 86_400,
         }
     }
+
+    /// The first hour or day boundary after `now` on `zone`'s clock.
+    ///
+    /// Hours are physical: in a daylight-saving fall-back the repeated hour gets its own
+    /// boundary, and in a spring-forward gap the next boundary is the first hour that exists.
+    /// Days start at local midnight (or the first instant of the day where midnight does not
+    /// exist), so a local day may be 23 or 25 hours long. In a zone with a non-whole-hour
+    /// offset (Asia/Kolkata, +05:30) the hourly boundaries fall at half past the UTC hour.
+    pub fn next_boundary(self, now: SystemTime, zone: &Zone) -> SystemTime {
+        let secs = unix_secs(now);
+        let fallback =
+            || UNIX_EPOCH + Duration::from_secs((secs / self.seconds() + 1) * self.seconds());
+        let Ok(ts) = Timestamp::from_second(i64::try_from(secs).unwrap_or(i64::MAX)) else {
+            return fallback();
+        };
+        let here = ts.to_zoned(zone.tz.clone());
+        let next = match self {
+            Period::Hourly => here
+                .round(
+                    ZonedRound::new()
+                        .smallest(Unit::Hour)
+                        .mode(RoundMode::Trunc),
+                )
+                .and_then(|hour| hour.checked_add(1.hour())),
+            Period::Daily => here.tomorrow().and_then(|day| day.start_of_day()),
+        };
+        match next.map(|z| z.timestamp().as_second()) {
+            Ok(s) if s > 0 => UNIX_EPOCH + Duration::from_secs(s.unsigned_abs()),
+            _ => fallback(),
+        }
+    }
+}
+
+/// The clock a file sink rotates by and names rotated files with: UTC (the default), the
+/// system's local zone, or a named IANA zone (read from the OS time zone database).
+///
+/// ```
+/// use keel_log::Zone;
+///
+/// assert_eq!("utc".parse::<Zone>().unwrap().name(), "UTC");
+/// assert_eq!(Zone::named("Asia/Kolkata").unwrap().name(), "Asia/Kolkata");
+/// assert!(Zone::named("Mars/Olympus_Mons").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    tz: TimeZone,
+    name: String,
+}
+
+impl Default for Zone {
+    fn default() -> Self {
+        Self::utc()
+    }
+}
+
+impl Zone {
+    /// UTC.
+    pub fn utc() -> Self {
+        Self {
+            tz: TimeZone::UTC,
+            name: "UTC".into(),
+        }
+    }
+
+    /// The system's local zone (`TZ`, else `/etc/localtime`), read once now; UTC when it
+    /// cannot be determined.
+    pub fn local() -> Self {
+        let tz = TimeZone::try_system().unwrap_or(TimeZone::UTC);
+        let name = tz
+            .iana_name()
+            .map_or_else(|| "local".to_owned(), str::to_owned);
+        Self { tz, name }
+    }
+
+    /// The IANA zone `name` (`Europe/Berlin`, `Asia/Kolkata`).
+    ///
+    /// # Errors
+    /// [`Error::UnknownTimeZone`] when the time zone database has no such zone.
+    pub fn named(name: &str) -> Result<Self, Error> {
+        let tz = TimeZone::get(name).map_err(|e| Error::UnknownTimeZone {
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            tz,
+            name: name.into(),
+        })
+    }
+
+    /// The zone's name: `UTC`, an IANA name, or `local` when the system zone has none.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `yyyymmddTHHMMSS` of `time` on this zone's clock.
+    fn stamp(&self, time: SystemTime) -> String {
+        let secs = i64::try_from(unix_secs(time)).unwrap_or(i64::MAX);
+        match Timestamp::from_second(secs) {
+            Ok(ts) => Zoned::new(ts, self.tz.clone())
+                .strftime("%Y%m%dT%H%M%S")
+                .to_string(),
+            Err(_) => "00000000T000000".into(),
+        }
+    }
+}
+
+impl std::str::FromStr for Zone {
+    type Err = Error;
+
+    /// `utc` (any case), `local`, or an IANA zone name.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s.eq_ignore_ascii_case("utc") {
+            Ok(Self::utc())
+        } else if s.eq_ignore_ascii_case("local") {
+            Ok(Self::local())
+        } else {
+            Self::named(s)
+        }
+    }
 }
 
 /// File sink settings.
@@ -42,8 +165,10 @@ pub struct FileOptions {
     pub path: PathBuf,
     /// Rotate before a write would take the file past this size.
     pub max_bytes: Option<u64>,
-    /// Rotate at hour or day boundaries (UTC).
+    /// Rotate at hour or day boundaries of [`zone`](Self::zone).
     pub period: Option<Period>,
+    /// The clock for rotation boundaries and rotated names (default UTC).
+    pub zone: Zone,
     /// Keep at most this many rotated files.
     pub keep_files: Option<usize>,
     /// Delete rotated files older than this.
@@ -61,6 +186,7 @@ impl FileOptions {
             path: path.into(),
             max_bytes: None,
             period: None,
+            zone: Zone::utc(),
             keep_files: None,
             max_age: None,
             max_total_bytes: None,
@@ -86,7 +212,10 @@ pub struct FileWriter {
     opts: FileOptions,
     file: BufWriter<File>,
     size: u64,
-    period_index: u64,
+    /// When the current period ends (time-based rotation only).
+    next_boundary: Option<SystemTime>,
+    /// The time source (replaced in tests to cross boundaries on demand).
+    clock: fn() -> SystemTime,
     reopen: ReopenHandle,
     compressor: Option<crossbeam_channel::Sender<PathBuf>>,
     /// The last rotated name's stamp and sequence: sequences only go up within a second,
@@ -104,10 +233,8 @@ impl std::fmt::Debug for FileWriter {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn open(path: &Path) -> std::io::Result<File> {
@@ -122,27 +249,6 @@ fn open(path: &Path) -> std::io::Result<File> {
         .append(true)
         .mode(0o600)
         .open(path)
-}
-
-/// `yyyymmddTHHMMSS` in UTC, from Unix seconds (civil-from-days, Howard Hinnant).
-fn utc_stamp(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
 }
 
 /// (stem, extension) of the live file: `app.log` → ("app", "log").
@@ -244,6 +350,13 @@ impl FileWriter {
     /// # Errors
     /// The file or directory cannot be created.
     pub fn open(opts: FileOptions) -> std::io::Result<(Self, ReopenHandle)> {
+        Self::open_with_clock(opts, SystemTime::now)
+    }
+
+    fn open_with_clock(
+        opts: FileOptions,
+        clock: fn() -> SystemTime,
+    ) -> std::io::Result<(Self, ReopenHandle)> {
         let file = open(&opts.path)?;
         let size = file.metadata()?.len();
         let compressor = if opts.compress
@@ -268,13 +381,14 @@ impl FileWriter {
             None
         };
         let reopen = ReopenHandle::default();
-        let period_index = opts.period.map_or(0, |p| now_secs() / p.seconds());
+        let next_boundary = opts.period.map(|p| p.next_boundary(clock(), &opts.zone));
         Ok((
             Self {
                 opts,
                 file: BufWriter::with_capacity(64 * 1024, file),
                 size,
-                period_index,
+                next_boundary,
+                clock,
                 reopen: reopen.clone(),
                 compressor,
                 last_rotation: None,
@@ -292,7 +406,7 @@ impl FileWriter {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_owned();
-        let stamp = utc_stamp(now_secs());
+        let stamp = self.opts.zone.stamp((self.clock)());
         let mut n = match &self.last_rotation {
             Some((last, seq)) if *last == stamp => seq + 1,
             _ => 0,
@@ -325,17 +439,17 @@ impl FileWriter {
             .opts
             .max_bytes
             .is_some_and(|max| self.size > 0 && self.size + incoming > max);
-        let by_time = match self.opts.period {
-            Some(p) => {
-                let index = now_secs() / p.seconds();
-                if index != self.period_index {
-                    self.period_index = index;
+        let by_time = match (self.opts.period, self.next_boundary) {
+            (Some(p), Some(boundary)) => {
+                let now = (self.clock)();
+                if now >= boundary {
+                    self.next_boundary = Some(p.next_boundary(now, &self.opts.zone));
                     self.size > 0
                 } else {
                     false
                 }
             }
-            None => false,
+            _ => false,
         };
         by_size || by_time
     }
@@ -366,11 +480,132 @@ impl RecordWriter for FileWriter {
 mod tests {
     use super::*;
 
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// Unix seconds of a civil time in `zone`.
+    fn civil(zone: &str, y: i16, mo: i8, d: i8, h: i8, mi: i8) -> u64 {
+        jiff::civil::date(y, mo, d)
+            .at(h, mi, 0, 0)
+            .in_tz(zone)
+            .unwrap()
+            .timestamp()
+            .as_second()
+            .unsigned_abs()
+    }
+
     #[test]
     fn utc_stamps() {
-        assert_eq!(utc_stamp(0), "19700101T000000");
-        assert_eq!(utc_stamp(1_795_391_999), "20261122T235959");
-        assert_eq!(utc_stamp(951_782_400), "20000229T000000");
+        let utc = Zone::utc();
+        assert_eq!(utc.stamp(at(0)), "19700101T000000");
+        assert_eq!(utc.stamp(at(1_795_391_999)), "20261122T235959");
+        assert_eq!(utc.stamp(at(951_782_400)), "20000229T000000");
+    }
+
+    #[test]
+    fn zone_names_parse() {
+        assert_eq!("UTC".parse::<Zone>().unwrap(), Zone::utc());
+        assert_eq!(Zone::default(), Zone::utc());
+        let kolkata: Zone = "Asia/Kolkata".parse().unwrap();
+        assert_eq!(kolkata.name(), "Asia/Kolkata");
+        assert_eq!(kolkata.stamp(at(0)), "19700101T053000");
+        let err = "Nowhere/Atlantis".parse::<Zone>().unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownTimeZone { name, .. } if name == "Nowhere/Atlantis"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn utc_boundaries_are_whole_hours_and_midnights() {
+        let utc = Zone::utc();
+        // 2026-11-22T23:59:59Z
+        let now = at(1_795_391_999);
+        assert_eq!(Period::Hourly.next_boundary(now, &utc), at(1_795_392_000));
+        assert_eq!(Period::Daily.next_boundary(now, &utc), at(1_795_392_000));
+        // Exactly on a boundary: the next one, not the same instant.
+        let on = at(1_795_392_000);
+        assert_eq!(Period::Hourly.next_boundary(on, &utc), at(1_795_395_600));
+        assert_eq!(Period::Daily.next_boundary(on, &utc), at(1_795_478_400));
+    }
+
+    #[test]
+    fn kolkata_boundaries_fall_on_its_half_hour_offset() {
+        let ist = Zone::named("Asia/Kolkata").unwrap();
+        // 10:17 IST = 04:47 UTC: the next IST hour is 11:00 IST = 05:30 UTC, not 05:00 UTC.
+        let now = at(civil("Asia/Kolkata", 2026, 11, 22, 10, 17));
+        assert_eq!(
+            Period::Hourly.next_boundary(now, &ist),
+            at(civil("UTC", 2026, 11, 22, 5, 30))
+        );
+        // 23:50 UTC on the 22nd is already 05:20 IST on the 23rd: next midnight IST is
+        // the 24th 00:00 IST = 18:30 UTC on the 23rd.
+        let late = at(civil("UTC", 2026, 11, 22, 23, 50));
+        assert_eq!(
+            Period::Daily.next_boundary(late, &ist),
+            at(civil("UTC", 2026, 11, 23, 18, 30))
+        );
+        assert_eq!(
+            Period::Daily.next_boundary(late, &Zone::utc()),
+            at(civil("UTC", 2026, 11, 23, 0, 0))
+        );
+    }
+
+    #[test]
+    fn dst_days_and_hours_follow_the_local_clock() {
+        let ny = Zone::named("America/New_York").unwrap();
+        // 2026-11-01 is a 25-hour day in New York: midnight to midnight is 25 h.
+        let start = civil("America/New_York", 2026, 11, 1, 0, 0);
+        assert_eq!(
+            Period::Daily.next_boundary(at(start + 60), &ny),
+            at(start + 25 * 3600)
+        );
+        // The repeated 01:00 hour gets its own boundary (01:00 EDT → 01:00 EST → 02:00 EST).
+        let first_one = civil("America/New_York", 2026, 11, 1, 1, 0);
+        assert_eq!(
+            Period::Hourly.next_boundary(at(first_one + 60), &ny),
+            at(first_one + 3600)
+        );
+        assert_eq!(
+            Period::Hourly.next_boundary(at(first_one + 3600 + 60), &ny),
+            at(first_one + 2 * 3600)
+        );
+    }
+
+    static FAKE_NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    fn fake_clock() -> SystemTime {
+        at(FAKE_NOW.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn writer_rotates_at_the_zones_boundary_and_names_with_its_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app.log");
+        let mut opts = FileOptions::new(&live);
+        opts.period = Some(Period::Hourly);
+        opts.zone = Zone::named("Asia/Kolkata").unwrap();
+        // 10:29:59 IST = 04:59:59 UTC.
+        FAKE_NOW.store(civil("UTC", 2026, 11, 22, 4, 59) + 59, Ordering::SeqCst);
+        let (mut w, _) = FileWriter::open_with_clock(opts, fake_clock).unwrap();
+        w.write_record(b"one\n").unwrap();
+        // 05:00:01 UTC: a UTC hour boundary passed, but not an IST one.
+        FAKE_NOW.store(civil("UTC", 2026, 11, 22, 5, 0) + 1, Ordering::SeqCst);
+        w.write_record(b"two\n").unwrap();
+        assert!(rotated_files(&live).is_empty());
+        // 05:30:00 UTC = 11:00:00 IST: rotation, named on the IST clock.
+        FAKE_NOW.store(civil("UTC", 2026, 11, 22, 5, 30), Ordering::SeqCst);
+        w.write_record(b"three\n").unwrap();
+        w.flush().unwrap();
+        let rotated = rotated_files(&live);
+        assert_eq!(rotated.len(), 1);
+        assert_eq!(
+            rotated[0].file_name().unwrap().to_string_lossy(),
+            "app.20261122T110000.0.log"
+        );
+        assert_eq!(std::fs::read_to_string(&rotated[0]).unwrap(), "one\ntwo\n");
+        assert_eq!(std::fs::read_to_string(&live).unwrap(), "three\n");
     }
 
     #[test]

@@ -217,3 +217,25 @@ fn file_logger_from_config() {
             .contains("[WARN] svc: hello n=1")
     );
 }
+
+#[test]
+fn timezone_option_from_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |tz: &str| {
+        keel_log::LogConfig::from_toml(&format!(
+            "type = \"file\"\nname = \"svc\"\n[options]\npath = \"{}\"\nrotate = \"hourly\"\ntimezone = \"{tz}\"\n",
+            dir.path().join("tz.log").display()
+        ))
+        .unwrap()
+    };
+    for tz in ["utc", "local", "Asia/Kolkata"] {
+        let log = keel_log::build(&cfg(tz)).unwrap_or_else(|e| panic!("{tz}: {e}"));
+        log.shutdown(Duration::from_secs(5));
+    }
+    let err = keel_log::build(&cfg("Mars/Olympus_Mons")).unwrap_err();
+    assert!(
+        matches!(&err, keel_log::Error::InvalidConfig { field, .. } if field == "options.timezone"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("Mars/Olympus_Mons"), "{err}");
+}
