@@ -39,7 +39,7 @@ pub use config::{LOGGER_TYPES, LogConfig, LogOptions, build};
 pub use error::Error;
 pub use format::{Format, JsonFormat, REDACTED, TextFormat, is_secret_key};
 pub use logger::{Logger, set_fatal_hook};
-pub use manager::{Manager, global};
+pub use manager::{FLUSH_ON_EXIT, Manager, global, install_panic_hook};
 pub use record::{Field, Level, ParseLevelError, Record, Value, field};
 pub use rotation::{FileOptions, FileSink, FileWriter, Period, ReopenHandle, Zone, rotated_files};
 pub use sink::{DeliveryStats, Overflow, QueueSink, RecordWriter, Sink};

@@ -1,25 +1,58 @@
-//! Named loggers with a default; an explicit `Manager` or the process-wide one.
+//! Named loggers with a default; an explicit `Manager` or the process-wide one, and the
+//! panic hook that flushes the process-wide one.
 
 use std::collections::BTreeMap;
-use std::sync::{OnceLock, PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::{Once, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::logger::Logger;
-use crate::record::Level;
+use crate::record::{Level, field};
 use crate::sink::DeliveryStats;
 
+/// How long dropping a manager, or the panic hook, waits for every sink to flush (in total).
+pub const FLUSH_ON_EXIT: Duration = Duration::from_secs(5);
+
 /// Loggers by name, plus which one is the default. Safe from many threads.
-#[derive(Debug, Default)]
+///
+/// Dropping a manager flushes every logger still registered (waiting at most
+/// [`FLUSH_ON_EXIT`] in total, or the time given to [`with_drop_timeout`](Self::with_drop_timeout)),
+/// so records logged just before the end of a scope reach their files. It flushes rather than
+/// shuts down: clones of the loggers may live on and keep writing. The [`global`] manager is a
+/// static and is never dropped; [`install_panic_hook`] covers the panicking path there, and a
+/// service should call `global().close_all(..)` before it exits normally.
+#[derive(Debug)]
 pub struct Manager {
     loggers: RwLock<BTreeMap<String, Logger>>,
     default: RwLock<Option<String>>,
+    drop_timeout: Duration,
+}
+
+impl Default for Manager {
+    fn default() -> Self {
+        Self::with_drop_timeout(FLUSH_ON_EXIT)
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.flush_all(self.drop_timeout);
+    }
 }
 
 impl Manager {
     /// An empty manager.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty manager whose drop waits at most `timeout` (in total) for its loggers' sinks.
+    pub fn with_drop_timeout(timeout: Duration) -> Self {
+        Self {
+            loggers: RwLock::default(),
+            default: RwLock::default(),
+            drop_timeout: timeout,
+        }
     }
 
     /// Adds `logger` under its name.
@@ -69,6 +102,28 @@ impl Manager {
             .unwrap_or_else(|| Logger::new("default", Level::Error, Vec::new()))
     }
 
+    /// Flushes every registered logger's sinks, giving up once `timeout` has passed in total
+    /// (what is still queued then shows as `pending`); returns each logger's stats. Loggers
+    /// stay registered and usable.
+    pub fn flush_all(&self, timeout: Duration) -> BTreeMap<String, DeliveryStats> {
+        let deadline = Instant::now() + timeout;
+        // Clone out of the lock: a slow sink must not block `register`/`get` meanwhile.
+        let loggers: Vec<(String, Logger)> = self
+            .loggers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, logger)| (name.clone(), logger.clone()))
+            .collect();
+        loggers
+            .into_iter()
+            .map(|(name, logger)| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                (name, logger.flush(left))
+            })
+            .collect()
+    }
+
     /// Shuts down every logger's sinks (each waiting up to `timeout`) and forgets them;
     /// returns each logger's stats.
     pub fn close_all(&self, timeout: Duration) -> BTreeMap<String, DeliveryStats> {
@@ -92,4 +147,53 @@ impl Manager {
 pub fn global() -> &'static Manager {
     static GLOBAL: OnceLock<Manager> = OnceLock::new();
     GLOBAL.get_or_init(Manager::new)
+}
+
+/// Installs a panic hook that logs the panic to the [`global`] manager's default logger, then
+/// flushes every logger registered there, then runs the hook that was installed before.
+///
+/// The record is an `Error` (the process is not made to exit: that stays the previous hook's
+/// and the runtime's business) with the message `panic: <payload>` and the fields `location`
+/// (`file:line:column`) and `thread`. Flushing waits at most [`FLUSH_ON_EXIT`] in total, so a
+/// stuck sink delays the panic by at most that. Calling this again does nothing: the hook is
+/// installed once per process (a hook set by someone else afterwards replaces it as usual).
+///
+/// A panic on one of keel-log's own writer threads is not logged through keel-log (its record
+/// could wait forever on the queue that thread drains); the previous hook still reports it.
+/// Without a default logger the record is discarded, but registered loggers are still flushed.
+///
+/// ```
+/// keel_log::install_panic_hook();
+/// keel_log::install_panic_hook(); // idempotent
+/// ```
+pub fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let thread_name = thread.name().unwrap_or("<unnamed>");
+            if !thread_name.starts_with("keel-log") {
+                let payload = info.payload();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("Box<dyn Any>");
+                let location = info
+                    .location()
+                    .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+                    .unwrap_or_default();
+                global().default_logger().error(
+                    format!("panic: {message}"),
+                    &[
+                        field("location", location),
+                        field("thread", thread_name.to_owned()),
+                    ],
+                );
+                let _ = global().flush_all(FLUSH_ON_EXIT);
+            }
+            previous(info);
+        }));
+    });
 }

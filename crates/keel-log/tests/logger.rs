@@ -238,3 +238,89 @@ fn config_and_factory() {
         Err(Error::Parse(_))
     ));
 }
+
+/// Holds written lines back until the sink's writer is flushed, like a file's buffer would.
+struct FlushGated {
+    pending: Vec<u8>,
+    published: Arc<Mutex<Vec<u8>>>,
+}
+
+impl keel_log::RecordWriter for FlushGated {
+    fn write_record(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.pending.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.published.lock().unwrap().append(&mut self.pending);
+        Ok(())
+    }
+}
+
+#[test]
+fn dropping_a_manager_flushes_its_loggers() {
+    let published = Arc::new(Mutex::new(Vec::new()));
+    let writer = FlushGated {
+        pending: Vec::new(),
+        published: published.clone(),
+    };
+    let sink =
+        QueueSink::start("gated", 1000, Overflow::Block, Box::new(JsonFormat), writer).unwrap();
+    let log = Logger::new("svc", Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]);
+    let m = Manager::new();
+    m.register(log.clone()).unwrap();
+    for i in 0..500 {
+        log.info("n", &[field("i", i)]);
+    }
+    // `log` outlives the manager, so only the manager's drop can have flushed the writer.
+    drop(m);
+    let text = String::from_utf8(published.lock().unwrap().clone()).unwrap();
+    let seen: Vec<i64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["i"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seen, (0..500).collect::<Vec<_>>());
+    log.info("still usable after the manager is gone", &[]);
+    assert_eq!(log.shutdown(Duration::from_secs(5)).written, 501);
+}
+
+#[test]
+fn dropping_a_manager_gives_up_on_a_stuck_sink_after_its_timeout() {
+    let (log, buf) = json_logger("stuck", Level::Info, 10, Overflow::Block);
+    let m = Manager::with_drop_timeout(Duration::from_millis(50));
+    m.register(log.clone()).unwrap();
+    let gate = buf.gate.lock().unwrap();
+    log.info("stalls the writer", &[]);
+    // Wait until the writer is inside `write`, held at the gate.
+    while buf.started() == 0 {
+        std::thread::yield_now();
+    }
+    log.info("queued behind it", &[]);
+    // Returns although the writer cannot make progress until the gate opens.
+    drop(m);
+    let flushed = log.flush(Duration::ZERO);
+    assert_eq!(flushed.written, 0, "the writer is still stalled");
+    drop(gate);
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.written, stats.pending), (2, 0));
+}
+
+#[test]
+fn manager_flush_all_reports_each_logger() {
+    let m = Manager::new();
+    let (a, abuf) = json_logger("a", Level::Info, 10, Overflow::Block);
+    let (b, _) = json_logger("b", Level::Info, 10, Overflow::Block);
+    m.register(a.clone()).unwrap();
+    m.register(b.clone()).unwrap();
+    a.info("one", &[]);
+    a.info("two", &[]);
+    b.info("three", &[]);
+    let stats = m.flush_all(Duration::from_secs(5));
+    assert_eq!((stats["a"].written, stats["b"].written), (2, 1));
+    assert_eq!(abuf.json_lines().len(), 2);
+    assert!(m.get("a").is_some(), "flush_all keeps loggers registered");
+}
