@@ -91,6 +91,14 @@ impl LogConfig {
     pub fn from_json(text: &str) -> Result<Self, Error> {
         serde_json::from_str(text).map_err(|e| Error::Parse(e.to_string()))
     }
+
+    /// Parses YAML.
+    ///
+    /// # Errors
+    /// [`Error::Parse`].
+    pub fn from_yaml(text: &str) -> Result<Self, Error> {
+        serde_norway::from_str(text).map_err(|e| Error::Parse(e.to_string()))
+    }
 }
 
 fn bad(field: &str, reason: impl Into<String>) -> Error {

@@ -3,9 +3,12 @@
 //!
 //! Rotated files are named `<stem>.<yyyymmddTHHMMSS>.<n>.<ext>` next to the live file, the
 //! stamp on the sink's [`Zone`] clock (UTC unless configured), where `n` makes the name unique
-//! even for many rotations in one second (an existing name is never overwritten). With compression on, a background thread gzips each rotated file to
-//! `….gz` and removes the plain one. Retention (count, age, total bytes) runs after each
-//! rotation over the rotated files of this log only; the live file is never deleted.
+//! even for many rotations in one second (an existing name is never overwritten). With
+//! compression on, a background thread gzips each rotated file to `….gz` and removes the
+//! plain one. Retention (count, age, total bytes) runs after each rotation over the rotated
+//! files of this log only; the live file is never deleted. On a local clock, stamps repeat in
+//! a daylight-saving fall-back hour; names still never collide, but retention (which goes by
+//! name) may then take a file of the repeated hour for an older one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};

@@ -22,6 +22,10 @@ pub enum Overflow {
 }
 
 /// Delivery counters of a sink (or the sum over a logger's sinks).
+///
+/// They count the records given to the sink: once it is idle, `written + dropped + failed`
+/// is the number of records it was given. In-band "N records dropped" reports are extra
+/// lines in the output and are not counted here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DeliveryStats {
     /// Records written by the sink's writer.
@@ -143,11 +147,7 @@ impl QueueSink {
                 let write = |writer: &mut dyn RecordWriter, record: &Record, buf: &mut Vec<u8>| {
                     buf.clear();
                     format.format(record, buf);
-                    if writer.write_record(buf).is_ok() {
-                        c.written.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        c.failed.fetch_add(1, Ordering::Relaxed);
-                    }
+                    writer.write_record(buf).is_ok()
                 };
                 for msg in rx {
                     let lost = c.unreported.swap(0, Ordering::AcqRel);
@@ -158,10 +158,18 @@ impl QueueSink {
                             format!("{lost} records dropped"),
                         )
                         .with(vec![field("dropped", lost)]);
-                        write(&mut writer, &report, &mut buf);
+                        // Not counted: the stats account for the caller's records only.
+                        let _ = write(&mut writer, &report, &mut buf);
                     }
                     match msg {
-                        Msg::Record(r) => write(&mut writer, &r, &mut buf),
+                        Msg::Record(r) => {
+                            let counter = if write(&mut writer, &r, &mut buf) {
+                                &c.written
+                            } else {
+                                &c.failed
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
                         Msg::Flush(ack) => {
                             let _ = writer.flush();
                             let _ = ack.send(());

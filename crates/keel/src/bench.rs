@@ -1,4 +1,5 @@
-//! `keel bench cache`: a load generator for any Keel cache.
+//! `keel bench cache`: a load generator for any Keel cache; `keel bench log`: throughput of a
+//! Keel logger built from its config.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,29 @@ pub struct Args {
 enum Target {
     /// Drives get/set load against a cache and reports throughput and latency percentiles.
     Cache(CacheArgs),
+    /// Writes records through a logger built from a keel-log config from several threads,
+    /// then shuts it down; reports records/s (including the final flush) and drops.
+    Log(LogArgs),
+}
+
+#[derive(clap::Args)]
+struct LogArgs {
+    /// A keel-log config file (TOML, YAML or JSON): `type`, `name`, `level`, `formatter`,
+    /// `output`, `options`.
+    #[arg(long)]
+    config: std::path::PathBuf,
+    /// Total records across all threads.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Threads logging concurrently through clones of the one logger.
+    #[arg(long, default_value_t = 4)]
+    threads: u64,
+    /// How long the final shutdown may wait for the sinks to write what is queued.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print one final JSON line instead of text (no progress bar).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -76,6 +100,9 @@ fn parse_ratio(s: &str) -> Result<(u64, u64), String> {
 pub async fn run(args: Args) -> Result<()> {
     match args.target {
         Target::Cache(a) => cache(a).await,
+        Target::Log(a) => tokio::task::spawn_blocking(move || log(&a))
+            .await
+            .context("log bench thread")?,
     }
 }
 
@@ -240,6 +267,138 @@ async fn cache(a: CacheArgs) -> Result<()> {
     }
     if errors > 0 {
         bail!("{errors} of {} requests failed", a.requests);
+    }
+    Ok(())
+}
+
+fn log_config(path: &std::path::Path) -> Result<keel_log::LogConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => keel_log::LogConfig::from_toml(&text)?,
+        Some("yaml" | "yml") => keel_log::LogConfig::from_yaml(&text)?,
+        Some("json") => keel_log::LogConfig::from_json(&text)?,
+        _ => bail!(
+            "{}: unknown extension; use .toml, .yaml, .yml or .json",
+            path.display()
+        ),
+    };
+    Ok(config)
+}
+
+/// Records a logging thread counts locally before publishing progress (a shared counter
+/// bumped per record would make the threads contend on it and slow the bench down).
+const PROGRESS_BATCH: u64 = 1024;
+
+fn log(a: &LogArgs) -> Result<()> {
+    if a.records == 0 || a.threads == 0 {
+        bail!("--records and --threads must be at least 1");
+    }
+    let config = log_config(&a.config)?;
+    let logger = keel_log::build(&config)
+        .with_context(|| format!("building the logger from {}", a.config.display()))?;
+    // Always enabled, whatever the configured level (a filtered record costs next to nothing
+    // and would measure nothing).
+    let level = logger.level().max(keel_log::Level::Info);
+
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = if a.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(a.records);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = {
+        let (bar, done, finished) = (bar.clone(), done.clone(), finished.clone());
+        std::thread::spawn(move || {
+            while !finished.load(Ordering::Relaxed) {
+                bar.set_position(done.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+
+    let start = Instant::now();
+    let workers: Vec<_> = (0..a.threads)
+        .map(|t| {
+            let share = a.records / a.threads + u64::from(t < a.records % a.threads);
+            let (logger, done) = (logger.clone(), done.clone());
+            std::thread::Builder::new()
+                .name(format!("bench-log-{t}"))
+                .spawn(move || {
+                    let mut unpublished = 0;
+                    for seq in 0..share {
+                        logger.log(
+                            level,
+                            "bench record",
+                            &[
+                                keel_log::field("thread", t),
+                                keel_log::field("seq", seq),
+                                keel_log::field("user", "bench-user"),
+                                keel_log::field("elapsed_ms", 1.25),
+                            ],
+                        );
+                        unpublished += 1;
+                        if unpublished == PROGRESS_BATCH {
+                            done.fetch_add(unpublished, Ordering::Relaxed);
+                            unpublished = 0;
+                        }
+                    }
+                    done.fetch_add(unpublished, Ordering::Relaxed);
+                })
+                .context("starting a logging thread")
+        })
+        .collect::<Result<_>>()?;
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a logging thread panicked"))?;
+    }
+    let logged = start.elapsed();
+    let stats = logger.shutdown(a.timeout);
+    let elapsed = start.elapsed();
+    finished.store(true, Ordering::Relaxed);
+    let _ = progress.join();
+    bar.finish_and_clear();
+
+    let per_sec = a.records as f64 / elapsed.as_secs_f64();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "logger": config.name,
+                "type": config.kind,
+                "records": a.records,
+                "threads": a.threads,
+                "seconds": elapsed.as_secs_f64(),
+                "logging_seconds": logged.as_secs_f64(),
+                "records_per_sec": per_sec.round(),
+                "written": stats.written,
+                "dropped": stats.dropped,
+                "failed": stats.failed,
+                "pending": stats.pending,
+            })
+        );
+    } else {
+        println!(
+            "{} records from {} threads through {:?} ({}) in {:.2?} ({:.2?} logging, the rest flushing)",
+            a.records, a.threads, config.name, config.kind, elapsed, logged
+        );
+        println!(
+            "{per_sec:.0} records/s   written {}   dropped {}   failed {}   pending {}",
+            stats.written, stats.dropped, stats.failed, stats.pending
+        );
+    }
+    if stats.failed > 0 || stats.pending > 0 {
+        bail!(
+            "{} records failed and {} were still queued at the end",
+            stats.failed,
+            stats.pending
+        );
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ enum Command {
     Demo(demo::Args),
     /// Runs one cache command against a Redis server: get, set, del, ttl, incr.
     Cache(cache_cmd::Args),
-    /// Load generators: `keel bench cache --url URL|memory …`.
+    /// Load generators: `keel bench cache --url URL|memory …`, `keel bench log --config FILE …`.
     Bench(bench::Args),
     /// Runs a command while holding a distributed lock (renewed; SIGTERM if it is lost).
     /// The command gets KEEL_FENCING_TOKEN. Exits with its code, or 75 if the lock was lost.

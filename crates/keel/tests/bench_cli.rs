@@ -133,3 +133,150 @@ fn config_file_runs_against_a_cluster_and_keeps_its_prefix() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn bench_log(dir: &std::path::Path, config_name: &str, config: &str, args: &[&str]) -> Output {
+    let path = dir.join(config_name);
+    std::fs::write(&path, config).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["bench", "log", "--config"])
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn log_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-bench-log-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn log_run_with_drops_accounts_for_every_record() {
+    let dir = log_dir("drop");
+    let live = dir.join("bench.log");
+    // A tiny queue with drop-newest: drops are likely, and each must be accounted for.
+    let config = format!(
+        "type: file\nname: bench\nformatter: json\noptions:\n  path: {}\n  queue: 16\n  overflow: drop\n",
+        live.display()
+    );
+    let out = bench_log(
+        &dir,
+        "log.yaml",
+        &config,
+        &["--records", "20000", "--threads", "4", "--json"],
+    );
+    let v = json(&out);
+    let (written, dropped) = (
+        v["written"].as_u64().unwrap(),
+        v["dropped"].as_u64().unwrap(),
+    );
+    assert_eq!(written + dropped, 20_000, "{v}");
+    assert_eq!(
+        (v["failed"].as_u64(), v["pending"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(v["records"], 20_000);
+    assert_eq!(v["threads"], 4);
+    assert!(v["records_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+
+    let text = std::fs::read_to_string(&live).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reports: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"].as_str().unwrap().ends_with(" records dropped"))
+        .collect();
+    let records = lines
+        .iter()
+        .filter(|l| l["message"] == "bench record")
+        .count() as u64;
+    assert_eq!(records, written, "{v}");
+    assert_eq!(lines.len() as u64, written + reports.len() as u64);
+    let reported: u64 = reports.iter().map(|r| r["dropped"].as_u64().unwrap()).sum();
+    assert_eq!(reported, dropped, "every drop is reported in-band");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn log_run_with_block_writes_every_record_once() {
+    let dir = log_dir("block");
+    let live = dir.join("bench.log");
+    let config = format!(
+        "type = \"file\"\nname = \"bench\"\nformatter = \"json\"\nlevel = \"warn\"\n[options]\npath = \"{}\"\nqueue = 64\n",
+        live.display()
+    );
+    let out = bench_log(
+        &dir,
+        "log.toml",
+        &config,
+        &["--records", "10001", "--threads", "3", "--json"],
+    );
+    let v = json(&out);
+    assert_eq!(
+        (v["written"].as_u64(), v["dropped"].as_u64()),
+        (Some(10_001), Some(0)),
+        "{v}"
+    );
+    let mut seen: Vec<(u64, u64)> = std::fs::read_to_string(&live)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let l: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(l["level"], "WARN", "logged at the configured level");
+            (l["thread"].as_u64().unwrap(), l["seq"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(seen.len(), 10_001);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 10_001, "no record written twice");
+    // 10001 over 3 threads: 3334, 3334, 3333.
+    let per_thread = |t| seen.iter().filter(|(th, _)| *th == t).count();
+    assert_eq!(
+        (per_thread(0), per_thread(1), per_thread(2)),
+        (3334, 3334, 3333)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn log_text_output_and_bad_configs() {
+    let dir = log_dir("text");
+    let live = dir.join("bench.log");
+    let config = format!(
+        "{{\"type\":\"file\",\"name\":\"bench\",\"options\":{{\"path\":\"{}\"}}}}",
+        live.display()
+    );
+    let out = bench_log(
+        &dir,
+        "log.json",
+        &config,
+        &["--records", "500", "--threads", "2"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("records/s"), "{stdout}");
+    assert!(stdout.contains("written 500"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&live).unwrap().lines().count(), 500);
+
+    let bad = bench_log(&dir, "log.ini", "type = file", &["--records", "1"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown extension"));
+    let unknown = bench_log(
+        &dir,
+        "syslog.toml",
+        "type = \"syslog\"\nname = \"x\"\n",
+        &[],
+    );
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("valid types are"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
