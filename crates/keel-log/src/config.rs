@@ -73,6 +73,74 @@ pub struct LogOptions {
     /// File: gzip rotated files.
     #[serde(default)]
     pub compress: Option<bool>,
+    /// Elastic: the cluster's base URL (or give it as `output`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Elastic: index name pattern (default `logs-%Y.%m.%d`, UTC).
+    #[serde(default)]
+    pub index: Option<String>,
+    /// Elastic: write to this data stream (`create` actions) instead of `index`.
+    #[serde(default)]
+    pub data_stream: Option<String>,
+    /// Elastic: documents per `_bulk` request (default 500).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Elastic: bytes per `_bulk` request (default 5 MiB).
+    #[serde(default)]
+    pub batch_bytes: Option<usize>,
+    /// Elastic: the longest a document waits for its batch (`"1s"`, default 1 s).
+    #[serde(default)]
+    pub flush_interval: Option<String>,
+    /// Elastic: buffer bound in bytes (default 32 MiB); `queue` bounds the documents.
+    #[serde(default)]
+    pub max_buffer_bytes: Option<usize>,
+    /// Elastic: gzip request bodies.
+    #[serde(default)]
+    pub gzip: Option<bool>,
+    /// Elastic: retries of an item answered 429/5xx (default 8).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Elastic: timeout of one `_bulk` request (`"10s"`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Elastic: basic-auth user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Elastic: basic-auth password.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Elastic: API key (the `encoded` form).
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Elastic: PEM CA file to trust for `https`.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Elastic: file for rejected documents (JSON lines with the reason).
+    #[serde(default)]
+    pub dead_letter: Option<std::path::PathBuf>,
+}
+
+/// A config secret (password, API key): printed as `[REDACTED]` by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(crate::REDACTED)
+    }
 }
 
 impl LogConfig {
@@ -111,8 +179,8 @@ fn bad(field: &str, reason: impl Into<String>) -> Error {
 /// Builds the logger a config describes.
 ///
 /// # Errors
-/// [`Error::UnknownType`] (naming the valid types), [`Error::NotAvailable`] for `file` and
-/// `elastic` until those sinks land, [`Error::InvalidConfig`], [`Error::Sink`].
+/// [`Error::UnknownType`] (naming the valid types), [`Error::NotAvailable`] for `elastic`
+/// without the `elastic` feature, [`Error::InvalidConfig`], [`Error::Sink`].
 pub fn build(config: &LogConfig) -> Result<Logger, Error> {
     let level: Level = match &config.level {
         Some(l) => l
@@ -237,10 +305,95 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
                 vec![Arc::new(sink) as Arc<dyn Sink>],
             ))
         }
-        kind @ ("elastic" | "elasticsearch") => Err(Error::NotAvailable { kind: kind.into() }),
+        kind @ ("elastic" | "elasticsearch") => {
+            let sink = elastic_sink(config, queue, overflow, kind)?;
+            Ok(Logger::new(config.name.clone(), level, vec![sink]))
+        }
         _ => Err(Error::UnknownType {
             got: config.kind.clone(),
             valid: LOGGER_TYPES.join(", "),
         }),
     }
+}
+
+#[cfg(not(feature = "elastic"))]
+fn elastic_sink(
+    _config: &LogConfig,
+    _queue: usize,
+    _overflow: Overflow,
+    kind: &str,
+) -> Result<Arc<dyn Sink>, Error> {
+    Err(Error::NotAvailable {
+        kind: kind.into(),
+        feature: "elastic",
+    })
+}
+
+#[cfg(feature = "elastic")]
+fn elastic_sink(
+    config: &LogConfig,
+    queue: usize,
+    overflow: Overflow,
+    _kind: &str,
+) -> Result<Arc<dyn Sink>, Error> {
+    use crate::elastic::{Auth, ElasticOptions, ElasticSink};
+    let o = &config.options;
+    let url = o.url.clone().or_else(|| config.output.clone()).ok_or_else(|| {
+        bad(
+            "options.url",
+            "an elastic logger needs the cluster URL (options.url or output)",
+        )
+    })?;
+    let duration = |field: &str, v: &Option<String>| -> Result<Option<std::time::Duration>, Error> {
+        v.as_deref()
+            .map(|t| humantime::parse_duration(t).map_err(|e| bad(field, format!("{t:?}: {e}"))))
+            .transpose()
+    };
+    let mut opts = ElasticOptions::new(url);
+    if let Some(index) = &o.index {
+        opts.index.clone_from(index);
+    }
+    opts.data_stream.clone_from(&o.data_stream);
+    opts.batch_records = o.batch_size.unwrap_or(opts.batch_records);
+    opts.batch_bytes = o.batch_bytes.unwrap_or(opts.batch_bytes);
+    if let Some(d) = duration("options.flush_interval", &o.flush_interval)? {
+        opts.flush_interval = d;
+    }
+    if let Some(d) = duration("options.timeout", &o.timeout)? {
+        opts.timeout = d;
+    }
+    opts.max_records = queue;
+    opts.max_bytes = o.max_buffer_bytes.unwrap_or(opts.max_bytes);
+    // An outage must not stall the application unless the config asks for `block`.
+    opts.overflow = if o.overflow.is_some() {
+        overflow
+    } else {
+        Overflow::DropNewest
+    };
+    opts.gzip = o.gzip.unwrap_or(false);
+    opts.max_retries = o.max_retries.unwrap_or(opts.max_retries);
+    opts.auth = match (&o.username, &o.password, &o.api_key) {
+        (None, None, None) => Auth::None,
+        (Some(user), Some(password), None) => Auth::Basic {
+            username: user.clone(),
+            password: password.expose().to_owned(),
+        },
+        (None, None, Some(key)) => Auth::ApiKey(key.expose().to_owned()),
+        (_, _, Some(_)) => {
+            return Err(bad(
+                "options.api_key",
+                "give either username and password or api_key, not both",
+            ));
+        }
+        _ => {
+            return Err(bad(
+                "options.username",
+                "basic auth needs both username and password",
+            ));
+        }
+    };
+    opts.ca_file.clone_from(&o.ca_file);
+    opts.dead_letter.clone_from(&o.dead_letter);
+    let sink = ElasticSink::start(format!("{}:elastic", config.name), opts)?;
+    Ok(Arc::new(sink))
 }

@@ -10,11 +10,13 @@ pub enum Error {
         /// The valid types, comma separated.
         valid: String,
     },
-    /// A known type whose sink is not available in this build yet.
-    #[error("logger type {kind:?} is not available yet in this version of keel-log")]
+    /// A known type whose sink is not compiled in (its cargo feature is off).
+    #[error("logger type {kind:?} needs keel-log built with the `{feature}` feature")]
     NotAvailable {
         /// The type.
         kind: String,
+        /// The cargo feature that provides it.
+        feature: &'static str,
     },
     /// A config field has a bad value.
     #[error("invalid logger config field `{field}`: {reason}")]

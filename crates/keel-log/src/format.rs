@@ -171,7 +171,7 @@ fn redact_json(v: serde_json::Value) -> serde_json::Value {
     }
 }
 
-fn json_value(key: &str, value: &Value) -> serde_json::Value {
+pub(crate) fn json_value(key: &str, value: &Value) -> serde_json::Value {
     if is_secret_key(key) {
         return serde_json::Value::String(REDACTED.into());
     }

@@ -27,6 +27,8 @@
 #[cfg(any(feature = "log", feature = "tracing"))]
 pub mod bridge;
 mod config;
+#[cfg(feature = "elastic")]
+mod elastic;
 mod error;
 mod format;
 mod logger;
@@ -35,7 +37,9 @@ mod record;
 mod rotation;
 mod sink;
 
-pub use config::{LOGGER_TYPES, LogConfig, LogOptions, build};
+pub use config::{LOGGER_TYPES, LogConfig, LogOptions, Secret, build};
+#[cfg(feature = "elastic")]
+pub use elastic::{Auth, ElasticOptions, ElasticSink};
 pub use error::Error;
 pub use format::{Format, JsonFormat, REDACTED, TextFormat, is_secret_key};
 pub use logger::{Logger, set_fatal_hook};

@@ -1,4 +1,4 @@
-//! A tiny blocking HTTP/1.1 GET for test assertions against local servers.
+//! A tiny blocking HTTP/1.1 client for test assertions against local servers.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -7,12 +7,40 @@ use std::time::Duration;
 /// `GET path` on `addr`; returns `(status code, body)`. Sends `Connection: close` and reads to
 /// the end, so it needs no chunked decoding unless the server insists on it.
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, "GET", path, None)
+}
+
+/// `method path` on `addr` with an optional JSON/NDJSON body (`Content-Type` is
+/// `application/x-ndjson` when the body has several lines, else `application/json`); returns
+/// `(status code, body)`.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    )?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n"
+    );
+    if let Some(body) = body {
+        let lines = body.iter().filter(|b| **b == b'\n').count();
+        let kind = if lines > 1 {
+            "application/x-ndjson"
+        } else {
+            "application/json"
+        };
+        head.push_str(&format!(
+            "Content-Type: {kind}\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    if let Some(body) = body {
+        stream.write_all(body)?;
+    }
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();

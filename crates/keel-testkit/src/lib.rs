@@ -7,6 +7,8 @@
 //! - [`prometheus`]: a real Prometheus server scraping a target, queried over its HTTP API,
 //!   and the Python `prometheus_client` OpenMetrics parser.
 //!
+//! - [`osmem`]: `osmem-server` (OpenSearch-compatible, in memory) with kill/restart/pause.
+//! - [`proxy`]: an HTTP(S) proxy that injects `_bulk` faults (429, 503, item failures).
 //! - [`writer`]: an in-memory `Write` destination for log sink tests.
 //!
 //! Servers are never assumed to be running: helpers start them and fail with a message that
@@ -16,7 +18,9 @@
 
 pub mod conformance;
 pub mod http;
+pub mod osmem;
 pub mod process;
 pub mod prometheus;
+pub mod proxy;
 pub mod redis;
 pub mod writer;

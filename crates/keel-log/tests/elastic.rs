@@ -1,0 +1,447 @@
+//! The Elasticsearch sink against a real OpenSearch-compatible server (osmem-server), directly
+//! and through a fault-injecting proxy; outages by SIGKILL + restart and by SIGSTOP.
+#![cfg(feature = "elastic")]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_log::{
+    Auth, ElasticOptions, ElasticSink, Error, Level, LogConfig, Logger, Overflow, Sink, field,
+};
+use keel_testkit::osmem::OsmemServer;
+use keel_testkit::proxy::{Fault, FaultProxy, Select};
+use keel_testkit::redis::{TlsFiles, wait_until};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Small batches and a short interval: osmem is slow with big bulks, and tests should not
+/// wait for the 1 s default.
+fn options(url: &str, index: &str) -> ElasticOptions {
+    let mut o = ElasticOptions::new(url);
+    o.index = format!("{index}-%Y.%m.%d");
+    o.batch_records = 50;
+    o.flush_interval = Duration::from_millis(50);
+    o.backoff = Duration::from_millis(20);
+    o.max_backoff = Duration::from_millis(200);
+    o.timeout = Duration::from_secs(5);
+    o
+}
+
+fn start(name: &str, o: ElasticOptions) -> (Arc<ElasticSink>, Logger) {
+    let sink = Arc::new(ElasticSink::start(name, o).expect("sink starts"));
+    let logger = Logger::new(
+        name.to_owned(),
+        Level::Debug,
+        vec![sink.clone() as Arc<dyn Sink>],
+    );
+    (sink, logger)
+}
+
+/// The `seq` field of every document, with how often each occurs.
+fn seqs(server: &OsmemServer, index: &str, size: usize) -> BTreeMap<u64, usize> {
+    let mut seen = BTreeMap::new();
+    for doc in server.documents(&format!("{index}-*"), size) {
+        if let Some(n) = doc["fields"]["seq"].as_u64() {
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    seen
+}
+
+fn exactly_once(seen: &BTreeMap<u64, usize>, range: std::ops::Range<u64>) {
+    let expected: BTreeMap<u64, usize> = range.map(|n| (n, 1)).collect();
+    assert_eq!(seen, &expected, "every record exactly once");
+}
+
+fn metric(name: &str, labels: &str) -> Option<f64> {
+    let text = keel_metrics::MetricsService::global().render();
+    let prefix = format!("keel_{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn every_record_arrives_once_with_its_fields_from_children_and_threads() {
+    let server = OsmemServer::start();
+    let (sink, logger) = start("es-shape", options(&server.url(), "shape"));
+    let child = logger.with_fields(&[field("node", "mx1"), field("password", "hunter2")]);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let child = child.clone();
+            s.spawn(move || {
+                for i in 0..100u64 {
+                    child.info(
+                        "delivered \"quoted\"\nline",
+                        &[field("seq", t * 100 + i), field("thread", t)],
+                    );
+                }
+            });
+        }
+    });
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.pending, stats.failed), (400, 0, 0));
+    assert_eq!(sink.buffered(), 0);
+    exactly_once(&seqs(&server, "shape", 1000), 0..400);
+    let doc = &server.documents("shape-*", 1)[0];
+    assert!(humantime::parse_rfc3339(doc["@timestamp"].as_str().unwrap()).is_ok());
+    assert_eq!(doc["level"], "INFO");
+    assert_eq!(doc["logger"], "es-shape");
+    assert_eq!(doc["message"], "delivered \"quoted\"\nline");
+    assert_eq!(doc["fields"]["node"], "mx1");
+    assert_eq!(doc["fields"]["password"], "[REDACTED]");
+    let id = doc["_id"].as_str().unwrap();
+    assert!(id.starts_with(&format!("{}-", sink.id_prefix())), "{id}");
+    let today = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
+    let index = format!("shape-{}.{}.{}", &today[0..4], &today[5..7], &today[8..10]);
+    // Around midnight UTC the documents may straddle two indices; count both ways.
+    assert!(server.count(&index) > 0 || server.count("shape-*") == 400);
+    assert_eq!(
+        metric("es_documents_total", "sink=\"es-shape\",status=\"success\""),
+        Some(400.0)
+    );
+    assert_eq!(
+        metric("es_buffer_records", "sink=\"es-shape\""),
+        Some(0.0),
+        "the gauge is back to zero"
+    );
+    let stats = logger.shutdown(LONG);
+    assert_eq!(stats.pending, 0);
+}
+
+#[test]
+fn gzip_bodies_and_basic_auth_reach_the_server() {
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let mut o = options(&proxy.url(), "gz");
+    o.gzip = true;
+    o.auth = Auth::Basic {
+        username: "elastic".into(),
+        password: "changeme".into(),
+    };
+    let (_sink, logger) = start("es-gzip", o);
+    for i in 0..120u64 {
+        logger.warn("compressed", &[field("seq", i)]);
+    }
+    assert_eq!(logger.flush(LONG).written, 120);
+    exactly_once(&seqs(&server, "gz", 500), 0..120);
+    let headers = proxy.last_headers();
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(get("content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(get("content-type").as_deref(), Some("application/x-ndjson"));
+    // base64("elastic:changeme")
+    assert_eq!(
+        get("authorization").as_deref(),
+        Some("Basic ZWxhc3RpYzpjaGFuZ2VtZQ==")
+    );
+    drop(logger);
+
+    let mut o = options(&proxy.url(), "key");
+    o.auth = Auth::ApiKey("a2V5OnNlY3JldA==".into());
+    let (_sink, logger) = start("es-apikey", o);
+    logger.info("keyed", &[field("seq", 0)]);
+    assert_eq!(logger.flush(LONG).written, 1);
+    let auth = proxy
+        .last_headers()
+        .into_iter()
+        .find(|(k, _)| k == "authorization");
+    assert_eq!(
+        auth.map(|(_, v)| v).as_deref(),
+        Some("ApiKey a2V5OnNlY3JldA==")
+    );
+}
+
+#[test]
+fn mapping_errors_go_to_the_dead_letter_file_and_the_rest_arrives() {
+    let server = OsmemServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let mut o = options(&server.url(), "map");
+    o.dead_letter = Some(dead.clone());
+    let (_sink, logger) = start("es-mapping", o);
+    logger.info("numeric first", &[field("seq", 0), field("n", 1)]);
+    assert_eq!(logger.flush(LONG).written, 1);
+    // `fields.n` is now a long: a string that is not a number is a mapping error (400).
+    logger.info("bad type", &[field("seq", 1), field("n", "not a number")]);
+    logger.info("fine", &[field("seq", 2), field("n", 3)]);
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (2, 1, 0));
+    let seen = seqs(&server, "map", 100);
+    assert_eq!(seen, BTreeMap::from([(0, 1), (2, 1)]));
+    assert_eq!(server.count("map-*"), 2);
+    let text = std::fs::read_to_string(&dead).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["status"], 400);
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("mapper_parsing_exception"),
+        "{text}"
+    );
+    assert_eq!(lines[0]["document"]["message"], "bad type");
+    assert_eq!(lines[0]["document"]["fields"]["seq"], 1);
+    assert_eq!(
+        metric("es_documents_total", "sink=\"es-mapping\",status=\"rejected\""),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn whole_request_failures_are_retried_without_duplicates() {
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    proxy.push(Fault::Status(429));
+    proxy.push(Fault::Status(503));
+    // The server stores the batch, but the answer says 503: the retry must not duplicate.
+    proxy.push(Fault::ForwardThenStatus(503));
+    proxy.push(Fault::Hangup);
+    proxy.push(Fault::ForwardThenStatus(502));
+    let (_sink, logger) = start("es-whole", options(&proxy.url(), "whole"));
+    for i in 0..300u64 {
+        logger.info("retried", &[field("seq", i)]);
+    }
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (300, 0, 0));
+    exactly_once(&seqs(&server, "whole", 1000), 0..300);
+    assert!(proxy.requests() >= 5 + 300 / 50, "{}", proxy.requests());
+    assert!(metric("es_bulk_requests_total", "sink=\"es-whole\",status=\"throttled\"") >= Some(1.0));
+    assert!(
+        metric("es_bulk_requests_total", "sink=\"es-whole\",status=\"server_error\"") >= Some(2.0)
+    );
+    assert!(metric("es_bulk_requests_total", "sink=\"es-whole\",status=\"network\"") >= Some(1.0));
+}
+
+#[test]
+fn failed_items_are_retried_alone_and_given_up_after_the_limit() {
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    proxy.push(Fault::Items {
+        select: Select::Every(3),
+        status: 429,
+    });
+    proxy.push(Fault::Items {
+        select: Select::Every(2),
+        status: 503,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let mut o = options(&proxy.url(), "items");
+    o.max_retries = 2;
+    o.dead_letter = Some(dead.clone());
+    let (_sink, logger) = start("es-items", o);
+    for i in 0..100u64 {
+        logger.info("item", &[field("seq", i)]);
+    }
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (100, 0, 0));
+    exactly_once(&seqs(&server, "items", 1000), 0..100);
+    assert!(proxy.items() > 100, "some items were sent twice");
+    assert!(
+        metric("es_bulk_requests_total", "sink=\"es-items\",status=\"partial\"") >= Some(2.0)
+    );
+
+    // An item that always fails with 503 goes to the dead-letter file after 2 retries.
+    proxy.set_always(Some(Fault::Items {
+        select: Select::Containing("poison".into()),
+        status: 503,
+    }));
+    let before = proxy.items();
+    logger.info("poison pill", &[field("seq", 100)]);
+    logger.info("healthy", &[field("seq", 101)]);
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (101, 1, 0));
+    assert_eq!(proxy.items() - before, 2 + 2, "first try of both, then 2 retries");
+    let text = std::fs::read_to_string(&dead).unwrap();
+    assert!(text.contains("gave up after 2 retries"), "{text}");
+    assert!(text.contains("poison pill"), "{text}");
+    assert_eq!(server.count("items-*"), 101);
+    assert_eq!(
+        metric("es_documents_total", "sink=\"es-items\",status=\"exhausted\""),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn an_outage_within_the_bound_loses_nothing_and_duplicates_nothing() {
+    let mut server = OsmemServer::start();
+    let mut o = options(&server.url(), "outage");
+    o.max_records = 1000;
+    o.timeout = Duration::from_secs(2);
+    let (sink, logger) = start("es-outage", o);
+    for i in 0..100u64 {
+        logger.info("before", &[field("seq", i)]);
+    }
+    assert_eq!(logger.flush(LONG).written, 100);
+    server.kill();
+    for i in 100..600u64 {
+        logger.info("during", &[field("seq", i)]);
+    }
+    // Nothing can be delivered while the server is down.
+    let stats = logger.flush(Duration::from_millis(300));
+    assert_eq!((stats.written, stats.dropped), (100, 0));
+    assert_eq!(stats.pending, 500);
+    assert_eq!(sink.buffered(), 500);
+    server.restart(); // empty: only what was logged during the outage can arrive
+    let stats = logger.flush(LONG);
+    assert_eq!(
+        (stats.written, stats.dropped, stats.failed, stats.pending),
+        (600, 0, 0, 0)
+    );
+    exactly_once(&seqs(&server, "outage", 2000), 100..600);
+}
+
+#[test]
+fn beyond_the_bound_the_drop_count_is_exact_and_reported_in_band() {
+    let mut server = OsmemServer::start();
+    let mut o = options(&server.url(), "bound");
+    o.max_records = 100;
+    o.overflow = Overflow::DropNewest;
+    let (_sink, logger) = start("es-bound", o);
+    server.kill();
+    for i in 0..250u64 {
+        logger.info("flood", &[field("seq", i)]);
+    }
+    let stats = logger.flush(Duration::from_millis(200));
+    assert_eq!((stats.dropped, stats.pending), (150, 100));
+    assert_eq!(
+        metric("es_dropped_total", "sink=\"es-bound\""),
+        Some(150.0)
+    );
+    server.restart();
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.dropped, stats.pending), (100, 150, 0));
+    exactly_once(&seqs(&server, "bound", 1000), 0..100);
+    let reports: Vec<serde_json::Value> = server
+        .documents("bound-*", 1000)
+        .into_iter()
+        .filter(|d| d["fields"]["dropped"].is_u64())
+        .collect();
+    assert_eq!(reports.len(), 1, "one in-band report");
+    assert_eq!(reports[0]["fields"]["dropped"], 150);
+    assert_eq!(reports[0]["message"], "150 records dropped");
+}
+
+#[test]
+fn a_frozen_server_times_out_and_the_retry_does_not_duplicate() {
+    let server = OsmemServer::start();
+    let mut o = options(&server.url(), "frozen");
+    o.timeout = Duration::from_millis(300);
+    let (_sink, logger) = start("es-frozen", o);
+    logger.info("warm", &[field("seq", 0)]);
+    assert_eq!(logger.flush(LONG).written, 1);
+    server.pause();
+    for i in 1..200u64 {
+        logger.info("while frozen", &[field("seq", i)]);
+    }
+    // Requests sent now time out; the kernel queues them, so the server may apply them
+    // after it resumes, and the client retries them anyway.
+    wait_until("a request timed out", LONG, || {
+        metric("es_bulk_requests_total", "sink=\"es-frozen\",status=\"network\"") >= Some(2.0)
+    });
+    server.resume();
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.pending), (200, 0));
+    exactly_once(&seqs(&server, "frozen", 1000), 0..200);
+}
+
+#[test]
+fn shutdown_reports_what_it_could_not_deliver_and_later_writes_are_dropped() {
+    let mut server = OsmemServer::start();
+    let (sink, logger) = start("es-shutdown", options(&server.url(), "down"));
+    server.kill();
+    for i in 0..10u64 {
+        logger.info("never delivered", &[field("seq", i)]);
+    }
+    let stats = sink.shutdown(Duration::from_millis(300));
+    assert_eq!((stats.written, stats.pending), (0, 10));
+    logger.info("after shutdown", &[]);
+    assert_eq!(sink.flush(Duration::from_millis(100)).dropped, 1);
+}
+
+#[test]
+fn tls_with_a_custom_ca_and_untrusted_without_it() {
+    let server = OsmemServer::start();
+    let tls = TlsFiles::generate();
+    let proxy = FaultProxy::start_tls(server.addr(), &tls);
+    let mut o = options(&proxy.url(), "tls");
+    o.ca_file = Some(tls.ca_cert.clone());
+    let (_sink, logger) = start("es-tls", o);
+    for i in 0..20u64 {
+        logger.info("secure", &[field("seq", i)]);
+    }
+    assert_eq!(logger.flush(LONG).written, 20);
+    exactly_once(&seqs(&server, "tls", 100), 0..20);
+
+    // Without the CA the certificate is not trusted: nothing is delivered, nothing is lost.
+    let (sink, logger) = start("es-untrusted", options(&proxy.url(), "untrusted"));
+    logger.info("untrusted", &[field("seq", 0)]);
+    wait_until("a TLS failure", LONG, || {
+        metric(
+            "es_bulk_requests_total",
+            "sink=\"es-untrusted\",status=\"network\"",
+        ) >= Some(1.0)
+    });
+    assert_eq!(sink.buffered(), 1);
+    assert_eq!(server.count("untrusted-*"), 0);
+}
+
+#[test]
+fn config_builds_the_sink_and_rejects_bad_settings_clearly() {
+    // The server is down at start-up: building still works and records wait.
+    let port = keel_testkit::process::free_port();
+    let config = LogConfig::from_toml(&format!(
+        r#"
+type = "elasticsearch"
+name = "es-config"
+formatter = "json"
+[options]
+url = "http://127.0.0.1:{port}"
+index = "cfg-%Y.%m"
+batch_size = 10
+flush_interval = "50ms"
+timeout = "1s"
+username = "elastic"
+password = "s3cret-pass"
+"#
+    ))
+    .unwrap();
+    assert!(!format!("{config:?}").contains("s3cret-pass"));
+    let logger = keel_log::build(&config).expect("builds while the server is down");
+    logger.info("waiting", &[]);
+    assert_eq!(logger.flush(Duration::from_millis(200)).pending, 1);
+
+    let bad = |extra: &str| {
+        let text = format!("type = \"elastic\"\nname = \"x\"\n[options]\n{extra}\n");
+        keel_log::build(&LogConfig::from_toml(&text).unwrap()).unwrap_err()
+    };
+    for (extra, field) in [
+        ("", "options.url"),
+        ("url = \"not a url\"", "options.url"),
+        ("url = \"ftp://127.0.0.1\"", "options.url"),
+        ("url = \"http://127.0.0.1:9200\"\nindex = \"Logs-%Y\"", "options.index"),
+        ("url = \"http://127.0.0.1:9200\"\nindex = \"logs-%Q\"", "options.index"),
+        ("url = \"http://127.0.0.1:9200\"\nusername = \"u\"", "options.username"),
+        (
+            "url = \"http://127.0.0.1:9200\"\nca_file = \"/nonexistent/ca.pem\"",
+            "options.ca_file",
+        ),
+        ("url = \"http://127.0.0.1:9200\"\nflush_interval = \"soon\"", "options.flush_interval"),
+    ] {
+        let err = bad(extra);
+        assert!(
+            matches!(&err, Error::InvalidConfig { field: f, .. } if f == field),
+            "{extra:?}: {err}"
+        );
+    }
+}
