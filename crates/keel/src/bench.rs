@@ -365,7 +365,9 @@ fn log(a: &LogArgs) -> Result<()> {
     let _ = progress.join();
     bar.finish_and_clear();
 
+    // Records given per second (dropped ones included), and records that reached the sink.
     let per_sec = a.records as f64 / elapsed.as_secs_f64();
+    let written_per_sec = stats.written as f64 / elapsed.as_secs_f64();
     if a.json {
         println!(
             "{}",
@@ -377,6 +379,7 @@ fn log(a: &LogArgs) -> Result<()> {
                 "seconds": elapsed.as_secs_f64(),
                 "logging_seconds": logged.as_secs_f64(),
                 "records_per_sec": per_sec.round(),
+                "written_per_sec": written_per_sec.round(),
                 "written": stats.written,
                 "dropped": stats.dropped,
                 "failed": stats.failed,
@@ -389,7 +392,7 @@ fn log(a: &LogArgs) -> Result<()> {
             a.records, a.threads, config.name, config.kind, elapsed, logged
         );
         println!(
-            "{per_sec:.0} records/s   written {}   dropped {}   failed {}   pending {}",
+            "{per_sec:.0} records/s ({written_per_sec:.0}/s written)   written {}   dropped {}   failed {}   pending {}",
             stats.written, stats.dropped, stats.failed, stats.pending
         );
     }

@@ -180,6 +180,7 @@ fn log_run_with_drops_accounts_for_every_record() {
     assert_eq!(v["records"], 20_000);
     assert_eq!(v["threads"], 4);
     assert!(v["records_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["written_per_sec"].as_f64().unwrap() <= v["records_per_sec"].as_f64().unwrap());
 
     let text = std::fs::read_to_string(&live).unwrap();
     let lines: Vec<serde_json::Value> = text
