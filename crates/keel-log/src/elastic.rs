@@ -3,9 +3,9 @@
 //! dead-letter file for documents the server rejects.
 //!
 //! Delivery model:
-//! - `write` encodes the document on the caller's thread (so the buffer's byte bound is exact)
-//!   and queues it; the bound counts every document not yet finished, including those in flight
-//!   or waiting for a retry. A full buffer applies the sink's [`Overflow`] policy.
+//! - `write` only queues the record; the sender thread encodes it. The bound counts every
+//!   document not yet finished, including those in flight or waiting for a retry, in documents
+//!   and in estimated encoded bytes. A full buffer applies the sink's [`Overflow`] policy.
 //! - A batch leaves when it reaches `batch_records` or `batch_bytes`, when the oldest queued
 //!   document is `flush_interval` old, or on `flush`/`shutdown`.
 //! - Whole-request failures (network errors, timeouts, HTTP 429 and 5xx, unreadable answers)
@@ -82,7 +82,8 @@ pub struct ElasticOptions {
     pub flush_interval: Duration,
     /// Buffer bound in documents, counting those in flight and awaiting retry (default 10 000).
     pub max_records: usize,
-    /// Buffer bound in encoded bytes (default 32 MiB). A single larger document is dropped.
+    /// Buffer bound in bytes of encoded documents, as estimated when they are written
+    /// (default 32 MiB). A single larger document is dropped.
     pub max_bytes: usize,
     /// What a write does when the buffer is full (default: drop the new record, so an outage
     /// never stalls the application).
@@ -156,7 +157,9 @@ fn check_index_chars(name: &str, field: &str) -> Result<(), Error> {
     {
         return Err(bad(
             field,
-            format!("{name:?} contains {c:?}; index names are lowercase without \\ / * ? \" < > | , # : or spaces"),
+            format!(
+                "{name:?} contains {c:?}; index names are lowercase without \\ / * ? \" < > | , # : or spaces"
+            ),
         ));
     }
     if name.starts_with(['-', '_', '+']) {
@@ -346,22 +349,33 @@ impl EsMetrics {
     fn documents(&self, status: &'static str, n: u64) {
         if n > 0 {
             self.documents
-                .get_or_create(&vec![("sink", self.sink.clone()), ("status", status.into())])
+                .get_or_create(&vec![
+                    ("sink", self.sink.clone()),
+                    ("status", status.into()),
+                ])
                 .inc_by(n);
         }
     }
 
     fn request(&self, status: &'static str) {
         self.requests
-            .get_or_create(&vec![("sink", self.sink.clone()), ("status", status.into())])
+            .get_or_create(&vec![
+                ("sink", self.sink.clone()),
+                ("status", status.into()),
+            ])
             .inc();
     }
 }
 
-/// One encoded document: the action line and the source line.
+/// One document: a record waiting to be encoded, then its action and source lines.
 struct Doc {
     seq: u64,
+    /// The record until the sender encodes it (on its own thread, not the caller's).
+    record: Option<Arc<Record>>,
+    /// The encoded action and source lines (empty until encoded).
     bytes: Vec<u8>,
+    /// The size the buffer bound counts: an estimate of the encoded size made at `write`.
+    size: usize,
     /// Item-level retries so far.
     attempts: u32,
     /// Whether it counts against the buffer bound (the in-band drop report does not).
@@ -667,9 +681,7 @@ impl Sink for ElasticSink {
 
     fn write(&self, record: Arc<Record>) {
         let shared = &self.shared;
-        let mut bytes = Vec::with_capacity(256);
-        shared.encode(&record, &mut bytes);
-        let len = bytes.len();
+        let len = estimate(&record);
         if len > shared.opts.max_bytes {
             shared.drop_one();
             return;
@@ -708,7 +720,9 @@ impl Sink for ElasticSink {
             Instant::now(),
             Doc {
                 seq,
-                bytes,
+                record: Some(record),
+                bytes: Vec::new(),
+                size: len,
                 attempts: 0,
                 counted: true,
             },
@@ -900,16 +914,16 @@ impl Sender {
                     (None, until)
                 } else {
                     let mut batch = std::mem::take(&mut retry);
-                    let mut bytes: usize = batch.iter().map(|d| d.bytes.len()).sum();
+                    let mut bytes: usize = batch.iter().map(|d| d.size).sum();
                     while batch.len() < batch_cap
                         && let Some((_, front)) = state.queue.front()
                     {
-                        if !batch.is_empty() && bytes + front.bytes.len() > opts.batch_bytes {
+                        if !batch.is_empty() && bytes + front.size > opts.batch_bytes {
                             break;
                         }
                         let (_, doc) = state.queue.pop_front().expect("front exists");
-                        bytes += doc.bytes.len();
-                        state.queued_bytes -= doc.bytes.len();
+                        bytes += doc.size;
+                        state.queued_bytes -= doc.size;
                         batch.push(doc);
                     }
                     if state.queue.is_empty() {
@@ -923,6 +937,11 @@ impl Sender {
                 self.sleep(wait_until).await;
                 continue;
             };
+            for doc in &mut batch {
+                if let Some(record) = doc.record.take() {
+                    self.shared.encode(&record, &mut doc.bytes);
+                }
+            }
             let lost = self.shared.unreported.swap(0, Ordering::AcqRel);
             if lost > 0 {
                 let report = Record::new(
@@ -937,6 +956,8 @@ impl Sender {
                     0,
                     Doc {
                         seq: 0,
+                        record: None,
+                        size: bytes.len(),
                         bytes,
                         attempts: 0,
                         counted: false,
@@ -1007,9 +1028,11 @@ impl Sender {
                     self.shared.written.fetch_add(ok, Ordering::Relaxed);
                     self.shared.metrics.documents("success", ok);
                     self.shared.metrics.documents("retried", retried);
-                    self.shared
-                        .metrics
-                        .request(if retry.is_empty() { "success" } else { "partial" });
+                    self.shared.metrics.request(if retry.is_empty() {
+                        "success"
+                    } else {
+                        "partial"
+                    });
                     if retry.is_empty() {
                         self.failures = 0;
                         not_before = None;
@@ -1024,7 +1047,7 @@ impl Sender {
             let mut state = shared.lock();
             for doc in finished.iter().filter(|d| d.counted) {
                 state.records -= 1;
-                state.bytes -= doc.bytes.len();
+                state.bytes -= doc.size;
             }
             state.inflight_min = retry.iter().filter(|d| d.counted).map(|d| d.seq).min();
             shared.metrics.buffer.set(state.records as i64);
@@ -1181,7 +1204,46 @@ fn count_items(text: &[u8]) -> Option<usize> {
     struct Items {
         items: Count,
     }
-    serde_json::from_slice::<Items>(text).ok().map(|i| i.items.0)
+    serde_json::from_slice::<Items>(text)
+        .ok()
+        .map(|i| i.items.0)
+}
+
+/// The encoded size of `record`, estimated without encoding it (escapes and redaction make
+/// the real size differ a little); what the byte bound counts.
+fn estimate(record: &Record) -> usize {
+    fn json_size(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Null | serde_json::Value::Bool(_) => 5,
+            serde_json::Value::Number(_) => 20,
+            serde_json::Value::String(s) => s.len() + 2,
+            serde_json::Value::Array(items) => {
+                2 + items.iter().map(|i| json_size(i) + 1).sum::<usize>()
+            }
+            serde_json::Value::Object(map) => {
+                2 + map
+                    .iter()
+                    .map(|(k, v)| k.len() + 4 + json_size(v))
+                    .sum::<usize>()
+            }
+        }
+    }
+    // Action line, timestamp, level and the fixed keys.
+    let fixed = 170;
+    let fields: usize = record
+        .all_fields()
+        .map(|f| {
+            f.key.len()
+                + 4
+                + match &f.value {
+                    Value::Str(s) => s.len() + 2,
+                    Value::I64(_) | Value::U64(_) | Value::F64(_) => 20,
+                    Value::Bool(_) => 5,
+                    Value::Json(v) => json_size(v),
+                }
+        })
+        .sum();
+    fixed + record.logger.len() + record.message.len() + fields
 }
 
 /// `type: reason` of a bulk item error.
@@ -1246,7 +1308,9 @@ mod tests {
             password: "hunter2".into(),
         };
         let text = format!("{basic:?} {:?}", Auth::ApiKey("c2VjcmV0".into()));
-        assert!(text.contains("elastic") && !text.contains("hunter2") && !text.contains("c2VjcmV0"));
+        assert!(
+            text.contains("elastic") && !text.contains("hunter2") && !text.contains("c2VjcmV0")
+        );
     }
 
     #[test]

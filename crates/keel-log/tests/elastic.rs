@@ -192,7 +192,10 @@ fn mapping_errors_go_to_the_dead_letter_file_and_the_rest_arrives() {
     assert_eq!(lines[0]["document"]["message"], "bad type");
     assert_eq!(lines[0]["document"]["fields"]["seq"], 1);
     assert_eq!(
-        metric("es_documents_total", "sink=\"es-mapping\",status=\"rejected\""),
+        metric(
+            "es_documents_total",
+            "sink=\"es-mapping\",status=\"rejected\""
+        ),
         Some(1.0)
     );
 }
@@ -215,11 +218,24 @@ fn whole_request_failures_are_retried_without_duplicates() {
     assert_eq!((stats.written, stats.failed, stats.pending), (300, 0, 0));
     exactly_once(&seqs(&server, "whole", 1000), 0..300);
     assert!(proxy.requests() >= 5 + 300 / 50, "{}", proxy.requests());
-    assert!(metric("es_bulk_requests_total", "sink=\"es-whole\",status=\"throttled\"") >= Some(1.0));
     assert!(
-        metric("es_bulk_requests_total", "sink=\"es-whole\",status=\"server_error\"") >= Some(2.0)
+        metric(
+            "es_bulk_requests_total",
+            "sink=\"es-whole\",status=\"throttled\""
+        ) >= Some(1.0)
     );
-    assert!(metric("es_bulk_requests_total", "sink=\"es-whole\",status=\"network\"") >= Some(1.0));
+    assert!(
+        metric(
+            "es_bulk_requests_total",
+            "sink=\"es-whole\",status=\"server_error\""
+        ) >= Some(2.0)
+    );
+    assert!(
+        metric(
+            "es_bulk_requests_total",
+            "sink=\"es-whole\",status=\"network\""
+        ) >= Some(1.0)
+    );
 }
 
 #[test]
@@ -248,7 +264,10 @@ fn failed_items_are_retried_alone_and_given_up_after_the_limit() {
     exactly_once(&seqs(&server, "items", 1000), 0..100);
     assert!(proxy.items() > 100, "some items were sent twice");
     assert!(
-        metric("es_bulk_requests_total", "sink=\"es-items\",status=\"partial\"") >= Some(2.0)
+        metric(
+            "es_bulk_requests_total",
+            "sink=\"es-items\",status=\"partial\""
+        ) >= Some(2.0)
     );
 
     // An item that always fails with 503 goes to the dead-letter file after 2 retries.
@@ -261,13 +280,20 @@ fn failed_items_are_retried_alone_and_given_up_after_the_limit() {
     logger.info("healthy", &[field("seq", 101)]);
     let stats = logger.flush(LONG);
     assert_eq!((stats.written, stats.failed, stats.pending), (101, 1, 0));
-    assert_eq!(proxy.items() - before, 2 + 2, "first try of both, then 2 retries");
+    assert_eq!(
+        proxy.items() - before,
+        2 + 2,
+        "first try of both, then 2 retries"
+    );
     let text = std::fs::read_to_string(&dead).unwrap();
     assert!(text.contains("gave up after 2 retries"), "{text}");
     assert!(text.contains("poison pill"), "{text}");
     assert_eq!(server.count("items-*"), 101);
     assert_eq!(
-        metric("es_documents_total", "sink=\"es-items\",status=\"exhausted\""),
+        metric(
+            "es_documents_total",
+            "sink=\"es-items\",status=\"exhausted\""
+        ),
         Some(1.0)
     );
 }
@@ -314,10 +340,7 @@ fn beyond_the_bound_the_drop_count_is_exact_and_reported_in_band() {
     }
     let stats = logger.flush(Duration::from_millis(200));
     assert_eq!((stats.dropped, stats.pending), (150, 100));
-    assert_eq!(
-        metric("es_dropped_total", "sink=\"es-bound\""),
-        Some(150.0)
-    );
+    assert_eq!(metric("es_dropped_total", "sink=\"es-bound\""), Some(150.0));
     server.restart();
     let stats = logger.flush(LONG);
     assert_eq!((stats.written, stats.dropped, stats.pending), (100, 150, 0));
@@ -347,7 +370,10 @@ fn a_frozen_server_times_out_and_the_retry_does_not_duplicate() {
     // Requests sent now time out; the kernel queues them, so the server may apply them
     // after it resumes, and the client retries them anyway.
     wait_until("a request timed out", LONG, || {
-        metric("es_bulk_requests_total", "sink=\"es-frozen\",status=\"network\"") >= Some(2.0)
+        metric(
+            "es_bulk_requests_total",
+            "sink=\"es-frozen\",status=\"network\"",
+        ) >= Some(2.0)
     });
     server.resume();
     let stats = logger.flush(LONG);
@@ -429,14 +455,26 @@ password = "s3cret-pass"
         ("", "options.url"),
         ("url = \"not a url\"", "options.url"),
         ("url = \"ftp://127.0.0.1\"", "options.url"),
-        ("url = \"http://127.0.0.1:9200\"\nindex = \"Logs-%Y\"", "options.index"),
-        ("url = \"http://127.0.0.1:9200\"\nindex = \"logs-%Q\"", "options.index"),
-        ("url = \"http://127.0.0.1:9200\"\nusername = \"u\"", "options.username"),
+        (
+            "url = \"http://127.0.0.1:9200\"\nindex = \"Logs-%Y\"",
+            "options.index",
+        ),
+        (
+            "url = \"http://127.0.0.1:9200\"\nindex = \"logs-%Q\"",
+            "options.index",
+        ),
+        (
+            "url = \"http://127.0.0.1:9200\"\nusername = \"u\"",
+            "options.username",
+        ),
         (
             "url = \"http://127.0.0.1:9200\"\nca_file = \"/nonexistent/ca.pem\"",
             "options.ca_file",
         ),
-        ("url = \"http://127.0.0.1:9200\"\nflush_interval = \"soon\"", "options.flush_interval"),
+        (
+            "url = \"http://127.0.0.1:9200\"\nflush_interval = \"soon\"",
+            "options.flush_interval",
+        ),
     ] {
         let err = bad(extra);
         assert!(
@@ -444,4 +482,31 @@ password = "s3cret-pass"
             "{extra:?}: {err}"
         );
     }
+}
+
+#[test]
+fn data_stream_mode_uses_create_and_counts_a_conflict_as_delivered() {
+    // osmem has no data streams; a `create` into a plain index has the same wire behaviour.
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    // The server applies the first batch but the answer is lost: the retry's `create`s all
+    // conflict (409), which means "already delivered".
+    proxy.push(Fault::ForwardThenStatus(503));
+    let mut o = options(&proxy.url(), "unused");
+    o.data_stream = Some("ds-app".into());
+    let (_sink, logger) = start("es-datastream", o);
+    for i in 0..30u64 {
+        logger.info("streamed", &[field("seq", i)]);
+    }
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (30, 0, 0));
+    let mut seen = BTreeMap::new();
+    for doc in server.documents("ds-app", 100) {
+        *seen
+            .entry(doc["fields"]["seq"].as_u64().unwrap())
+            .or_default() += 1;
+    }
+    exactly_once(&seen, 0..30);
+    assert!(proxy.requests() >= 2);
+    assert_eq!(server.count("unused-*"), 0, "the index pattern is not used");
 }

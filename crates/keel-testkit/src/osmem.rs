@@ -16,10 +16,12 @@ pub fn osmem_binary() -> PathBuf {
         return bin.into();
     }
     // scripts/test.sh sets KEEL_VENV; a plain `cargo test` uses the venv it made by default.
-    let venv = std::env::var_os("KEEL_VENV").map(PathBuf::from).or_else(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/keel-venv");
-        dir.is_dir().then_some(dir)
-    });
+    let venv = std::env::var_os("KEEL_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/keel-venv");
+            dir.is_dir().then_some(dir)
+        });
     if let Some(venv) = venv {
         let python = venv.join("bin").join("python");
         if let Ok(out) = Command::new(&python)

@@ -228,20 +228,28 @@ fn serve(inner: &Inner, tcp: TcpStream) {
             });
         let bulk = path.ends_with("/_bulk");
         if bulk {
-            let n = body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() / 2;
+            let n = body
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count()
+                / 2;
             inner.items.fetch_add(n, Ordering::AcqRel);
         }
         let (status, answer) = match fault {
             Some(Fault::Status(status)) => (
                 status,
-                format!(r#"{{"error":{{"type":"injected","reason":"HTTP {status} from the test proxy"}},"status":{status}}}"#),
+                format!(
+                    r#"{{"error":{{"type":"injected","reason":"HTTP {status} from the test proxy"}},"status":{status}}}"#
+                ),
             ),
             Some(Fault::Hangup) => return,
             Some(Fault::ForwardThenStatus(status)) => {
                 let _ = forward(inner, &path, &body);
                 (status, format!(r#"{{"status":{status}}}"#))
             }
-            Some(Fault::Items { select, status }) if bulk => items_fault(inner, &path, &body, &select, status),
+            Some(Fault::Items { select, status }) if bulk => {
+                items_fault(inner, &path, &body, &select, status)
+            }
             _ => forward(inner, &path, &body),
         };
         if respond(&mut *stream, status, &answer).is_err() {
@@ -268,7 +276,10 @@ fn items_fault(
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .collect();
-    let pairs: Vec<(&[u8], &[u8])> = lines.chunks(2).map(|c| (c[0], c.get(1).copied().unwrap_or_default())).collect();
+    let pairs: Vec<(&[u8], &[u8])> = lines
+        .chunks(2)
+        .map(|c| (c[0], c.get(1).copied().unwrap_or_default()))
+        .collect();
     let failing: Vec<bool> = pairs
         .iter()
         .enumerate()
@@ -293,7 +304,11 @@ fn items_fault(
             return (code, text);
         }
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        upstream_items = parsed["items"].as_array().cloned().unwrap_or_default().into();
+        upstream_items = parsed["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into();
     }
     let kind = if status == 429 {
         "es_rejected_execution_exception"
@@ -322,7 +337,10 @@ fn items_fault(
             }
         })
         .collect();
-    (200, serde_json::json!({"took": 1, "errors": true, "items": items}).to_string())
+    (
+        200,
+        serde_json::json!({"took": 1, "errors": true, "items": items}).to_string(),
+    )
 }
 
 /// Reads one request (head text, body bytes); `None` at end of stream or on a bad request.
@@ -365,4 +383,92 @@ fn respond(stream: &mut dyn Stream, status: u16, body: &str) -> std::io::Result<
         body.len()
     )?;
     stream.flush()
+}
+
+/// A `_bulk` endpoint that accepts every document without storing it (for throughput
+/// benches): it answers each request with one `201` item per action line.
+pub struct AcceptAll {
+    addr: SocketAddr,
+    items: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AcceptAll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptAll")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AcceptAll {
+    /// Starts the endpoint on a free loopback port.
+    pub fn start() -> Self {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("endpoint bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("endpoint addr: {e}"));
+        let items = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, halt) = (items.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if halt.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_nodelay(true);
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    while let Some((head, body)) = read_request(&mut stream, &mut buf) {
+                        let body = if head.to_ascii_lowercase().contains("content-encoding: gzip") {
+                            let mut out = Vec::new();
+                            let _ = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out);
+                            out
+                        } else {
+                            body
+                        };
+                        let n = body
+                            .split(|b| *b == b'\n')
+                            .filter(|l| !l.is_empty())
+                            .count()
+                            / 2;
+                        count.fetch_add(n, Ordering::AcqRel);
+                        let mut answer = String::with_capacity(40 + n * 28);
+                        answer.push_str(r#"{"took":0,"errors":false,"items":["#);
+                        for i in 0..n {
+                            if i > 0 {
+                                answer.push(',');
+                            }
+                            answer.push_str(r#"{"index":{"status":201}}"#);
+                        }
+                        answer.push_str("]}");
+                        if respond(&mut stream, 200, &answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, items, stop }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Documents accepted so far.
+    pub fn items(&self) -> usize {
+        self.items.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for AcceptAll {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = TcpStream::connect(self.addr);
+    }
 }
