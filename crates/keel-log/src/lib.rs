@@ -8,7 +8,8 @@
 //! non-blocking [`Sink`]s: a [`QueueSink`] is a bounded queue with an [`Overflow`] policy in
 //! front of a writer thread, and reports drops in-band. [`Manager`] keeps loggers by name
 //! with a default; [`build`] turns a [`LogConfig`] into a logger. Sinks: console and a
-//! rotating [`FileSink`]; the Elasticsearch sink and the `tracing`/`log` bridges come next.
+//! rotating [`FileSink`], and (feature `elastic`) an `ElasticSink` for Elasticsearch and
+//! OpenSearch; `tracing`/`log` bridges in `bridge` (features `tracing`, `log`).
 //!
 //! ```
 //! use keel_log::{Format, JsonFormat, Level, Record, field};
