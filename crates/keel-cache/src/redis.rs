@@ -787,8 +787,12 @@ impl Shared {
 
     /// Maps a client error, and remembers whether the server was reachable.
     fn error(&self, op: Operation, e: &RedisError) -> Error {
+        self.error_in(op.as_str(), e)
+    }
+
+    /// Like [`error`](Self::error) for requests outside the cache operations (`"lock"`).
+    fn error_in(&self, operation: &'static str, e: &RedisError) -> Error {
         let cache = self.name.clone();
-        let operation = op.as_str();
         let readonly = e.code() == Some("READONLY");
         if readonly || e.is_timeout() || e.is_io_error() || e.is_connection_dropped() {
             // In Sentinel mode the master may have moved (a demoted master answers READONLY).
@@ -844,19 +848,7 @@ impl Shared {
         body: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let start = Instant::now();
-        // redis-rs enforces the response timeout itself; this outer bound also covers the
-        // wait for a reconnect.
-        let result = match tokio::time::timeout(self.response_timeout * 2, body).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.healthy.store(false, Ordering::Relaxed);
-                Err(Error::Timeout {
-                    cache: self.name.clone(),
-                    operation: op.as_str(),
-                    after: self.response_timeout * 2,
-                })
-            }
-        };
+        let result = self.bounded(op.as_str(), body).await;
         let elapsed = start.elapsed();
         match &result {
             Ok(v) => {
@@ -866,6 +858,27 @@ impl Shared {
             Err(_) => self.metrics.record(op, Status::Error, elapsed),
         }
         result
+    }
+
+    /// Runs `body` under the outer response bound: redis-rs enforces the response timeout
+    /// itself; this bound also covers the wait for a reconnect. A timeout marks the
+    /// connection unhealthy.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        body: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.response_timeout * 2, body).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                Err(Error::Timeout {
+                    cache: self.name.clone(),
+                    operation,
+                    after: self.response_timeout * 2,
+                })
+            }
+        }
     }
 
     async fn connect(self: &Arc<Self>) -> Result<()> {
@@ -1340,7 +1353,6 @@ impl Shared {
         keys: &[&str],
         args: &[&str],
     ) -> Result<T> {
-        let mut conn = self.conn().await?;
         let mut call = script.prepare_invoke();
         for k in keys {
             call.key(*k);
@@ -1348,15 +1360,13 @@ impl Shared {
         for a in args {
             call.arg(*a);
         }
-        let run = call.invoke_async(&mut conn);
-        match tokio::time::timeout(self.response_timeout * 2, run).await {
-            Ok(r) => r.map_err(|e| self.error(Operation::SetNx, &e)),
-            Err(_) => Err(Error::Timeout {
-                cache: self.name.clone(),
-                operation: "lock",
-                after: self.response_timeout * 2,
-            }),
-        }
+        let run = async {
+            let mut conn = self.conn().await?;
+            call.invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.error_in("lock", &e))
+        };
+        self.bounded("lock", run).await
     }
 }
 

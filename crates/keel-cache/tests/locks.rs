@@ -368,3 +368,24 @@ async fn paused_redis_fires_lost_before_the_lock_can_expire() {
     assert!(at >= deadline, "fired before the deadline it promised");
     drop(g);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_gives_a_lock_timeout_not_a_hang() {
+    let redis = Redis::standalone();
+    let locker = redis.locker();
+    let server = redis._server.as_ref().unwrap();
+    server.pause();
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        locker.try_lock("frozen", Duration::from_secs(5)),
+    )
+    .await;
+    server.resume();
+    let err = result
+        .expect("the response timeout bounds the call")
+        .expect_err("a frozen server cannot grant a lock");
+    assert!(
+        matches!(&err, Error::Timeout { operation, .. } if *operation == "lock"),
+        "{err:?}"
+    );
+}
