@@ -338,13 +338,19 @@ fn elastic_sink(
 ) -> Result<Arc<dyn Sink>, Error> {
     use crate::elastic::{Auth, ElasticOptions, ElasticSink};
     let o = &config.options;
-    let url = o.url.clone().or_else(|| config.output.clone()).ok_or_else(|| {
-        bad(
-            "options.url",
-            "an elastic logger needs the cluster URL (options.url or output)",
-        )
-    })?;
-    let duration = |field: &str, v: &Option<String>| -> Result<Option<std::time::Duration>, Error> {
+    let url = o
+        .url
+        .clone()
+        .or_else(|| config.output.clone())
+        .ok_or_else(|| {
+            bad(
+                "options.url",
+                "an elastic logger needs the cluster URL (options.url or output)",
+            )
+        })?;
+    let duration = |field: &str,
+                    v: &Option<String>|
+     -> Result<Option<std::time::Duration>, Error> {
         v.as_deref()
             .map(|t| humantime::parse_duration(t).map_err(|e| bad(field, format!("{t:?}: {e}"))))
             .transpose()

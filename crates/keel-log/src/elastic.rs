@@ -28,7 +28,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::error::Error;
-use crate::format::{JsonFormat, json_value};
+use crate::format::{JsonFormat, json_value, rfc3339_millis};
 use crate::record::{Field, Level, Record, Value, field};
 use crate::rotation::{FileOptions, FileSink};
 use crate::sink::{DeliveryStats, Overflow, Sink};
@@ -231,33 +231,51 @@ fn expand(pieces: &[Piece], stamp: &str, out: &mut String) {
     }
 }
 
+/// `base` with any `user:password@` replaced, for error messages.
+fn redact_url(base: &str) -> String {
+    let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}{}@{}", crate::REDACTED, &rest[at + 1..])
+        }
+        None => base.to_owned(),
+    }
+}
+
 fn bulk_url(base: &str) -> Result<reqwest::Url, Error> {
+    let shown = redact_url(base);
+    if shown != base {
+        return Err(bad(
+            "options.url",
+            format!(
+                "{shown:?}: put credentials in options.username/password or options.api_key, not in the URL"
+            ),
+        ));
+    }
     let url = reqwest::Url::parse(base.trim_end_matches('/'))
-        .map_err(|e| bad("options.url", format!("{base:?} is not a URL: {e}")))?;
+        .map_err(|e| bad("options.url", format!("{shown:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad(
             "options.url",
-            format!("{base:?}: the scheme must be http or https"),
+            format!("{shown:?}: the scheme must be http or https"),
         ));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("options.url", format!("{base:?} has no host")));
+        return Err(bad("options.url", format!("{shown:?} has no host")));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad(
             "options.url",
-            format!("{base:?}: give the base URL without a query or fragment"),
-        ));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad(
-            "options.url",
-            "put credentials in options.username/password or options.api_key, not in the URL",
+            format!("{shown:?}: give the base URL without a query or fragment"),
         ));
     }
     let mut bulk = url.clone();
     let path = format!("{}/_bulk", url.path().trim_end_matches('/'));
     bulk.set_path(&path);
+    // Only what the sender reads: smaller answers for big batches.
+    bulk.set_query(Some("filter_path=errors,items.*.status,items.*.error"));
     Ok(bulk)
 }
 
@@ -425,11 +443,42 @@ struct Shared {
     pattern: Vec<Piece>,
     /// Rejected documents go here (JSON lines), when configured.
     dead_letter: Option<FileSink>,
+    /// The index (or data stream) name's length, for the size estimate.
+    index_len: usize,
+    /// The last delivery error, and when one was last printed to stderr.
+    last_error: Mutex<(Option<String>, Option<Instant>)>,
+}
+
+/// How often a failing sink may print to stderr.
+const ERROR_PRINT_EVERY: Duration = Duration::from_secs(60);
+
+thread_local! {
+    /// Set on the sender thread: records logged from it (by a `log`/`tracing` bridge fed by
+    /// reqwest or hyper) are discarded, so the sink never feeds or blocks itself.
+    static IN_SENDER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remembers a delivery error and prints it to stderr at most once a minute (it cannot be
+    /// logged through the sink that is failing).
+    fn note_error(&self, reason: &str) {
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last.0 = Some(reason.to_owned());
+        if last.1.is_none_or(|t| t.elapsed() >= ERROR_PRINT_EVERY) {
+            last.1 = Some(Instant::now());
+            eprintln!(
+                "keel-log: elasticsearch sink {:?}: {reason} (repeats are not printed for {}s; see keel_es_bulk_requests_total)",
+                self.name,
+                ERROR_PRINT_EVERY.as_secs()
+            );
+        }
     }
 
     fn drop_one(&self) {
@@ -449,7 +498,7 @@ impl Shared {
 
     /// Appends the action and source lines of `record` to `out`.
     fn encode(&self, record: &Record, out: &mut Vec<u8>) {
-        let stamp = humantime::format_rfc3339_millis(record.time).to_string();
+        let stamp = rfc3339_millis(record.time);
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let mut index = String::with_capacity(32);
         let action = match &self.opts.data_stream {
@@ -542,6 +591,23 @@ impl ElasticSink {
                 "must be longer than zero",
             ));
         }
+        if let Auth::ApiKey(key) = &options.auth
+            && (key.is_empty()
+                || reqwest::header::HeaderValue::from_str(&format!("ApiKey {key}")).is_err())
+        {
+            return Err(bad(
+                "options.api_key",
+                "the API key is empty or has characters a header cannot carry",
+            ));
+        }
+        if let Auth::Basic { username, .. } = &options.auth
+            && username.contains(':')
+        {
+            return Err(bad(
+                "options.username",
+                "a basic-auth user cannot contain ':'",
+            ));
+        }
         let tls = tls_config(options.ca_file.as_deref())?;
         let dead_letter = match &options.dead_letter {
             Some(path) => {
@@ -569,6 +635,9 @@ impl ElasticSink {
         })?;
         let id_prefix: String = prefix.iter().map(|b| format!("{b:02x}")).collect();
         let client = reqwest::Client::builder()
+            // A redirect would turn the POST into a GET; proxies come only from the config.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .timeout(options.timeout)
             .connect_timeout(options.timeout.min(Duration::from_secs(5)))
             .tls_backend_preconfigured(tls)
@@ -577,7 +646,12 @@ impl ElasticSink {
                 sink: name.clone(),
                 source: std::io::Error::other(e.to_string()),
             })?;
+        let index_len = options
+            .data_stream
+            .as_ref()
+            .map_or(options.index.len() + 8, String::len);
         let shared = Arc::new(Shared {
+            index_len,
             metrics: EsMetrics::new(&name),
             name: name.clone(),
             state: Mutex::new(State {
@@ -604,6 +678,7 @@ impl ElasticSink {
             pattern,
             opts: options,
             dead_letter,
+            last_error: Mutex::new((None, None)),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -616,6 +691,18 @@ impl ElasticSink {
         let worker = std::thread::Builder::new()
             .name(format!("keel-es-{name}"))
             .spawn(move || {
+                IN_SENDER.with(|f| f.set(true));
+                // Marks the sink stopped however the thread ends (a panic included), so
+                // writers and flushes never wait for a sender that is gone.
+                struct Stopped(Arc<Shared>);
+                impl Drop for Stopped {
+                    fn drop(&mut self) {
+                        self.0.lock().stopped = true;
+                        self.0.progress.notify_all();
+                        self.0.space.notify_all();
+                    }
+                }
+                let _stopped = Stopped(worker_shared.clone());
                 let sender = Sender {
                     shared: worker_shared.clone(),
                     client,
@@ -624,11 +711,6 @@ impl ElasticSink {
                     rng: u64::from_le_bytes(prefix) | 1,
                 };
                 runtime.block_on(sender.run());
-                let mut state = worker_shared.lock();
-                state.stopped = true;
-                drop(state);
-                worker_shared.progress.notify_all();
-                worker_shared.space.notify_all();
             })
             .map_err(|source| Error::Sink { sink: name, source })?;
         Ok(Self {
@@ -640,6 +722,17 @@ impl ElasticSink {
     /// The id prefix of this sink's documents (`<prefix>-<n>`), for tests and forensics.
     pub fn id_prefix(&self) -> &str {
         &self.shared.id_prefix
+    }
+
+    /// The last delivery error (a network error, an HTTP status, a rejected document), if
+    /// any; also printed to stderr at most once a minute.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
     }
 
     /// Documents not yet finished (queued, in flight or awaiting retry).
@@ -680,8 +773,11 @@ impl Sink for ElasticSink {
     }
 
     fn write(&self, record: Arc<Record>) {
+        if IN_SENDER.with(std::cell::Cell::get) {
+            return;
+        }
         let shared = &self.shared;
-        let len = estimate(&record);
+        let len = estimate(&record, shared.index_len);
         if len > shared.opts.max_bytes {
             shared.drop_one();
             return;
@@ -875,7 +971,7 @@ impl Sender {
     }
 
     async fn deliver(&mut self) {
-        let mut retry: Vec<Doc> = Vec::new();
+        let mut retry: VecDeque<Doc> = VecDeque::new();
         let mut not_before: Option<Instant> = None;
         let mut batch_cap = self.shared.opts.batch_records;
         loop {
@@ -889,8 +985,11 @@ impl Sender {
                 let now = Instant::now();
                 let backing_off = not_before.is_some_and(|t| now < t);
                 let opts = &shared.opts;
-                let due = state.flush_requested
-                    || state.closing
+                let urgent = state.flush_requested || state.closing;
+                // Drops not yet reported, and no report already on its way.
+                let report_due = shared.unreported.load(Ordering::Acquire) > 0
+                    && retry.iter().all(|d| d.counted);
+                let due = urgent
                     || state.queue.len() >= opts.batch_records
                     || state.queued_bytes >= opts.batch_bytes
                     || state
@@ -898,13 +997,14 @@ impl Sender {
                         .front()
                         .is_some_and(|(t, _)| now.duration_since(*t) >= opts.flush_interval)
                     || !retry.is_empty();
-                if state.closing && state.queue.is_empty() && retry.is_empty() {
+                let nothing = state.queue.is_empty() && retry.is_empty() && !(urgent && report_due);
+                if state.closing && nothing {
                     return;
                 }
                 if state.queue.is_empty() {
                     state.flush_requested = false;
                 }
-                if !due || backing_off || (state.queue.is_empty() && retry.is_empty()) {
+                if !due || backing_off || nothing {
                     let oldest_due = state.queue.front().map(|(t, _)| *t + opts.flush_interval);
                     let until = match (backing_off, not_before, oldest_due) {
                         (true, Some(t), _) => Some(t),
@@ -913,12 +1013,24 @@ impl Sender {
                     };
                     (None, until)
                 } else {
-                    let mut batch = std::mem::take(&mut retry);
-                    let mut bytes: usize = batch.iter().map(|d| d.size).sum();
-                    while batch.len() < batch_cap
-                        && let Some((_, front)) = state.queue.front()
-                    {
-                        if !batch.is_empty() && bytes + front.size > opts.batch_bytes {
+                    // Retries first (they are the oldest), then queued documents; the cap
+                    // (halved after a 413) and the byte limit apply to both.
+                    let mut batch = Vec::new();
+                    let mut bytes = 0;
+                    let fits = |batch: &Vec<Doc>, bytes: usize, size: usize| {
+                        batch.is_empty()
+                            || (batch.len() < batch_cap && bytes + size <= opts.batch_bytes)
+                    };
+                    while let Some(front) = retry.front() {
+                        if !fits(&batch, bytes, front.size) {
+                            break;
+                        }
+                        let doc = retry.pop_front().expect("front exists");
+                        bytes += doc.size;
+                        batch.push(doc);
+                    }
+                    while let Some((_, front)) = state.queue.front() {
+                        if !fits(&batch, bytes, front.size) {
                             break;
                         }
                         let (_, doc) = state.queue.pop_front().expect("front exists");
@@ -929,7 +1041,12 @@ impl Sender {
                     if state.queue.is_empty() {
                         state.flush_requested = false;
                     }
-                    state.inflight_min = batch.iter().map(|d| d.seq).min();
+                    state.inflight_min = batch
+                        .iter()
+                        .chain(&retry)
+                        .filter(|d| d.counted)
+                        .map(|d| d.seq)
+                        .min();
                     (Some(batch), None)
                 }
             };
@@ -942,57 +1059,57 @@ impl Sender {
                     self.shared.encode(&record, &mut doc.bytes);
                 }
             }
-            let lost = self.shared.unreported.swap(0, Ordering::AcqRel);
-            if lost > 0 {
-                let report = Record::new(
-                    Level::Warn,
-                    self.shared.name.clone(),
-                    format!("{lost} records dropped"),
-                )
-                .with(vec![field("dropped", lost)]);
-                let mut bytes = Vec::new();
-                self.shared.encode(&report, &mut bytes);
-                batch.insert(
-                    0,
-                    Doc {
-                        seq: 0,
-                        record: None,
-                        size: bytes.len(),
-                        bytes,
-                        attempts: 0,
-                        counted: false,
-                    },
-                );
+            // One drop report in flight at a time; drops counted meanwhile go in the next.
+            if batch.iter().chain(&retry).all(|d| d.counted) {
+                let lost = self.shared.unreported.swap(0, Ordering::AcqRel);
+                if lost > 0 {
+                    batch.insert(0, self.drop_report(lost));
+                }
             }
             let outcome = self.send(&batch).await;
             let mut finished: Vec<Doc> = Vec::new();
+            let requeue = |retry: &mut VecDeque<Doc>, batch: Vec<Doc>| {
+                for doc in batch.into_iter().rev() {
+                    retry.push_front(doc);
+                }
+            };
             match outcome {
-                Outcome::Retry(status, _why) => {
+                Outcome::Retry(status, why) => {
                     self.shared.metrics.request(status);
+                    self.shared.note_error(&why);
                     self.failures += 1;
                     not_before = Some(Instant::now() + self.backoff());
-                    retry = batch;
+                    requeue(&mut retry, batch);
                 }
                 Outcome::TooLarge if batch.len() > 1 => {
                     self.shared.metrics.request("client_error");
+                    self.shared.note_error(&format!(
+                        "HTTP 413 for {} documents; halving the batch",
+                        batch.len()
+                    ));
                     batch_cap = (batch.len() / 2).max(1);
-                    retry = batch;
+                    requeue(&mut retry, batch);
                 }
                 Outcome::TooLarge => {
                     self.shared.metrics.request("client_error");
-                    self.reject_all(&mut batch, 413, "request entity too large");
+                    self.reject_all(&batch, 413, "HTTP 413: a single document is too large");
                     finished = batch;
                 }
                 Outcome::Refused(status, why) => {
                     self.shared.metrics.request("client_error");
-                    self.reject_all(&mut batch, status, &why);
+                    self.reject_all(&batch, status, &why);
                     finished = batch;
                 }
                 Outcome::Items(items) if items.len() != batch.len() => {
                     self.shared.metrics.request("server_error");
+                    self.shared.note_error(&format!(
+                        "the _bulk answer has {} items for {} documents",
+                        items.len(),
+                        batch.len()
+                    ));
                     self.failures += 1;
                     not_before = Some(Instant::now() + self.backoff());
-                    retry = batch;
+                    requeue(&mut retry, batch);
                 }
                 Outcome::Items(items) => {
                     let create = self.shared.opts.data_stream.is_some();
@@ -1018,7 +1135,7 @@ impl Sender {
                                 finished.push(doc);
                             } else {
                                 retried += 1;
-                                retry.push(doc);
+                                retry.push_back(doc);
                             }
                         } else {
                             self.dead_letter(&doc, status, &error.unwrap_or_default(), "rejected");
@@ -1028,16 +1145,14 @@ impl Sender {
                     self.shared.written.fetch_add(ok, Ordering::Relaxed);
                     self.shared.metrics.documents("success", ok);
                     self.shared.metrics.documents("retried", retried);
-                    self.shared.metrics.request(if retry.is_empty() {
-                        "success"
-                    } else {
-                        "partial"
-                    });
-                    if retry.is_empty() {
+                    if retried == 0 {
+                        self.shared.metrics.request("success");
                         self.failures = 0;
                         not_before = None;
-                        batch_cap = self.shared.opts.batch_records;
+                        // After a 413 the cap grows back by doubling, not all at once.
+                        batch_cap = (batch_cap * 2).min(self.shared.opts.batch_records);
                     } else {
+                        self.shared.metrics.request("partial");
                         self.failures += 1;
                         not_before = Some(Instant::now() + self.backoff());
                     }
@@ -1057,7 +1172,27 @@ impl Sender {
         }
     }
 
-    fn reject_all(&self, batch: &mut [Doc], status: u16, why: &str) {
+    /// The in-band "N records dropped" document (not counted against the bound).
+    fn drop_report(&self, lost: u64) -> Doc {
+        let report = Record::new(
+            Level::Warn,
+            self.shared.name.clone(),
+            format!("{lost} records dropped"),
+        )
+        .with(vec![field("dropped", lost)]);
+        let mut bytes = Vec::new();
+        self.shared.encode(&report, &mut bytes);
+        Doc {
+            seq: 0,
+            record: None,
+            size: bytes.len(),
+            bytes,
+            attempts: 0,
+            counted: false,
+        }
+    }
+
+    fn reject_all(&self, batch: &[Doc], status: u16, why: &str) {
         for doc in batch.iter() {
             self.dead_letter(doc, status, why, "rejected");
         }
@@ -1071,6 +1206,9 @@ impl Sender {
         self.shared.failed.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.documents(outcome, 1);
         let Some(sink) = &self.shared.dead_letter else {
+            self.shared.note_error(&format!(
+                "a document was not delivered (HTTP {status}): {why}"
+            ));
             return;
         };
         let text = String::from_utf8_lossy(&doc.bytes);
@@ -1141,6 +1279,12 @@ impl Sender {
             200..=299 => {}
             413 => return Outcome::TooLarge,
             429 => return Outcome::Retry("throttled", format!("HTTP {status}")),
+            // Credentials or the URL path are wrong: an outage until someone fixes it, so the
+            // documents wait (within the bound) instead of being thrown away.
+            401 | 403 | 404 => {
+                let excerpt = String::from_utf8_lossy(&text[..text.len().min(512)]).into_owned();
+                return Outcome::Retry("client_error", format!("HTTP {status}: {excerpt}"));
+            }
             400..=499 => {
                 let excerpt = String::from_utf8_lossy(&text[..text.len().min(512)]).into_owned();
                 return Outcome::Refused(status, format!("HTTP {status}: {excerpt}"));
@@ -1211,7 +1355,7 @@ fn count_items(text: &[u8]) -> Option<usize> {
 
 /// The encoded size of `record`, estimated without encoding it (escapes and redaction make
 /// the real size differ a little); what the byte bound counts.
-fn estimate(record: &Record) -> usize {
+fn estimate(record: &Record, index_len: usize) -> usize {
     fn json_size(v: &serde_json::Value) -> usize {
         match v {
             serde_json::Value::Null | serde_json::Value::Bool(_) => 5,
@@ -1243,7 +1387,7 @@ fn estimate(record: &Record) -> usize {
                 }
         })
         .sum();
-    fixed + record.logger.len() + record.message.len() + fields
+    fixed + index_len + record.logger.len() + record.message.len() + fields
 }
 
 /// `type: reason` of a bulk item error.
@@ -1279,13 +1423,14 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
+        let q = "?filter_path=errors,items.*.status,items.*.error";
         assert_eq!(
             bulk_url("http://127.0.0.1:9200/").unwrap().as_str(),
-            "http://127.0.0.1:9200/_bulk"
+            format!("http://127.0.0.1:9200/_bulk{q}")
         );
         assert_eq!(
             bulk_url("https://es.internal/prefix").unwrap().as_str(),
-            "https://es.internal/prefix/_bulk"
+            format!("https://es.internal/prefix/_bulk{q}")
         );
         for bad in [
             "",
@@ -1297,8 +1442,16 @@ mod tests {
         ] {
             assert!(bulk_url(bad).is_err(), "{bad:?}");
         }
-        let err = bulk_url("http://u:secret@h:9200").unwrap_err().to_string();
-        assert!(!err.contains("secret"), "{err}");
+        for leaky in [
+            "http://u:secret@h:9200",
+            "http://u:secret@h:99999",
+            "https://u:secret@h/?pretty",
+            "ftp://u:secret@h",
+            "u:secret@h:9200",
+        ] {
+            let err = bulk_url(leaky).unwrap_err().to_string();
+            assert!(!err.contains("secret"), "{err}");
+        }
     }
 
     #[test]

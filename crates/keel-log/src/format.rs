@@ -108,7 +108,19 @@ fn level_color(level: Level) -> &'static str {
 }
 
 fn timestamp(record: &Record) -> String {
-    humantime::format_rfc3339_millis(record.time).to_string()
+    rfc3339_millis(record.time)
+}
+
+/// RFC 3339 UTC with milliseconds. A time before 1970 or after 9999 (a bad clock, or a
+/// record built by hand) is clamped into that range instead of failing.
+pub(crate) fn rfc3339_millis(time: std::time::SystemTime) -> String {
+    use std::time::{Duration, UNIX_EPOCH};
+    const LAST: Duration = Duration::from_millis(253_402_300_799_999);
+    let since = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .min(LAST);
+    humantime::format_rfc3339_millis(UNIX_EPOCH + since).to_string()
 }
 
 impl Format for TextFormat {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 
 use crate::format::Format;
 use crate::record::{Level, Record, field};
@@ -103,6 +103,25 @@ struct Counters {
     unreported: AtomicU64,
 }
 
+/// How long the writer naps when its queue is empty, and how many naps before it blocks.
+const NAP: Duration = Duration::from_micros(50);
+const NAPS: u32 = 20;
+
+/// The next message for a writer thread (`None` once every sender is gone). While records
+/// keep coming the writer never blocks on the channel, so callers never pay for waking it
+/// (a futex wake costs more than the whole logging call); only after about a millisecond
+/// without records does it block until the next one.
+fn next_msg(rx: &Receiver<Msg>) -> Option<Msg> {
+    for _ in 0..NAPS {
+        match rx.try_recv() {
+            Ok(msg) => return Some(msg),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => std::thread::sleep(NAP),
+        }
+    }
+    rx.recv().ok()
+}
+
 /// A bounded queue drained by one writer thread that formats and writes records.
 pub struct QueueSink {
     name: String,
@@ -149,7 +168,7 @@ impl QueueSink {
                     format.format(record, buf);
                     writer.write_record(buf).is_ok()
                 };
-                for msg in rx {
+                while let Some(msg) = next_msg(&rx) {
                     let lost = c.unreported.swap(0, Ordering::AcqRel);
                     if lost > 0 {
                         let report = Record::new(

@@ -226,7 +226,11 @@ fn serve(inner: &Inner, tcp: TcpStream) {
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone()
             });
-        let bulk = path.ends_with("/_bulk");
+        let bulk = path
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .ends_with("/_bulk");
         if bulk {
             let n = body
                 .split(|b| *b == b'\n')
