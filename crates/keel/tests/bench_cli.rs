@@ -281,3 +281,32 @@ fn log_text_output_and_bad_configs() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("valid types are"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn log_run_ships_every_record_to_elasticsearch() {
+    let server = keel_testkit::osmem::OsmemServer::start();
+    let dir = log_dir("elastic");
+    let config = format!(
+        "type = \"elasticsearch\"\nname = \"bench\"\n[options]\nurl = \"{}\"\nindex = \"bench-%Y\"\nbatch_size = 200\nflush_interval = \"50ms\"\noverflow = \"block\"\ngzip = true\n",
+        server.url()
+    );
+    let out = bench_log(
+        &dir,
+        "es.toml",
+        &config,
+        &["--records", "3000", "--threads", "2", "--json"],
+    );
+    let v = json(&out);
+    assert_eq!(
+        (
+            v["written"].as_u64(),
+            v["dropped"].as_u64(),
+            v["failed"].as_u64(),
+            v["pending"].as_u64()
+        ),
+        (Some(3000), Some(0), Some(0), Some(0)),
+        "{v}"
+    );
+    assert_eq!(server.count("bench-*"), 3000);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
