@@ -28,8 +28,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::error::Error;
-use crate::format::{JsonFormat, json_value, rfc3339_millis};
-use crate::record::{Field, Level, Record, Value, field};
+use crate::format::{JsonFormat, rfc3339_millis, write_json_fields};
+use crate::record::{Level, Record, Value, field};
 use crate::rotation::{FileOptions, FileSink};
 use crate::sink::{DeliveryStats, Overflow, Sink};
 
@@ -519,24 +519,9 @@ impl Shared {
         );
         let _ = serde_json::to_writer(&mut *out, record.logger.as_ref());
         out.extend_from_slice(b",\"message\":");
-        let _ = serde_json::to_writer(&mut *out, &record.message);
+        let _ = serde_json::to_writer(&mut *out, record.message.as_ref());
         out.extend_from_slice(b",\"fields\":{");
-        let fields: Vec<&Field> = record.all_fields().collect();
-        let mut first = true;
-        for (i, f) in fields.iter().enumerate() {
-            // A later field with the same key wins (call fields override bound ones);
-            // Elasticsearch rejects duplicate keys.
-            if fields[i + 1..].iter().any(|g| g.key == f.key) {
-                continue;
-            }
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            let _ = serde_json::to_writer(&mut *out, f.key.as_ref());
-            out.push(b':');
-            let _ = serde_json::to_writer(&mut *out, &json_value(&f.key, &f.value));
-        }
+        write_json_fields(out, record.all_fields(), false, true);
         out.extend_from_slice(b"}}\n");
     }
 }

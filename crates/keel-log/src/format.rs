@@ -23,6 +23,21 @@ const SECRET_FRAGMENTS: &[&str] = &[
 /// Whether a field with this key must never be written in clear: `password`, `api_key`,
 /// `X-Auth-Token`, `client_secret`, `Authorization`, `refreshToken`…
 pub fn is_secret_key(key: &str) -> bool {
+    // The usual key is short ASCII: fold it on the stack.
+    let mut buf = [0u8; 64];
+    if key.len() <= buf.len() && key.is_ascii() {
+        let mut n = 0;
+        for b in key.bytes() {
+            if !matches!(b, b'_' | b'-' | b'.') {
+                buf[n] = b.to_ascii_lowercase();
+                n += 1;
+            }
+        }
+        let folded = &buf[..n];
+        return SECRET_FRAGMENTS
+            .iter()
+            .any(|f| folded.windows(f.len()).any(|w| w == f.as_bytes()));
+    }
     let folded: String = key
         .chars()
         .filter(|c| *c != '_' && *c != '-' && *c != '.')
@@ -183,41 +198,76 @@ fn redact_json(v: serde_json::Value) -> serde_json::Value {
     }
 }
 
-pub(crate) fn json_value(key: &str, value: &Value) -> serde_json::Value {
+/// The JSON name a field is written under in a flat object: reserved keys become
+/// `fields.<key>`.
+fn flat_name(key: &str) -> std::borrow::Cow<'_, str> {
+    if RESERVED.contains(&key) {
+        format!("fields.{key}").into()
+    } else {
+        key.into()
+    }
+}
+
+/// Writes the fields as `,"key":value` pairs: secret keys redacted, a repeated name written
+/// once with its last value (call fields override bound ones; Elasticsearch rejects
+/// duplicate keys), `flat` renaming reserved keys. `first` says no pair precedes them.
+pub(crate) fn write_json_fields<'a>(
+    out: &mut Vec<u8>,
+    fields: impl Iterator<Item = &'a Field>,
+    flat: bool,
+    mut first: bool,
+) {
+    let fields: smallvec::SmallVec<[&Field; 16]> = fields.collect();
+    let name = |f: &'a Field| {
+        if flat {
+            flat_name(&f.key)
+        } else {
+            std::borrow::Cow::Borrowed(f.key.as_ref())
+        }
+    };
+    for (i, f) in fields.iter().enumerate() {
+        let key = name(f);
+        if fields[i + 1..].iter().any(|g| name(g) == key) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        let _ = serde_json::to_writer(&mut *out, key.as_ref());
+        out.push(b':');
+        write_json_value(out, &f.key, &f.value);
+    }
+}
+
+fn write_json_value(out: &mut Vec<u8>, key: &str, value: &Value) {
     if is_secret_key(key) {
-        return serde_json::Value::String(REDACTED.into());
+        let _ = serde_json::to_writer(&mut *out, REDACTED);
+        return;
     }
-    match value {
-        Value::Str(s) => serde_json::Value::String(s.to_string()),
-        Value::I64(v) => (*v).into(),
-        Value::U64(v) => (*v).into(),
-        Value::F64(v) => serde_json::Number::from_f64(*v).map_or_else(
-            || serde_json::Value::String(v.to_string()),
-            serde_json::Value::Number,
-        ),
-        Value::Bool(v) => (*v).into(),
-        Value::Json(v) => redact_json(v.clone()),
-    }
+    let _ = match value {
+        Value::Str(s) => serde_json::to_writer(&mut *out, s.as_ref()),
+        Value::I64(v) => write!(out, "{v}").map_err(serde_json::Error::io),
+        Value::U64(v) => write!(out, "{v}").map_err(serde_json::Error::io),
+        Value::F64(v) if v.is_finite() => serde_json::to_writer(&mut *out, v),
+        Value::F64(v) => serde_json::to_writer(&mut *out, &v.to_string()),
+        Value::Bool(v) => serde_json::to_writer(&mut *out, v),
+        Value::Json(v) => serde_json::to_writer(&mut *out, &redact_json(v.clone())),
+    };
 }
 
 impl Format for JsonFormat {
     fn format(&self, record: &Record, out: &mut Vec<u8>) {
-        let mut map = serde_json::Map::with_capacity(4 + record.bound.len() + record.fields.len());
-        map.insert("time".into(), timestamp(record).into());
-        map.insert("level".into(), record.level.as_str().into());
-        map.insert("logger".into(), record.logger.to_string().into());
-        map.insert("message".into(), record.message.clone().into());
-        for Field { key, value } in record.all_fields() {
-            let name = if RESERVED.contains(&key.as_ref()) {
-                format!("fields.{key}")
-            } else {
-                key.to_string()
-            };
-            map.insert(name, json_value(key, value));
-        }
-        // Serializing a Map of Values into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &serde_json::Value::Object(map));
-        out.push(b'\n');
+        out.extend_from_slice(b"{\"time\":\"");
+        out.extend_from_slice(timestamp(record).as_bytes());
+        out.extend_from_slice(b"\",\"level\":\"");
+        out.extend_from_slice(record.level.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"logger\":");
+        let _ = serde_json::to_writer(&mut *out, record.logger.as_ref());
+        out.extend_from_slice(b",\"message\":");
+        let _ = serde_json::to_writer(&mut *out, record.message.as_ref());
+        write_json_fields(out, record.all_fields(), true, false);
+        out.extend_from_slice(b"}\n");
     }
 }
 
@@ -258,6 +308,32 @@ mod tests {
             "[WARN] smtp: queue\\nfull\\u{1b}[2J plain=v1 spaced=\"two words\" quoted=\"say \\\"hi\\\"\" empty=\"\" n=42 ok=true\n"
         );
         assert!(!line.contains('\x1b'), "no raw escape characters");
+    }
+
+    #[test]
+    fn json_keeps_the_documented_key_order_and_one_value_per_key() {
+        let r = Record::new(Level::Info, "app", "m").with(vec![
+            field("zeta", 1),
+            field("alpha", "a"),
+            field("zeta", 2),
+            field("nan", f64::NAN),
+            field("x", 1.5),
+            field(
+                "Very-Long-Header-Name-That-Carries-An-Authorization-Bearer-Value-For-Sure",
+                "v",
+            ),
+        ]);
+        let mut out = Vec::new();
+        JsonFormat.format(&r, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        let time_end = line.find("\",\"level\"").unwrap();
+        assert!(line.starts_with("{\"time\":\""), "{line}");
+        assert_eq!(
+            &line[time_end..],
+            "\",\"level\":\"INFO\",\"logger\":\"app\",\"message\":\"m\",\"alpha\":\"a\",\"zeta\":2,\"nan\":\"NaN\",\"x\":1.5,\"Very-Long-Header-Name-That-Carries-An-Authorization-Bearer-Value-For-Sure\":\"[REDACTED]\"}\n"
+        );
+        assert!(is_secret_key("X-Auth-Token") && is_secret_key("clientSecret"));
+        assert!(is_secret_key("ÜBER_PASSWORD") && !is_secret_key("passage"));
     }
 
     #[test]

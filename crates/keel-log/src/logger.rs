@@ -159,14 +159,14 @@ impl Logger {
     }
 
     /// Writes a record if `level` is enabled.
-    pub fn log(&self, level: Level, message: impl Into<String>, fields: &[Field]) {
+    pub fn log(&self, level: Level, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         if !self.enabled(level) {
             return;
         }
         self.core.records[level as usize].inc();
         let mut record = Record::new(level, self.core.name.clone(), message);
         record.bound = self.fields.clone();
-        record.fields.extend_from_slice(fields);
+        record.fields.extend(fields.iter().cloned());
         let record = Arc::new(record);
         for sink in &self.core.sinks {
             sink.write(record.clone());
@@ -174,28 +174,28 @@ impl Logger {
     }
 
     /// Logs at `Debug`.
-    pub fn debug(&self, message: impl Into<String>, fields: &[Field]) {
+    pub fn debug(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Debug, message, fields);
     }
 
     /// Logs at `Info`.
-    pub fn info(&self, message: impl Into<String>, fields: &[Field]) {
+    pub fn info(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Info, message, fields);
     }
 
     /// Logs at `Warn`.
-    pub fn warn(&self, message: impl Into<String>, fields: &[Field]) {
+    pub fn warn(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Warn, message, fields);
     }
 
     /// Logs at `Error`.
-    pub fn error(&self, message: impl Into<String>, fields: &[Field]) {
+    pub fn error(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Error, message, fields);
     }
 
     /// Logs at `Fatal`, flushes every sink of this logger (up to 5 s), then runs the fatal
     /// hook (by default: exit with code 1).
-    pub fn fatal(&self, message: impl Into<String>, fields: &[Field]) {
+    pub fn fatal(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Fatal, message, fields);
         let _ = self.flush(FATAL_FLUSH);
         let hook = FATAL_HOOK

@@ -178,6 +178,9 @@ pub fn field(key: impl Into<Cow<'static, str>>, value: impl Into<Value>) -> Fiel
     }
 }
 
+/// A record's own fields: inline up to four (one allocation per record for the usual call).
+pub type Fields = smallvec::SmallVec<[Field; 4]>;
+
 /// One log event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -187,12 +190,12 @@ pub struct Record {
     pub level: Level,
     /// The logger's name.
     pub logger: Cow<'static, str>,
-    /// The message.
-    pub message: String,
+    /// The message (a literal is not copied).
+    pub message: Cow<'static, str>,
     /// Fields bound by `with_fields`, shared with the logger (not copied per record).
     pub bound: std::sync::Arc<[Field]>,
-    /// The call's own fields.
-    pub fields: Vec<Field>,
+    /// The call's own fields (up to four are stored inline, without an allocation).
+    pub fields: Fields,
 }
 
 impl Record {
@@ -200,7 +203,7 @@ impl Record {
     pub fn new(
         level: Level,
         logger: impl Into<Cow<'static, str>>,
-        message: impl Into<String>,
+        message: impl Into<Cow<'static, str>>,
     ) -> Self {
         Self {
             time: SystemTime::now(),
@@ -208,7 +211,7 @@ impl Record {
             logger: logger.into(),
             message: message.into(),
             bound: std::sync::Arc::from(Vec::new()),
-            fields: Vec::new(),
+            fields: Fields::new(),
         }
     }
 
