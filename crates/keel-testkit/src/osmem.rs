@@ -114,15 +114,10 @@ impl OsmemServer {
     }
 
     fn signal(&self, sig: &str) {
-        let Some(pid) = self.process.as_ref().map(ServerProcess::pid) else {
-            panic!("osmem-server is not running");
-        };
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap_or_else(|e| panic!("kill -{sig}: {e}"));
-        assert!(status.success(), "kill -{sig} {pid} failed");
+        match &self.process {
+            Some(p) => p.signal(sig),
+            None => panic!("osmem-server is not running"),
+        }
     }
 
     /// Sends a request and returns `(status, parsed JSON body)`.

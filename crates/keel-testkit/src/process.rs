@@ -100,6 +100,17 @@ impl ServerProcess {
         }
     }
 
+    /// Sends `sig` (`STOP`, `CONT`, `TERM`…) with the `kill` command, panicking if it fails.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("kill -{sig}: {e}"));
+        assert!(status.success(), "kill -{sig} {pid} ({}) failed", self.name);
+    }
+
     /// Kills the process now (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

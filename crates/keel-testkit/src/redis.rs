@@ -139,16 +139,10 @@ impl RedisServer {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.process.as_ref().map(ServerProcess::pid);
-        let Some(pid) = pid else {
-            panic!("redis-server is not running");
-        };
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap_or_else(|e| panic!("kill -{sig}: {e}"));
-        assert!(status.success(), "kill -{sig} {pid} failed");
+        match &self.process {
+            Some(p) => p.signal(sig),
+            None => panic!("redis-server is not running"),
+        }
     }
 
     /// Runs `redis-cli -p PORT ARGS…` and returns its stdout (trimmed).
