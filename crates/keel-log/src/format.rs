@@ -34,9 +34,13 @@ pub fn is_secret_key(key: &str) -> bool {
             }
         }
         let folded = &buf[..n];
-        return SECRET_FRAGMENTS
-            .iter()
-            .any(|f| folded.windows(f.len()).any(|w| w == f.as_bytes()));
+        // One pass: only positions whose byte starts some fragment are compared.
+        return (0..n).any(|i| {
+            let rest = &folded[i..];
+            SECRET_FRAGMENTS
+                .iter()
+                .any(|f| f.as_bytes()[0] == rest[0] && rest.starts_with(f.as_bytes()))
+        });
     }
     let folded: String = key
         .chars()
@@ -129,13 +133,36 @@ fn timestamp(record: &Record) -> String {
 /// RFC 3339 UTC with milliseconds. A time before 1970 or after 9999 (a bad clock, or a
 /// record built by hand) is clamped into that range instead of failing.
 pub(crate) fn rfc3339_millis(time: std::time::SystemTime) -> String {
+    use std::cell::RefCell;
     use std::time::{Duration, UNIX_EPOCH};
     const LAST: Duration = Duration::from_millis(253_402_300_799_999);
+    thread_local! {
+        /// The last second formatted on this thread and its `YYYY-MM-DDTHH:MM:SS` text: a
+        /// writer thread formats many records per second.
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
     let since = time
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .min(LAST);
-    humantime::format_rfc3339_millis(UNIX_EPOCH + since).to_string()
+    let (secs, millis) = (since.as_secs(), since.subsec_millis());
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let full = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
+                .to_string();
+            // `YYYY-MM-DDTHH:MM:SSZ` without the `Z`.
+            *cached = (secs, full.trim_end_matches('Z').to_owned());
+        }
+        let mut out = String::with_capacity(24);
+        out.push_str(&cached.1);
+        out.push('.');
+        for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+            out.push(char::from(b'0' + digit as u8));
+        }
+        out.push('Z');
+        out
+    })
 }
 
 impl Format for TextFormat {
@@ -308,6 +335,27 @@ mod tests {
             "[WARN] smtp: queue\\nfull\\u{1b}[2J plain=v1 spaced=\"two words\" quoted=\"say \\\"hi\\\"\" empty=\"\" n=42 ok=true\n"
         );
         assert!(!line.contains('\x1b'), "no raw escape characters");
+    }
+
+    #[test]
+    fn timestamps_match_humantime_across_seconds() {
+        use std::time::{Duration, UNIX_EPOCH};
+        for ms in [
+            0u64,
+            999,
+            1_000,
+            1_001,
+            1_763_855_999_999,
+            1_763_856_000_000,
+            1_763_856_000_042,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            assert_eq!(
+                rfc3339_millis(t),
+                humantime::format_rfc3339_millis(t).to_string(),
+                "{ms}"
+            );
+        }
     }
 
     #[test]
