@@ -1,7 +1,8 @@
 //! L1-hit reads through `TieredCache` vs the memory backend and vs Redis reads.
 //!
 //! `cargo bench -p keel-cache --bench tiered` — starts its own redis-server; 10 000 keys with
-//! 64-byte values and a 600 s TTL, written through each contender and read once to warm L1; then 15
+//! 64-byte values (no TTL) written through each contender and read once to warm L1 (600 s
+//! `l1_ttl`; L1 built with `max_ttl` of the same, as the config factory does); then 15
 //! interleaved rounds of 200 000 sequential gets (uniform over the keys) per contender on one
 //! task. Prints median ns per get and the median per-round ratios
 //! memory_time / tiered_time (≥ 0.9 is the target) and redis_time / tiered_time.
@@ -58,7 +59,10 @@ fn main() {
         let plain: Arc<dyn Cache> = Arc::new(plain);
         let tiered = TieredCache::builder(
             "tiered",
-            MemoryCache::builder("tiered:l1").metrics(&metrics).build(),
+            MemoryCache::builder("tiered:l1")
+                .max_ttl(Duration::from_secs(600))
+                .metrics(&metrics)
+                .build(),
             redis("tiered"),
         )
         .l1_ttl(Duration::from_secs(600))

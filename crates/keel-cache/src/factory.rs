@@ -60,13 +60,19 @@ pub async fn open_with_metrics(
 }
 
 fn memory_from_config(config: &CacheConfig, metrics: &MetricsService) -> Result<MemoryCache> {
+    Ok(memory_builder(config, metrics)?.build())
+}
+
+fn memory_builder(
+    config: &CacheConfig,
+    metrics: &MetricsService,
+) -> Result<crate::memory::MemoryCacheBuilder> {
     Ok(MemoryCache::builder(&config.name)
         .capacity(capacity(config)?)
         .default_ttl(config.options.default_ttl)
         .limits(limits(config)?)
         .count_evictions(config.options.count_evictions.unwrap_or(true))
-        .metrics(metrics)
-        .build())
+        .metrics(metrics))
 }
 
 /// A `tiered` config: `l1` (memory, optional) and `l2` (redis, required) sections; the
@@ -105,16 +111,19 @@ fn tiered_from_config(
             tier.options.default_ttl = config.options.default_ttl;
         }
     }
-    let mut b = crate::tiered::TieredCache::builder(
+    let l1_ttl = config
+        .options
+        .l1_ttl
+        .unwrap_or(crate::tiered::DEFAULT_L1_TTL);
+    // No entry outlives l1_ttl in L1, so L1 can expire by one cache-wide TTL (cheaper hits).
+    crate::tiered::TieredCache::builder(
         &config.name,
-        memory_from_config(&l1, metrics)?,
+        memory_builder(&l1, metrics)?.max_ttl(l1_ttl).build(),
         redis_from_config(&l2, metrics)?,
     )
-    .metrics(metrics);
-    if let Some(d) = config.options.l1_ttl {
-        b = b.l1_ttl(d);
-    }
-    b.build()
+    .l1_ttl(l1_ttl)
+    .metrics(metrics)
+    .build()
 }
 
 fn capacity(config: &CacheConfig) -> Result<Capacity> {

@@ -100,6 +100,7 @@ struct Shared {
     store: Store,
     locks: std::sync::Mutex<LockTable>,
     default_ttl: Option<Duration>,
+    max_ttl: Option<Duration>,
     limits: Limits,
     open: AtomicBool,
     metrics: CacheInstruments,
@@ -111,6 +112,7 @@ pub struct MemoryCacheBuilder {
     name: String,
     capacity: Capacity,
     default_ttl: Option<Duration>,
+    max_ttl: Option<Duration>,
     limits: Limits,
     metrics: Option<MetricsService>,
     count_evictions: bool,
@@ -137,6 +139,19 @@ impl MemoryCacheBuilder {
         self
     }
 
+    /// Caps every entry's lifetime at `max` (`Ttl::Never` and longer TTLs included; rounded up
+    /// to whole milliseconds, at most [`MAX_TTL`](crate::MAX_TTL)); `ttl` reports the capped
+    /// remainder. moka then expires entries by this one cache-wide TTL instead of a per-entry
+    /// timer, which makes every hit cheaper (no per-entry expiry bookkeeping on reads). An
+    /// entry with a shorter TTL is still never served after it expires (every read checks),
+    /// but its memory is reclaimed only `max` after its last write, or on eviction. Meant for
+    /// caches whose entries all expire soon anyway: the tiered cache's L1 (the config factory
+    /// builds it with `max_ttl = l1_ttl`).
+    pub fn max_ttl(mut self, max: Duration) -> Self {
+        self.max_ttl = Some(crate::ttl::round_up_to_millis(max.min(crate::ttl::MAX_TTL)));
+        self
+    }
+
     /// Key and value size limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -155,7 +170,12 @@ impl MemoryCacheBuilder {
             .metrics
             .unwrap_or_else(|| MetricsService::global().clone());
         let metrics = service.cache_metrics().for_cache(&self.name);
-        let mut builder = Store::builder().expire_after(PerEntryExpiry);
+        let mut builder = match self.max_ttl {
+            // One TTL for the whole cache, counted from each entry's last write; never earlier
+            // than the entry's own (capped) expiry.
+            Some(max) => Store::builder().time_to_live(max),
+            None => Store::builder().expire_after(PerEntryExpiry),
+        };
         if self.count_evictions {
             let listener_metrics = metrics.clone();
             builder = builder.eviction_listener(move |_, _, cause| match cause {
@@ -178,6 +198,7 @@ impl MemoryCacheBuilder {
             store,
             locks: std::sync::Mutex::default(),
             default_ttl: self.default_ttl,
+            max_ttl: self.max_ttl,
             limits: self.limits,
             open: AtomicBool::new(true),
             metrics,
@@ -217,6 +238,7 @@ impl MemoryCache {
             name: name.into(),
             capacity: Capacity::default(),
             default_ttl: None,
+            max_ttl: None,
             limits: Limits::default(),
             metrics: None,
             count_evictions: true,
@@ -271,7 +293,12 @@ impl Shared {
     }
 
     fn expiry(&self, key: &str, ttl: Ttl, now: Instant) -> Result<Option<Instant>> {
-        Ok(ttl.resolve(self.default_ttl, key)?.map(|d| now + d))
+        let ttl = ttl.resolve(self.default_ttl, key)?;
+        let ttl = match self.max_ttl {
+            Some(max) => Some(ttl.map_or(max, |d| d.min(max))),
+            None => ttl,
+        };
+        Ok(ttl.map(|d| now + d))
     }
 
     /// A live entry or `None`.

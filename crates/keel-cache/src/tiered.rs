@@ -26,6 +26,9 @@ use crate::redis::RedisCache;
 use crate::ttl::{KeyTtl, Ttl};
 use crate::{Error, Result};
 
+/// How long an entry may stay in L1 unless [`TieredCacheBuilder::l1_ttl`] says otherwise.
+pub(crate) const DEFAULT_L1_TTL: Duration = Duration::from_secs(60);
+
 /// Messages are `<node id>\n<kind><key>`: kind `k` drops one key, `f` drops the whole L1.
 const KIND_KEY: u8 = b'k';
 const KIND_FLUSH: u8 = b'f';
@@ -216,12 +219,16 @@ impl std::fmt::Debug for TieredCache {
 
 impl TieredCache {
     /// A builder for a tiered cache called `name` over `l1` and `l2`.
+    ///
+    /// Build `l1` with [`MemoryCacheBuilder::max_ttl`](crate::MemoryCacheBuilder::max_ttl) set
+    /// to the `l1_ttl`: no L1 entry lives longer anyway, and L1 hits get cheaper (the config
+    /// factory does this).
     pub fn builder(name: impl Into<String>, l1: MemoryCache, l2: RedisCache) -> TieredCacheBuilder {
         TieredCacheBuilder {
             name: name.into(),
             l1,
             l2,
-            l1_ttl: Duration::from_secs(60),
+            l1_ttl: DEFAULT_L1_TTL,
             metrics: None,
         }
     }

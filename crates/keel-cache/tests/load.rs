@@ -203,9 +203,10 @@ async fn tiered_node(server: &RedisServer) -> TieredCache {
         .items_refresh(None)
         .build()
         .unwrap();
-    let cache = TieredCache::builder("load", MemoryCache::builder("load:l1").build(), l2)
-        .build()
-        .unwrap();
+    let l1 = MemoryCache::builder("load:l1")
+        .max_ttl(Duration::from_secs(60))
+        .build();
+    let cache = TieredCache::builder("load", l1, l2).build().unwrap();
     cache.connect().await.unwrap();
     cache
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_cache::{Cache, Capacity, MemoryCache, Ttl};
+use keel_cache::{Cache, Capacity, KeyTtl, MemoryCache, Ttl};
 use keel_metrics::MetricsService;
 use keel_testkit::conformance::Spec;
 
@@ -14,6 +14,40 @@ keel_testkit::cache_conformance!(|spec: Spec| async move {
             .build(),
     ) as Arc<dyn Cache>
 });
+
+#[tokio::test]
+async fn max_ttl_caps_every_entry_and_shorter_ttls_still_expire() {
+    let cache = MemoryCache::builder("capped")
+        .max_ttl(Duration::from_millis(300))
+        .build();
+    cache.set("never", "v".into(), Ttl::Never).await.unwrap();
+    cache
+        .set("long", "v".into(), Ttl::After(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    cache
+        .set("short", "v".into(), Ttl::After(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    for key in ["never", "long"] {
+        match cache.ttl(key).await.unwrap() {
+            KeyTtl::Expires(left) => assert!(left <= Duration::from_millis(300), "{key}: {left:?}"),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(cache.get("short").await.unwrap(), None);
+    assert!(!cache.exists("short").await.unwrap());
+    assert_eq!(
+        cache.get("never").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(cache.len(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cache.get("never").await.unwrap(), None);
+    assert_eq!(cache.get("long").await.unwrap(), None);
+    assert!(cache.is_empty());
+}
 
 #[tokio::test]
 async fn entry_bound_evicts_and_counts_evictions() {

@@ -28,8 +28,10 @@ impl Tiered {
             .metrics(metrics)
             .build()
             .unwrap();
+        // As the config factory builds it: no L1 entry outlives l1_ttl (default 60 s).
         let l1 = MemoryCache::builder(format!("{name}:l1"))
             .default_ttl(default_ttl)
+            .max_ttl(Duration::from_secs(60))
             .metrics(metrics)
             .build();
         let cache = TieredCache::builder(name, l1, l2)
@@ -161,6 +163,10 @@ async fn tiered_config_with_l1_and_l2_sections() {
     assert_eq!(server.cli(&["GET", "sessions:k"]), "v");
     let pttl: u64 = server.cli(&["PTTL", "sessions:k"]).parse().unwrap();
     assert!(pttl > 290_000, "default TTL reaches L2: {pttl}");
+    // The factory's L1 (max_ttl = l1_ttl): the first read fills it, the second is an L1 hit.
+    for _ in 0..2 {
+        assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    }
     let mut no_l2 = config.clone();
     no_l2.l2 = None;
     assert!(matches!(
