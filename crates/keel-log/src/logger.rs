@@ -165,11 +165,18 @@ impl Logger {
         }
         self.core.records[level as usize].inc();
         let mut record = Record::new(level, self.core.name.clone(), message);
-        record.bound = self.fields.clone();
+        if !self.fields.is_empty() {
+            record.bound = Some(self.fields.clone());
+        }
         record.fields.extend(fields.iter().cloned());
         let record = Arc::new(record);
-        for sink in &self.core.sinks {
-            sink.write(record.clone());
+        // The last sink takes this reference: dropping it here would touch the count the
+        // writer thread is about to touch too.
+        if let Some((last, rest)) = self.core.sinks.split_last() {
+            for sink in rest {
+                sink.write(record.clone());
+            }
+            last.write(record);
         }
     }
 

@@ -192,8 +192,9 @@ pub struct Record {
     pub logger: Cow<'static, str>,
     /// The message (a literal is not copied).
     pub message: Cow<'static, str>,
-    /// Fields bound by `with_fields`, shared with the logger (not copied per record).
-    pub bound: std::sync::Arc<[Field]>,
+    /// Fields bound by `with_fields`, shared with the logger (not copied per record); `None`
+    /// when the logger has none (no allocation, no shared count to touch).
+    pub bound: Option<std::sync::Arc<[Field]>>,
     /// The call's own fields (up to four are stored inline, without an allocation).
     pub fields: Fields,
 }
@@ -210,14 +211,14 @@ impl Record {
             level,
             logger: logger.into(),
             message: message.into(),
-            bound: std::sync::Arc::from(Vec::new()),
+            bound: None,
             fields: Fields::new(),
         }
     }
 
     /// Every field: the bound ones first, then the call's own.
     pub fn all_fields(&self) -> impl Iterator<Item = &Field> {
-        self.bound.iter().chain(&self.fields)
+        self.bound.iter().flat_map(|b| b.iter()).chain(&self.fields)
     }
 
     /// Adds fields.
