@@ -32,6 +32,8 @@ pub(crate) const DEFAULT_L1_TTL: Duration = Duration::from_secs(60);
 /// Messages are `<node id>\n<kind><key>`: kind `k` drops one key, `f` drops the whole L1.
 const KIND_KEY: u8 = b'k';
 const KIND_FLUSH: u8 = b'f';
+/// Several keys in one message: each as a 4-byte little-endian length and the key's bytes.
+const KIND_KEYS: u8 = b'm';
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct TierLabels {
@@ -261,6 +263,24 @@ impl TieredCache {
         i.l2.publish(&i.channel, &self.message(KIND_KEY, key)).await
     }
 
+    /// Drops `keys` here and on every other node, with one message for all of them.
+    async fn invalidate_many<'k>(&self, keys: impl Iterator<Item = &'k str> + Clone) -> Result<()> {
+        let i = &self.inner;
+        let mut m = self.message(KIND_KEYS, "");
+        for key in keys.clone() {
+            i.generations.bump(key);
+            let _ = i.l1.delete(key).await;
+            let len = u32::try_from(key.len()).unwrap_or(u32::MAX);
+            m.extend_from_slice(&len.to_le_bytes());
+            m.extend_from_slice(key.as_bytes());
+        }
+        if keys.clone().next().is_none() {
+            return Ok(());
+        }
+        i.metrics.sent.inc();
+        i.l2.publish(&i.channel, &m).await
+    }
+
     /// Drops the whole L1 here and on every other node.
     async fn invalidate_all(&self) -> Result<()> {
         let i = &self.inner;
@@ -335,7 +355,25 @@ impl TieredCache {
                         i.generations.bump(&key);
                         let _ = i.l1.delete(&key).await;
                     }
-                    _ => {}
+                    Some((&KIND_KEYS, mut rest)) => {
+                        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                            let len = u32::from_le_bytes(*len) as usize;
+                            let Some((key, tail)) = tail.split_at_checked(len) else {
+                                break;
+                            };
+                            let key = String::from_utf8_lossy(key);
+                            i.generations.bump(&key);
+                            let _ = i.l1.delete(&key).await;
+                            rest = tail;
+                        }
+                    }
+                    // A kind this version does not know (a newer node): forget everything
+                    // rather than serve something stale.
+                    _ => {
+                        i.generations.bump_all();
+                        let _ = i.l1.clear().await;
+                        i.metrics.flushes.inc();
+                    }
                 }
             }
             // The stream ended: the connection dropped. Bypass L1 until resubscribed.
@@ -549,19 +587,15 @@ impl Cache for TieredCache {
     ) -> CacheFuture<'a, Result<()>> {
         CacheFuture::boxed(async move {
             self.inner.l2.set_many(items, ttl).await?;
-            for (key, _) in items {
-                self.invalidate(key).await?;
-            }
-            Ok(())
+            self.invalidate_many(items.iter().map(|(key, _)| *key))
+                .await
         })
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<u64>> {
         CacheFuture::boxed(async move {
             let n = self.inner.l2.delete_many(keys).await?;
-            for key in keys {
-                self.invalidate(key).await?;
-            }
+            self.invalidate_many(keys.iter().copied()).await?;
             Ok(n)
         })
     }

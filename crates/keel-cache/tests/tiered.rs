@@ -110,6 +110,69 @@ async fn a_write_on_one_node_is_not_served_stale_by_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_write_invalidates_every_key_elsewhere_with_one_message() {
+    let t = Tiered(RedisServer::start());
+    let (ma, mb) = (
+        MetricsService::new("a").unwrap(),
+        MetricsService::new("b").unwrap(),
+    );
+    let (a, b) = (
+        t.node("app", None, &ma).await,
+        t.node("app", None, &mb).await,
+    );
+    let keys = ["k1", "k2", "k\u{0}odd", "k\u{e9}"];
+    let items: Vec<(&str, bytes::Bytes)> = keys.iter().map(|k| (*k, "v1".into())).collect();
+    a.set_many(&items, Ttl::Never).await.unwrap();
+    eventually("B to cache every key in L1", async || {
+        let mut all = true;
+        for k in keys {
+            b.get(k).await.unwrap();
+            all &= b.l1().get(k).await.unwrap().is_some();
+        }
+        all
+    })
+    .await;
+    let sent = |m: &MetricsService| {
+        let text = m.render();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("a_tiered_invalidations_total{cache=\"app\",direction=\"sent\"} ")
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    let before = sent(&ma);
+    let items: Vec<(&str, bytes::Bytes)> = keys.iter().map(|k| (*k, "v2".into())).collect();
+    a.set_many(&items, Ttl::Never).await.unwrap();
+    assert_eq!(sent(&ma) - before, 1.0, "one message for the whole batch");
+    eventually("B's L1 to drop every key", async || {
+        let mut none = true;
+        for k in keys {
+            none &= b.l1().get(k).await.unwrap().is_none();
+        }
+        none
+    })
+    .await;
+    for k in keys {
+        assert_eq!(
+            b.get(k).await.unwrap().as_deref(),
+            Some(&b"v2"[..]),
+            "{k:?}"
+        );
+    }
+    a.delete_many(&keys).await.unwrap();
+    assert_eq!(sent(&ma) - before, 2.0);
+    eventually("B to see the deletes", async || {
+        let mut none = true;
+        for k in keys {
+            none &= b.get(k).await.unwrap().is_none();
+        }
+        none
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l1_fill_respects_the_remaining_l2_ttl() {
     let t = Tiered(RedisServer::start());
     let metrics = MetricsService::new("t").unwrap();
