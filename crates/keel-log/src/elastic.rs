@@ -529,6 +529,28 @@ impl Shared {
 /// An Elasticsearch / OpenSearch [`Sink`]. Start it with [`ElasticSink::start`] or through a
 /// `type = "elastic"` [`LogConfig`](crate::LogConfig); see the module docs for the delivery
 /// model.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use keel_log::{Auth, ElasticOptions, ElasticSink, Level, Logger, Sink, field};
+///
+/// let mut options = ElasticOptions::new("https://es.internal:9200");
+/// options.index = "smtp-%Y.%m.%d".into();
+/// options.auth = Auth::ApiKey(std::env::var("ES_API_KEY").unwrap_or_default());
+/// options.ca_file = Some("/etc/ssl/es-ca.pem".into());
+/// options.dead_letter = Some("/var/log/smtp/es-dead-letter.jsonl".into());
+/// let sink = Arc::new(ElasticSink::start("smtp:elastic", options)?);
+/// let log = Logger::new("smtp", Level::Info, vec![sink.clone() as Arc<dyn Sink>]);
+/// log.with_fields(&[field("node", "mx1")])
+///     .info("message queued", &[field("queue_id", "4F2A"), field("bytes", 5120)]);
+/// // Before exit: deliver what can be delivered, learn what could not.
+/// let stats = log.shutdown(Duration::from_secs(10));
+/// if stats.pending > 0 {
+///     eprintln!("{} records not delivered: {:?}", stats.pending, sink.last_error());
+/// }
+/// # Ok::<(), keel_log::Error>(())
+/// ```
 pub struct ElasticSink {
     shared: Arc<Shared>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
