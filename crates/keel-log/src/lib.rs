@@ -1,4 +1,4 @@
-//! Structured logging for Keel services: the record model and its formatters.
+//! Structured logging for Keel services: records, formats, loggers, sinks and a manager.
 //!
 //! [`Level`], [`Field`] / [`Value`] and [`Record`] are the model; two [`Format`]s write a
 //! human text line `<time> [<LEVEL>] <logger>: <message> k=v …` or one flat JSON object per
@@ -7,9 +7,12 @@
 //! `set_level`, and `fatal` that flushes then exits through a replaceable hook) writes to
 //! non-blocking [`Sink`]s: a [`QueueSink`] is a bounded queue with an [`Overflow`] policy in
 //! front of a writer thread, and reports drops in-band. [`Manager`] keeps loggers by name
-//! with a default; [`build`] turns a [`LogConfig`] into a logger. Sinks: console and a
-//! rotating [`FileSink`], and (feature `elastic`) an `ElasticSink` for Elasticsearch and
-//! OpenSearch; `tracing`/`log` bridges in `bridge` (features `tracing`, `log`).
+//! with a default and flushes them when dropped; [`install_panic_hook`] logs a panic and
+//! flushes the global manager's loggers before the previous hook runs. [`build`] turns a
+//! [`LogConfig`] into a logger. Sinks: console, a rotating [`FileSink`] (size and
+//! hourly/daily rotation on a UTC, local or named-zone clock), and (feature `elastic`) an
+//! `ElasticSink` for Elasticsearch and OpenSearch (docs/elasticsearch.md); `tracing`/`log`
+//! bridges in `bridge` (features `tracing`, `log`).
 //!
 //! ```
 //! use keel_log::{Format, JsonFormat, Level, Record, field};
