@@ -16,27 +16,46 @@ fn ttl() -> LoadOptions {
     LoadOptions::new(Ttl::After(Duration::from_secs(60)))
 }
 
-async fn thousand_concurrent_misses_call_the_loader_once(cache: Arc<dyn Cache>) {
-    let loader = Loader::new(cache);
+/// `n` concurrent `get_or_load(key)` calls whose loader counts its calls, waits 50 ms and
+/// returns `answer()`: every call's result in task order, and how often the loader ran.
+async fn concurrent_loads(
+    loader: &Loader,
+    key: &'static str,
+    n: usize,
+    answer: fn() -> Result<Option<Bytes>, std::io::Error>,
+) -> (Vec<keel_cache::Result<Option<Bytes>>>, usize) {
     let calls = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..1000)
+    let tasks: Vec<_> = (0..n)
         .map(|_| {
             let (loader, calls) = (loader.clone(), calls.clone());
             tokio::spawn(async move {
                 loader
-                    .get_or_load("hot", &ttl(), || async move {
+                    .get_or_load(key, &ttl(), || async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        Ok::<_, std::io::Error>(Some(Bytes::from_static(b"value")))
+                        answer()
                     })
                     .await
             })
         })
         .collect();
+    let mut results = Vec::with_capacity(n);
     for t in tasks {
-        assert_eq!(t.await.unwrap().unwrap().as_deref(), Some(&b"value"[..]));
+        results.push(t.await.unwrap());
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    (results, calls.load(Ordering::SeqCst))
+}
+
+async fn thousand_concurrent_misses_call_the_loader_once(cache: Arc<dyn Cache>) {
+    let loader = Loader::new(cache);
+    let (results, calls) = concurrent_loads(&loader, "hot", 1000, || {
+        Ok(Some(Bytes::from_static(b"value")))
+    })
+    .await;
+    for r in results {
+        assert_eq!(r.unwrap().as_deref(), Some(&b"value"[..]));
+    }
+    assert_eq!(calls, 1);
     assert_eq!(
         loader.cache().get("hot").await.unwrap().as_deref(),
         Some(&b"value"[..])
@@ -45,29 +64,18 @@ async fn thousand_concurrent_misses_call_the_loader_once(cache: Arc<dyn Cache>) 
 
 async fn loader_errors_reach_every_waiter_and_are_not_cached(cache: Arc<dyn Cache>) {
     let loader = Loader::new(cache);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..100)
-        .map(|_| {
-            let (loader, calls) = (loader.clone(), calls.clone());
-            tokio::spawn(async move {
-                loader
-                    .get_or_load("broken", &ttl(), || async move {
-                        calls.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        Err::<Option<Bytes>, _>(std::io::Error::other("database is down"))
-                    })
-                    .await
-            })
-        })
-        .collect();
-    for t in tasks {
-        let err = t.await.unwrap().unwrap_err();
+    let (results, calls) = concurrent_loads(&loader, "broken", 100, || {
+        Err(std::io::Error::other("database is down"))
+    })
+    .await;
+    for r in results {
+        let err = r.unwrap_err();
         assert!(
             matches!(&err, Error::Load { message, .. } if message == "database is down"),
             "{err:?}"
         );
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(calls, 1);
     assert_eq!(
         loader.cache().get("broken").await.unwrap(),
         None,
