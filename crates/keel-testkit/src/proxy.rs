@@ -196,23 +196,11 @@ fn serve(inner: &Inner, tcp: TcpStream) {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
-        let gzip = headers
-            .iter()
-            .any(|(k, v)| k == "content-encoding" && v.eq_ignore_ascii_case("gzip"));
         *inner.headers.lock().unwrap_or_else(PoisonError::into_inner) = headers;
         inner.requests.fetch_add(1, Ordering::AcqRel);
-        let body = if gzip {
-            let mut out = Vec::new();
-            if flate2::read::GzDecoder::new(&body[..])
-                .read_to_end(&mut out)
-                .is_err()
-            {
-                let _ = respond(&mut *stream, 400, r#"{"error":"bad gzip"}"#);
-                return;
-            }
-            out
-        } else {
-            body
+        let Some(body) = decoded_body(&head, body) else {
+            let _ = respond(&mut *stream, 400, r#"{"error":"bad gzip"}"#);
+            return;
         };
         let fault = inner
             .plan
@@ -232,12 +220,9 @@ fn serve(inner: &Inner, tcp: TcpStream) {
             .unwrap_or_default()
             .ends_with("/_bulk");
         if bulk {
-            let n = body
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .count()
-                / 2;
-            inner.items.fetch_add(n, Ordering::AcqRel);
+            inner
+                .items
+                .fetch_add(ndjson_lines(&body).len() / 2, Ordering::AcqRel);
         }
         let (status, answer) = match fault {
             Some(Fault::Status(status)) => (
@@ -276,10 +261,7 @@ fn items_fault(
     select: &Select,
     status: u16,
 ) -> (u16, String) {
-    let lines: Vec<&[u8]> = body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines = ndjson_lines(body);
     let pairs: Vec<(&[u8], &[u8])> = lines
         .chunks(2)
         .map(|c| (c[0], c.get(1).copied().unwrap_or_default()))
@@ -345,6 +327,33 @@ fn items_fault(
         200,
         serde_json::json!({"took": 1, "errors": true, "items": items}).to_string(),
     )
+}
+
+/// The request body as the client meant it: gunzipped when the head says
+/// `Content-Encoding: gzip`; `None` when that body is not valid gzip.
+fn decoded_body(head: &str, body: Vec<u8>) -> Option<Vec<u8>> {
+    let gzip = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("content-encoding")
+                && v.trim().eq_ignore_ascii_case("gzip")
+        });
+    if !gzip {
+        return Some(body);
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
+}
+
+/// The non-empty lines of an NDJSON body (a `_bulk` body has two per document).
+fn ndjson_lines(body: &[u8]) -> Vec<&[u8]> {
+    body.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// Reads one request (head text, body bytes); `None` at end of stream or on a bad request.
@@ -427,18 +436,8 @@ impl AcceptAll {
                 std::thread::spawn(move || {
                     let mut buf = Vec::new();
                     while let Some((head, body)) = read_request(&mut stream, &mut buf) {
-                        let body = if head.to_ascii_lowercase().contains("content-encoding: gzip") {
-                            let mut out = Vec::new();
-                            let _ = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out);
-                            out
-                        } else {
-                            body
-                        };
-                        let n = body
-                            .split(|b| *b == b'\n')
-                            .filter(|l| !l.is_empty())
-                            .count()
-                            / 2;
+                        let body = decoded_body(&head, body).unwrap_or_default();
+                        let n = ndjson_lines(&body).len() / 2;
                         count.fetch_add(n, Ordering::AcqRel);
                         let mut answer = String::with_capacity(40 + n * 28);
                         answer.push_str(r#"{"took":0,"errors":false,"items":["#);
