@@ -6,6 +6,9 @@
 //! formats and writes on its sink thread; tracing-subscriber formats and writes on the
 //! caller, into a `BufWriter<File>`). Two shapes: 3 call fields, and 10 prebound fields plus
 //! 3 call fields (Keel: a `with_fields` child; tracing: an entered span with 10 fields).
+//! A third row repeats the 3-field shape on the default queue (10 000 records) in bursts of
+//! 5 000 with a flush between bursts (not timed), so the queue's slots are reused as in a
+//! long-running service.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -23,11 +26,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn keel_round(dir: &std::path::Path, prebound: bool) -> f64 {
+/// How a Keel round queues: the whole round at once, or bursts on the default queue.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    Fields3,
+    Prebound,
+    Bursts,
+}
+
+const BURST: u64 = 5_000;
+const DEFAULT_QUEUE: usize = 10_000;
+
+fn keel_round(dir: &std::path::Path, shape: Shape) -> f64 {
+    let prebound = shape == Shape::Prebound;
     let sink = FileSink::start(
         "bench",
         FileOptions::new(dir.join("keel.log")),
-        (EVENTS as usize) + 1,
+        if shape == Shape::Bursts {
+            DEFAULT_QUEUE
+        } else {
+            (EVENTS as usize) + 1
+        },
         Overflow::Block,
         Box::new(JsonFormat),
     )
@@ -42,18 +61,27 @@ fn keel_round(dir: &std::path::Path, prebound: bool) -> f64 {
     } else {
         root.clone()
     };
-    let t = Instant::now();
-    for i in 0..EVENTS {
-        log.info(
-            "request served",
-            &[
-                field("method", "GET"),
-                field("status", 200),
-                field("bytes", i),
-            ],
-        );
+    let burst = if shape == Shape::Bursts {
+        BURST
+    } else {
+        EVENTS
+    };
+    let mut caller = Duration::ZERO;
+    for start in (0..EVENTS).step_by(burst as usize) {
+        let t = Instant::now();
+        for i in start..start + burst {
+            log.info(
+                "request served",
+                &[
+                    field("method", "GET"),
+                    field("status", 200),
+                    field("bytes", i),
+                ],
+            );
+        }
+        caller += t.elapsed();
+        root.flush(Duration::from_secs(60));
     }
-    let caller = t.elapsed();
     root.shutdown(Duration::from_secs(60));
     caller.as_nanos() as f64 / EVENTS as f64
 }
@@ -98,15 +126,16 @@ fn main() {
         "| shape | keel ns/event (caller) | tracing-subscriber json ns/event | ratio tracing / keel |"
     );
     println!("|---|---|---|---|");
-    for prebound in [false, true] {
+    for shape in [Shape::Fields3, Shape::Prebound, Shape::Bursts] {
+        let prebound = shape == Shape::Prebound;
         let (mut k, mut t, mut r) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..=ROUNDS {
             let (kn, tn) = if round % 2 == 0 {
-                let kn = keel_round(dir.path(), prebound);
+                let kn = keel_round(dir.path(), shape);
                 (kn, tracing_round(dir.path(), prebound))
             } else {
                 let tn = tracing_round(dir.path(), prebound);
-                (keel_round(dir.path(), prebound), tn)
+                (keel_round(dir.path(), shape), tn)
             };
             if round == 0 {
                 continue;
@@ -115,10 +144,10 @@ fn main() {
             t.push(tn);
             r.push(tn / kn);
         }
-        let shape = if prebound {
-            "10 prebound + 3 call fields"
-        } else {
-            "3 call fields"
+        let shape = match shape {
+            Shape::Fields3 => "3 call fields",
+            Shape::Prebound => "10 prebound + 3 call fields",
+            Shape::Bursts => "3 call fields, default queue, bursts of 5 000",
         };
         println!(
             "| {shape} | {:.0} | {:.0} | {:.2}x |",

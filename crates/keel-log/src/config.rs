@@ -42,7 +42,8 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogOptions {
-    /// Queue bound in records (default 10 000).
+    /// Queue bound in records (default 10 000). Console and file sinks hold queued records
+    /// inline, about 340 bytes a slot, allocated when the sink starts (3.3 MiB by default).
     #[serde(default)]
     pub queue: Option<usize>,
     /// `block` (default) or `drop` when the queue is full.

@@ -389,7 +389,7 @@ impl EsMetrics {
 struct Doc {
     seq: u64,
     /// The record until the sender encodes it (on its own thread, not the caller's).
-    record: Option<Arc<Record>>,
+    record: Option<Record>,
     /// The encoded action and source lines (empty until encoded).
     bytes: Vec<u8>,
     /// The size the buffer bound counts: an estimate of the encoded size made at `write`.
@@ -779,7 +779,7 @@ impl Sink for ElasticSink {
         &self.shared.name
     }
 
-    fn write(&self, record: Arc<Record>) {
+    fn write(&self, record: Record) {
         if IN_SENDER.with(std::cell::Cell::get) {
             return;
         }
@@ -1239,7 +1239,7 @@ impl Sender {
             field("action", Value::Json(action)),
             field("document", Value::Json(source)),
         ]);
-        sink.write(Arc::new(record));
+        sink.write(record);
     }
 
     async fn send(&self, batch: &[Doc]) -> Outcome {

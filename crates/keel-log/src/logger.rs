@@ -13,7 +13,7 @@ use crate::record::{Field, Level, Record};
 use crate::sink::{DeliveryStats, Sink};
 
 struct Core {
-    name: Cow<'static, str>,
+    name: &'static str,
     level: AtomicU8,
     sinks: Vec<Arc<dyn Sink>>,
     /// `<ns>_log_records_total{logger,level}`, one counter per level.
@@ -77,6 +77,29 @@ fn level_from(v: u8) -> Level {
     }
 }
 
+/// The one `'static` copy of a logger name. Records carry their logger's name; a borrowed
+/// `'static` name is copied into each record without an allocation, while an owned one (from a
+/// config file) would be cloned on every call and freed by the sink's writer thread. Names are
+/// kept for the life of the process, once per distinct name (a process has a handful).
+fn intern(name: Cow<'static, str>) -> &'static str {
+    static NAMES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::LazyLock::new(Default::default);
+    match name {
+        Cow::Borrowed(name) => name,
+        Cow::Owned(name) => {
+            let mut names = NAMES
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(known) = names.get(name.as_str()) {
+                return known;
+            }
+            let leaked: &'static str = Box::leak(name.into_boxed_str());
+            names.insert(leaked);
+            leaked
+        }
+    }
+}
+
 type FatalHook = Box<dyn Fn() + Send + Sync>;
 
 static FATAL_HOOK: RwLock<Option<FatalHook>> = RwLock::new(None);
@@ -109,10 +132,10 @@ impl Logger {
         sinks: Vec<Arc<dyn Sink>>,
         metrics: &MetricsService,
     ) -> Self {
-        let name = name.into();
+        let name = intern(name.into());
         Self {
             core: Arc::new(Core {
-                records: record_counters(metrics, &name),
+                records: record_counters(metrics, name),
                 name,
                 level: AtomicU8::new(level as u8),
                 sinks,
@@ -123,7 +146,7 @@ impl Logger {
 
     /// The logger's name.
     pub fn name(&self) -> &str {
-        &self.core.name
+        self.core.name
     }
 
     /// The current minimum level.
@@ -164,14 +187,11 @@ impl Logger {
             return;
         }
         self.core.records[level as usize].inc();
-        let mut record = Record::new(level, self.core.name.clone(), message);
+        let mut record = Record::new(level, self.core.name, message);
         if !self.fields.is_empty() {
             record.bound = Some(self.fields.clone());
         }
         record.fields.extend(fields.iter().cloned());
-        let record = Arc::new(record);
-        // The last sink takes this reference: dropping it here would touch the count the
-        // writer thread is about to touch too.
         if let Some((last, rest)) = self.core.sinks.split_last() {
             for sink in rest {
                 sink.write(record.clone());

@@ -661,7 +661,7 @@ impl crate::sink::Sink for FileSink {
         self.queue.name()
     }
 
-    fn write(&self, record: Arc<crate::record::Record>) {
+    fn write(&self, record: crate::record::Record) {
         self.queue.write(record);
     }
 

@@ -610,8 +610,8 @@ fn records_with_impossible_times_are_clamped_not_a_crash() {
     let mut late =
         keel_log::Record::new(Level::Info, "es-time", "after 9999").with(vec![field("seq", 1)]);
     late.time = std::time::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
-    sink.write(Arc::new(early));
-    sink.write(Arc::new(late));
+    sink.write(early);
+    sink.write(late);
     let stats = sink.flush(LONG);
     assert_eq!((stats.written, stats.pending), (2, 0));
     let mut stamps: Vec<String> = server
