@@ -252,3 +252,19 @@ impl Logger {
             .fold(DeliveryStats::default(), |a, b| a + b)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_names_are_interned_once_per_distinct_name() {
+        let a = Logger::new(String::from("interned-a"), Level::Info, Vec::new());
+        let b = Logger::new(String::from("interned-a"), Level::Info, Vec::new());
+        let c = Logger::new(String::from("interned-c"), Level::Info, Vec::new());
+        assert_eq!(a.name(), "interned-a");
+        assert!(std::ptr::eq(a.name(), b.name()));
+        assert!(!std::ptr::eq(a.name(), c.name()));
+        assert_eq!(c.name(), "interned-c");
+    }
+}
