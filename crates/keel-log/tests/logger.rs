@@ -42,6 +42,55 @@ fn levels_filter_and_change_at_runtime() {
 }
 
 #[test]
+fn every_sink_of_a_logger_gets_its_own_copy_of_each_record() {
+    let (json, text) = (SharedBuffer::default(), SharedBuffer::default());
+    let sinks: Vec<Arc<dyn Sink>> = vec![
+        Arc::new(
+            QueueSink::start("a", 10, Overflow::Block, Box::new(JsonFormat), json.clone()).unwrap(),
+        ),
+        Arc::new(
+            QueueSink::start(
+                "b",
+                10,
+                Overflow::Block,
+                Box::new(TextFormat::default()),
+                text.clone(),
+            )
+            .unwrap(),
+        ),
+    ];
+    let log = Logger::new(String::from("multi"), Level::Info, sinks);
+    let child = log.with_field(field("conn", 9));
+    for i in 0..5 {
+        child.info(
+            format!("record {i}"),
+            &[field("seq", i), field("peer", String::from("10.0.0.1"))],
+        );
+    }
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.written, stats.dropped, stats.failed), (10, 0, 0));
+    let lines = json.json_lines();
+    assert_eq!(lines.len(), 5);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["logger"], "multi");
+        assert_eq!(line["message"], format!("record {i}"));
+        assert_eq!(
+            (line["conn"].as_i64(), line["seq"].as_i64()),
+            (Some(9), Some(i as i64))
+        );
+        assert_eq!(line["peer"], "10.0.0.1");
+    }
+    let text = text.text();
+    assert_eq!(text.lines().count(), 5);
+    for i in 0..5 {
+        assert!(
+            text.contains(&format!("multi: record {i} conn=9 seq={i} peer=10.0.0.1")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn children_share_sinks_and_bind_fields_in_order() {
     let (log, buf) = json_logger("app", Level::Debug, 100, Overflow::Block);
     let user = log.with_fields(&[field("user_id", "123"), field("session_id", "abc")]);
