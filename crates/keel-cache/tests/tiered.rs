@@ -190,6 +190,53 @@ async fn l1_fill_respects_the_remaining_l2_ttl() {
     assert_eq!(a.get("short").await.unwrap(), None);
 }
 
+/// The value of the series `prefix` starts (labels included), or 0 when it is absent.
+fn series(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_counted_once_per_tier() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let a = t.node("app", None, &metrics).await;
+    a.set("k", "v".into(), Ttl::Never).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    }
+    assert_eq!(a.get("absent").await.unwrap(), None);
+    let text = metrics.render();
+    let tier = |name: &str, tier: &str| {
+        series(
+            &text,
+            &format!("t_tiered_{name}_total{{cache=\"app\",tier=\"{tier}\"}}"),
+        )
+    };
+    // First read of k: L1 miss, L2 hit (fills L1); then two L1 hits; "absent" misses both.
+    assert_eq!((tier("hits", "l1"), tier("misses", "l1")), (2, 2), "{text}");
+    assert_eq!((tier("hits", "l2"), tier("misses", "l2")), (1, 1), "{text}");
+    // The L1's own series do not count the reads a second time (its fill is a set).
+    let l1 = |status: &str| {
+        series(
+            &text,
+            &format!(
+                "t_cache_requests_total{{cache=\"app:l1\",operation=\"get\",status=\"{status}\"}}"
+            ),
+        )
+    };
+    assert_eq!((l1("hit"), l1("miss")), (0, 0), "{text}");
+    assert_eq!(
+        series(
+            &text,
+            "t_cache_requests_total{cache=\"app:l1\",operation=\"set\",status=\"ok\"}"
+        ),
+        1,
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_pubsub_connection_flushes_l1() {
     let t = Tiered(RedisServer::start());
