@@ -1,4 +1,4 @@
-//! Leader election on top of [`Locker`](crate::lock::Locker), with client-go's timing rules.
+//! Leader election on top of [`Locker`], with client-go's timing rules.
 //!
 //! A candidate campaigns by trying to take the election's lock every retry period. The
 //! winner holds it with a TTL of `lease` and renews it every retry period. It **stops

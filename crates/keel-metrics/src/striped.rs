@@ -112,7 +112,7 @@ struct HistogramStripe {
     sum_nanos: AtomicU64,
 }
 
-/// A lock-free latency histogram in seconds with fixed bounds ([`DEFAULT_BOUNDS`]).
+/// A lock-free latency histogram in seconds with fixed bounds (1 µs to 10 s, about ×2.5 per step).
 ///
 /// An observation is two relaxed atomic adds on the calling thread's stripe; the count is
 /// derived from the buckets when rendering, so it always equals the `+Inf` bucket.
