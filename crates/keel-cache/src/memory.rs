@@ -254,10 +254,15 @@ impl MemoryCache {
     /// `get` without the future and without this cache's own operation metrics: the tiered
     /// cache reads its L1 this way and counts the hit or miss itself
     /// (`tiered_hits_total{tier="l1"}`), so an L1 read is neither counted twice nor timed.
+    /// Errors (a bad key, a closed L1) are still counted, as `get` errors of this cache.
     pub(crate) fn get_uncounted(&self, key: &str) -> Result<Option<Bytes>> {
         let s = &self.shared;
-        s.limits.check_key(key)?;
-        s.ensure_open()?;
+        if let Err(e) = s.limits.check_key(key).and_then(|()| s.ensure_open()) {
+            // Not timed: the checks take nanoseconds, and a hit is not timed either.
+            s.metrics
+                .record(Operation::Get, Status::Error, Duration::ZERO);
+            return Err(e);
+        }
         Ok(s.live(key, Instant::now()).map(|v| v.data))
     }
 

@@ -48,7 +48,7 @@ struct DirectionLabels {
 }
 
 /// Hits and misses are on every read, from every thread: they are striped per thread (like the
-/// cache operation counters), so an L1 hit never contends on a shared cache line.
+/// cache operation counters), so L1 hits on different threads rarely share a cache line.
 #[derive(Clone)]
 struct TierMetrics {
     l1_hits: StripedCounter,

@@ -207,6 +207,7 @@ async fn reads_are_counted_once_per_tier() {
         assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     }
     assert_eq!(a.get("absent").await.unwrap(), None);
+    assert!(a.get("").await.is_err(), "empty keys are rejected");
     let text = metrics.render();
     let tier = |name: &str, tier: &str| {
         series(
@@ -227,6 +228,7 @@ async fn reads_are_counted_once_per_tier() {
         )
     };
     assert_eq!((l1("hit"), l1("miss")), (0, 0), "{text}");
+    assert_eq!(l1("error"), 1, "a failed L1 read is still counted: {text}");
     assert_eq!(
         series(
             &text,

@@ -8,7 +8,8 @@
 //! 3 call fields (Keel: a `with_fields` child; tracing: an entered span with 10 fields).
 //! A third row repeats the 3-field shape on the default queue (10 000 records) in bursts of
 //! 5 000 with a flush between bursts (not timed), so the queue's slots are reused as in a
-//! long-running service.
+//! long-running service. A fourth row does the same on a 1 024-record queue in bursts of 500:
+//! a ring small enough to stay in the writer core's cache.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -32,20 +33,23 @@ enum Shape {
     Fields3,
     Prebound,
     Bursts,
+    SmallBursts,
 }
 
 const BURST: u64 = 5_000;
 const DEFAULT_QUEUE: usize = 10_000;
+const SMALL_BURST: u64 = 500;
+const SMALL_QUEUE: usize = 1_024;
 
 fn keel_round(dir: &std::path::Path, shape: Shape) -> f64 {
     let prebound = shape == Shape::Prebound;
     let sink = FileSink::start(
         "bench",
         FileOptions::new(dir.join("keel.log")),
-        if shape == Shape::Bursts {
-            DEFAULT_QUEUE
-        } else {
-            (EVENTS as usize) + 1
+        match shape {
+            Shape::Bursts => DEFAULT_QUEUE,
+            Shape::SmallBursts => SMALL_QUEUE,
+            Shape::Fields3 | Shape::Prebound => (EVENTS as usize) + 1,
         },
         Overflow::Block,
         Box::new(JsonFormat),
@@ -61,10 +65,10 @@ fn keel_round(dir: &std::path::Path, shape: Shape) -> f64 {
     } else {
         root.clone()
     };
-    let burst = if shape == Shape::Bursts {
-        BURST
-    } else {
-        EVENTS
+    let burst = match shape {
+        Shape::Bursts => BURST,
+        Shape::SmallBursts => SMALL_BURST,
+        Shape::Fields3 | Shape::Prebound => EVENTS,
     };
     let mut caller = Duration::ZERO;
     for start in (0..EVENTS).step_by(burst as usize) {
@@ -126,7 +130,12 @@ fn main() {
         "| shape | keel ns/event (caller) | tracing-subscriber json ns/event | ratio tracing / keel |"
     );
     println!("|---|---|---|---|");
-    for shape in [Shape::Fields3, Shape::Prebound, Shape::Bursts] {
+    for shape in [
+        Shape::Fields3,
+        Shape::Prebound,
+        Shape::Bursts,
+        Shape::SmallBursts,
+    ] {
         let prebound = shape == Shape::Prebound;
         let (mut k, mut t, mut r) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..=ROUNDS {
@@ -148,6 +157,7 @@ fn main() {
             Shape::Fields3 => "3 call fields",
             Shape::Prebound => "10 prebound + 3 call fields",
             Shape::Bursts => "3 call fields, default queue, bursts of 5 000",
+            Shape::SmallBursts => "3 call fields, queue 1 024, bursts of 500",
         };
         println!(
             "| {shape} | {:.0} | {:.0} | {:.2}x |",

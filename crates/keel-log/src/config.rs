@@ -38,12 +38,17 @@ pub struct LogConfig {
     pub options: LogOptions,
 }
 
+/// The largest `options.queue` accepted (the slots of console and file sinks are
+/// preallocated: about 320 MiB at this bound).
+const MAX_QUEUE: usize = 1_000_000;
+
 /// Sink options.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogOptions {
-    /// Queue bound in records (default 10 000). Console and file sinks hold queued records
-    /// inline, about 340 bytes a slot, allocated when the sink starts (3.3 MiB by default).
+    /// Queue bound in records (default 10 000, at most 1 000 000). Console and file sinks
+    /// hold queued records inline, about 340 bytes a slot, allocated when the sink starts
+    /// (3.2 MiB by default, 320 MiB at the limit).
     #[serde(default)]
     pub queue: Option<usize>,
     /// `block` (default) or `drop` when the queue is full.
@@ -202,6 +207,16 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
     let queue = config.options.queue.unwrap_or(10_000);
     if queue == 0 {
         return Err(bad("options.queue", "must be at least 1"));
+    }
+    if queue > MAX_QUEUE {
+        return Err(bad(
+            "options.queue",
+            format!(
+                "{queue} is above the limit of {MAX_QUEUE}: console and file sinks preallocate \
+                 a slot of about {} bytes per queued record",
+                std::mem::size_of::<crate::record::Record>() + 8
+            ),
+        ));
     }
     match config.kind.to_ascii_lowercase().as_str() {
         "console" => {

@@ -178,7 +178,7 @@ pub fn field(key: impl Into<Cow<'static, str>>, value: impl Into<Value>) -> Fiel
     }
 }
 
-/// A record's own fields: inline up to four (one allocation per record for the usual call).
+/// A record's own fields: inline up to four (no allocation for the usual call).
 pub type Fields = smallvec::SmallVec<[Field; 4]>;
 
 /// One log event.

@@ -288,6 +288,16 @@ fn config_and_factory() {
         matches!(&elastic, Error::NotAvailable { feature, .. } if *feature == "elastic"),
         "{elastic:?}"
     );
+    let huge = keel_log::build(
+        &LogConfig::from_json(r#"{"type":"console","name":"x","options":{"queue":1000001}}"#)
+            .unwrap(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&huge, Error::InvalidConfig { field, .. } if field == "options.queue")
+            && huge.to_string().contains("1000000"),
+        "{huge}"
+    );
     let level = LogConfig::from_json(r#"{"type":"console","name":"x","level":"loud"}"#).unwrap();
     assert!(matches!(
         keel_log::build(&level),
