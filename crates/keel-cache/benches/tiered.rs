@@ -5,8 +5,11 @@
 //! `l1_ttl`; L1 built with `max_ttl` of the same, as the config factory does); then 15
 //! rounds of 200 000 sequential gets (uniform over the keys) per in-process contender on one
 //! task, the memory backend and the tiered cache taking turns every 2 000 gets (the first
-//! turn alternating), then 20 000 Redis gets. Per-round figures go to stderr. Prints median ns per get and the median per-round ratios
-//! memory_time / tiered_time (≥ 0.9 is the target) and redis_time / tiered_time.
+//! turn alternating), then 20 000 Redis gets. Per-round figures go to stderr.
+//! `KEEL_BENCH_KEYS=N` reads N keys instead of 10 000.
+//!
+//! Prints median ns per get and the median per-round ratios memory_time / tiered_time
+//! (≥ 0.9 is the target) and redis_time / tiered_time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,7 +85,12 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let tiered: Arc<dyn Cache> = Arc::new(tiered);
-        let keys: Vec<String> = (0..KEYS).map(|i| format!("key:{i}")).collect();
+        // `KEEL_BENCH_KEYS=1000` gives a working set that stays in the core's cache.
+        let n_keys = std::env::var("KEEL_BENCH_KEYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(KEYS);
+        let keys: Vec<String> = (0..n_keys).map(|i| format!("key:{i}")).collect();
         for c in [&memory, &plain, &tiered] {
             for k in &keys {
                 c.set(k, Bytes::from(vec![b'v'; 64]), Ttl::Never)
