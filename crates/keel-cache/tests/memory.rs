@@ -64,13 +64,12 @@ async fn entry_bound_evicts_and_counts_evictions() {
     }
     assert!(cache.len() <= 100, "len {}", cache.len());
     let text = metrics.render();
-    let evicted: u64 = text
-        .lines()
-        .find(|l| l.starts_with("lab_cache_evictions_total{cache=\"bounded\",cause=\"size\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no eviction series in\n{text}"));
-    assert!(evicted >= 900, "evicted {evicted}");
+    let evicted = keel_testkit::prometheus::sample(
+        &text,
+        "lab_cache_evictions_total{cache=\"bounded\",cause=\"size\"}",
+    )
+    .unwrap_or_else(|| panic!("no eviction series in\n{text}"));
+    assert!(evicted >= 900.0, "evicted {evicted}");
     let items_line = format!("lab_cache_items{{cache=\"bounded\"}} {}", cache.len());
     assert!(text.contains(&items_line), "want {items_line} in\n{text}");
 }

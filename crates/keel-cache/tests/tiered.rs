@@ -133,13 +133,10 @@ async fn a_batch_write_invalidates_every_key_elsewhere_with_one_message() {
     })
     .await;
     let sent = |m: &MetricsService| {
-        let text = m.render();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("a_tiered_invalidations_total{cache=\"app\",direction=\"sent\"} ")
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-            .unwrap_or(0.0)
+        series(
+            &m.render(),
+            "a_tiered_invalidations_total{cache=\"app\",direction=\"sent\"}",
+        )
     };
     let before = sent(&ma);
     let items: Vec<(&str, bytes::Bytes)> = keys.iter().map(|k| (*k, "v2".into())).collect();
@@ -190,11 +187,9 @@ async fn l1_fill_respects_the_remaining_l2_ttl() {
     assert_eq!(a.get("short").await.unwrap(), None);
 }
 
-/// The value of the series `prefix` starts (labels included), or 0 when it is absent.
-fn series(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0)
+/// The value of `series` (name and labels as rendered), or 0 when it is absent.
+fn series(text: &str, series: &str) -> f64 {
+    keel_testkit::prometheus::sample(text, series).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,8 +211,16 @@ async fn reads_are_counted_once_per_tier() {
         )
     };
     // First read of k: L1 miss, L2 hit (fills L1); then two L1 hits; "absent" misses both.
-    assert_eq!((tier("hits", "l1"), tier("misses", "l1")), (2, 2), "{text}");
-    assert_eq!((tier("hits", "l2"), tier("misses", "l2")), (1, 1), "{text}");
+    assert_eq!(
+        (tier("hits", "l1"), tier("misses", "l1")),
+        (2.0, 2.0),
+        "{text}"
+    );
+    assert_eq!(
+        (tier("hits", "l2"), tier("misses", "l2")),
+        (1.0, 1.0),
+        "{text}"
+    );
     // The L1's own series do not count the reads a second time (its fill is a set).
     let l1 = |status: &str| {
         series(
@@ -227,14 +230,18 @@ async fn reads_are_counted_once_per_tier() {
             ),
         )
     };
-    assert_eq!((l1("hit"), l1("miss")), (0, 0), "{text}");
-    assert_eq!(l1("error"), 1, "a failed L1 read is still counted: {text}");
+    assert_eq!((l1("hit"), l1("miss")), (0.0, 0.0), "{text}");
+    assert_eq!(
+        l1("error"),
+        1.0,
+        "a failed L1 read is still counted: {text}"
+    );
     assert_eq!(
         series(
             &text,
             "t_cache_requests_total{cache=\"app:l1\",operation=\"set\",status=\"ok\"}"
         ),
-        1,
+        1.0,
         "{text}"
     );
 }

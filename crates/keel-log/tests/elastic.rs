@@ -56,10 +56,7 @@ fn exactly_once(seen: &BTreeMap<u64, usize>, range: std::ops::Range<u64>) {
 
 fn metric(name: &str, labels: &str) -> Option<f64> {
     let text = keel_metrics::MetricsService::global().render();
-    let prefix = format!("keel_{name}{{{labels}}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
+    keel_testkit::prometheus::sample(&text, &format!("keel_{name}{{{labels}}}"))
 }
 
 #[test]

@@ -99,6 +99,18 @@ pub fn venv_python() -> PathBuf {
     )
 }
 
+/// The value of one sample in a text exposition: `series` is the metric name with its labels
+/// exactly as rendered (`ns_hits_total{cache="a",tier="l1"}`); `None` when no line has it.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// Parses `exposition` with the reference parser (`prometheus_client.openmetrics.parser`) and
 /// returns `name type sample-count` per family, or the parser's error.
 pub fn parse_openmetrics(exposition: &str) -> Result<Vec<String>, String> {

@@ -20,11 +20,7 @@ fn demo_prints_seed_metrics_with_nonzero_counts() {
         "{stdout}"
     );
     let value = |series: &str| -> f64 {
-        stdout
-            .lines()
-            .find(|l| l.starts_with(series))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        keel_testkit::prometheus::sample(&stdout, series)
             .unwrap_or_else(|| panic!("no {series} in\n{stdout}"))
     };
     assert!(
