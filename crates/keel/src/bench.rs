@@ -106,6 +106,20 @@ pub async fn run(args: Args) -> Result<()> {
     }
 }
 
+/// The progress bar of a bench run over `len` operations: hidden for `--json` (and, by
+/// indicatif itself, when stderr is not a terminal).
+fn progress_bar(json: bool, len: u64) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 async fn open(a: &CacheArgs) -> Result<Arc<dyn Cache>> {
     let metrics = MetricsService::new("keel_bench")?;
     let url = match (&a.url, &a.config) {
@@ -167,16 +181,7 @@ async fn cache(a: CacheArgs) -> Result<()> {
     }
 
     let done = Arc::new(AtomicU64::new(0));
-    let bar = if a.json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let bar = indicatif::ProgressBar::new(a.requests);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    };
+    let bar = progress_bar(a.json, a.requests);
     let progress = {
         let (bar, done) = (bar.clone(), done.clone());
         tokio::spawn(async move {
@@ -302,16 +307,7 @@ fn log(a: &LogArgs) -> Result<()> {
     let level = logger.level().max(keel_log::Level::Info);
 
     let done = Arc::new(AtomicU64::new(0));
-    let bar = if a.json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let bar = indicatif::ProgressBar::new(a.records);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    };
+    let bar = progress_bar(a.json, a.records);
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let progress = {
         let (bar, done, finished) = (bar.clone(), done.clone(), finished.clone());
