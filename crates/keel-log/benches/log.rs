@@ -27,7 +27,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// How a Keel round queues: the whole round at once, or bursts on the default queue.
+/// How a Keel round queues: the whole round at once, or in bursts on a reused queue.
 #[derive(Clone, Copy, PartialEq)]
 enum Shape {
     Fields3,
@@ -36,21 +36,24 @@ enum Shape {
     SmallBursts,
 }
 
-const BURST: u64 = 5_000;
-const DEFAULT_QUEUE: usize = 10_000;
-const SMALL_BURST: u64 = 500;
-const SMALL_QUEUE: usize = 1_024;
+impl Shape {
+    /// The sink's queue bound and the events per timed burst (a flush follows each burst).
+    fn queue_and_burst(self) -> (usize, u64) {
+        match self {
+            Shape::Fields3 | Shape::Prebound => ((EVENTS as usize) + 1, EVENTS),
+            Shape::Bursts => (10_000, 5_000),
+            Shape::SmallBursts => (1_024, 500),
+        }
+    }
+}
 
 fn keel_round(dir: &std::path::Path, shape: Shape) -> f64 {
     let prebound = shape == Shape::Prebound;
+    let (queue, burst) = shape.queue_and_burst();
     let sink = FileSink::start(
         "bench",
         FileOptions::new(dir.join("keel.log")),
-        match shape {
-            Shape::Bursts => DEFAULT_QUEUE,
-            Shape::SmallBursts => SMALL_QUEUE,
-            Shape::Fields3 | Shape::Prebound => (EVENTS as usize) + 1,
-        },
+        queue,
         Overflow::Block,
         Box::new(JsonFormat),
     )
@@ -64,11 +67,6 @@ fn keel_round(dir: &std::path::Path, shape: Shape) -> f64 {
         )
     } else {
         root.clone()
-    };
-    let burst = match shape {
-        Shape::Bursts => BURST,
-        Shape::SmallBursts => SMALL_BURST,
-        Shape::Fields3 | Shape::Prebound => EVENTS,
     };
     let mut caller = Duration::ZERO;
     for start in (0..EVENTS).step_by(burst as usize) {
