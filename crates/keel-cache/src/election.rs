@@ -8,6 +8,12 @@
 //! take the lock. The leadership's [`CancellationToken`] is cancelled at that moment; the
 //! epoch handed to `on_started_leading` is the lock's fencing token.
 //!
+//! **The lease is released only after the work has stopped**: the election waits until every
+//! clone of the [`Leadership`] handle is dropped before it deletes the lock (never after the
+//! lease could have expired: then it lets the lease run out). Hand the handle to the task
+//! that does the leader's work and drop it when that task ends; a callback that only logs
+//! drops it at once.
+//!
 //! Timing rules (validated by [`ElectionBuilder::build`]):
 //! `lease > renew_deadline > 1.2 × retry_period > 0`.
 //!
@@ -47,13 +53,82 @@ use tokio_util::sync::CancellationToken;
 use crate::lock::{LockGuard, LockOptions, Locker};
 use crate::{Error, Result};
 
-/// What a new leader gets: a token cancelled when it must stop acting, and its epoch.
-#[derive(Debug, Clone)]
+/// What a new leader gets: a token cancelled when it must stop acting, its epoch, and the
+/// term's hold on the lease.
+///
+/// **The lease is released only after every clone of this handle is dropped** (or
+/// [`done`](Self::done) is called): when leadership ends, the election cancels
+/// [`token`](Self::token) and then waits for the handle before it deletes the lock, so no other
+/// candidate can win while this term's work may still run. If the handle is still held when
+/// the lease can expire ([`expires_at`](Self::expires_at)), the election does not release at
+/// all (the lease runs out by itself) and does not campaign again until the handle is gone.
+/// Drop the handle (or call `done`) as soon as the work has stopped; holding it forever
+/// keeps this candidate out of the election.
+#[derive(Clone)]
 pub struct Leadership {
     /// Cancelled when leadership ends (deadline, loss, resign or shutdown).
     pub token: CancellationToken,
     /// The epoch: the lock's fencing token, strictly increasing across leaders.
     pub epoch: u64,
+    term: Arc<Term>,
+}
+
+/// The part of a [`Leadership`] shared by its clones: dropping the last one tells the
+/// election that the term's work has stopped.
+struct Term {
+    _done: tokio::sync::oneshot::Sender<()>,
+    expires: Arc<Expiry>,
+}
+
+/// The time a term's lease cannot have expired on the server before, updated by renewals.
+struct Expiry {
+    base: Instant,
+    nanos: std::sync::atomic::AtomicU64,
+}
+
+impl Expiry {
+    fn new(at: Instant) -> Self {
+        let base = Instant::now();
+        let e = Self {
+            base,
+            nanos: std::sync::atomic::AtomicU64::new(0),
+        };
+        e.set(at);
+        e
+    }
+
+    fn set(&self, at: Instant) {
+        let nanos =
+            u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.store(nanos, Ordering::Release);
+    }
+
+    fn get(&self) -> Instant {
+        self.base + Duration::from_nanos(self.nanos.load(Ordering::Acquire))
+    }
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership")
+            .field("epoch", &self.epoch)
+            .field("ended", &self.token.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Leadership {
+    /// Until this moment the lease cannot have expired on the server: the send time of the
+    /// last successful acquire or renewal plus the lease, on the local monotonic clock. It
+    /// moves later with each renewal. Work of this term still running at that moment may
+    /// overlap a new leader's: a supervisor should have stopped it by then.
+    pub fn expires_at(&self) -> Instant {
+        self.term.expires.get()
+    }
+
+    /// Says this term's work has stopped: the same as dropping this handle (the lease is
+    /// released once every clone is gone).
+    pub fn done(self) {}
 }
 
 type Started = Arc<dyn Fn(Leadership) + Send + Sync>;
@@ -320,7 +395,8 @@ impl Election {
             .map(|h| identity_of(&h)))
     }
 
-    /// Steps down if leading (releasing the lock so another candidate can win at once); the
+    /// Steps down if leading: the term's token is cancelled, and the lock is released (so
+    /// another candidate can win at once) as soon as the [`Leadership`] handle is dropped; the
     /// campaign goes on after a retry period.
     pub fn resign(&self) {
         if let Some(term) = self
@@ -335,7 +411,8 @@ impl Election {
     }
 
     /// Campaigns (and leads when elected) until `shutdown` is cancelled; a leader then stops
-    /// leading and releases the lock.
+    /// leading and releases the lock once its [`Leadership`] handle is dropped (if that
+    /// happens before the lease could expire).
     pub async fn run(&self, shutdown: CancellationToken) {
         let inner = &self.inner;
         let mut observed: Option<Option<String>> = None;
@@ -397,11 +474,19 @@ impl Election {
         inner.leading.store(true, Ordering::Release);
         inner.metrics.is_leader.set(1);
         inner.metrics.transitions.inc();
+        let expires = Arc::new(Expiry::new(sent + inner.lease));
+        let (done, mut work_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(cb) = &inner.started {
             cb(Leadership {
                 token: token.clone(),
                 epoch: guard.fencing_token(),
+                term: Arc::new(Term {
+                    _done: done,
+                    expires: expires.clone(),
+                }),
             });
+        } else {
+            drop(done);
         }
         // The last renewal that succeeded was sent at `renewed`; leadership ends at
         // `renewed + renew_deadline` unless another renewal succeeds first.
@@ -420,7 +505,10 @@ impl Election {
             let attempt = Instant::now();
             let renewal = tokio::time::timeout_at(step_down, guard.extend(inner.lease)).await;
             match renewal {
-                Ok(Ok(true)) => renewed = attempt,
+                Ok(Ok(true)) => {
+                    renewed = attempt;
+                    expires.set(attempt + inner.lease);
+                }
                 Ok(Ok(false)) => break,   // someone else holds it: it is gone
                 Ok(Err(_)) | Err(_) => {} // retried until the step-down time
             }
@@ -440,9 +528,24 @@ impl Election {
         if let Some(cb) = &inner.stopped {
             cb();
         }
-        // Release is owner-checked, so it is safe even when the lock may already belong to
-        // someone else; when the store is unreachable the lease simply runs out.
-        let _ = tokio::time::timeout(inner.retry_period, guard.release()).await;
+        // Release only once the term's work has said it stopped (every Leadership handle
+        // dropped), and only while the lease is still ours; otherwise it runs out by itself.
+        let expiry = renewed + inner.lease;
+        if tokio::time::timeout_at(expiry, &mut work_stopped)
+            .await
+            .is_ok()
+        {
+            // Release is owner-checked, so it is safe even when the lock may already belong
+            // to someone else; when the store is unreachable the lease simply runs out.
+            let _ = tokio::time::timeout(inner.retry_period, guard.release()).await;
+        } else {
+            guard.abandon();
+            // Never campaign while this term's work may still run; on shutdown, stop waiting.
+            tokio::select! {
+                _ = work_stopped => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
     }
 }
 

@@ -248,10 +248,13 @@ impl Locker {
     }
 
     /// Waits up to `wait` for the lock, retrying with jittered exponential backoff (10 ms
-    /// doubling to 500 ms).
+    /// doubling to 500 ms). Attempts that time out or find the store unavailable are retried
+    /// the same way until `wait` runs out.
     ///
     /// # Errors
-    /// [`Error::LockTimeout`] when `wait` passes, plus the errors of `try_lock`.
+    /// [`Error::LockTimeout`] when `wait` passes (or the last [`Error::Timeout`] /
+    /// [`Error::Unavailable`] if the store was still failing then), plus the other errors of
+    /// `try_lock`.
     pub async fn lock(&self, name: &str, ttl: Duration, wait: Duration) -> Result<LockGuard> {
         self.lock_with(name, ttl, wait, LockOptions::default())
             .await
@@ -272,15 +275,21 @@ impl Locker {
         let deadline = asked + wait;
         let mut backoff = Duration::from_millis(10);
         loop {
-            if let Some(guard) = self.attempt(name, ttl, &options, asked).await? {
-                return Ok(guard);
-            }
+            // A store that is briefly unreachable (timeouts, a restart, a failover) does not
+            // end the wait: the attempt is retried until the wait runs out, and that error is
+            // returned if it is still failing then.
+            let failure = match self.attempt(name, ttl, &options, asked).await {
+                Ok(Some(guard)) => return Ok(guard),
+                Ok(None) => None,
+                Err(e @ (Error::Timeout { .. } | Error::Unavailable { .. })) => Some(e),
+                Err(e) => return Err(e),
+            };
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::LockTimeout {
+                return Err(failure.unwrap_or_else(|| Error::LockTimeout {
                     lock: crate::error::key_for_error(name),
                     waited: wait,
-                });
+                }));
             }
             let jittered = backoff.mul_f64(0.5 + jitter());
             tokio::time::sleep(jittered.min(deadline - now)).await;
@@ -583,6 +592,15 @@ impl LockGuard {
             .store
             .release(&self.state.name, &self.state.token)
             .await
+    }
+
+    /// Stops renewing and gives the lock up **without** releasing it: it ends when its TTL runs
+    /// out on the server. Use this when the work the lock protects may still be running (a
+    /// child process that could not be confirmed gone), so nobody else is let in early.
+    pub fn abandon(mut self) {
+        self.released = true;
+        self.stop_tasks();
+        self.state.lost.cancel();
     }
 
     fn stop_tasks(&mut self) {

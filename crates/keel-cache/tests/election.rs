@@ -226,3 +226,85 @@ fn timing_rules_are_validated() {
     assert!(Election::builder(locker.clone(), "", "me").build().is_err());
     assert!(Election::builder(locker, "e", "a|b").build().is_err());
 }
+
+/// Step-down must not let anyone in while the term's work may still run: the lock stays
+/// held (and a second candidate loses) until the `Leadership` handle is dropped, and it is
+/// released at once after that.
+#[tokio::test]
+async fn the_lease_is_released_only_after_the_leadership_handle_is_dropped() {
+    let redis = RedisServer::start();
+    let locker = redis_locker(&redis.url()).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let election = Election::builder(locker.clone(), "handoff", "node-a")
+        .lease(Duration::from_secs(5))
+        .renew_deadline(Duration::from_secs(3))
+        .retry_period(Duration::from_millis(200))
+        .on_started_leading(move |l| {
+            let _ = tx.send(l);
+        })
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn({
+        let (e, s) = (election.clone(), stop.clone());
+        async move { e.run(s).await }
+    });
+    let leadership = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let expires = leadership.expires_at();
+    assert!(
+        expires > Instant::now() + Duration::from_secs(4),
+        "lease ahead"
+    );
+    election.resign();
+    leadership.token.cancelled().await;
+    // The work "still runs" for a while: nobody else may take the lock meanwhile.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            locker
+                .try_lock("handoff", Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_none(),
+            "the lease was released while the work could still run"
+        );
+        assert!(!election.is_leader());
+    }
+    let copy = leadership.clone();
+    drop(leadership);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        locker
+            .try_lock("handoff", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none(),
+        "a clone still holds the term"
+    );
+    copy.done();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let taken = loop {
+        if let Some(g) = locker
+            .try_lock("handoff", Duration::from_secs(1))
+            .await
+            .unwrap()
+        {
+            break g;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not released after the handle was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        Instant::now() < expires,
+        "released, not expired: the lease had seconds left"
+    );
+    taken.release().await.unwrap();
+    stop.cancel();
+    run.await.unwrap();
+}

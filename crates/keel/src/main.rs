@@ -1,10 +1,11 @@
 //! `keel`: the operator's command-line tool.
-#![forbid(unsafe_code)]
+// One small `unsafe` block is allowed: the guard's `pre_exec` hook (see guard.rs).
+#![deny(unsafe_code)]
 
-mod bench;
-mod cache_cmd;
-mod coord;
-mod demo;
+mod cmd;
+mod guard;
+
+use cmd::{bench, cache as cache_cmd, demo, elect, lock};
 
 use clap::{Parser, Subcommand};
 
@@ -28,16 +29,27 @@ enum Command {
     Cache(cache_cmd::Args),
     /// Load generators: `keel bench cache --url URL|memory …`, `keel bench log --config FILE …`.
     Bench(bench::Args),
-    /// Runs a command while holding a distributed lock (renewed; SIGTERM if it is lost).
-    /// The command gets KEEL_FENCING_TOKEN. Exits with its code, or 75 if the lock was lost.
-    Lock(coord::LockArgs),
+    /// Runs a command while holding a distributed lock (renewed; stopped before the lock can
+    /// expire if it is lost, killed at once if keel dies). The command gets KEEL_FENCING_TOKEN.
+    /// Exits with its code, or 75 if the lock was lost.
+    Lock(lock::LockArgs),
     /// Runs a command only while this process is the elected leader; campaigns again when
     /// the command exits or leadership is lost. The command gets KEEL_FENCING_TOKEN (epoch).
-    Elect(coord::ElectArgs),
+    Elect(elect::ElectArgs),
+    /// Internal: the supervisor process of `keel lock` and `keel elect`.
+    #[command(name = "__guard", hide = true)]
+    Guard(guard::GuardArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let cli = match cli.command {
+        // The guard is a plain single-threaded process: no runtime, no store.
+        Command::Guard(args) => {
+            return std::process::ExitCode::from(u8::try_from(guard::run(args)).unwrap_or(1));
+        }
+        command => Cli { command },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,8 +65,9 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => demo::run(args).await.map(|()| 0),
             Command::Cache(args) => cache_cmd::run(args).await.map(|()| 0),
             Command::Bench(args) => bench::run(args).await.map(|()| 0),
-            Command::Lock(args) => coord::lock(args).await,
-            Command::Elect(args) => coord::elect(args).await,
+            Command::Lock(args) => lock::lock(args).await,
+            Command::Elect(args) => elect::elect(args).await,
+            Command::Guard(_) => unreachable!("handled before the runtime starts"),
         }
     });
     // Child processes and background tasks must not keep the process alive.

@@ -1,0 +1,152 @@
+//! `keel lock`: run a command while holding a distributed lock, under a guard process
+//! ([`crate::guard`]) so the command never outlives the lock.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use keel_cache::lock::{LockOptions, Locker};
+use keel_cache::{CacheConfig, Endpoint, RedisCache, Secret, parse_duration};
+use keel_metrics::MetricsService;
+
+use crate::guard::{End, Supervisor, Timing};
+
+/// Where the lock lives: a Redis URL or a cache config file.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["url", "config"])))]
+pub struct Store {
+    /// Redis URL (redis:// or rediss://).
+    #[arg(long, env = "KEEL_REDIS_URL")]
+    url: Option<String>,
+    /// A cache config file (TOML, YAML or JSON) of type redis: Cluster, Sentinel, TLS, ACL.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Request timeout towards Redis.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+impl Store {
+    /// Connects to the store and returns a locker on it.
+    pub async fn locker(&self) -> Result<Locker> {
+        let metrics = MetricsService::new("keel")?;
+        let cache = match (&self.url, &self.config) {
+            (Some(url), _) => RedisCache::builder("keel", Endpoint::Url(Secret::new(url.clone())))
+                .prefix("keel:")
+                .connect_timeout(self.timeout.max(Duration::from_secs(1)))
+                .response_timeout(self.timeout)
+                .items_refresh(None)
+                .metrics(&metrics)
+                .build()?,
+            (None, Some(path)) => {
+                let config = CacheConfig::from_path(path)?;
+                if config.kind != "redis" {
+                    bail!(
+                        "{}: locks across processes need a redis cache config",
+                        path.display()
+                    );
+                }
+                keel_cache::redis_from_config(&config, &metrics)?
+            }
+            (None, None) => bail!("give --url or --config"),
+        };
+        keel_cache::Cache::connect(&cache)
+            .await
+            .context("connecting to Redis")?;
+        Ok(Locker::with_metrics(cache, &metrics))
+    }
+}
+
+/// Arguments of `keel lock`.
+#[derive(clap::Args)]
+pub struct LockArgs {
+    #[command(flatten)]
+    store: Store,
+    /// The lock's name.
+    name: String,
+    /// Lock TTL; the lock is renewed every TTL/3 while the command runs.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    ttl: Duration,
+    /// How long to wait for the lock.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    wait: Duration,
+    /// On Ctrl-C/SIGTERM: how long the command gets between SIGTERM and SIGKILL (never past
+    /// the lock's deadline).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    grace: Duration,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// Exit code when the lock or leadership is lost while the command runs.
+pub const LOST_EXIT: i32 = 75;
+
+/// How often keel forwards a renewed deadline to the guard, as a fraction of the hold.
+pub fn forward_period(hold: Duration) -> Duration {
+    (hold / 10).max(Duration::from_millis(5))
+}
+
+/// `keel lock`: returns the process exit code.
+pub async fn lock(args: LockArgs) -> Result<i32> {
+    let locker = args.store.locker().await?;
+    let guard = locker
+        .lock_with(&args.name, args.ttl, args.wait, LockOptions::watchdog())
+        .await?;
+    let token = guard.fencing_token();
+    eprintln!("keel: holding lock {:?} (fencing token {token})", args.name);
+    let env = [
+        ("KEEL_FENCING_TOKEN", token.to_string()),
+        ("KEEL_LOCK_NAME", args.name.clone()),
+    ];
+    let timing = Timing::for_hold(args.ttl);
+    let mut child = match Supervisor::spawn(&args.command, &env, guard.deadline(), timing).await {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = guard.release().await;
+            return Err(e);
+        }
+    };
+    let lost = guard.lost();
+    let mut forward = tokio::time::interval(forward_period(args.ttl));
+    let shutdown = super::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            end = child.ended() => return Ok(match end {
+                // The command and its whole group are gone: only now may others get the lock.
+                End::Exited(_) if lost.is_cancelled() => LOST_EXIT,
+                End::Exited(code) => {
+                    if let Err(e) = guard.release().await {
+                        eprintln!("keel: could not release the lock (it expires by itself): {e}");
+                    }
+                    code
+                }
+                End::Expired(_) => {
+                    eprintln!("keel: lock {:?} could not be renewed in time; the guard stopped the command", args.name);
+                    guard.abandon();
+                    LOST_EXIT
+                }
+                End::Unconfirmed(_) => {
+                    eprintln!("keel: the command's process group could not be confirmed gone; the lock is left to expire");
+                    guard.abandon();
+                    LOST_EXIT
+                }
+            }),
+            () = lost.cancelled(), if !stopping => {
+                // Taken over, or the deadline passed: stop now, SIGKILL soon (the guard's own
+                // deadline bounds it too).
+                eprintln!("keel: lost lock {:?}; stopping the command", args.name);
+                child.stop(timing.kill_before);
+                stopping = true;
+            }
+            _ = forward.tick() => child.set_deadline(guard.deadline()),
+            () = &mut shutdown, if !stopping => {
+                // Renewals go on while the command winds down; release after it is gone.
+                child.stop(args.grace);
+                stopping = true;
+            }
+        }
+    }
+}
