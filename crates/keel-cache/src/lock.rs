@@ -349,7 +349,8 @@ pub(crate) fn jitter() -> f64 {
 /// Per-acquisition options.
 #[derive(Debug, Clone, Default)]
 pub struct LockOptions {
-    /// Renew the lock every TTL/3 until it is released (default off).
+    /// Renew the lock every TTL/3 until it is released, retrying a failed renewal after
+    /// TTL/10 (default off).
     pub watchdog: bool,
     /// Put this in front of the random token (e.g. an identity, for `holder()` readers).
     pub token_prefix: Option<String>,
@@ -515,12 +516,17 @@ impl LockGuard {
                     if s.lost.is_cancelled() {
                         return;
                     }
-                    // Errors are retried at the next period; the deadline timer decides loss.
-                    // The current TTL is used, so a manual extend to another TTL sticks.
-                    if let Ok(false) = s.renew(None).await {
-                        return;
+                    // A failed renewal is retried after a tenth of the TTL, so one lost reply
+                    // does not eat the margin; the deadline timer decides loss. The current
+                    // TTL is used, so a manual extend to another TTL sticks.
+                    let renewed = s.renew(None).await;
+                    let ttl = *s.ttl.lock().await;
+                    period = match renewed {
+                        Ok(false) => return,
+                        Ok(true) => ttl / 3,
+                        Err(_) => ttl / 10,
                     }
-                    period = (*s.ttl.lock().await / 3).max(Duration::from_millis(1));
+                    .max(Duration::from_millis(1));
                 }
             }));
         }

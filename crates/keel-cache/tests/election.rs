@@ -261,29 +261,24 @@ async fn the_lease_is_released_only_after_the_leadership_handle_is_dropped() {
     election.resign();
     leadership.token.cancelled().await;
     // The work "still runs" for a while: nobody else may take the lock meanwhile.
-    for _ in 0..5 {
+    let held = || async {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        locker
+            .try_lock("handoff", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none()
+    };
+    for _ in 0..5 {
         assert!(
-            locker
-                .try_lock("handoff", Duration::from_secs(1))
-                .await
-                .unwrap()
-                .is_none(),
+            held().await,
             "the lease was released while the work could still run"
         );
         assert!(!election.is_leader());
     }
     let copy = leadership.clone();
     drop(leadership);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        locker
-            .try_lock("handoff", Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_none(),
-        "a clone still holds the term"
-    );
+    assert!(held().await, "a clone still holds the term");
     copy.done();
     let deadline = Instant::now() + Duration::from_secs(2);
     let taken = loop {

@@ -15,11 +15,13 @@
 //!   hold's new deadline as an absolute `CLOCK_MONOTONIC` time (a message delayed by a freeze
 //!   cannot stretch the hold). The guard enforces it on its own clock: SIGTERM to the group at
 //!   `deadline - term_before`, SIGKILL at `deadline - kill_before`, so the command is gone
-//!   before the lock can expire on the server.
+//!   before the lock can expire on the server. (If the guard itself is frozen, keel kills the
+//!   group and the guard a little later: [`Supervisor::kill_all`].)
 //! - **grandchildren**: signals go to the command's process group; the guard is a child
 //!   subreaper, so descendants orphaned inside the group are reparented to it and reaped.
-//! - **keel and the guard killed together**: the command has `PR_SET_PDEATHSIG = SIGKILL`
-//!   (set by a `pre_exec` hook in the guard, whose only thread is the one that spawned it).
+//! - **keel and the guard killed together**: the command itself (not its children) has
+//!   `PR_SET_PDEATHSIG = SIGKILL` (set by a `pre_exec` hook in the guard, whose only thread is
+//!   the one that spawned it).
 //! - **release only after the command is gone**: the guard reports the end only once
 //!   `kill(-pgid, 0)` says the group has no process left. If that cannot be confirmed, keel
 //!   does not release and the TTL runs out instead.
@@ -86,13 +88,14 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// For a hold of `ttl` renewed every `ttl / 3` (a lock's watchdog) or every retry period
-    /// with a renew deadline of `2/3 ttl` (an election): SIGTERM a third of the TTL before the
-    /// deadline, SIGKILL a sixth before it.
+    /// For a hold of `ttl` renewed every `ttl / 3` (a lock's watchdog, which retries a failed
+    /// renewal after `ttl / 10`) or every retry period with a renew deadline of `2/3 ttl` (an
+    /// election): SIGTERM a quarter of the TTL before the deadline, SIGKILL an eighth before
+    /// it.
     pub fn for_hold(ttl: Duration) -> Self {
         Self {
-            term_before: ttl / 3,
-            kill_before: ttl / 6,
+            term_before: ttl / 4,
+            kill_before: ttl / 8,
         }
     }
 }
@@ -109,6 +112,26 @@ pub enum End {
     /// let the TTL run out.
     Unconfirmed(i32),
 }
+
+/// Why [`Supervisor::spawn`] failed.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// Nothing was started (no command, no guard, or the guard could not run the command).
+    NotStarted(anyhow::Error),
+    /// The guard did not answer in time and was killed; the command may have started for a
+    /// moment: do not release the hold, let it run out.
+    Uncertain(anyhow::Error),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotStarted(e) | Self::Uncertain(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
 
 /// keel's side: a command running under a guard process.
 pub struct Supervisor {
@@ -132,6 +155,41 @@ impl Supervisor {
     /// # Errors
     /// When the guard or the command cannot be started.
     pub async fn spawn(
+        command: &[String],
+        env: &[(&str, String)],
+        deadline: tokio::time::Instant,
+        timing: Timing,
+    ) -> Result<Self, SpawnError> {
+        let mut guard = Self::start_guard(command, env, deadline, timing)
+            .await
+            .map_err(SpawnError::NotStarted)?;
+        let first = tokio::time::timeout(Duration::from_secs(10), guard.status.next_line()).await;
+        let first = match first {
+            Ok(line) => line.context("reading from the guard"),
+            Err(_) => {
+                // SIGKILL the guard: the kernel then SIGKILLs a command it may have started.
+                let _ = guard.guard.start_kill();
+                return Err(SpawnError::Uncertain(anyhow::anyhow!(
+                    "the guard did not report the command's start within 10 s"
+                )));
+            }
+        }
+        .map_err(SpawnError::NotStarted)?;
+        guard.pgid = match first.as_deref().and_then(|l| l.split_once(' ')) {
+            Some(("started", pid)) => pid
+                .parse::<i32>()
+                .map_err(|_| SpawnError::Uncertain(anyhow::anyhow!("bad guard message")))?,
+            Some(("failed", why)) => return Err(SpawnError::NotStarted(anyhow::anyhow!("{why}"))),
+            _ => {
+                return Err(SpawnError::NotStarted(anyhow::anyhow!(
+                    "the guard process ended before starting the command"
+                )));
+            }
+        };
+        Ok(guard)
+    }
+
+    async fn start_guard(
         command: &[String],
         env: &[(&str, String)],
         deadline: tokio::time::Instant,
@@ -172,22 +230,13 @@ impl Supervisor {
         drop(ctl_read);
         drop(status_write);
         let ctl = pipe::Sender::from_owned_fd(OwnedFd::from(ctl_write))?;
-        let mut status =
+        let status =
             BufReader::new(pipe::Receiver::from_owned_fd(OwnedFd::from(status_read))?).lines();
-        let first = tokio::time::timeout(Duration::from_secs(10), status.next_line())
-            .await
-            .context("the guard did not start the command in 10 s")?
-            .context("reading from the guard")?;
-        let pgid = match first.as_deref().and_then(|l| l.split_once(' ')) {
-            Some(("started", pid)) => pid.parse::<i32>().context("bad guard message")?,
-            Some(("failed", why)) => bail!("{why}"),
-            _ => bail!("the guard process ended before starting the command"),
-        };
         Ok(Self {
             ctl,
             status,
             guard,
-            pgid,
+            pgid: 0,
             sent_deadline: deadline_ns,
         })
     }
@@ -211,7 +260,16 @@ impl Supervisor {
             .try_write(format!("stop {}\n", duration_ns(grace)).as_bytes());
     }
 
-    /// Waits for the command's end (cancel-safe).
+    /// The last resort when the guard has not reported the end by the time it should have
+    /// killed the command (the guard itself frozen or stuck): SIGKILL the command's group and
+    /// the guard. [`ended`](Self::ended) then reports [`End::Unconfirmed`].
+    pub fn kill_all(&mut self) {
+        let _ = kill(Pid::from_raw(-self.pgid), Signal::SIGKILL);
+        let _ = self.guard.start_kill();
+    }
+
+    /// Waits for the command's end. Cancel-safe: nothing is consumed that a later call needs
+    /// (the guard process is reaped by tokio in the background).
     pub async fn ended(&mut self) -> End {
         loop {
             match self.status.next_line().await {
@@ -220,20 +278,17 @@ impl Supervisor {
                         continue;
                     };
                     let code = code.parse().unwrap_or(1);
-                    let end = match kind {
+                    return match kind {
                         "exited" => End::Exited(code),
                         "expired" => End::Expired(code),
                         "unconfirmed" => End::Unconfirmed(code),
                         _ => continue,
                     };
-                    let _ = self.guard.wait().await;
-                    return end;
                 }
                 // The guard vanished without a word: kill the group ourselves. The command
                 // cannot be reaped from here, so its end cannot be confirmed.
                 Ok(None) | Err(_) => {
                     let _ = kill(Pid::from_raw(-self.pgid), Signal::SIGKILL);
-                    let _ = self.guard.wait().await;
                     return End::Unconfirmed(1);
                 }
             }
@@ -306,8 +361,10 @@ struct Guard {
     deadline: u64,
     term_before: u64,
     kill_before: u64,
-    /// Set once SIGTERM went out: why, and when SIGKILL follows.
+    /// Set once SIGTERM went out: why, and when SIGKILL was asked for.
     stopping: Option<(Cause, u64)>,
+    /// When the first SIGKILL went out.
+    killed_at: Option<u64>,
     code: Option<i32>,
     /// When the command's own process was reaped.
     reaped_at: Option<u64>,
@@ -322,6 +379,11 @@ impl Guard {
         let _ = kill(Pid::from_raw(-self.pgid.as_raw()), signal);
     }
 
+    fn kill_group(&mut self, now: u64) {
+        self.signal_group(Signal::SIGKILL);
+        self.killed_at.get_or_insert(now);
+    }
+
     /// Whether any process is left in the command's group (a group we may not signal counts).
     fn group_alive(&self) -> bool {
         !matches!(
@@ -330,16 +392,24 @@ impl Guard {
         )
     }
 
-    fn kill_at(&self) -> u64 {
+    /// The latest moment for SIGKILL: an eighth of the TTL before the deadline.
+    fn latest_kill(&self) -> u64 {
         self.deadline.saturating_sub(self.kill_before)
     }
 
+    /// When SIGKILL goes out, once stopping: as asked, but never after [`latest_kill`].
+    fn kill_at(&self) -> Option<u64> {
+        self.stopping
+            .map(|(_, asked)| asked.min(self.latest_kill()))
+    }
+
     fn begin_stop(&mut self, cause: Cause, kill_at: u64) {
-        if self.stopping.is_none() {
-            self.signal_group(Signal::SIGTERM);
-            self.stopping = Some((cause, kill_at.min(self.kill_at())));
-        } else if let Some((_, at)) = &mut self.stopping {
-            *at = (*at).min(kill_at);
+        match &mut self.stopping {
+            None => {
+                self.signal_group(Signal::SIGTERM);
+                self.stopping = Some((cause, kill_at));
+            }
+            Some((_, asked)) => *asked = (*asked).min(kill_at),
         }
     }
 
@@ -362,8 +432,16 @@ impl Guard {
 
     fn handle_line(&mut self, line: &str, now: u64) {
         match line.split_once(' ') {
+            // Deadlines come only from successful renewals, so one may still move the kill
+            // time of a requested stop (a shutdown grace) later; once the guard is stopping
+            // the command because the deadline came, it finishes the job.
             Some(("deadline", ns)) => {
-                if let (Ok(ns), None) = (ns.parse::<u64>(), self.stopping) {
+                if let Ok(ns) = ns.parse::<u64>()
+                    && !matches!(
+                        self.stopping,
+                        Some((Cause::Deadline | Cause::ParentGone, _))
+                    )
+                {
                     self.deadline = ns;
                 }
             }
@@ -374,6 +452,56 @@ impl Guard {
             _ => {}
         }
     }
+
+    /// One round of checks; returns the exit code once the guard is done.
+    fn step(&mut self, now: u64, parent_alive: bool) -> Option<i32> {
+        self.reap(now);
+        if let Some(code) = self.code {
+            if !self.group_alive() {
+                let kind = match self.stopping {
+                    Some((Cause::Deadline, _)) => "expired",
+                    _ => "exited",
+                };
+                self.say(&format!("{kind} {code}"));
+                return Some(code);
+            }
+            // The command is gone but left processes in its group: they must not outlive
+            // the hold either.
+            self.begin_stop(
+                Cause::Request,
+                now.saturating_add(duration_ns(LEFTOVER_GRACE)),
+            );
+        }
+        if !parent_alive && !matches!(self.stopping, Some((Cause::ParentGone, _))) {
+            self.stopping = Some((Cause::ParentGone, now));
+        }
+        if now >= self.deadline.saturating_sub(self.term_before) {
+            self.begin_stop(Cause::Deadline, self.latest_kill());
+        }
+        if self.kill_at().is_some_and(|at| now >= at) {
+            self.kill_group(now);
+        }
+        // A group that SIGKILL does not empty (a process stuck in the kernel) cannot be
+        // confirmed gone: say so, and let the hold run out.
+        if let Some(killed) = self.killed_at
+            && now.saturating_sub(killed) > duration_ns(CONFIRM_FOR)
+            && self.group_alive()
+        {
+            self.say(&format!("unconfirmed {}", self.code.unwrap_or(1)));
+            return Some(self.code.unwrap_or(1));
+        }
+        None
+    }
+
+    /// How long to sleep before the next round: until the next signal is due, at most a tick.
+    fn wait(&self, now: u64) -> Duration {
+        let next = match self.kill_at() {
+            Some(at) if now < at => at,
+            Some(_) => now.saturating_add(duration_ns(TICK)),
+            None => self.deadline.saturating_sub(self.term_before),
+        };
+        Duration::from_nanos(next.saturating_sub(now)).clamp(Duration::from_millis(1), TICK)
+    }
 }
 
 /// The guard mode: runs the command and enforces the hold. Returns the command's exit code.
@@ -383,21 +511,31 @@ pub fn run(args: GuardArgs) -> i32 {
     let (Ok(mut ctl), Ok(status)) = (adopt(args.ctl, false), adopt(args.status, true)) else {
         return 1; // keel is already gone: start nothing
     };
+    // Only keel decides when the command stops: a SIGTERM/SIGINT/SIGHUP meant for keel's
+    // whole cgroup or session (systemd stop, `pkill keel`) must not kill the guard and skip
+    // the grace. Blocked, not ignored, and unblocked again for the command (below).
+    let mut blocked = nix::sys::signal::SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        blocked.add(sig);
+    }
+    let _ = blocked.thread_block();
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let me = nix::unistd::getpid();
     let (program, rest) = args.command.split_first().expect("clap requires a command");
     let mut command = std::process::Command::new(program);
     command.args(rest).process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and only makes two raw
-    // system calls (prctl, getppid), both async-signal-safe; it allocates nothing and touches
-    // no lock. It makes the kernel SIGKILL the command when the guard dies, and refuses to
-    // exec if the guard died before the prctl took effect.
+    // SAFETY: the closure runs in the forked child before exec and only makes three raw
+    // system calls (sigprocmask, prctl, getppid), all async-signal-safe; it allocates nothing
+    // and touches no lock. It gives the command the signals the guard blocked, makes the
+    // kernel SIGKILL the command when the guard dies, and refuses to exec if the guard died
+    // before the prctl took effect.
     #[allow(unsafe_code)]
     unsafe {
         command.pre_exec(move || {
+            blocked.thread_unblock()?;
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             if nix::unistd::getppid() != me {
-                return Err(std::io::Error::other("the keel guard is gone"));
+                return Err(std::io::Error::from_raw_os_error(Errno::ESRCH as i32));
             }
             Ok(())
         });
@@ -420,6 +558,7 @@ pub fn run(args: GuardArgs) -> i32 {
         term_before: args.term_before_ns,
         kill_before: args.kill_before_ns,
         stopping: None,
+        killed_at: None,
         code: None,
         reaped_at: None,
     };
@@ -428,49 +567,10 @@ pub fn run(args: GuardArgs) -> i32 {
     let mut pending = Vec::new();
     loop {
         let now = mono_ns();
-        guard.reap(now);
-        if let Some(code) = guard.code {
-            if !guard.group_alive() {
-                let kind = match guard.stopping {
-                    Some((Cause::Deadline, _)) => "expired",
-                    _ => "exited",
-                };
-                guard.say(&format!("{kind} {code}"));
-                return code;
-            }
-            // The command is gone but left processes in its group: they must not outlive
-            // the hold either.
-            guard.begin_stop(
-                Cause::Request,
-                now.saturating_add(duration_ns(LEFTOVER_GRACE)),
-            );
-            if now.saturating_sub(guard.reaped_at.unwrap_or(now)) > duration_ns(CONFIRM_FOR) {
-                guard.signal_group(Signal::SIGKILL);
-                guard.say(&format!("unconfirmed {code}"));
-                return code;
-            }
+        if let Some(code) = guard.step(now, parent_alive) {
+            return code;
         }
-        if !parent_alive && guard.stopping.is_none_or(|(c, _)| c != Cause::ParentGone) {
-            guard.stopping = Some((Cause::ParentGone, now));
-            guard.signal_group(Signal::SIGKILL);
-        }
-        let term_at = guard.deadline.saturating_sub(guard.term_before);
-        if now >= term_at {
-            guard.begin_stop(Cause::Deadline, guard.kill_at());
-        }
-        if let Some((_, kill_at)) = guard.stopping
-            && now >= kill_at
-        {
-            guard.signal_group(Signal::SIGKILL);
-        }
-        // Sleep until the next thing to do, at most a tick, waking for control messages.
-        let next = match guard.stopping {
-            Some((_, kill_at)) if now < kill_at => kill_at,
-            Some(_) => now,
-            None => term_at,
-        };
-        let wait =
-            Duration::from_nanos(next.saturating_sub(now)).clamp(Duration::from_millis(1), TICK);
+        let wait = guard.wait(now);
         if !parent_alive {
             std::thread::sleep(wait);
             continue;

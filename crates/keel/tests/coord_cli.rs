@@ -95,7 +95,7 @@ fn a_lost_lock_terminates_the_command_and_exits_75() {
             &redis.url(),
             "job",
             "--ttl",
-            "300ms",
+            "2s",
             "--",
             "sh",
             "-c",
@@ -267,4 +267,53 @@ fn elect_runs_one_leader_and_fails_over_when_it_is_killed() {
         "took over before the lease could expire: {failover:?}"
     );
     assert!(failover < Duration::from_secs(10), "{failover:?}");
+}
+
+/// The guard blocks SIGTERM/SIGINT/SIGHUP for itself (a `systemctl stop` or `pkill keel`
+/// reaches every process, and only keel decides how the command stops), but the command
+/// starts with none blocked, and a SIGTERM sent to the guard alone changes nothing.
+#[test]
+fn the_guard_ignores_stray_sigterm_and_the_command_gets_a_clean_signal_mask() {
+    let redis = RedisServer::start();
+    let dir = tempdir();
+    let out_file = dir.join("mask");
+    let mut child = keel()
+        .args(["lock", "--url", &redis.url(), "mask", "--"])
+        .args([
+            "sh",
+            "-c",
+            &format!(
+                "grep SigBlk /proc/self/status > {}; sleep 1",
+                out_file.display()
+            ),
+        ])
+        .spawn()
+        .unwrap();
+    wait_until("the command", Duration::from_secs(5), || {
+        std::fs::read_to_string(&out_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let guard = Command::new("pgrep")
+        .args(["-P", &child.id().to_string(), "-f", "__guard"])
+        .output()
+        .unwrap();
+    let guard = String::from_utf8_lossy(&guard.stdout).trim().to_owned();
+    assert!(!guard.is_empty(), "the guard runs as keel's child");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &guard])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(10)),
+        Some(0),
+        "the command ran to its end"
+    );
+    let mask = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(
+        mask.split_whitespace().nth(1),
+        Some("0000000000000000"),
+        "{mask}"
+    );
 }

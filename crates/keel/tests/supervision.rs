@@ -213,6 +213,51 @@ fn stderr_of(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default()
 }
 
+/// What a fault did: when it acted (takeover is measured from there), and by when the first
+/// command must have stopped beating (the earliest moment its hold could expire), if the
+/// fault makes that bound meaningful.
+struct Fault {
+    at: f64,
+    gone_by: Option<f64>,
+}
+
+impl Fault {
+    fn at(at: f64) -> Self {
+        Self { at, gone_by: None }
+    }
+}
+
+/// The first command's last beat came no later than `fault.gone_by`.
+fn assert_gone_by(timeline: &Timeline, first: &Life, fault: &Fault, context: &str) {
+    let Some(by) = fault.gone_by else { return };
+    let life = timeline.lives.iter().find(|l| l.pid == first.pid).unwrap();
+    assert!(
+        life.last <= by,
+        "{context}: the command still ran {:.3} s after its hold could expire\n{}",
+        life.last - by,
+        timeline.tail()
+    );
+}
+
+/// SIGKILLs keel alone; its command and grandchild must die at once, long before the
+/// guard's deadline-based kill (at least half the 3 s TTL later). Returns the kill time.
+fn killed_at_once(keel: &mut Child, first: &Life) -> Fault {
+    let at = now();
+    signal(keel.id(), "KILL");
+    wait_until(
+        "the orphaned command to die",
+        Duration::from_secs(10),
+        || dead(first.pid) && dead(first.grandchild),
+    );
+    let gone = now() - at;
+    assert!(
+        gone < 1.0,
+        "the command died {gone:.3} s after keel, not at once"
+    );
+    let _ = keel.wait();
+    Fault::at(at)
+}
+
 // ---------------------------------------------------------------------------------------
 // keel lock
 
@@ -253,7 +298,7 @@ fn lock_scenario(
     ttl: &str,
     ignore_term: bool,
     extra: &[&str],
-    fault: impl Fn(&RedisServer, &mut Child, &Life) -> f64,
+    fault: impl Fn(&RedisServer, &mut Child, &Life) -> Fault,
     holder_code: i32,
     bound: f64,
 ) {
@@ -274,7 +319,7 @@ fn lock_scenario(
             .0
             .push(run.spawn(&format!("waiter-{rep}"), false, Some(10), &[]));
         std::thread::sleep(Duration::from_millis(300)); // the waiter is polling by now
-        let at = fault(&redis, &mut procs.0[0], &first);
+        let fault = fault(&redis, &mut procs.0[0], &first);
         let code = wait_exit(
             &mut procs.0[0],
             Duration::from_secs(20),
@@ -296,6 +341,7 @@ fn lock_scenario(
         let timeline = Timeline::read(&run.log);
         let context = format!("{tag} rep {rep}");
         timeline.assert_exclusive(&context);
+        assert_gone_by(&timeline, &first, &fault, &context);
         assert_eq!(timeline.lives.len(), 2, "{context}\n{}", timeline.tail());
         assert!(dead(first.pid), "{context}: the holder's command survived");
         assert!(
@@ -304,9 +350,9 @@ fn lock_scenario(
         );
         let next = timeline.started_after(first.start).unwrap();
         assert!(
-            next.start - at <= bound,
+            next.start - fault.at <= bound,
             "{context}: took over {:.3} s after the fault (bound {bound} s)",
-            next.start - at
+            next.start - fault.at
         );
     }
 }
@@ -320,22 +366,7 @@ fn lock_keel_killed_takes_its_command_with_it() {
         "3s",
         false,
         &[],
-        |_, keel, first| {
-            let at = now();
-            signal(keel.id(), "KILL");
-            // At once: long before the guard's deadline-based kill (>= 1.5 s later).
-            wait_until(
-                "the orphaned command to die",
-                Duration::from_secs(10),
-                || dead(first.pid) && dead(first.grandchild),
-            );
-            let gone = now() - at;
-            assert!(
-                gone < 1.0,
-                "the command died {gone:.3} s after keel, not at once"
-            );
-            at
-        },
+        |_, keel, first| killed_at_once(keel, first),
         137,
         3.0 + POLL_CAP + SLACK,
     );
@@ -355,7 +386,12 @@ fn lock_keel_frozen_command_is_stopped_before_the_lock_expires() {
             signal(keel.id(), "STOP");
             std::thread::sleep(Duration::from_secs(4));
             signal(keel.id(), "CONT");
-            at
+            // The last renewal was sent before the freeze: the lock can expire from
+            // at + TTL on, and the command must be gone by then.
+            Fault {
+                at,
+                gone_by: Some(at + 1.0),
+            }
         },
         75,
         1.0 + POLL_CAP + SLACK,
@@ -363,18 +399,18 @@ fn lock_keel_frozen_command_is_stopped_before_the_lock_expires() {
 }
 
 /// The command SIGKILLed: keel sees it (and its leftover grandchild) gone, exits 137 and
-/// releases at once, so the waiter gets the lock long before the 5 s TTL.
+/// releases at once, so the waiter gets the lock long before the 15 s TTL.
 #[test]
 fn lock_command_killed_releases_after_its_group_is_gone() {
     lock_scenario(
         "lock-cmdkill",
-        "5s",
+        "15s",
         false,
         &[],
         |_, _, first| {
             let at = now();
             signal(first.pid, "KILL");
-            at
+            Fault::at(at)
         },
         137,
         POLL_CAP + SLACK,
@@ -382,18 +418,18 @@ fn lock_command_killed_releases_after_its_group_is_gone() {
 }
 
 /// keel asked to stop (SIGTERM) while its command ignores SIGTERM: SIGKILL after the grace,
-/// then release; the waiter gets the lock well before the 5 s TTL.
+/// then release; the waiter gets the lock long before the 15 s TTL.
 #[test]
 fn lock_command_ignoring_sigterm_is_killed_after_the_grace() {
     lock_scenario(
         "lock-ignore",
-        "5s",
+        "15s",
         true,
         &["--grace", "500ms"],
         |_, keel, _| {
             let at = now();
             signal(keel.id(), "TERM");
-            at
+            Fault::at(at)
         },
         137,
         0.5 + POLL_CAP + SLACK,
@@ -410,16 +446,18 @@ fn lock_redis_frozen_stops_the_command_before_the_lock_expires() {
         "1s",
         false,
         &[],
-        |redis, _, first| {
+        |redis, _, _| {
             let at = now();
             redis.pause();
             std::thread::sleep(Duration::from_secs(3));
             let resumed = now();
             redis.resume();
-            // Nobody could take the lock while Redis was frozen; the command had to be gone
-            // before the freeze outlasted the lock.
-            assert!(dead(first.pid), "the command still ran after a 3 s freeze");
-            resumed.max(at)
+            // No renewal succeeded after the freeze began: the command had to be gone before
+            // the lock could expire (at + TTL at the earliest).
+            Fault {
+                at: resumed,
+                gone_by: Some(at + 1.0),
+            }
         },
         75,
         POLL_CAP + SLACK,
@@ -432,6 +470,14 @@ fn lock_redis_frozen_stops_the_command_before_the_lock_expires() {
 struct Candidate {
     name: String,
     keel: Child,
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        // keel goes; its guard then kills the command.
+        let _ = self.keel.kill();
+        let _ = self.keel.wait();
+    }
 }
 
 fn candidates(
@@ -493,7 +539,7 @@ fn elect_scenario(
     lease: &str,
     ignore_term: bool,
     extra: &[&str],
-    fault: impl Fn(&RedisServer, &mut [Candidate], usize, &Life) -> f64,
+    fault: impl Fn(&RedisServer, &mut [Candidate], usize, &Life) -> Fault,
     bound: f64,
 ) {
     let redis = RedisServer::start();
@@ -516,7 +562,7 @@ fn elect_scenario(
         );
         let first = timeline.lives[0].clone();
         let leader = leader_of(&cands, first.pid);
-        let at = fault(&redis, &mut cands, leader, &first);
+        let fault = fault(&redis, &mut cands, leader, &first);
         wait_until("the next leader's command", Duration::from_secs(30), || {
             Timeline::read(&log).started_after(first.start).is_some()
         });
@@ -530,7 +576,12 @@ fn elect_scenario(
                 .collect::<Vec<_>>()
                 .join("\n")
         };
-        if std::panic::catch_unwind(|| timeline.assert_exclusive(&context)).is_err() {
+        if std::panic::catch_unwind(|| {
+            timeline.assert_exclusive(&context);
+            assert_gone_by(&timeline, &first, &fault, &context);
+        })
+        .is_err()
+        {
             panic!("{context}: see above; keel stderr:\n{}", errs());
         }
         assert!(
@@ -543,12 +594,12 @@ fn elect_scenario(
         );
         let next = timeline.started_after(first.start).unwrap();
         assert!(
-            next.start - at <= bound,
+            next.start - fault.at <= bound,
             "{context}: a new leader after {:.3} s (bound {bound} s)\n{}",
-            next.start - at,
+            next.start - fault.at,
             errs()
         );
-        let _ = Procs(cands.into_iter().map(|c| c.keel).collect());
+        drop(cands);
     }
 }
 
@@ -561,22 +612,7 @@ fn elect_keel_killed_takes_its_command_with_it() {
         "3s",
         false,
         &[],
-        |_, cands, leader, first| {
-            let at = now();
-            signal(cands[leader].keel.id(), "KILL");
-            wait_until(
-                "the orphaned command to die",
-                Duration::from_secs(10),
-                || dead(first.pid) && dead(first.grandchild),
-            );
-            let gone = now() - at;
-            assert!(
-                gone < 1.0,
-                "the command died {gone:.3} s after keel, not at once"
-            );
-            let _ = cands[leader].keel.wait();
-            at
-        },
+        |_, cands, leader, first| killed_at_once(&mut cands[leader].keel, first),
         3.0 + 0.5 * 1.2 + SLACK,
     );
 }
@@ -596,37 +632,41 @@ fn elect_keel_frozen_never_gives_two_leaders() {
             signal(cands[leader].keel.id(), "STOP");
             std::thread::sleep(Duration::from_secs(4));
             signal(cands[leader].keel.id(), "CONT");
-            at
+            Fault {
+                at,
+                gone_by: Some(at + 1.0),
+            }
         },
         1.0 + 1.0 / 6.0 * 1.2 + SLACK,
     );
 }
 
 /// The leader's command SIGKILLed: its keel resigns after the group is gone and releases at
-/// once; a new term starts well within the 3 s lease.
+/// once; a new term starts within a retry period (2.5 s), long before the 15 s lease.
 #[test]
 fn elect_command_killed_hands_over_after_its_group_is_gone() {
     elect_scenario(
         "elect-cmdkill",
-        "3s",
+        "15s",
         false,
         &[],
         |_, _, _, first| {
             let at = now();
             signal(first.pid, "KILL");
-            at
+            Fault::at(at)
         },
-        0.5 * 1.2 + SLACK,
+        2.5 * 1.2 + SLACK,
     );
 }
 
 /// The leader's keel asked to stop (SIGTERM) while its command ignores SIGTERM: SIGKILL after
-/// the grace, then the lease is released and the other candidate leads.
+/// the grace, then the lease is released and the other candidate leads within a retry
+/// period, long before the 15 s lease.
 #[test]
 fn elect_command_ignoring_sigterm_is_killed_after_the_grace() {
     elect_scenario(
         "elect-ignore",
-        "3s",
+        "15s",
         true,
         &["--grace", "500ms"],
         |_, cands, leader, _| {
@@ -634,9 +674,9 @@ fn elect_command_ignoring_sigterm_is_killed_after_the_grace() {
             signal(cands[leader].keel.id(), "TERM");
             let code = wait_exit(&mut cands[leader].keel, Duration::from_secs(10), "keel");
             assert_eq!(code, Some(0), "keel elect exits 0 on SIGTERM");
-            at
+            Fault::at(at)
         },
-        0.5 + 0.5 * 1.2 + SLACK,
+        0.5 + 2.5 * 1.2 + SLACK,
     );
 }
 
@@ -649,13 +689,16 @@ fn elect_redis_frozen_stops_the_command_before_the_lease_expires() {
         "1s",
         false,
         &[],
-        |redis, _, _, first| {
+        |redis, _, _, _| {
+            let at = now();
             redis.pause();
             std::thread::sleep(Duration::from_secs(3));
             let resumed = now();
             redis.resume();
-            assert!(dead(first.pid), "the command still ran after a 3 s freeze");
-            resumed
+            Fault {
+                at: resumed,
+                gone_by: Some(at + 1.0),
+            }
         },
         1.0 + SLACK,
     );

@@ -8,8 +8,8 @@ use keel_cache::election::{Election, Leadership};
 use keel_cache::parse_duration;
 use tokio_util::sync::CancellationToken;
 
-use super::lock::{Store, forward_period};
-use crate::guard::{End, Supervisor, Timing};
+use super::lock::{Store, backstop, forward_period};
+use crate::guard::{End, SpawnError, Supervisor, Timing};
 
 /// Arguments of `keel elect`.
 #[derive(clap::Args)]
@@ -35,12 +35,12 @@ pub struct ElectArgs {
 
 /// What ended one term's command.
 enum TermEnd {
-    /// The command exited by itself: resign and campaign again.
-    Exited,
-    /// Leadership was lost and the command is gone.
-    Lost,
+    /// The command and its group are gone (it exited, or leadership was lost).
+    Gone,
     /// keel was asked to stop and the command is gone.
     Shutdown,
+    /// The command's end could not be confirmed: the lease must run out, not be released.
+    Unconfirmed,
 }
 
 /// `keel elect`: runs until interrupted; returns the process exit code.
@@ -84,22 +84,31 @@ pub async fn elect(args: ElectArgs) -> Result<i32> {
             "keel: leading {:?} as {identity} (epoch {})",
             args.name, leadership.epoch
         );
-        match term(&args, &leadership, &mut stop_all).await {
-            Ok(TermEnd::Exited) => {
-                election.resign();
-                leadership.done(); // the command is gone: the lease may be released now
-            }
-            Ok(TermEnd::Lost) => leadership.done(),
+        let end = term(&args, &leadership, &mut stop_all).await;
+        // Every end but a shutdown resigns, so this candidate never leads with nothing running
+        // (a no-op when leadership already ended); campaigning goes on after a retry period.
+        if !matches!(end, Ok(TermEnd::Shutdown)) {
+            election.resign();
+        }
+        match end {
+            Ok(TermEnd::Gone) => leadership.done(), // the lease may be released now
             Ok(TermEnd::Shutdown) => {
                 leadership.done();
                 break Ok(0);
             }
-            Err(e) => {
-                // The command's end could not be confirmed: keep the term's handle until the
-                // lease can have expired, so the election neither releases nor campaigns.
-                eprintln!("keel: {e:#}");
+            Ok(TermEnd::Unconfirmed) | Err(SpawnError::Uncertain(_)) => {
+                // Keep the term's handle until the lease can have expired, so the election
+                // neither releases nor campaigns while the command might still run.
+                eprintln!(
+                    "keel: the command's end could not be confirmed; the lease is left to expire"
+                );
+                leadership.token.cancelled().await;
                 tokio::time::sleep_until(leadership.expires_at()).await;
                 leadership.done();
+            }
+            Err(SpawnError::NotStarted(e)) => {
+                leadership.done();
+                break Err(e);
             }
         }
     };
@@ -108,12 +117,13 @@ pub async fn elect(args: ElectArgs) -> Result<i32> {
     result
 }
 
-/// Runs the command for one term; returns once its whole process group is gone.
+/// Runs the command for one term; returns once its whole process group is gone (or that
+/// could not be confirmed).
 async fn term(
     args: &ElectArgs,
     leadership: &Leadership,
     stop_all: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> Result<TermEnd> {
+) -> Result<TermEnd, SpawnError> {
     let env = [
         ("KEEL_FENCING_TOKEN", leadership.epoch.to_string()),
         ("KEEL_LOCK_NAME", args.name.clone()),
@@ -123,35 +133,40 @@ async fn term(
     let mut forward = tokio::time::interval(forward_period(args.lease));
     let mut shutting_down = false;
     let mut lost = false;
+    let mut backstopped = false;
     loop {
         tokio::select! {
             end = child.ended() => {
-                return match end {
+                return Ok(match end {
                     End::Exited(code) if shutting_down => {
                         eprintln!("keel: command exited ({code}) on shutdown");
-                        Ok(TermEnd::Shutdown)
+                        TermEnd::Shutdown
                     }
                     End::Exited(code) if !lost => {
                         eprintln!("keel: command exited ({code}); resigning and campaigning again");
-                        Ok(TermEnd::Exited)
+                        TermEnd::Gone
                     }
                     End::Exited(_) | End::Expired(_) => {
                         eprintln!("keel: leadership of {:?} ended; the command is gone", args.name);
-                        Ok(TermEnd::Lost)
+                        TermEnd::Gone
                     }
-                    End::Unconfirmed(_) => anyhow::bail!(
-                        "the command's process group could not be confirmed gone; the lease is left to expire"
-                    ),
-                };
+                    End::Unconfirmed(_) => TermEnd::Unconfirmed,
+                });
             }
             () = leadership.token.cancelled(), if !lost && !shutting_down => {
                 // Leadership ends at the renew deadline, a third of the lease before anyone
-                // else can win; the guard SIGKILLs a sixth of the lease before it at the latest.
+                // else can win; the guard SIGKILLs an eighth of the lease before it at the latest.
                 eprintln!("keel: lost leadership of {:?}; stopping the command", args.name);
                 child.stop(timing.kill_before);
                 lost = true;
             }
             _ = forward.tick() => child.set_deadline(leadership.expires_at()),
+            // The guard should have killed the command by now: it is frozen or stuck.
+            () = tokio::time::sleep_until(backstop(leadership.expires_at(), timing)), if !backstopped => {
+                eprintln!("keel: the guard did not stop the command in time; killing it");
+                child.kill_all();
+                backstopped = true;
+            }
             () = stop_all.as_mut(), if !shutting_down && !lost => {
                 // The election keeps renewing while the command winds down.
                 child.stop(args.grace);

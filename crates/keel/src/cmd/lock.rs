@@ -9,7 +9,7 @@ use keel_cache::lock::{LockOptions, Locker};
 use keel_cache::{CacheConfig, Endpoint, RedisCache, Secret, parse_duration};
 use keel_metrics::MetricsService;
 
-use crate::guard::{End, Supervisor, Timing};
+use crate::guard::{End, SpawnError, Supervisor, Timing};
 
 /// Where the lock lives: a Redis URL or a cache config file.
 #[derive(clap::Args)]
@@ -87,6 +87,14 @@ pub fn forward_period(hold: Duration) -> Duration {
     (hold / 10).max(Duration::from_millis(5))
 }
 
+/// When keel kills the command itself if the guard has not reported its end: halfway
+/// between the guard's own kill time and the deadline.
+pub fn backstop(deadline: tokio::time::Instant, timing: Timing) -> tokio::time::Instant {
+    deadline
+        .checked_sub(timing.kill_before / 2)
+        .unwrap_or(deadline)
+}
+
 /// `keel lock`: returns the process exit code.
 pub async fn lock(args: LockArgs) -> Result<i32> {
     let locker = args.store.locker().await?;
@@ -102,9 +110,13 @@ pub async fn lock(args: LockArgs) -> Result<i32> {
     let timing = Timing::for_hold(args.ttl);
     let mut child = match Supervisor::spawn(&args.command, &env, guard.deadline(), timing).await {
         Ok(child) => child,
-        Err(e) => {
+        Err(SpawnError::NotStarted(e)) => {
             let _ = guard.release().await;
             return Err(e);
+        }
+        Err(e @ SpawnError::Uncertain(_)) => {
+            guard.abandon();
+            return Err(e.into());
         }
     };
     let lost = guard.lost();
@@ -112,6 +124,7 @@ pub async fn lock(args: LockArgs) -> Result<i32> {
     let shutdown = super::shutdown_signal();
     tokio::pin!(shutdown);
     let mut stopping = false;
+    let mut backstopped = false;
     loop {
         tokio::select! {
             end = child.ended() => return Ok(match end {
@@ -142,6 +155,12 @@ pub async fn lock(args: LockArgs) -> Result<i32> {
                 stopping = true;
             }
             _ = forward.tick() => child.set_deadline(guard.deadline()),
+            // The guard should have killed the command by now: it is frozen or stuck.
+            () = tokio::time::sleep_until(backstop(guard.deadline(), timing)), if !backstopped => {
+                eprintln!("keel: the guard did not stop the command in time; killing it");
+                child.kill_all();
+                backstopped = true;
+            }
             () = &mut shutdown, if !stopping => {
                 // Renewals go on while the command winds down; release after it is gone.
                 child.stop(args.grace);
