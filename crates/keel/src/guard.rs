@@ -397,7 +397,7 @@ impl Guard {
         self.deadline.saturating_sub(self.kill_before)
     }
 
-    /// When SIGKILL goes out, once stopping: as asked, but never after [`latest_kill`].
+    /// When SIGKILL goes out, once stopping: as asked, but never after [`Guard::latest_kill`].
     fn kill_at(&self) -> Option<u64> {
         self.stopping
             .map(|(_, asked)| asked.min(self.latest_kill()))
