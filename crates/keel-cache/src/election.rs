@@ -412,7 +412,8 @@ impl Election {
 
     /// Campaigns (and leads when elected) until `shutdown` is cancelled; a leader then stops
     /// leading and releases the lock once its [`Leadership`] handle is dropped (if that
-    /// happens before the lease could expire).
+    /// happens before the lease could expire). So on shutdown this returns once the handle is
+    /// dropped or, at the latest, when the lease could expire.
     pub async fn run(&self, shutdown: CancellationToken) {
         let inner = &self.inner;
         let mut observed: Option<Option<String>> = None;
