@@ -50,4 +50,6 @@ pub use logger::{Logger, set_fatal_hook};
 pub use manager::{FLUSH_ON_EXIT, Manager, global, install_panic_hook};
 pub use record::{Field, Fields, Level, ParseLevelError, Record, Value, field};
 pub use rotation::{FileOptions, FileSink, FileWriter, Period, ReopenHandle, Zone, rotated_files};
-pub use sink::{DeliveryStats, Overflow, QueueSink, RecordWriter, Sink};
+pub use sink::{
+    DEFAULT_FLUSH_INTERVAL, DeliveryStats, FlushPolicy, Overflow, QueueSink, RecordWriter, Sink,
+};

@@ -12,17 +12,17 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jiff::tz::TimeZone;
 use jiff::{RoundMode, Timestamp, ToSpan, Unit, Zoned, ZonedRound};
 
 use crate::error::Error;
-use crate::sink::RecordWriter;
+use crate::sink::{FlushPolicy, RecordWriter};
 
 /// Time-based rotation, at boundaries of the sink's [`Zone`] clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +163,7 @@ impl std::str::FromStr for Zone {
 
 /// File sink settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct FileOptions {
     /// The live log file.
     pub path: PathBuf,
@@ -180,10 +181,13 @@ pub struct FileOptions {
     pub max_total_bytes: Option<u64>,
     /// Gzip rotated files on a background thread.
     pub compress: bool,
+    /// When the writer flushes (default: when its queue drains and at least every second)
+    /// and whether it `fsync`s.
+    pub flush: FlushPolicy,
 }
 
 impl FileOptions {
-    /// A file at `path`, no rotation, no retention, no compression.
+    /// A file at `path`, no rotation, no retention, no compression, the default flush policy.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
@@ -194,6 +198,7 @@ impl FileOptions {
             max_age: None,
             max_total_bytes: None,
             compress: false,
+            flush: FlushPolicy::default(),
         }
     }
 }
@@ -210,10 +215,51 @@ impl ReopenHandle {
     }
 }
 
+/// The writer's buffer: flushed when full, when the sink's queue drains, and at least every
+/// flush interval.
+const BUFFER: usize = 64 * 1024;
+/// The first wait before a failed open or rotation is tried again; it doubles up to
+/// `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// When a failed operation may be tried again.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    at: Instant,
+    delay: Duration,
+}
+
+impl Backoff {
+    fn after(previous: Option<Backoff>) -> Self {
+        let delay = previous.map_or(RETRY_FIRST, |b| (b.delay * 2).min(RETRY_MAX));
+        Self {
+            at: Instant::now() + delay,
+            delay,
+        }
+    }
+
+    fn due(this: Option<Backoff>) -> bool {
+        this.is_none_or(|b| Instant::now() >= b.at)
+    }
+}
+
 /// Writes records to a rotating file (used by the file sink's writer thread).
+///
+/// Failures never wedge it: when the live file has been deleted (`rm`, `rm -r` of its
+/// directory) it is recreated, directory included, before the next bytes are written; when an
+/// open fails (EACCES, ENOSPC, a missing parent that cannot be created) the records fail and
+/// the open is retried with backoff (0.1 s doubling to 5 s) at later writes; when a rotation's
+/// rename fails, writing goes on in the live file and the rotation is retried with the same
+/// backoff. A file truncated under it (logrotate `copytruncate`) is written from its new end:
+/// the file is opened in append mode, so there is no hole of NUL bytes.
 pub struct FileWriter {
     opts: FileOptions,
-    file: BufWriter<File>,
+    /// `None` after a failed open, until a retry succeeds.
+    file: Option<File>,
+    /// Bytes accepted and not yet written to `file`.
+    buf: Vec<u8>,
+    /// The live file's size including `buf`.
     size: u64,
     /// When the current period ends (time-based rotation only).
     next_boundary: Option<SystemTime>,
@@ -221,10 +267,15 @@ pub struct FileWriter {
     clock: fn() -> SystemTime,
     reopen: ReopenHandle,
     compressor: Option<crossbeam_channel::Sender<PathBuf>>,
-    /// The last rotated name's stamp and sequence: sequences only go up within a second,
-    /// even when retention has deleted the earlier files (reusing a freed number would sort a
-    /// newer file before older ones).
+    /// The newest rotated name's stamp and sequence (also from files an earlier process
+    /// rotated): a new name always sorts after it, even when the clock has been stepped back,
+    /// and sequences only go up within a second even when retention has deleted the earlier
+    /// files (reusing a freed number would sort a newer file before older ones).
     last_rotation: Option<(String, u64)>,
+    /// Set after a failed open: when to try again.
+    open_retry: Option<Backoff>,
+    /// Set after a failed rotation: when to try again.
+    rotate_retry: Option<Backoff>,
 }
 
 impl std::fmt::Debug for FileWriter {
@@ -254,7 +305,8 @@ fn open(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// (stem, extension) of the live file: `app.log` → ("app", "log").
+/// (stem, extension) of the live file: `app.log` → ("app", "log"), `my.app.log` →
+/// ("my.app", "log"); a name without a dot gets the extension `log`.
 fn split_name(path: &Path) -> (String, String) {
     let name = path
         .file_name()
@@ -266,40 +318,63 @@ fn split_name(path: &Path) -> (String, String) {
     }
 }
 
-/// Rotated files of the log at `path`, oldest first.
-pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
+/// The (stamp, sequence) of `name` when it is a rotated file of the log whose live file has
+/// this stem and extension: exactly `<stem>.<yyyymmddTHHMMSS>.<n>.<ext>` or that plus `.gz`.
+/// Another sink's files (another extension, a stem that merely starts the same) are `None`.
+fn parse_rotated(name: &str, stem: &str, ext: &str) -> Option<(String, u64)> {
+    let rest = name.strip_prefix(stem)?.strip_prefix('.')?;
+    let rest = rest.strip_suffix(".gz").unwrap_or(rest);
+    let rest = rest.strip_suffix(ext)?.strip_suffix('.')?;
+    let (stamp, seq) = rest.split_once('.')?;
+    let b = stamp.as_bytes();
+    let stamp_ok =
+        b.len() == 15 && b[8] == b'T' && b[..8].iter().chain(&b[9..]).all(u8::is_ascii_digit);
+    let seq_ok = !seq.is_empty() && seq.bytes().all(|c| c.is_ascii_digit());
+    (stamp_ok && seq_ok).then(|| (stamp.to_owned(), seq.parse().unwrap_or(u64::MAX)))
+}
+
+/// Rotated files of the log at `path` with their (stamp, sequence), oldest first.
+fn rotated_with_keys(path: &Path) -> Vec<((String, u64), PathBuf)> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let (stem, _) = split_name(path);
-    let prefix = format!("{stem}.");
-    let live = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+    let (stem, ext) = split_name(path);
+    let mut files: Vec<((String, u64), PathBuf)> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .flatten()
                 .filter_map(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let rest = name.strip_prefix(&prefix)?;
-                    // `<stamp>.<n>.<ext>[.gz]`: the stamp starts with a digit.
-                    (Some(&name) != live.as_ref() && rest.starts_with(|c: char| c.is_ascii_digit()))
-                        .then(|| (name.clone(), e.path()))
+                    parse_rotated(&name, &stem, &ext).map(|key| (key, e.path()))
                 })
                 .collect()
         })
         .unwrap_or_default();
-    // Names sort by stamp then sequence; pad-free sequences need a numeric key.
-    files.sort_by_key(|(name, _)| {
-        let mut parts = name.split('.');
-        let _stem = parts.next();
-        let stamp = parts.next().unwrap_or_default().to_owned();
-        let seq: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        (stamp, seq)
-    });
-    files.into_iter().map(|(_, p)| p).collect()
+    // By the parsed stamp, then the sequence as a number (never by mtime: a clock stepped
+    // back, or a copy, changes it).
+    files.sort();
+    files
 }
 
+/// Rotated files of the log at `path`, oldest first: only this sink's names
+/// (`<stem>.<yyyymmddTHHMMSS>.<n>.<ext>[.gz]`, stem and extension exact), ordered by stamp
+/// then sequence.
+pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    rotated_with_keys(path)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// The newest rotated file's (stamp, sequence), so that a restarted writer names its next
+/// file after it.
+fn newest_rotation(path: &Path) -> Option<(String, u64)> {
+    rotated_with_keys(path).pop().map(|(key, _)| key)
+}
+
+/// Gzips `path` to `path.gz` and removes `path`. On any failure the partial `.gz` is removed
+/// and `path` stays as it was.
 fn gzip(path: &Path) -> std::io::Result<()> {
     let gz = PathBuf::from(format!("{}.gz", path.display()));
     let mut input = File::open(path)?;
@@ -308,11 +383,21 @@ fn gzip(path: &Path) -> std::io::Result<()> {
         .write(true)
         .mode(0o600)
         .open(&gz)?;
-    let mut encoder =
-        flate2::write::GzEncoder::new(BufWriter::new(out), flate2::Compression::default());
-    std::io::copy(&mut input, &mut encoder)?;
-    Write::flush(&mut encoder.finish()?)?;
-    std::fs::remove_file(path)
+    let written = (|| {
+        let mut encoder =
+            flate2::write::GzEncoder::new(BufWriter::new(out), flate2::Compression::default());
+        std::io::copy(&mut input, &mut encoder)?;
+        let mut inner = encoder.finish()?;
+        Write::flush(&mut inner)?;
+        inner.get_ref().sync_all()
+    })();
+    match written {
+        Ok(()) => std::fs::remove_file(path),
+        Err(e) => {
+            let _ = std::fs::remove_file(&gz);
+            Err(e)
+        }
+    }
 }
 
 fn apply_retention(opts: &FileOptions) {
@@ -385,16 +470,20 @@ impl FileWriter {
         };
         let reopen = ReopenHandle::default();
         let next_boundary = opts.period.map(|p| p.next_boundary(clock(), &opts.zone));
+        let last_rotation = newest_rotation(&opts.path);
         Ok((
             Self {
                 opts,
-                file: BufWriter::with_capacity(64 * 1024, file),
+                file: Some(file),
+                buf: Vec::with_capacity(BUFFER),
                 size,
                 next_boundary,
                 clock,
                 reopen: reopen.clone(),
                 compressor,
-                last_rotation: None,
+                last_rotation,
+                open_retry: None,
+                rotate_retry: None,
             },
             reopen,
         ))
@@ -409,11 +498,15 @@ impl FileWriter {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_owned();
-        let stamp = self.opts.zone.stamp((self.clock)());
-        let mut n = match &self.last_rotation {
-            Some((last, seq)) if *last == stamp => seq + 1,
-            _ => 0,
-        };
+        let mut stamp = self.opts.zone.stamp((self.clock)());
+        let mut n = 0;
+        if let Some((last, seq)) = &self.last_rotation
+            && *last >= stamp
+        {
+            // Same second, or a clock stepped back: keep sorting after the newest file.
+            stamp.clone_from(last);
+            n = seq + 1;
+        }
         loop {
             let candidate = dir.join(format!("{stem}.{stamp}.{n}.{ext}"));
             let gz = PathBuf::from(format!("{}.gz", candidate.display()));
@@ -425,16 +518,78 @@ impl FileWriter {
         }
     }
 
+    /// Opens the live file if it is not open, unless a retry is not due yet.
+    fn ensure_open(&mut self) -> std::io::Result<&mut File> {
+        if self.file.is_none() {
+            if !Backoff::due(self.open_retry) {
+                return Err(std::io::Error::other(format!(
+                    "{} could not be opened; retrying with backoff",
+                    self.opts.path.display()
+                )));
+            }
+            match open(&self.opts.path).and_then(|f| f.metadata().map(|m| (f, m.len()))) {
+                Ok((file, len)) => {
+                    self.file = Some(file);
+                    self.size = len + self.buf.len() as u64;
+                    self.open_retry = None;
+                }
+                Err(e) => {
+                    self.open_retry = Some(Backoff::after(self.open_retry));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+
+    /// Writes the buffer to the live file. A deleted live file (or directory) is recreated
+    /// first; a truncated one (copytruncate) is written from its new end. On an error the
+    /// bytes not yet written stay buffered.
+    fn write_out(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(file) = &self.file {
+            match file.metadata() {
+                // Unlinked (`rm`, `rm -r`): bytes written there would be lost.
+                Ok(m) if m.nlink() == 0 => self.file = None,
+                // Truncated under us: appends go to its new end.
+                Ok(m) => self.size = m.len() + self.buf.len() as u64,
+                Err(_) => self.file = None,
+            }
+        }
+        self.ensure_open()?;
+        let (Some(file), buf) = (&mut self.file, &self.buf) else {
+            unreachable!("ensure_open succeeded");
+        };
+        let mut done = 0;
+        let result = loop {
+            if done == buf.len() {
+                break Ok(());
+            }
+            match file.write(&buf[done..]) {
+                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.buf.drain(..done);
+        result
+    }
+
     fn rotate(&mut self) -> std::io::Result<()> {
-        Write::flush(&mut self.file)?;
+        // What is buffered belongs to the file being rotated.
+        self.write_out()?;
         let target = self.rotated_name();
         std::fs::rename(&self.opts.path, &target)?;
-        self.file = BufWriter::with_capacity(64 * 1024, open(&self.opts.path)?);
+        self.file = None;
         self.size = 0;
+        self.open_retry = None;
         if let Some(tx) = &self.compressor {
             let _ = tx.send(target);
         }
-        Ok(())
+        self.ensure_open().map(|_| ())
     }
 
     fn due(&mut self, incoming: u64) -> bool {
@@ -454,28 +609,59 @@ impl FileWriter {
             }
             _ => false,
         };
-        by_size || by_time
+        (by_size || by_time) && Backoff::due(self.rotate_retry)
     }
 }
 
 impl RecordWriter for FileWriter {
     fn write_record(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.reopen.0.swap(false, Ordering::AcqRel) {
-            Write::flush(&mut self.file)?;
-            let file = open(&self.opts.path)?;
-            self.size = file.metadata()?.len();
-            self.file = BufWriter::with_capacity(64 * 1024, file);
+            // Buffered bytes still go to the file they were meant for (if it is writable).
+            let _ = self.write_out();
+            self.file = None;
+            self.open_retry = None;
         }
+        self.ensure_open()?;
         if self.due(bytes.len() as u64) {
-            self.rotate()?;
+            match self.rotate() {
+                Ok(()) => self.rotate_retry = None,
+                // The rename failed: keep writing to the live file, rotate later.
+                Err(e) if self.file.is_some() => {
+                    if self.rotate_retry.is_none() {
+                        eprintln!(
+                            "keel-log: cannot rotate {}: {e}; writing on and retrying",
+                            self.opts.path.display()
+                        );
+                    }
+                    self.rotate_retry = Some(Backoff::after(self.rotate_retry));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        self.file.write_all(bytes)?;
+        if self.buf.len() + bytes.len() > BUFFER {
+            self.write_out()?;
+        }
+        self.buf.extend_from_slice(bytes);
         self.size += bytes.len() as u64;
         Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Write::flush(&mut self.file)
+        let result = self.write_out();
+        if result.is_err() {
+            // Counted as failed by the sink: never written later as well.
+            self.size = self.size.saturating_sub(self.buf.len() as u64);
+            self.buf.clear();
+        }
+        result
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        match &self.file {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -612,6 +798,18 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_gzip_leaves_no_partial_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory opens but cannot be read (EISDIR): the copy fails midway.
+        let rotated = dir.path().join("app.20261122T110000.0.log");
+        std::fs::create_dir(&rotated).unwrap();
+        assert!(gzip(&rotated).is_err());
+        let gz = dir.path().join("app.20261122T110000.0.log.gz");
+        assert!(!gz.exists(), "no partial .gz");
+        assert!(rotated.exists(), "the original stays");
+    }
+
+    #[test]
     fn names() {
         assert_eq!(
             split_name(Path::new("/var/log/app.log")),
@@ -640,8 +838,11 @@ impl FileSink {
         policy: crate::sink::Overflow,
         format: Box<dyn crate::format::Format>,
     ) -> std::io::Result<Self> {
+        let flush = options.flush;
         let (writer, reopen) = FileWriter::open(options)?;
-        let queue = crate::sink::QueueSink::start(name, capacity, policy, format, writer)?;
+        let queue = crate::sink::QueueSink::start_with_flush(
+            name, capacity, policy, flush, format, writer,
+        )?;
         Ok(Self { queue, reopen })
     }
 
@@ -663,6 +864,10 @@ impl crate::sink::Sink for FileSink {
 
     fn write(&self, record: crate::record::Record) {
         self.queue.write(record);
+    }
+
+    fn write_within(&self, record: crate::record::Record, timeout: Duration) -> bool {
+        self.queue.write_within(record, timeout)
     }
 
     fn flush(&self, timeout: Duration) -> crate::sink::DeliveryStats {

@@ -2,10 +2,12 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use crate::format::Format;
 use crate::record::{Level, Record, field};
@@ -59,6 +61,17 @@ pub trait Sink: Send + Sync {
     /// Queues a record. The sink owns it: a logger with several sinks gives each its own
     /// copy, so a queue can hold records inline instead of behind one allocation each.
     fn write(&self, record: Record);
+    /// Queues a record like [`write`](Self::write) but never waits longer than `timeout` for
+    /// room, whatever the overflow policy: a record that did not fit in time is counted as
+    /// dropped. Returns whether it was queued. Used on exit paths (`fatal`, the panic hook)
+    /// that must not hang on a stalled writer.
+    ///
+    /// The default calls `write`; a sink whose `write` can block must override it.
+    fn write_within(&self, record: Record, timeout: Duration) -> bool {
+        let _ = timeout;
+        self.write(record);
+        true
+    }
     /// Waits (up to `timeout`) until everything queued so far is written.
     fn flush(&self, timeout: Duration) -> DeliveryStats;
     /// Flushes, then stops the sink; later writes are counted as dropped.
@@ -66,17 +79,31 @@ pub trait Sink: Send + Sync {
 }
 
 /// Where a queue sink's worker writes formatted bytes.
+///
+/// The sink counts a record as written once a `flush` (or `sync`) after it succeeded, and as
+/// failed when `write_record` returned an error for it or the next flush failed. So a writer
+/// that buffers must keep the bytes of records it accepted until a flush, and a failed
+/// `write_record` must not lose earlier records' bytes (they are retried by the next flush);
+/// a failed flush discards what it could not write.
 pub trait RecordWriter: Send + 'static {
-    /// Writes one formatted record.
+    /// Writes (or buffers) one formatted record.
     ///
     /// # Errors
-    /// I/O errors (the record is counted as failed).
+    /// I/O errors (this record is counted as failed).
     fn write_record(&mut self, bytes: &[u8]) -> std::io::Result<()>;
-    /// Flushes buffered bytes.
+    /// Writes out buffered bytes.
     ///
     /// # Errors
-    /// I/O errors.
+    /// I/O errors (every record accepted since the last flush is counted as failed).
     fn flush(&mut self) -> std::io::Result<()>;
+    /// Flushes, then makes the bytes durable on the device (`fsync`) where that means
+    /// something; the default only flushes.
+    ///
+    /// # Errors
+    /// I/O errors, as for `flush`.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
 }
 
 impl<W: Write + Send + 'static> RecordWriter for W {
@@ -86,6 +113,73 @@ impl<W: Write + Send + 'static> RecordWriter for W {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Write::flush(self)
+    }
+}
+
+/// The latest instant `timeout` from now can name: `now + timeout`, or about thirty years
+/// ahead when that overflows (`Duration::MAX` means "no bound", and `Instant + Duration::MAX`
+/// would panic).
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+}
+
+/// When a queue sink's writer flushes its writer (and, with `sync`, syncs it to the device).
+///
+/// The writer always flushes when its queue drains, so a logger that logs a few records and
+/// then stays quiet has them in its file at once; while records keep coming it flushes at
+/// least every [`interval`](Self::interval). A process killed by `SIGKILL` (an OOM kill, a
+/// crash) therefore loses at most the records of the last interval that were still in the
+/// writer's buffer, plus what was queued and not yet written. Flushing hands the bytes to the
+/// kernel; only `sync` makes them survive a power loss or a kernel crash.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel_log::FlushPolicy;
+///
+/// let default = FlushPolicy::default();
+/// assert_eq!(default.interval, Duration::from_secs(1));
+/// let every_record = FlushPolicy::every(Duration::ZERO).with_sync(true);
+/// assert!(every_record.sync);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlushPolicy {
+    /// Flush at least this often while records keep coming (default 1 s; `Duration::ZERO`
+    /// flushes after every record, one `write` system call each).
+    pub interval: Duration,
+    /// `fsync` (`fdatasync`) after every flush (default off; costs a device round trip per
+    /// flush).
+    pub sync: bool,
+}
+
+/// The default [`FlushPolicy::interval`]: 1 s.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_FLUSH_INTERVAL,
+            sync: false,
+        }
+    }
+}
+
+impl FlushPolicy {
+    /// Flush when the queue drains and at least every `interval`, without `fsync`.
+    pub fn every(interval: Duration) -> Self {
+        Self {
+            interval,
+            sync: false,
+        }
+    }
+
+    /// Also `fsync` after every flush.
+    #[must_use]
+    pub fn with_sync(mut self, sync: bool) -> Self {
+        self.sync = sync;
+        self
     }
 }
 
@@ -99,57 +193,247 @@ enum Msg {
     Stop(Sender<()>),
 }
 
-#[derive(Default)]
-struct Counters {
+/// What the callers and the writer thread share.
+struct Shared {
+    name: String,
     written: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
     /// Dropped since the last in-band report.
     unreported: AtomicU64,
+    /// Set by `shutdown` before it queues the stop: later records are dropped at once.
+    stopped: AtomicBool,
+    /// Set when the writer thread has exited (normally or by a panic): whoever queues
+    /// something after that drains the queue itself, so nothing is left there uncounted.
+    finished: AtomicBool,
+    rx: Receiver<Msg>,
+    /// `<ns>_log_dropped_total{sink}` in the global registry.
+    dropped_metric: Counter,
+    /// `<ns>_log_write_errors_total{sink}` in the global registry.
+    errors_metric: Counter,
+}
+
+impl Shared {
+    fn drop_one(&self, report_in_band: bool) {
+        self.dropped_metric.inc();
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        if report_in_band {
+            self.unreported.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn fail(&self, n: u64) {
+        if n > 0 {
+            self.failed.fetch_add(n, Ordering::Relaxed);
+            self.errors_metric.inc_by(n);
+        }
+    }
+
+    /// Empties the queue once the writer is gone: records count as dropped, control messages
+    /// are answered.
+    fn drain(&self) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Record(_) => self.drop_one(false),
+                Msg::Flush(ack) | Msg::Stop(ack) => {
+                    let _ = ack.send(());
+                }
+            }
+        }
+    }
+}
+
+/// Marks the writer finished and drains the queue when the writer thread ends, by returning
+/// or by a panic (so callers blocked on a full queue are released).
+struct FinishGuard(Arc<Shared>);
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        self.0.finished.store(true, Ordering::SeqCst);
+        self.0.drain();
+    }
 }
 
 /// How long the writer naps when its queue is empty, and how many naps before it blocks.
 const NAP: Duration = Duration::from_micros(50);
 const NAPS: u32 = 20;
 
-/// The next message for a writer thread (`None` once every sender is gone). While records
-/// keep coming the writer never blocks on the channel, so callers never pay for waking it
-/// (a futex wake costs more than the whole logging call); only after about a millisecond
-/// without records does it block until the next one.
+/// The next message for a writer thread whose queue just ran empty (`None` once every sender
+/// is gone). While records keep coming the writer never blocks on the channel, so callers
+/// never pay for waking it (a futex wake costs more than the whole logging call); only after
+/// about a millisecond without records does it block until the next one.
 fn next_msg(rx: &Receiver<Msg>) -> Option<Msg> {
     for _ in 0..NAPS {
+        std::thread::sleep(NAP);
         match rx.try_recv() {
             Ok(msg) => return Some(msg),
             Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => std::thread::sleep(NAP),
+            Err(TryRecvError::Empty) => {}
         }
     }
     rx.recv().ok()
 }
 
+/// The writer thread's side: formats, writes, flushes by the policy, counts.
+struct Worker<W> {
+    shared: Arc<Shared>,
+    writer: W,
+    format: Box<dyn Format>,
+    policy: FlushPolicy,
+    buf: Vec<u8>,
+    /// Records the writer accepted since the last flush: written once a flush succeeds,
+    /// failed when it fails.
+    buffered: u64,
+    /// Bytes (an in-band report) were written since the last flush.
+    dirty: bool,
+    last_flush: Instant,
+    /// Records failed in the current error episode (reported on stderr once per episode).
+    episode: u64,
+}
+
+impl<W: RecordWriter> Worker<W> {
+    fn run(mut self) {
+        let rx = self.shared.rx.clone();
+        loop {
+            let msg = match rx.try_recv() {
+                Ok(msg) => msg,
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {
+                    // The queue drained: what was written goes to the file now.
+                    self.flush_now();
+                    match next_msg(&rx) {
+                        Some(msg) => msg,
+                        None => return,
+                    }
+                }
+            };
+            self.report_drops();
+            match msg {
+                Msg::Record(record) => {
+                    self.write(&record);
+                    if self.policy.interval.is_zero()
+                        || self.last_flush.elapsed() >= self.policy.interval
+                    {
+                        self.flush_now();
+                    }
+                }
+                Msg::Flush(ack) => {
+                    self.flush_now();
+                    let _ = ack.send(());
+                }
+                Msg::Stop(ack) => {
+                    self.flush_now();
+                    // Whatever was queued behind the stop is dropped and counted; the
+                    // `FinishGuard` then answers anything that arrives later.
+                    self.shared.finished.store(true, Ordering::SeqCst);
+                    self.shared.drain();
+                    let _ = ack.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn report_drops(&mut self) {
+        let lost = self.shared.unreported.swap(0, Ordering::AcqRel);
+        if lost > 0 {
+            let report = Record::new(
+                Level::Warn,
+                self.shared.name.clone(),
+                format!("{lost} records dropped"),
+            )
+            .with(vec![field("dropped", lost)]);
+            // Not counted: the stats account for the caller's records only.
+            self.buf.clear();
+            self.format.format(&report, &mut self.buf);
+            self.dirty |= self.writer.write_record(&self.buf).is_ok();
+        }
+    }
+
+    fn write(&mut self, record: &Record) {
+        self.buf.clear();
+        self.format.format(record, &mut self.buf);
+        match self.writer.write_record(&self.buf) {
+            Ok(()) => self.buffered += 1,
+            Err(e) => {
+                self.shared.fail(1);
+                self.trouble(&e, 1);
+            }
+        }
+    }
+
+    fn flush_now(&mut self) {
+        if self.buffered == 0 && !self.dirty {
+            return;
+        }
+        let result = if self.policy.sync {
+            self.writer.sync()
+        } else {
+            self.writer.flush()
+        };
+        let n = std::mem::take(&mut self.buffered);
+        self.dirty = false;
+        self.last_flush = Instant::now();
+        match result {
+            Ok(()) => {
+                self.shared.written.fetch_add(n, Ordering::Relaxed);
+                if self.episode > 0 && n > 0 {
+                    eprintln!(
+                        "keel-log: sink {:?} is writing again ({} records failed meanwhile)",
+                        self.shared.name, self.episode
+                    );
+                    self.episode = 0;
+                }
+            }
+            Err(e) => {
+                self.shared.fail(n);
+                self.trouble(&e, n);
+            }
+        }
+    }
+
+    /// Reports the first failure of an episode on stderr (the counter has every one).
+    fn trouble(&mut self, error: &std::io::Error, failed: u64) {
+        if self.episode == 0 {
+            eprintln!(
+                "keel-log: sink {:?} cannot write: {error}; records fail until it recovers \
+                 (retried with backoff, counted in log_write_errors_total)",
+                self.shared.name
+            );
+        }
+        self.episode += failed.max(1);
+    }
+}
+
 /// A bounded queue drained by one writer thread that formats and writes records.
 pub struct QueueSink {
-    name: String,
+    shared: Arc<Shared>,
     tx: Sender<Msg>,
     policy: Overflow,
-    counters: Arc<Counters>,
-    /// `<ns>_log_dropped_total{sink}` in the global registry.
-    dropped_metric: prometheus_client::metrics::counter::Counter,
     worker: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for QueueSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueueSink")
-            .field("name", &self.name)
+            .field("name", &self.shared.name)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
 
+fn sink_counter(name: &str, help: &str, sink: &str) -> Counter {
+    let family: Family<Vec<(&'static str, String)>, Counter> =
+        keel_metrics::MetricsService::global()
+            .get_or_register(name, help, Default::default)
+            .unwrap_or_default();
+    family.get_or_create_owned(&vec![("sink", sink.to_owned())])
+}
+
 impl QueueSink {
-    /// Starts the writer thread. `capacity` is the queue bound in records (at least 1); the
-    /// queue's slots hold records inline (`size_of::<Record>()` each, allocated here).
+    /// Starts the writer thread with the default [`FlushPolicy`]. `capacity` is the queue
+    /// bound in records (at least 1); the queue's slots hold records inline
+    /// (`size_of::<Record>()` each, allocated here).
     ///
     /// # Errors
     /// The OS could not start a thread.
@@ -158,119 +442,152 @@ impl QueueSink {
         capacity: usize,
         policy: Overflow,
         format: Box<dyn Format>,
-        mut writer: impl RecordWriter,
+        writer: impl RecordWriter,
+    ) -> std::io::Result<Self> {
+        Self::start_with_flush(
+            name,
+            capacity,
+            policy,
+            FlushPolicy::default(),
+            format,
+            writer,
+        )
+    }
+
+    /// Like [`start`](Self::start), flushing the writer by `flush`.
+    ///
+    /// # Errors
+    /// The OS could not start a thread.
+    pub fn start_with_flush(
+        name: impl Into<String>,
+        capacity: usize,
+        policy: Overflow,
+        flush: FlushPolicy,
+        format: Box<dyn Format>,
+        writer: impl RecordWriter,
     ) -> std::io::Result<Self> {
         let name = name.into();
         let (tx, rx): (Sender<Msg>, Receiver<Msg>) = bounded(capacity.max(1));
-        let counters = Arc::new(Counters::default());
-        let c = counters.clone();
-        let logger_name = name.clone();
-        let worker = std::thread::Builder::new()
-            .name(format!("keel-log-{name}"))
-            .spawn(move || {
-                let mut buf = Vec::with_capacity(512);
-                let write = |writer: &mut dyn RecordWriter, record: &Record, buf: &mut Vec<u8>| {
-                    buf.clear();
-                    format.format(record, buf);
-                    writer.write_record(buf).is_ok()
-                };
-                while let Some(msg) = next_msg(&rx) {
-                    let lost = c.unreported.swap(0, Ordering::AcqRel);
-                    if lost > 0 {
-                        let report = Record::new(
-                            Level::Warn,
-                            logger_name.clone(),
-                            format!("{lost} records dropped"),
-                        )
-                        .with(vec![field("dropped", lost)]);
-                        // Not counted: the stats account for the caller's records only.
-                        let _ = write(&mut writer, &report, &mut buf);
-                    }
-                    match msg {
-                        Msg::Record(r) => {
-                            let counter = if write(&mut writer, &r, &mut buf) {
-                                &c.written
-                            } else {
-                                &c.failed
-                            };
-                            counter.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Msg::Flush(ack) => {
-                            let _ = writer.flush();
-                            let _ = ack.send(());
-                        }
-                        Msg::Stop(ack) => {
-                            let _ = writer.flush();
-                            let _ = ack.send(());
-                            return;
-                        }
-                    }
-                }
-            })?;
-        let family: prometheus_client::metrics::family::Family<
-            Vec<(&'static str, String)>,
-            prometheus_client::metrics::counter::Counter,
-        > = keel_metrics::MetricsService::global()
-            .get_or_register(
+        let shared = Arc::new(Shared {
+            dropped_metric: sink_counter(
                 "log_dropped",
                 "Log records dropped because a sink's queue was full",
-                Default::default,
-            )
-            .unwrap_or_default();
-        let dropped_metric = family.get_or_create_owned(&vec![("sink", name.clone())]);
-        Ok(Self {
+                &name,
+            ),
+            errors_metric: sink_counter(
+                "log_write_errors",
+                "Log records a sink failed to write (I/O errors)",
+                &name,
+            ),
             name,
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            rx,
+        });
+        let worker = Worker {
+            shared: shared.clone(),
+            writer,
+            format,
+            policy: flush,
+            buf: Vec::with_capacity(512),
+            buffered: 0,
+            dirty: false,
+            last_flush: Instant::now(),
+            episode: 0,
+        };
+        let guard = FinishGuard(shared.clone());
+        let worker = std::thread::Builder::new()
+            .name(format!("keel-log-{}", shared.name))
+            .spawn(move || {
+                let _guard = guard;
+                worker.run();
+            })?;
+        Ok(Self {
+            shared,
             tx,
             policy,
-            counters,
-            dropped_metric,
             worker: std::sync::Mutex::new(Some(worker)),
         })
     }
 
     fn stats(&self, pending: u64) -> DeliveryStats {
+        let s = &self.shared;
         DeliveryStats {
-            written: self.counters.written.load(Ordering::Relaxed),
-            dropped: self.counters.dropped.load(Ordering::Relaxed),
-            failed: self.counters.failed.load(Ordering::Relaxed),
+            written: s.written.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
             pending,
         }
     }
 
-    fn drop_one(&self) {
-        self.dropped_metric.inc();
-        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-        self.counters.unreported.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Sends a control message and waits for its acknowledgement until `deadline`.
-    fn control(&self, make: impl FnOnce(Sender<()>) -> Msg, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let (ack_tx, ack_rx) = bounded(1);
-        if self.tx.send_deadline(make(ack_tx), deadline).is_err() {
+    /// Queues `msg` by the overflow policy, waiting at most until `deadline` under `Block`.
+    /// A record that was not queued is counted as dropped.
+    fn send_record(&self, record: Record, deadline: Option<Instant>) -> bool {
+        let shared = &self.shared;
+        if shared.stopped.load(Ordering::SeqCst) {
+            shared.drop_one(false);
             return false;
         }
-        ack_rx.recv_deadline(deadline).is_ok()
-    }
-}
-
-impl Sink for QueueSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn write(&self, record: Record) {
         let msg = Msg::Record(record);
-        let sent = match self.policy {
-            Overflow::Block => self.tx.send(msg).is_ok(),
-            Overflow::DropNewest => match self.tx.try_send(msg) {
+        let sent = match (self.policy, deadline) {
+            (Overflow::Block, None) => self.tx.send(msg).is_ok(),
+            (Overflow::Block, Some(deadline)) => self.tx.send_deadline(msg, deadline).is_ok(),
+            (Overflow::DropNewest, _) => match self.tx.try_send(msg) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
             },
         };
         if !sent {
-            self.drop_one();
+            shared.drop_one(true);
         }
+        if shared.finished.load(Ordering::SeqCst) {
+            // The writer is gone: count what we (or anyone) left in the queue.
+            shared.drain();
+        }
+        sent
+    }
+
+    /// Sends a control message and waits for its acknowledgement until the deadline.
+    fn control(&self, make: impl FnOnce(Sender<()>) -> Msg, timeout: Duration) -> bool {
+        let deadline = deadline_after(timeout);
+        let (ack_tx, ack_rx) = bounded(1);
+        if self.tx.send_deadline(make(ack_tx), deadline).is_err() {
+            return false;
+        }
+        loop {
+            if self.shared.finished.load(Ordering::SeqCst) {
+                // Answers our own message too, if the writer left it behind.
+                self.shared.drain();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return ack_rx.try_recv().is_ok();
+            }
+            let slice = (deadline - now).min(Duration::from_millis(20));
+            match ack_rx.recv_timeout(slice) {
+                Ok(()) => return true,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return false,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+}
+
+impl Sink for QueueSink {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn write(&self, record: Record) {
+        self.send_record(record, None);
+    }
+
+    fn write_within(&self, record: Record, timeout: Duration) -> bool {
+        self.send_record(record, Some(deadline_after(timeout)))
     }
 
     fn flush(&self, timeout: Duration) -> DeliveryStats {
@@ -279,6 +596,7 @@ impl Sink for QueueSink {
     }
 
     fn shutdown(&self, timeout: Duration) -> DeliveryStats {
+        self.shared.stopped.store(true, Ordering::SeqCst);
         let done = self.control(Msg::Stop, timeout);
         if done
             && let Some(worker) = self
