@@ -172,6 +172,32 @@ impl LogConfig {
         serde_json::from_str(text).map_err(|e| Error::Parse(e.to_string()))
     }
 
+    /// Reads a config file, choosing the syntax by its extension: `.toml`, `.yaml`/`.yml` or
+    /// `.json`.
+    ///
+    /// # Errors
+    /// [`Error::ConfigFile`] when it cannot be read, [`Error::InvalidConfig`] for another
+    /// extension, [`Error::Parse`].
+    pub fn from_path(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Self::from_toml(&text),
+            Some("yaml" | "yml") => Self::from_yaml(&text),
+            Some("json") => Self::from_json(&text),
+            _ => Err(bad(
+                "path",
+                format!(
+                    "{}: unknown extension; use .toml, .yaml, .yml or .json",
+                    path.display()
+                ),
+            )),
+        }
+    }
+
     /// Parses YAML.
     ///
     /// # Errors

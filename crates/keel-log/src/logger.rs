@@ -294,6 +294,14 @@ impl Logger {
             .fold(DeliveryStats::default(), |a, b| a + b)
     }
 
+    /// Asks every file sink of this logger to close and reopen its path before its next
+    /// write (what a SIGHUP handler calls after logrotate renamed the files).
+    pub fn reopen(&self) {
+        for sink in &self.core.sinks {
+            sink.reopen();
+        }
+    }
+
     /// Flushes and stops every sink, `timeout` bounding the whole call; sums their stats.
     pub fn shutdown(&self, timeout: Duration) -> DeliveryStats {
         let deadline = deadline_after(timeout);

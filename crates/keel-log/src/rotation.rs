@@ -870,6 +870,10 @@ impl crate::sink::Sink for FileSink {
         self.queue.write_within(record, timeout)
     }
 
+    fn reopen(&self) {
+        self.reopen.reopen();
+    }
+
     fn flush(&self, timeout: Duration) -> crate::sink::DeliveryStats {
         self.queue.flush(timeout)
     }

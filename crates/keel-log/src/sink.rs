@@ -76,6 +76,9 @@ pub trait Sink: Send + Sync {
     fn flush(&self, timeout: Duration) -> DeliveryStats;
     /// Flushes, then stops the sink; later writes are counted as dropped.
     fn shutdown(&self, timeout: Duration) -> DeliveryStats;
+    /// Closes and reopens the sink's file before its next write (after logrotate renamed
+    /// it, on SIGHUP). The default does nothing: only file sinks have a file.
+    fn reopen(&self) {}
 }
 
 /// Where a queue sink's worker writes formatted bytes.

@@ -5,6 +5,7 @@ mod bench;
 mod cache_cmd;
 mod coord;
 mod demo;
+mod log_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,9 @@ enum Command {
     /// Runs a command only while this process is the elected leader; campaigns again when
     /// the command exits or leadership is lost. The command gets KEEL_FENCING_TOKEN (epoch).
     Elect(coord::ElectArgs),
+    /// Ships stdin lines (or JSON objects) through a keel-log logger built from --config;
+    /// SIGHUP reopens file sinks, SIGTERM flushes and exits. Delivery stats go to stderr.
+    Log(log_cmd::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +59,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await.map(|()| 0),
             Command::Lock(args) => coord::lock(args).await,
             Command::Elect(args) => coord::elect(args).await,
+            Command::Log(args) => log_cmd::run(args).await,
         }
     });
     // Child processes and background tasks must not keep the process alive.
