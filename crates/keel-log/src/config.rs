@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::format::{Format, JsonFormat, TextFormat};
 use crate::logger::Logger;
 use crate::record::Level;
-use crate::rotation::{FileOptions, FileSink, Period, Zone};
+use crate::sink::file::{FileOptions, FileSink, Period, Zone};
 use crate::sink::{FlushPolicy, Overflow, QueueSink, Sink};
 
 /// The types a config may name.

@@ -30,7 +30,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::error::Error;
 use crate::format::{JsonFormat, rfc3339_millis, write_json_fields};
 use crate::record::{Level, Record, Value, field};
-use crate::rotation::{FileOptions, FileSink};
+use crate::sink::file::{FileOptions, FileSink};
 use crate::sink::{DeliveryStats, Overflow, Sink};
 
 /// How the sink authenticates.

@@ -1,28 +1,21 @@
-//! The file sink's writer: rotation by size and/or time, unique rotated names, retention,
-//! background gzip, `reopen` for external logrotate, private permissions.
-//!
-//! Rotated files are named `<stem>.<yyyymmddTHHMMSS>.<n>.<ext>` next to the live file, the
-//! stamp on the sink's [`Zone`] clock (UTC unless configured), where `n` makes the name unique
-//! even for many rotations in one second (an existing name is never overwritten). With
-//! compression on, a background thread gzips each rotated file to `….gz` and removes the
-//! plain one. Retention (count, age, total bytes) runs after each rotation over the rotated
-//! files of this log only; the live file is never deleted. On a local clock, stamps repeat in
-//! a daylight-saving fall-back hour; names still never collide, but retention (which goes by
-//! name) may then take a file of the repeated hour for an older one.
+//! The file sink's writer: rotation by size and/or time at the zone's boundaries, unique
+//! rotated names that always sort after the newest existing one, a buffer flushed by the
+//! sink's policy, and recovery (a deleted file recreated, failed opens and rotations retried
+//! with backoff, a truncated file written from its new end).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jiff::tz::TimeZone;
-use jiff::{RoundMode, Timestamp, ToSpan, Unit, Zoned, ZonedRound};
+use jiff::{RoundMode, Timestamp, ToSpan, Unit, ZonedRound};
 
-use crate::error::Error;
-use crate::sink::{FlushPolicy, RecordWriter};
+use super::retention::{apply_retention, gzip, newest_rotation, split_name};
+use super::zone::{Zone, unix_secs};
+use super::{FileOptions, ReopenHandle};
+use crate::sink::RecordWriter;
 
 /// Time-based rotation, at boundaries of the sink's [`Zone`] clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,148 +63,6 @@ impl Period {
             Ok(s) if s > 0 => UNIX_EPOCH + Duration::from_secs(s.unsigned_abs()),
             _ => fallback(),
         }
-    }
-}
-
-/// The clock a file sink rotates by and names rotated files with: UTC (the default), the
-/// system's local zone, or a named IANA zone (read from the OS time zone database).
-///
-/// ```
-/// use keel_log::Zone;
-///
-/// assert_eq!("utc".parse::<Zone>().unwrap().name(), "UTC");
-/// assert_eq!(Zone::named("Asia/Kolkata").unwrap().name(), "Asia/Kolkata");
-/// assert!(Zone::named("Mars/Olympus_Mons").is_err());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Zone {
-    tz: TimeZone,
-    name: String,
-}
-
-impl Default for Zone {
-    fn default() -> Self {
-        Self::utc()
-    }
-}
-
-impl Zone {
-    /// UTC.
-    pub fn utc() -> Self {
-        Self {
-            tz: TimeZone::UTC,
-            name: "UTC".into(),
-        }
-    }
-
-    /// The system's local zone (`TZ`, else `/etc/localtime`), read once now; UTC when it
-    /// cannot be determined.
-    pub fn local() -> Self {
-        let tz = TimeZone::try_system().unwrap_or(TimeZone::UTC);
-        let name = tz
-            .iana_name()
-            .map_or_else(|| "local".to_owned(), str::to_owned);
-        Self { tz, name }
-    }
-
-    /// The IANA zone `name` (`Europe/Berlin`, `Asia/Kolkata`).
-    ///
-    /// # Errors
-    /// [`Error::UnknownTimeZone`] when the time zone database has no such zone.
-    pub fn named(name: &str) -> Result<Self, Error> {
-        let tz = TimeZone::get(name).map_err(|e| Error::UnknownTimeZone {
-            name: name.into(),
-            reason: e.to_string(),
-        })?;
-        Ok(Self {
-            tz,
-            name: name.into(),
-        })
-    }
-
-    /// The zone's name: `UTC`, an IANA name, or `local` when the system zone has none.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// `yyyymmddTHHMMSS` of `time` on this zone's clock.
-    fn stamp(&self, time: SystemTime) -> String {
-        let secs = i64::try_from(unix_secs(time)).unwrap_or(i64::MAX);
-        match Timestamp::from_second(secs) {
-            Ok(ts) => Zoned::new(ts, self.tz.clone())
-                .strftime("%Y%m%dT%H%M%S")
-                .to_string(),
-            Err(_) => "00000000T000000".into(),
-        }
-    }
-}
-
-impl std::str::FromStr for Zone {
-    type Err = Error;
-
-    /// `utc` (any case), `local`, or an IANA zone name.
-    fn from_str(s: &str) -> Result<Self, Error> {
-        if s.eq_ignore_ascii_case("utc") {
-            Ok(Self::utc())
-        } else if s.eq_ignore_ascii_case("local") {
-            Ok(Self::local())
-        } else {
-            Self::named(s)
-        }
-    }
-}
-
-/// File sink settings.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct FileOptions {
-    /// The live log file.
-    pub path: PathBuf,
-    /// Rotate before a write would take the file past this size.
-    pub max_bytes: Option<u64>,
-    /// Rotate at hour or day boundaries of [`zone`](Self::zone).
-    pub period: Option<Period>,
-    /// The clock for rotation boundaries and rotated names (default UTC).
-    pub zone: Zone,
-    /// Keep at most this many rotated files.
-    pub keep_files: Option<usize>,
-    /// Delete rotated files older than this.
-    pub max_age: Option<Duration>,
-    /// Keep rotated files within this many bytes in total.
-    pub max_total_bytes: Option<u64>,
-    /// Gzip rotated files on a background thread.
-    pub compress: bool,
-    /// When the writer flushes (default: when its queue drains and at least every second)
-    /// and whether it `fsync`s.
-    pub flush: FlushPolicy,
-}
-
-impl FileOptions {
-    /// A file at `path`, no rotation, no retention, no compression, the default flush policy.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            max_bytes: None,
-            period: None,
-            zone: Zone::utc(),
-            keep_files: None,
-            max_age: None,
-            max_total_bytes: None,
-            compress: false,
-            flush: FlushPolicy::default(),
-        }
-    }
-}
-
-/// Asks a running [`FileWriter`] to close and reopen its path at the next write (after an
-/// external tool renamed it). Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct ReopenHandle(Arc<AtomicBool>);
-
-impl ReopenHandle {
-    /// Requests the reopen.
-    pub fn reopen(&self) {
-        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -287,10 +138,6 @@ impl std::fmt::Debug for FileWriter {
     }
 }
 
-fn unix_secs(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 fn open(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
@@ -303,133 +150,6 @@ fn open(path: &Path) -> std::io::Result<File> {
         .append(true)
         .mode(0o600)
         .open(path)
-}
-
-/// (stem, extension) of the live file: `app.log` → ("app", "log"), `my.app.log` →
-/// ("my.app", "log"); a name without a dot gets the extension `log`.
-fn split_name(path: &Path) -> (String, String) {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "log".into());
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), ext.to_owned()),
-        _ => (name, "log".to_owned()),
-    }
-}
-
-/// The (stamp, sequence) of `name` when it is a rotated file of the log whose live file has
-/// this stem and extension: exactly `<stem>.<yyyymmddTHHMMSS>.<n>.<ext>` or that plus `.gz`.
-/// Another sink's files (another extension, a stem that merely starts the same) are `None`.
-fn parse_rotated(name: &str, stem: &str, ext: &str) -> Option<(String, u64)> {
-    let rest = name.strip_prefix(stem)?.strip_prefix('.')?;
-    let rest = rest.strip_suffix(".gz").unwrap_or(rest);
-    let rest = rest.strip_suffix(ext)?.strip_suffix('.')?;
-    let (stamp, seq) = rest.split_once('.')?;
-    let b = stamp.as_bytes();
-    let stamp_ok =
-        b.len() == 15 && b[8] == b'T' && b[..8].iter().chain(&b[9..]).all(u8::is_ascii_digit);
-    let seq_ok = !seq.is_empty() && seq.bytes().all(|c| c.is_ascii_digit());
-    (stamp_ok && seq_ok).then(|| (stamp.to_owned(), seq.parse().unwrap_or(u64::MAX)))
-}
-
-/// Rotated files of the log at `path` with their (stamp, sequence), oldest first.
-fn rotated_with_keys(path: &Path) -> Vec<((String, u64), PathBuf)> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let (stem, ext) = split_name(path);
-    let mut files: Vec<((String, u64), PathBuf)> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    parse_rotated(&name, &stem, &ext).map(|key| (key, e.path()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    // By the parsed stamp, then the sequence as a number (never by mtime: a clock stepped
-    // back, or a copy, changes it).
-    files.sort();
-    files
-}
-
-/// Rotated files of the log at `path`, oldest first: only this sink's names
-/// (`<stem>.<yyyymmddTHHMMSS>.<n>.<ext>[.gz]`, stem and extension exact), ordered by stamp
-/// then sequence.
-pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
-    rotated_with_keys(path)
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect()
-}
-
-/// The newest rotated file's (stamp, sequence), so that a restarted writer names its next
-/// file after it.
-fn newest_rotation(path: &Path) -> Option<(String, u64)> {
-    rotated_with_keys(path).pop().map(|(key, _)| key)
-}
-
-/// Gzips `path` to `path.gz` and removes `path`. On any failure the partial `.gz` is removed
-/// and `path` stays as it was.
-fn gzip(path: &Path) -> std::io::Result<()> {
-    let gz = PathBuf::from(format!("{}.gz", path.display()));
-    let mut input = File::open(path)?;
-    let out = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(&gz)?;
-    let written = (|| {
-        let mut encoder =
-            flate2::write::GzEncoder::new(BufWriter::new(out), flate2::Compression::default());
-        std::io::copy(&mut input, &mut encoder)?;
-        let mut inner = encoder.finish()?;
-        Write::flush(&mut inner)?;
-        inner.get_ref().sync_all()
-    })();
-    match written {
-        Ok(()) => std::fs::remove_file(path),
-        Err(e) => {
-            let _ = std::fs::remove_file(&gz);
-            Err(e)
-        }
-    }
-}
-
-fn apply_retention(opts: &FileOptions) {
-    let mut files = rotated_files(&opts.path);
-    let now = SystemTime::now();
-    if let Some(age) = opts.max_age {
-        files.retain(|f| {
-            let old = std::fs::metadata(f)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|d| d > age);
-            if old {
-                let _ = std::fs::remove_file(f);
-            }
-            !old
-        });
-    }
-    if let Some(keep) = opts.keep_files {
-        while files.len() > keep {
-            let _ = std::fs::remove_file(files.remove(0));
-        }
-    }
-    if let Some(budget) = opts.max_total_bytes {
-        let size = |f: &PathBuf| std::fs::metadata(f).map_or(0, |m| m.len());
-        let mut total: u64 = files.iter().map(size).sum();
-        while total > budget && !files.is_empty() {
-            let f = files.remove(0);
-            total = total.saturating_sub(size(&f));
-            let _ = std::fs::remove_file(f);
-        }
-    }
 }
 
 impl FileWriter {
@@ -668,6 +388,7 @@ impl RecordWriter for FileWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rotated_files;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
@@ -682,28 +403,6 @@ mod tests {
             .timestamp()
             .as_second()
             .unsigned_abs()
-    }
-
-    #[test]
-    fn utc_stamps() {
-        let utc = Zone::utc();
-        assert_eq!(utc.stamp(at(0)), "19700101T000000");
-        assert_eq!(utc.stamp(at(1_795_391_999)), "20261122T235959");
-        assert_eq!(utc.stamp(at(951_782_400)), "20000229T000000");
-    }
-
-    #[test]
-    fn zone_names_parse() {
-        assert_eq!("UTC".parse::<Zone>().unwrap(), Zone::utc());
-        assert_eq!(Zone::default(), Zone::utc());
-        let kolkata: Zone = "Asia/Kolkata".parse().unwrap();
-        assert_eq!(kolkata.name(), "Asia/Kolkata");
-        assert_eq!(kolkata.stamp(at(0)), "19700101T053000");
-        let err = "Nowhere/Atlantis".parse::<Zone>().unwrap_err();
-        assert!(
-            matches!(&err, Error::UnknownTimeZone { name, .. } if name == "Nowhere/Atlantis"),
-            "{err}"
-        );
     }
 
     #[test]
@@ -795,90 +494,5 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(&rotated[0]).unwrap(), "one\ntwo\n");
         assert_eq!(std::fs::read_to_string(&live).unwrap(), "three\n");
-    }
-
-    #[test]
-    fn a_failed_gzip_leaves_no_partial_archive() {
-        let dir = tempfile::tempdir().unwrap();
-        // A directory opens but cannot be read (EISDIR): the copy fails midway.
-        let rotated = dir.path().join("app.20261122T110000.0.log");
-        std::fs::create_dir(&rotated).unwrap();
-        assert!(gzip(&rotated).is_err());
-        let gz = dir.path().join("app.20261122T110000.0.log.gz");
-        assert!(!gz.exists(), "no partial .gz");
-        assert!(rotated.exists(), "the original stays");
-    }
-
-    #[test]
-    fn names() {
-        assert_eq!(
-            split_name(Path::new("/var/log/app.log")),
-            ("app".into(), "log".into())
-        );
-        assert_eq!(split_name(Path::new("app")), ("app".into(), "log".into()));
-    }
-}
-
-/// A file sink: a [`QueueSink`](crate::QueueSink) whose writer is a rotating [`FileWriter`].
-#[derive(Debug)]
-pub struct FileSink {
-    queue: crate::sink::QueueSink,
-    reopen: ReopenHandle,
-}
-
-impl FileSink {
-    /// Opens the file and starts the writer thread.
-    ///
-    /// # Errors
-    /// The file cannot be created, or the thread cannot start.
-    pub fn start(
-        name: impl Into<String>,
-        options: FileOptions,
-        capacity: usize,
-        policy: crate::sink::Overflow,
-        format: Box<dyn crate::format::Format>,
-    ) -> std::io::Result<Self> {
-        let flush = options.flush;
-        let (writer, reopen) = FileWriter::open(options)?;
-        let queue = crate::sink::QueueSink::start_with_flush(
-            name, capacity, policy, flush, format, writer,
-        )?;
-        Ok(Self { queue, reopen })
-    }
-
-    /// Reopens the path before the next write (after an external rename, e.g. logrotate).
-    pub fn reopen(&self) {
-        self.reopen.reopen();
-    }
-
-    /// A handle that can request reopens from elsewhere (a SIGHUP handler).
-    pub fn reopen_handle(&self) -> ReopenHandle {
-        self.reopen.clone()
-    }
-}
-
-impl crate::sink::Sink for FileSink {
-    fn name(&self) -> &str {
-        self.queue.name()
-    }
-
-    fn write(&self, record: crate::record::Record) {
-        self.queue.write(record);
-    }
-
-    fn write_within(&self, record: crate::record::Record, timeout: Duration) -> bool {
-        self.queue.write_within(record, timeout)
-    }
-
-    fn reopen(&self) {
-        self.reopen.reopen();
-    }
-
-    fn flush(&self, timeout: Duration) -> crate::sink::DeliveryStats {
-        self.queue.flush(timeout)
-    }
-
-    fn shutdown(&self, timeout: Duration) -> crate::sink::DeliveryStats {
-        self.queue.shutdown(timeout)
     }
 }
