@@ -180,6 +180,17 @@ fn write_errors_count_as_failed_not_written() {
     }
     let stats = log.shutdown(Duration::from_secs(5));
     assert_eq!((stats.written, stats.failed, stats.dropped), (0, 10, 0));
+    let metrics = keel_metrics::MetricsService::global();
+    let series = format!(
+        "{}_log_write_errors_total{{sink=\"full\"}}",
+        metrics.namespace()
+    );
+    assert_eq!(
+        keel_testkit::prometheus::sample(&metrics.render(), &series),
+        Some(10.0),
+        "{}",
+        metrics.render()
+    );
 }
 
 #[test]
