@@ -141,6 +141,43 @@ fn a_deleted_live_file_or_directory_is_recreated_and_nothing_after_is_lost() {
 }
 
 #[test]
+fn a_size_rotated_sink_whose_live_file_was_deleted_keeps_writing_and_rotating() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("sized.log");
+    let mut options = FileOptions::new(&live);
+    options.max_bytes = Some(2_000);
+    let (log, _sink) = file_logger("sized", options);
+    // Fill the live file close to its limit, so the next records are due to rotate it.
+    let mut i = 0u64;
+    while std::fs::metadata(&live).map_or(0, |m| m.len()) < 1_900 {
+        log.info("before", &[field("i", i)]);
+        i += 1;
+        log.flush(Duration::from_secs(5));
+    }
+    let before = i;
+    std::fs::remove_file(&live).unwrap(); // `rm`, or logrotate `nocreate`
+    for _ in 0..200 {
+        log.info("after rm", &[field("i", i)]);
+        i += 1;
+    }
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.written, stats.failed), (i, 0), "{stats:?}");
+    let mut files = rotated_files(&live);
+    files.push(live.clone());
+    let after: Vec<u64> = files
+        .iter()
+        .flat_map(|f| seqs(f))
+        .filter(|n| *n >= before)
+        .collect();
+    assert_eq!(
+        after,
+        (before..i).collect::<Vec<_>>(),
+        "every record after the rm, in order"
+    );
+    assert!(rotated_files(&live).len() > 1, "rotation went on");
+}
+
+#[test]
 fn a_failed_reopen_is_retried_until_it_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let sub = dir.path().join("logs");

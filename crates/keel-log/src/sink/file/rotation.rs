@@ -301,6 +301,18 @@ impl FileWriter {
     fn rotate(&mut self) -> std::io::Result<()> {
         // What is buffered belongs to the file being rotated.
         self.write_out()?;
+        if self
+            .file
+            .as_ref()
+            .is_none_or(|f| f.metadata().map_or(true, |m| m.nlink() == 0))
+        {
+            // The live file is gone (`rm`, logrotate `nocreate`): nothing to rename, start a
+            // fresh one.
+            self.file = None;
+            self.size = self.buf.len() as u64;
+            self.open_retry = None;
+            return self.ensure_open().map(|_| ());
+        }
         let target = self.rotated_name();
         std::fs::rename(&self.opts.path, &target)?;
         self.file = None;
