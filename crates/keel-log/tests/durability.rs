@@ -230,6 +230,40 @@ fn write_errors_count_as_failed_not_written() {
     );
 }
 
+/// Run as a child by `write_errors_are_reported_on_stderr_once_per_episode`: 50 records to
+/// `/dev/full`, each flushed on its own (50 failures in one episode).
+#[test]
+fn child_writes_to_a_full_device() {
+    if std::env::var_os("KEEL_DURABILITY_FULL").is_none() {
+        return;
+    }
+    let (log, _sink) = file_logger("episode", FileOptions::new("/dev/full"));
+    for i in 0..50u64 {
+        log.info("no space", &[field("i", i)]);
+        log.flush(Duration::from_secs(5));
+    }
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!(stats.failed, 50);
+}
+
+#[test]
+fn write_errors_are_reported_on_stderr_once_per_episode() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_writes_to_a_full_device", "--nocapture"])
+        .env("KEEL_DURABILITY_FULL", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let reports: Vec<&str> = err.lines().filter(|l| l.contains("cannot write")).collect();
+    assert_eq!(reports.len(), 1, "{err}");
+    assert!(
+        reports[0].contains("\"episode\""),
+        "names the sink: {}",
+        reports[0]
+    );
+}
+
 #[test]
 fn records_racing_a_shutdown_are_all_counted() {
     for round in 0..5 {
