@@ -29,16 +29,20 @@ pub enum Overflow {
 
 /// Delivery counters of a sink (or the sum over a logger's sinks).
 ///
-/// They count the records given to the sink: once it is idle, `written + dropped + failed`
-/// is the number of records it was given. In-band "N records dropped" reports are extra
-/// lines in the output and are not counted here.
+/// They count the records given to the sink, each exactly once: once it is idle,
+/// `written + dropped + failed` is the number of records it was given, on every path
+/// (write errors, a full queue, records that arrive during or after `shutdown`). In-band
+/// "N records dropped" reports are extra lines in the output and are not counted here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DeliveryStats {
-    /// Records written by the sink's writer.
+    /// Records that reached the writer's destination: a flush after them succeeded (for a
+    /// file: handed to the kernel, and `fsync`ed with [`FlushPolicy::sync`]).
     pub written: u64,
-    /// Records dropped because the queue was full (`DropNewest`).
+    /// Records dropped: no room in the queue (`DropNewest`, or an exit path's bounded wait),
+    /// or given after `shutdown` began.
     pub dropped: u64,
-    /// Records the writer failed to write (I/O errors).
+    /// Records lost to I/O errors (their write or the flush after them failed); also counted
+    /// in `<ns>_log_write_errors_total{sink}`.
     pub failed: u64,
     /// Records still queued when `flush`/`shutdown` gave up waiting.
     pub pending: u64,
