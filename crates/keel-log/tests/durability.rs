@@ -178,6 +178,24 @@ fn a_size_rotated_sink_whose_live_file_was_deleted_keeps_writing_and_rotating() 
 }
 
 #[test]
+fn a_rotation_that_cannot_rename_keeps_writing_to_the_live_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // 244 bytes fit in a file name; the rotated name adds `.<stamp>.<n>` and goes past the
+    // 255-byte limit, so every rename fails (ENAMETOOLONG) — as a full or read-only
+    // directory would make it fail.
+    let live = dir.path().join(format!("{}.log", "r".repeat(240)));
+    let mut options = FileOptions::new(&live);
+    options.max_bytes = Some(1_000);
+    let (log, _sink) = file_logger("norename", options);
+    for i in 0..200u64 {
+        log.info("over the limit", &[field("i", i)]);
+    }
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.written, stats.failed), (200, 0), "{stats:?}");
+    assert_eq!(seqs(&live), (0..200).collect::<Vec<_>>());
+}
+
+#[test]
 fn a_failed_reopen_is_retried_until_it_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let sub = dir.path().join("logs");
