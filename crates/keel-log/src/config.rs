@@ -1,6 +1,7 @@
 //! Logger config (the seed's fields) and the factory.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -8,8 +9,8 @@ use crate::error::Error;
 use crate::format::{Format, JsonFormat, TextFormat};
 use crate::logger::Logger;
 use crate::record::Level;
-use crate::rotation::{FileOptions, FileSink, Period, Zone};
-use crate::sink::{Overflow, QueueSink, Sink};
+use crate::sink::file::{FileOptions, FileSink, Period, Zone};
+use crate::sink::{FlushPolicy, Overflow, QueueSink, Sink};
 
 /// The types a config may name.
 pub const LOGGER_TYPES: &[&str] = &["console", "file", "elastic", "elasticsearch"];
@@ -79,6 +80,9 @@ pub struct LogOptions {
     /// File: gzip rotated files.
     #[serde(default)]
     pub compress: Option<bool>,
+    /// File and console: `fsync` after every flush (default `false`; see `flush_interval`).
+    #[serde(default)]
+    pub sync: Option<bool>,
     /// Elastic: the cluster's base URL (or give it as `output`).
     #[serde(default)]
     pub url: Option<String>,
@@ -94,7 +98,9 @@ pub struct LogOptions {
     /// Elastic: bytes per `_bulk` request (default 5 MiB).
     #[serde(default)]
     pub batch_bytes: Option<usize>,
-    /// Elastic: the longest a document waits for its batch (`"1s"`, default 1 s).
+    /// File and console: the writer flushes when its queue drains and at least this often
+    /// (`"1s"` by default, `"250ms"`, `"0"` = after every record). Elastic: the longest a
+    /// document waits for its batch (default 1 s).
     #[serde(default)]
     pub flush_interval: Option<String>,
     /// Elastic: buffer bound in bytes (default 32 MiB); `queue` bounds the documents.
@@ -166,6 +172,32 @@ impl LogConfig {
         serde_json::from_str(text).map_err(|e| Error::Parse(e.to_string()))
     }
 
+    /// Reads a config file, choosing the syntax by its extension: `.toml`, `.yaml`/`.yml` or
+    /// `.json`.
+    ///
+    /// # Errors
+    /// [`Error::ConfigFile`] when it cannot be read, [`Error::InvalidConfig`] for another
+    /// extension, [`Error::Parse`].
+    pub fn from_path(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Self::from_toml(&text),
+            Some("yaml" | "yml") => Self::from_yaml(&text),
+            Some("json") => Self::from_json(&text),
+            _ => Err(bad(
+                "path",
+                format!(
+                    "{}: unknown extension; use .toml, .yaml, .yml or .json",
+                    path.display()
+                ),
+            )),
+        }
+    }
+
     /// Parses YAML.
     ///
     /// # Errors
@@ -218,6 +250,18 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
             ),
         ));
     }
+    let mut flush = FlushPolicy::default();
+    if let Some(text) = &config.options.flush_interval {
+        flush.interval = humantime::parse_duration(text)
+            .or_else(|e| {
+                text.trim()
+                    .parse::<u64>()
+                    .map(Duration::from_secs)
+                    .map_err(|_| e)
+            })
+            .map_err(|e| bad("options.flush_interval", format!("{text:?}: {e}")))?;
+    }
+    flush.sync = config.options.sync.unwrap_or(false);
     match config.kind.to_ascii_lowercase().as_str() {
         "console" => {
             let to_stderr = match config.output.as_deref() {
@@ -241,9 +285,23 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
             };
             let sink_name = format!("{}:console", config.name);
             let started = if to_stderr {
-                QueueSink::start(&sink_name, queue, overflow, format, std::io::stderr())
+                QueueSink::start_with_flush(
+                    &sink_name,
+                    queue,
+                    overflow,
+                    flush,
+                    format,
+                    std::io::stderr(),
+                )
             } else {
-                QueueSink::start(&sink_name, queue, overflow, format, std::io::stdout())
+                QueueSink::start_with_flush(
+                    &sink_name,
+                    queue,
+                    overflow,
+                    flush,
+                    format,
+                    std::io::stdout(),
+                )
             };
             let sink = started.map_err(|source| Error::Sink {
                 sink: sink_name,
@@ -307,6 +365,7 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
                 max_age,
                 max_total_bytes: o.max_total_bytes,
                 compress: o.compress.unwrap_or(false),
+                flush,
             };
             let sink_name = format!("{}:file", config.name);
             let sink = FileSink::start(&sink_name, options, queue, overflow, format).map_err(

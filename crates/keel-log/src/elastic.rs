@@ -30,7 +30,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::error::Error;
 use crate::format::{JsonFormat, rfc3339_millis, write_json_fields};
 use crate::record::{Level, Record, Value, field};
-use crate::rotation::{FileOptions, FileSink};
+use crate::sink::file::{FileOptions, FileSink};
 use crate::sink::{DeliveryStats, Overflow, Sink};
 
 /// How the sink authenticates.
@@ -774,27 +774,26 @@ impl ElasticSink {
     }
 }
 
-impl Sink for ElasticSink {
-    fn name(&self) -> &str {
-        &self.shared.name
-    }
-
-    fn write(&self, record: Record) {
+impl ElasticSink {
+    /// Queues a record; under `Block` waits for room until `deadline` (forever without one).
+    /// A record that is not queued is counted as dropped.
+    fn write_until(&self, record: Record, deadline: Option<Instant>) -> bool {
         if IN_SENDER.with(std::cell::Cell::get) {
-            return;
+            return false;
         }
+
         let shared = &self.shared;
         let len = estimate(&record, shared.index_len);
         if len > shared.opts.max_bytes {
             shared.drop_one();
-            return;
+            return false;
         }
         let mut state = shared.lock();
         loop {
             if state.closing || state.stopped {
                 drop(state);
                 shared.drop_one();
-                return;
+                return false;
             }
             if state.records < shared.opts.max_records && state.bytes + len <= shared.opts.max_bytes
             {
@@ -804,14 +803,29 @@ impl Sink for ElasticSink {
                 Overflow::DropNewest => {
                     drop(state);
                     shared.drop_one();
-                    return;
+                    return false;
                 }
-                Overflow::Block => {
-                    state = shared
-                        .space
-                        .wait(state)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
+                Overflow::Block => match deadline {
+                    None => {
+                        state = shared
+                            .space
+                            .wait(state)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    Some(deadline) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            drop(state);
+                            shared.drop_one();
+                            return false;
+                        }
+                        state = shared
+                            .space
+                            .wait_timeout(state, deadline - now)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                },
             }
         }
         let seq = state.next_seq;
@@ -838,10 +852,24 @@ impl Sink for ElasticSink {
         if full || first {
             shared.wake.notify_one();
         }
+        true
+    }
+}
+
+impl Sink for ElasticSink {
+    fn name(&self) -> &str {
+        &self.shared.name
     }
 
+    fn write(&self, record: Record) {
+        self.write_until(record, None);
+    }
+
+    fn write_within(&self, record: Record, timeout: Duration) -> bool {
+        self.write_until(record, Some(crate::sink::deadline_after(timeout)))
+    }
     fn flush(&self, timeout: Duration) -> DeliveryStats {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::sink::deadline_after(timeout);
         let done = self.wait_finished(deadline);
         if let Some(dl) = &self.shared.dead_letter {
             let _ = dl.flush(deadline.saturating_duration_since(Instant::now()));
@@ -851,7 +879,7 @@ impl Sink for ElasticSink {
     }
 
     fn shutdown(&self, timeout: Duration) -> DeliveryStats {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::sink::deadline_after(timeout);
         {
             let mut state = self.shared.lock();
             state.closing = true;

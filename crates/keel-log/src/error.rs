@@ -26,6 +26,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A config file could not be read.
+    #[error("cannot read logger config {path}: {source}")]
+    ConfigFile {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A config document could not be parsed.
     #[error("cannot parse logger config: {0}")]
     Parse(String),

@@ -75,13 +75,23 @@ impl TextFormat {
     }
 }
 
+/// Characters never written raw: C0 and C1 controls and DEL (`char::is_control`), the
+/// Unicode line and paragraph separators (which end a line for many readers), and the
+/// bidirectional overrides and isolates (which reorder what a terminal shows).
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
 fn escape_into(out: &mut Vec<u8>, s: &str) {
     for c in s.chars() {
         match c {
             '\n' => out.extend_from_slice(b"\\n"),
             '\r' => out.extend_from_slice(b"\\r"),
             '\t' => out.extend_from_slice(b"\\t"),
-            c if c.is_control() => {
+            c if is_hidden(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => {
@@ -96,7 +106,7 @@ fn write_text_value(out: &mut Vec<u8>, text: &str) {
     let needs_quotes = text.is_empty()
         || text
             .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '=' | '\\'));
+            .any(|c| c.is_whitespace() || is_hidden(c) || matches!(c, '"' | '=' | '\\'));
     if !needs_quotes {
         out.extend_from_slice(text.as_bytes());
         return;
@@ -182,7 +192,9 @@ impl Format for TextFormat {
         escape_into(out, &record.message);
         for Field { key, value } in record.all_fields() {
             out.push(b' ');
-            escape_into(out, key);
+            // Quoted like a value when it holds a space, `=` or a quote, so a key can never
+            // pose as more than one field.
+            write_text_value(out, key);
             out.push(b'=');
             if is_secret_key(key) {
                 out.extend_from_slice(REDACTED.as_bytes());
@@ -283,8 +295,34 @@ fn write_json_value(out: &mut Vec<u8>, key: &str, value: &Value) {
     };
 }
 
+/// Rewrites DEL, C1 controls, the line/paragraph separators and bidi controls that
+/// serde_json leaves raw in `out[start..]` as `\uXXXX` escapes. Outside strings a JSON line
+/// holds only ASCII, so every such character is inside a string, where the escape means the
+/// same character.
+fn escape_hidden_json(out: &mut Vec<u8>, start: usize) {
+    // Their UTF-8 encodings start with 0x7f, 0xc2 or 0xe2; most lines have none of these.
+    if !out[start..].iter().any(|b| matches!(b, 0x7f | 0xc2 | 0xe2)) {
+        return;
+    }
+    let Ok(text) = std::str::from_utf8(&out[start..]) else {
+        return;
+    };
+    let mut fixed = Vec::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c == '\u{7f}' || (is_hidden(c) && !c.is_ascii()) {
+            let _ = write!(fixed, "\\u{:04x}", c as u32);
+        } else {
+            let mut buf = [0u8; 4];
+            fixed.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+    }
+    out.truncate(start);
+    out.extend_from_slice(&fixed);
+}
+
 impl Format for JsonFormat {
     fn format(&self, record: &Record, out: &mut Vec<u8>) {
+        let start = out.len();
         out.extend_from_slice(b"{\"time\":\"");
         out.extend_from_slice(timestamp(record).as_bytes());
         out.extend_from_slice(b"\",\"level\":\"");
@@ -295,6 +333,7 @@ impl Format for JsonFormat {
         let _ = serde_json::to_writer(&mut *out, record.message.as_ref());
         write_json_fields(out, record.all_fields(), true, false);
         out.extend_from_slice(b"}\n");
+        escape_hidden_json(out, start);
     }
 }
 
@@ -335,6 +374,45 @@ mod tests {
             "[WARN] smtp: queue\\nfull\\u{1b}[2J plain=v1 spaced=\"two words\" quoted=\"say \\\"hi\\\"\" empty=\"\" n=42 ok=true\n"
         );
         assert!(!line.contains('\x1b'), "no raw escape characters");
+    }
+
+    #[test]
+    fn text_keys_cannot_forge_fields() {
+        let r = Record::new(Level::Info, "app", "m").with(vec![
+            field("user admin", "yes"),
+            field("role=admin x", "y"),
+            field("", "empty key"),
+            field("k\"q", 1),
+        ]);
+        let line = text(&r);
+        let rest = line.split_once("app: m ").unwrap().1;
+        assert_eq!(
+            rest,
+            "\"user admin\"=yes \"role=admin x\"=y \"\"=\"empty key\" \"k\\\"q\"=1\n"
+        );
+    }
+
+    #[test]
+    fn del_c1_and_line_separators_are_escaped_in_both_formats() {
+        let nasty = "a\u{7f}b\u{85}c\u{9b}d\u{2028}e\u{2029}f";
+        let r = Record::new(Level::Info, "app", nasty).with(vec![field("k", nasty)]);
+        let line = text(&r);
+        for raw in ['\u{7f}', '\u{85}', '\u{9b}', '\u{2028}', '\u{2029}'] {
+            assert!(!line.contains(raw), "text: {raw:?} raw in {line:?}");
+        }
+        assert!(
+            line.contains("a\\u{7f}b\\u{85}c\\u{9b}d\\u{2028}e\\u{2029}f"),
+            "{line}"
+        );
+        let mut out = Vec::new();
+        JsonFormat.format(&r, &mut out);
+        let raw_json = String::from_utf8(out.clone()).unwrap();
+        for raw in ['\u{7f}', '\u{85}', '\u{9b}', '\u{2028}', '\u{2029}'] {
+            assert!(!raw_json.contains(raw), "json: {raw:?} raw in {raw_json:?}");
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["message"], nasty, "escaped, not altered");
+        assert_eq!(v["k"], nasty);
     }
 
     #[test]

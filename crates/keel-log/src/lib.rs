@@ -14,6 +14,23 @@
 //! `ElasticSink` for Elasticsearch and OpenSearch (docs/elasticsearch.md); `tracing`/`log`
 //! bridges in `bridge` (features `tracing`, `log`).
 //!
+//! Records reach their files when they should: a sink's writer flushes when its queue drains
+//! and at least every [`FlushPolicy::interval`] (1 s by default; `sync` adds fsync), counts
+//! every record exactly once as written, dropped or failed, and a file sink recovers from a
+//! deleted file, failed reopens and failed rotations. `fatal` and the panic hook never block
+//! past their bound.
+//!
+//! # Layout
+//! - `record`: [`Level`], [`Field`], [`Value`], [`Record`].
+//! - `format`: [`TextFormat`], [`JsonFormat`], redaction, escaping.
+//! - `logger`: [`Logger`], children, `fatal` and its hook.
+//! - `manager`: [`Manager`], [`global`], [`install_panic_hook`].
+//! - `config`: [`LogConfig`] and [`build`].
+//! - `sink`: the [`Sink`] trait, [`DeliveryStats`], [`Overflow`], [`FlushPolicy`];
+//!   `sink::queue` ([`QueueSink`]); `sink::file` ([`FileSink`]: `rotation` with
+//!   [`FileWriter`] and [`Period`], `retention`, `zone` with [`Zone`]).
+//! - `elastic` (feature `elastic`), `bridge` (features `log`, `tracing`).
+//!
 //! ```
 //! use keel_log::{Format, JsonFormat, Level, Record, field};
 //!
@@ -38,7 +55,6 @@ mod format;
 mod logger;
 mod manager;
 mod record;
-mod rotation;
 mod sink;
 
 pub use config::{LOGGER_TYPES, LogConfig, LogOptions, Secret, build};
@@ -49,5 +65,9 @@ pub use format::{Format, JsonFormat, REDACTED, TextFormat, is_secret_key};
 pub use logger::{Logger, set_fatal_hook};
 pub use manager::{FLUSH_ON_EXIT, Manager, global, install_panic_hook};
 pub use record::{Field, Fields, Level, ParseLevelError, Record, Value, field};
-pub use rotation::{FileOptions, FileSink, FileWriter, Period, ReopenHandle, Zone, rotated_files};
-pub use sink::{DeliveryStats, Overflow, QueueSink, RecordWriter, Sink};
+pub use sink::file::{
+    FileOptions, FileSink, FileWriter, Period, ReopenHandle, Zone, rotated_files,
+};
+pub use sink::{
+    DEFAULT_FLUSH_INTERVAL, DeliveryStats, FlushPolicy, Overflow, QueueSink, RecordWriter, Sink,
+};

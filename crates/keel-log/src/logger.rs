@@ -3,14 +3,14 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_metrics::MetricsService;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::record::{Field, Level, Record};
-use crate::sink::{DeliveryStats, Sink};
+use crate::sink::{DeliveryStats, Sink, deadline_after};
 
 struct Core {
     name: &'static str,
@@ -186,18 +186,52 @@ impl Logger {
         if !self.enabled(level) {
             return;
         }
-        self.core.records[level as usize].inc();
-        let mut record = Record::new(level, self.core.name, message);
-        if !self.fields.is_empty() {
-            record.bound = Some(self.fields.clone());
-        }
-        record.fields.extend(fields.iter().cloned());
+        let record = self.record(level, message, fields);
         if let Some((last, rest)) = self.core.sinks.split_last() {
             for sink in rest {
                 sink.write(record.clone());
             }
             last.write(record);
         }
+    }
+
+    fn record(
+        &self,
+        level: Level,
+        message: impl Into<Cow<'static, str>>,
+        fields: &[Field],
+    ) -> Record {
+        self.core.records[level as usize].inc();
+        let mut record = Record::new(level, self.core.name, message);
+        if !self.fields.is_empty() {
+            record.bound = Some(self.fields.clone());
+        }
+        record.fields.extend(fields.iter().cloned());
+        record
+    }
+
+    /// Writes a record if `level` is enabled, waiting at most until `deadline` (in total) for
+    /// room in the sinks' queues whatever their overflow policy; a record that found no room
+    /// in time is counted as dropped by its sink. Returns how many sinks did not take it.
+    pub(crate) fn log_until(
+        &self,
+        level: Level,
+        message: impl Into<Cow<'static, str>>,
+        fields: &[Field],
+        deadline: Instant,
+    ) -> usize {
+        if !self.enabled(level) {
+            return 0;
+        }
+        let record = self.record(level, message, fields);
+        self.core
+            .sinks
+            .iter()
+            .filter(|sink| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                !sink.write_within(record.clone(), left)
+            })
+            .count()
     }
 
     /// Logs at `Debug`.
@@ -220,11 +254,26 @@ impl Logger {
         self.log(Level::Error, message, fields);
     }
 
-    /// Logs at `Fatal`, flushes every sink of this logger (up to 5 s), then runs the fatal
-    /// hook (by default: exit with code 1).
+    /// Logs at `Fatal`, flushes every sink of this logger and every logger registered in the
+    /// [`global`](crate::global) manager, then runs the fatal hook (by default: exit with
+    /// code 1).
+    ///
+    /// Everything before the hook takes at most 5 s in total, even when a writer is stalled:
+    /// the record waits for queue room only within that bound (it is counted as dropped if it
+    /// finds none, and a line on stderr says so), and the flushes share what is left.
     pub fn fatal(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
-        self.log(Level::Fatal, message, fields);
-        let _ = self.flush(FATAL_FLUSH);
+        let deadline = deadline_after(FATAL_FLUSH);
+        let missed = self.log_until(Level::Fatal, message, fields, deadline);
+        if missed > 0 {
+            eprintln!(
+                "keel-log: the fatal record of logger {:?} found no room in {missed} sink(s) \
+                 within the exit bound (counted as dropped)",
+                self.core.name
+            );
+        }
+        let _ = self.flush(deadline.saturating_duration_since(Instant::now()));
+        let _ =
+            crate::manager::global().flush_all(deadline.saturating_duration_since(Instant::now()));
         let hook = FATAL_HOOK
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -234,21 +283,32 @@ impl Logger {
         }
     }
 
-    /// Waits until every sink has written what was queued; sums their stats.
+    /// Waits until every sink has written what was queued, `timeout` bounding the whole call
+    /// (the sinks share it); sums their stats.
     pub fn flush(&self, timeout: Duration) -> DeliveryStats {
+        let deadline = deadline_after(timeout);
         self.core
             .sinks
             .iter()
-            .map(|s| s.flush(timeout))
+            .map(|s| s.flush(deadline.saturating_duration_since(Instant::now())))
             .fold(DeliveryStats::default(), |a, b| a + b)
     }
 
-    /// Flushes and stops every sink; sums their stats.
+    /// Asks every file sink of this logger to close and reopen its path before its next
+    /// write (what a SIGHUP handler calls after logrotate renamed the files).
+    pub fn reopen(&self) {
+        for sink in &self.core.sinks {
+            sink.reopen();
+        }
+    }
+
+    /// Flushes and stops every sink, `timeout` bounding the whole call; sums their stats.
     pub fn shutdown(&self, timeout: Duration) -> DeliveryStats {
+        let deadline = deadline_after(timeout);
         self.core
             .sinks
             .iter()
-            .map(|s| s.shutdown(timeout))
+            .map(|s| s.shutdown(deadline.saturating_duration_since(Instant::now())))
             .fold(DeliveryStats::default(), |a, b| a + b)
     }
 }

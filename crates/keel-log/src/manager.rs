@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::logger::Logger;
 use crate::record::{Level, field};
-use crate::sink::DeliveryStats;
+use crate::sink::{DeliveryStats, deadline_after};
 
 /// How long dropping a manager, or the panic hook, waits for every sink to flush (in total).
 pub const FLUSH_ON_EXIT: Duration = Duration::from_secs(5);
@@ -106,7 +106,7 @@ impl Manager {
     /// (what is still queued then shows as `pending`); returns each logger's stats. Loggers
     /// stay registered and usable.
     pub fn flush_all(&self, timeout: Duration) -> BTreeMap<String, DeliveryStats> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         // Clone out of the lock: a slow sink must not block `register`/`get` meanwhile.
         let loggers: Vec<(String, Logger)> = self
             .loggers
@@ -124,9 +124,10 @@ impl Manager {
             .collect()
     }
 
-    /// Shuts down every logger's sinks (each waiting up to `timeout`) and forgets them;
-    /// returns each logger's stats.
+    /// Shuts down every logger's sinks and forgets them, giving up once `timeout` has passed
+    /// in total (what is still queued then shows as `pending`); returns each logger's stats.
     pub fn close_all(&self, timeout: Duration) -> BTreeMap<String, DeliveryStats> {
+        let deadline = deadline_after(timeout);
         let loggers =
             std::mem::take(&mut *self.loggers.write().unwrap_or_else(PoisonError::into_inner));
         self.default
@@ -136,7 +137,7 @@ impl Manager {
         loggers
             .into_iter()
             .map(|(name, logger)| {
-                let stats = logger.shutdown(timeout);
+                let stats = logger.shutdown(deadline.saturating_duration_since(Instant::now()));
                 (name, stats)
             })
             .collect()
@@ -154,8 +155,10 @@ pub fn global() -> &'static Manager {
 ///
 /// The record is an `Error` (the process is not made to exit: that stays the previous hook's
 /// and the runtime's business) with the message `panic: <payload>` and the fields `location`
-/// (`file:line:column`) and `thread`. Flushing waits at most [`FLUSH_ON_EXIT`] in total, so a
-/// stuck sink delays the panic by at most that. Calling this again does nothing: the hook is
+/// (`file:line:column`) and `thread`. Logging and flushing take at most [`FLUSH_ON_EXIT`] in
+/// total, so a stuck sink delays the panic by at most that: the record waits for queue room
+/// only within the bound, whatever the sink's overflow policy, and is counted as dropped (with
+/// a line on stderr) when it finds none. Calling this again does nothing: the hook is
 /// installed once per process (a hook set by someone else afterwards replaces it as usual).
 ///
 /// A panic on one of keel-log's own writer threads is not logged through keel-log (its record
@@ -184,14 +187,23 @@ pub fn install_panic_hook() {
                     .location()
                     .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
                     .unwrap_or_default();
-                global().default_logger().error(
+                let deadline = deadline_after(FLUSH_ON_EXIT);
+                let missed = global().default_logger().log_until(
+                    Level::Error,
                     format!("panic: {message}"),
                     &[
                         field("location", location),
                         field("thread", thread_name.to_owned()),
                     ],
+                    deadline,
                 );
-                let _ = global().flush_all(FLUSH_ON_EXIT);
+                if missed > 0 {
+                    eprintln!(
+                        "keel-log: the panic record found no room in {missed} sink(s) within \
+                         the exit bound (counted as dropped)"
+                    );
+                }
+                let _ = global().flush_all(deadline.saturating_duration_since(Instant::now()));
             }
             previous(info);
         }));

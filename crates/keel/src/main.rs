@@ -5,7 +5,7 @@
 mod cmd;
 mod guard;
 
-use cmd::{bench, cache as cache_cmd, demo, elect, lock};
+use cmd::{bench, cache as cache_cmd, demo, elect, lock, log as log_cmd};
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +36,9 @@ enum Command {
     /// Runs a command only while this process is the elected leader; campaigns again when
     /// the command exits or leadership is lost. The command gets KEEL_FENCING_TOKEN (epoch).
     Elect(elect::ElectArgs),
+    /// Ships stdin lines (or JSON objects) through a keel-log logger built from --config;
+    /// SIGHUP reopens file sinks, SIGTERM flushes and exits. Delivery stats go to stderr.
+    Log(log_cmd::Args),
     /// Internal: the supervisor process of `keel lock` and `keel elect`.
     #[command(name = "__guard", hide = true)]
     Guard(guard::GuardArgs),
@@ -67,6 +70,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await.map(|()| 0),
             Command::Lock(args) => lock::lock(args).await,
             Command::Elect(args) => elect::elect(args).await,
+            Command::Log(args) => log_cmd::run(args).await,
             Command::Guard(_) => unreachable!("handled before the runtime starts"),
         }
     });

@@ -277,18 +277,7 @@ async fn cache(a: CacheArgs) -> Result<()> {
 }
 
 fn log_config(path: &std::path::Path) -> Result<keel_log::LogConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config = match path.extension().and_then(|e| e.to_str()) {
-        Some("toml") => keel_log::LogConfig::from_toml(&text)?,
-        Some("yaml" | "yml") => keel_log::LogConfig::from_yaml(&text)?,
-        Some("json") => keel_log::LogConfig::from_json(&text)?,
-        _ => bail!(
-            "{}: unknown extension; use .toml, .yaml, .yml or .json",
-            path.display()
-        ),
-    };
-    Ok(config)
+    Ok(keel_log::LogConfig::from_path(path)?)
 }
 
 /// Records a logging thread counts locally before publishing progress (a shared counter

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod demo;
 pub mod elect;
 pub mod lock;
+pub mod log;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

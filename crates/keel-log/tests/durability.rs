@@ -1,0 +1,533 @@
+//! Logs are on disk when they should be: the timed flush (a SIGKILLed process keeps what it
+//! logged), recovery after the live file or its directory vanishes or a reopen fails, exact
+//! delivery counts on I/O errors and at shutdown, retention that keeps the newest files of its
+//! own sink only, and exit paths (`fatal`, `close_all`) that never block past their bound.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use keel_log::{
+    DeliveryStats, FileOptions, FileSink, JsonFormat, Level, Logger, Manager, Overflow, QueueSink,
+    Sink, field, rotated_files,
+};
+use keel_testkit::writer::SharedBuffer;
+
+fn file_logger(name: &'static str, options: FileOptions) -> (Logger, Arc<FileSink>) {
+    let sink = Arc::new(
+        FileSink::start(name, options, 10_000, Overflow::Block, Box::new(JsonFormat)).unwrap(),
+    );
+    (
+        Logger::new(name, Level::Info, vec![sink.clone() as Arc<dyn Sink>]),
+        sink,
+    )
+}
+
+/// The `i` field of every JSON line of `path` (none when it does not exist).
+fn seqs(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
+                ["i"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn given(stats: DeliveryStats) -> u64 {
+    stats.written + stats.dropped + stats.failed
+}
+
+#[test]
+fn records_reach_the_file_without_an_explicit_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("quiet.log");
+    let (log, _sink) = file_logger("quiet", FileOptions::new(&live));
+    for i in 0..10u64 {
+        log.info("then silence", &[field("i", i)]);
+    }
+    // The default flush interval is 1 s; the writer also flushes when its queue drains.
+    wait_for("10 lines in the file", Duration::from_secs(5), || {
+        seqs(&live).len() == 10
+    });
+    assert_eq!(seqs(&live), (0..10).collect::<Vec<_>>());
+    log.shutdown(Duration::from_secs(5));
+}
+
+/// Run as a child by `a_sigkilled_process_keeps_what_it_logged`: logs 10 records to the file
+/// named by `KEEL_DURABILITY_CHILD`, says so on stdout, and waits to be killed.
+#[test]
+fn child_logs_then_waits_to_be_killed() {
+    let Some(path) = std::env::var_os("KEEL_DURABILITY_CHILD") else {
+        return;
+    };
+    let (log, _sink) = file_logger("child", FileOptions::new(PathBuf::from(path)));
+    for i in 0..10u64 {
+        log.info("before the crash", &[field("i", i)]);
+    }
+    println!("KEEL-CHILD-LOGGED");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+#[test]
+fn a_sigkilled_process_keeps_what_it_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("crash.log");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_logs_then_waits_to_be_killed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("KEEL_DURABILITY_CHILD", &live)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("KEEL-CHILD-LOGGED") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the child exited");
+    }
+    // One flush interval (1 s by default) plus slack, then the crash.
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill().unwrap(); // SIGKILL: no destructor, no flush
+    child.wait().unwrap();
+    assert_eq!(seqs(&live), (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_deleted_live_file_or_directory_is_recreated_and_nothing_after_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("logs");
+    let live = sub.join("gone.log");
+    let mut options = FileOptions::new(&live);
+    options.max_bytes = Some(64 * 1024);
+    let (log, _sink) = file_logger("gone", options);
+    for i in 0..100u64 {
+        log.info("before", &[field("i", i)]);
+    }
+    log.flush(Duration::from_secs(5));
+    std::fs::remove_file(&live).unwrap(); // `rm app.log`
+    for i in 100..200u64 {
+        log.info("after rm", &[field("i", i)]);
+    }
+    log.flush(Duration::from_secs(5));
+    assert_eq!(seqs(&live), (100..200).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&sub).unwrap(); // the whole directory
+    for i in 200..300u64 {
+        log.info("after rm -r", &[field("i", i)]);
+    }
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!(seqs(&live), (200..300).collect::<Vec<_>>());
+    assert_eq!((stats.written, stats.failed, stats.dropped), (300, 0, 0));
+}
+
+#[test]
+fn a_size_rotated_sink_whose_live_file_was_deleted_keeps_writing_and_rotating() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("sized.log");
+    let mut options = FileOptions::new(&live);
+    options.max_bytes = Some(2_000);
+    let (log, _sink) = file_logger("sized", options);
+    // Fill the live file close to its limit, so the next records are due to rotate it.
+    let mut i = 0u64;
+    while std::fs::metadata(&live).map_or(0, |m| m.len()) < 1_900 {
+        log.info("before", &[field("i", i)]);
+        i += 1;
+        log.flush(Duration::from_secs(5));
+    }
+    let before = i;
+    std::fs::remove_file(&live).unwrap(); // `rm`, or logrotate `nocreate`
+    for _ in 0..200 {
+        log.info("after rm", &[field("i", i)]);
+        i += 1;
+    }
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.written, stats.failed), (i, 0), "{stats:?}");
+    let mut files = rotated_files(&live);
+    files.push(live.clone());
+    let after: Vec<u64> = files
+        .iter()
+        .flat_map(|f| seqs(f))
+        .filter(|n| *n >= before)
+        .collect();
+    assert_eq!(
+        after,
+        (before..i).collect::<Vec<_>>(),
+        "every record after the rm, in order"
+    );
+    assert!(rotated_files(&live).len() > 1, "rotation went on");
+}
+
+#[test]
+fn a_rotation_that_cannot_rename_keeps_writing_to_the_live_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // 244 bytes fit in a file name; the rotated name adds `.<stamp>.<n>` and goes past the
+    // 255-byte limit, so every rename fails (ENAMETOOLONG) — as a full or read-only
+    // directory would make it fail.
+    let live = dir.path().join(format!("{}.log", "r".repeat(240)));
+    let mut options = FileOptions::new(&live);
+    options.max_bytes = Some(1_000);
+    let (log, _sink) = file_logger("norename", options);
+    for i in 0..200u64 {
+        log.info("over the limit", &[field("i", i)]);
+    }
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.written, stats.failed), (200, 0), "{stats:?}");
+    assert_eq!(seqs(&live), (0..200).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_failed_reopen_is_retried_until_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("logs");
+    let live = sub.join("retry.log");
+    let (log, sink) = file_logger("retry", FileOptions::new(&live));
+    log.info("first", &[field("i", 0u64)]);
+    log.flush(Duration::from_secs(5));
+    // logrotate moved the directory away and something put a file where it was: the reopen
+    // fails (ENOTDIR) until that file is gone.
+    std::fs::rename(&sub, dir.path().join("logs.1")).unwrap();
+    std::fs::write(&sub, b"not a directory").unwrap();
+    sink.reopen();
+    log.info("lost", &[field("i", 1u64)]);
+    let stats = log.flush(Duration::from_secs(5));
+    assert_eq!(stats.failed, 1, "{stats:?}");
+    std::fs::remove_file(&sub).unwrap();
+    // Retried with backoff: a record logged now is written once the retry succeeds.
+    let mut i = 2u64;
+    wait_for("the reopen to be retried", Duration::from_secs(30), || {
+        log.info("after", &[field("i", i)]);
+        i += 1;
+        log.flush(Duration::from_secs(5));
+        !seqs(&live).is_empty()
+    });
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!(given(stats), i, "{stats:?}");
+    let after = seqs(&live);
+    assert_eq!(stats.written, 1 + after.len() as u64, "{stats:?}");
+    assert_eq!(*after.last().unwrap(), i - 1);
+}
+
+#[test]
+fn write_errors_count_as_failed_not_written() {
+    let (log, _sink) = file_logger("full", FileOptions::new("/dev/full"));
+    for i in 0..10u64 {
+        log.info("no space", &[field("i", i)]);
+    }
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.written, stats.failed, stats.dropped), (0, 10, 0));
+    let metrics = keel_metrics::MetricsService::global();
+    let series = format!(
+        "{}_log_write_errors_total{{sink=\"full\"}}",
+        metrics.namespace()
+    );
+    assert_eq!(
+        keel_testkit::prometheus::sample(&metrics.render(), &series),
+        Some(10.0),
+        "{}",
+        metrics.render()
+    );
+}
+
+/// Run as a child by `write_errors_are_reported_on_stderr_once_per_episode`: 50 records to
+/// `/dev/full`, each flushed on its own (50 failures in one episode).
+#[test]
+fn child_writes_to_a_full_device() {
+    if std::env::var_os("KEEL_DURABILITY_FULL").is_none() {
+        return;
+    }
+    let (log, _sink) = file_logger("episode", FileOptions::new("/dev/full"));
+    for i in 0..50u64 {
+        log.info("no space", &[field("i", i)]);
+        log.flush(Duration::from_secs(5));
+    }
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!(stats.failed, 50);
+}
+
+#[test]
+fn write_errors_are_reported_on_stderr_once_per_episode() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_writes_to_a_full_device", "--nocapture"])
+        .env("KEEL_DURABILITY_FULL", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let reports: Vec<&str> = err.lines().filter(|l| l.contains("cannot write")).collect();
+    assert_eq!(reports.len(), 1, "{err}");
+    assert!(
+        reports[0].contains("\"episode\""),
+        "names the sink: {}",
+        reports[0]
+    );
+}
+
+#[test]
+fn records_racing_a_shutdown_are_all_counted() {
+    for round in 0..5 {
+        let buf = SharedBuffer::default();
+        let sink = QueueSink::start(
+            "race",
+            100_000,
+            Overflow::Block,
+            Box::new(JsonFormat),
+            buf.clone(),
+        )
+        .unwrap();
+        let log = Logger::new("race", Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]);
+        let sent = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (log, sent) = (log.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    for i in 0..20_000u64 {
+                        log.info("racing", &[field("i", i)]);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        while sent.load(Ordering::Relaxed) < 2_000 {
+            std::thread::yield_now();
+        }
+        log.shutdown(Duration::from_secs(10));
+        for t in threads {
+            t.join().unwrap();
+        }
+        let stats = log.shutdown(Duration::from_secs(10));
+        assert_eq!(given(stats), 80_000, "round {round}: {stats:?}");
+        assert_eq!(
+            stats.written,
+            buf.json_lines().len() as u64,
+            "round {round}"
+        );
+    }
+}
+
+/// The rotated files' names and every line across them, oldest first, then the live file.
+fn kept(live: &Path) -> (Vec<String>, Vec<u64>) {
+    let mut files = rotated_files(live);
+    let names = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    files.push(live.to_owned());
+    (names, files.iter().flat_map(|f| seqs(f)).collect())
+}
+
+fn assert_newest_kept(live: &Path, total: u64, keep: usize) {
+    let (names, lines) = kept(live);
+    assert_eq!(names.len(), keep, "{names:?}");
+    assert_eq!(*lines.last().unwrap(), total - 1, "{names:?}");
+    assert!(
+        lines.windows(2).all(|w| w[1] == w[0] + 1),
+        "what is kept is the newest, contiguous: {names:?} {lines:?}"
+    );
+}
+
+#[test]
+fn retention_with_a_dotted_stem_keeps_the_newest_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("my.app.log");
+    let mut options = FileOptions::new(&live);
+    options.max_bytes = Some(300);
+    options.keep_files = Some(3);
+    let (log, _sink) = file_logger("dotted", options);
+    for i in 0..200u64 {
+        log.info("x", &[field("i", i)]);
+    }
+    log.shutdown(Duration::from_secs(10));
+    wait_for("retention", Duration::from_secs(30), || {
+        rotated_files(&live).len() <= 3
+    });
+    assert_newest_kept(&live, 200, 3);
+}
+
+#[test]
+fn two_sinks_in_one_directory_do_not_prune_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("app.log");
+    let json = dir.path().join("app.json");
+    let mut a = FileOptions::new(&text);
+    a.max_bytes = Some(300);
+    a.keep_files = Some(2);
+    let mut b = FileOptions::new(&json);
+    b.max_bytes = Some(300);
+    b.keep_files = Some(4);
+    let (la, _sa) = file_logger("a", a);
+    let (lb, _sb) = file_logger("b", b);
+    for i in 0..100u64 {
+        la.info("x", &[field("i", i)]);
+        lb.info("x", &[field("i", i)]);
+    }
+    la.shutdown(Duration::from_secs(10));
+    lb.shutdown(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let count = |ext: &str| {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("app.2") && n.ends_with(ext)
+            })
+            .count()
+    };
+    wait_for("retention", Duration::from_secs(30), || {
+        count(".log") == 2 && count(".json") == 4
+    });
+    assert_newest_kept(&text, 100, 2);
+    assert_newest_kept(&json, 100, 4);
+}
+
+#[test]
+fn a_clock_stepped_back_does_not_make_new_files_look_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("app.log");
+    // Files rotated before the clock was stepped back (from "the future").
+    for (n, i) in [(0, 0u64), (1, 1)] {
+        std::fs::write(
+            dir.path().join(format!("app.20991231T235959.{n}.log")),
+            format!("{{\"i\":{i}}}\n"),
+        )
+        .unwrap();
+    }
+    std::fs::write(&live, "{\"i\":2}\n").unwrap();
+    let mut options = FileOptions::new(&live);
+    options.max_bytes = Some(300);
+    options.keep_files = Some(2);
+    let (log, _sink) = file_logger("stepped", options);
+    for i in 3..200u64 {
+        log.info("x", &[field("i", i)]);
+    }
+    log.shutdown(Duration::from_secs(10));
+    wait_for("retention", Duration::from_secs(30), || {
+        rotated_files(&live).len() <= 2
+    });
+    assert_newest_kept(&live, 200, 2);
+}
+
+#[test]
+fn fatal_with_a_stalled_writer_returns_within_its_bound_and_flushes_every_global_logger() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another logger of the process, registered globally, with a record in its buffer.
+    let other_file = dir.path().join("other.log");
+    let (other, _other_sink) = file_logger("other", FileOptions::new(&other_file));
+    keel_log::global().register(other.clone()).unwrap();
+    other.info("the other logger's record", &[field("i", 7u64)]);
+
+    // The dying logger's writer is stalled with a full queue.
+    let buf = SharedBuffer::default();
+    let sink = QueueSink::start(
+        "stalled",
+        1,
+        Overflow::Block,
+        Box::new(JsonFormat),
+        buf.clone(),
+    )
+    .unwrap();
+    let log = Logger::new("dying", Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]);
+    let gate = buf.gate.lock().unwrap();
+    log.info("stalls the writer", &[]);
+    while buf.started() == 0 {
+        std::thread::yield_now();
+    }
+    log.info("fills the queue", &[]);
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other_file2 = other_file.clone();
+    keel_log::set_fatal_hook(move || {
+        let _ = tx.send(seqs(&other_file2));
+    });
+    let started = Instant::now();
+    let dying = log.clone();
+    std::thread::spawn(move || dying.fatal("cannot go on", &[]));
+    // The bound is 5 s; a blocked send would never return.
+    let seen = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("fatal returned to its hook");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(seen, vec![7], "fatal flushed the other global logger first");
+    drop(gate);
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!(given(stats), 3, "the fatal record is counted: {stats:?}");
+    keel_log::global().close_all(Duration::from_secs(5));
+}
+
+/// A logger whose writer is stalled (its gate is held) with records queued behind it.
+fn stalled_logger(name: &'static str) -> (Logger, SharedBuffer) {
+    let buf = SharedBuffer::default();
+    let sink =
+        QueueSink::start(name, 10, Overflow::Block, Box::new(JsonFormat), buf.clone()).unwrap();
+    (
+        Logger::new(name, Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]),
+        buf,
+    )
+}
+
+#[test]
+fn close_all_and_flush_bound_the_whole_call() {
+    let m = Manager::with_drop_timeout(Duration::ZERO);
+    let names = ["s1", "s2", "s3", "s4"];
+    let mut bufs = Vec::new();
+    let mut gates = Vec::new();
+    for name in names {
+        let (log, buf) = stalled_logger(name);
+        m.register(log.clone()).unwrap();
+        bufs.push(buf);
+    }
+    for buf in &bufs {
+        gates.push(buf.gate.lock().unwrap());
+    }
+    for name in names {
+        let log = m.get(name).unwrap();
+        log.info("stalls", &[]);
+        log.info("queued", &[]);
+    }
+    let started = Instant::now();
+    let flushed = m.flush_all(Duration::from_millis(500));
+    assert!(flushed.values().all(|s| s.pending > 0), "{flushed:?}");
+    let started_close = Instant::now();
+    let closed = m.close_all(Duration::from_millis(500));
+    // Four loggers given 0.5 s each would take 2 s.
+    assert!(
+        started_close.elapsed() < Duration::from_millis(1_500),
+        "close_all took {:?}",
+        started_close.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(closed.len(), 4);
+    drop(gates);
+}
+
+#[test]
+fn an_unbounded_timeout_does_not_panic() {
+    let (log, buf) = stalled_logger("forever");
+    log.info("x", &[]);
+    assert_eq!(log.flush(Duration::MAX).written, 1);
+    let m = Manager::new();
+    m.register(log.clone()).unwrap();
+    assert_eq!(m.flush_all(Duration::MAX)["forever"].written, 1);
+    assert_eq!(m.close_all(Duration::MAX)["forever"].written, 1);
+    assert_eq!(buf.json_lines().len(), 1);
+}

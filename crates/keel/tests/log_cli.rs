@@ -1,0 +1,284 @@
+//! `keel log`: stdin through a keel-log file logger, rotated under it by the real `logrotate`
+//! (installed by scripts/test.sh): `create` + SIGHUP loses and duplicates nothing;
+//! `copytruncate` carries on at the start of the truncated file without NUL padding or torn
+//! lines. Also SIGTERM (flush, stats, exit 0) and `--json-input`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const THREADS: usize = 4;
+const PHASES: usize = 4;
+const PER_PHASE: usize = 5_000;
+
+fn logrotate() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("logrotate"))
+        .find(|p| p.is_file());
+    found.expect("logrotate is not installed (scripts/test.sh installs the Debian package)")
+}
+
+fn start(dir: &Path, extra: &[&str]) -> (Child, PathBuf) {
+    let live = dir.join("app.log");
+    let config = dir.join("app-log.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "type = \"file\"\nname = \"shipper\"\nformatter = \"json\"\n[options]\npath = \"{}\"\n",
+            live.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["log", "--config"])
+        .arg(&config)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, live)
+}
+
+/// A file's name and contents.
+type LogFile = (String, Vec<u8>);
+
+/// Every line of every file of the log (`app.log`, `app.log.1`, …) with how often it occurs.
+/// With `torn_copy_tail`, the last line of a rotated file may be cut short: copytruncate may
+/// copy a write in progress (and then truncate its rest away, as its manual warns).
+fn messages(dir: &Path, torn_copy_tail: bool) -> (BTreeMap<String, usize>, Vec<LogFile>) {
+    let mut seen = BTreeMap::new();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("app.log") {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path()).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        let count = text.lines().count();
+        for (n, line) in text.lines().enumerate() {
+            let parsed = serde_json::from_str::<serde_json::Value>(line);
+            if parsed.is_err() && torn_copy_tail && name != "app.log" && n + 1 == count {
+                continue;
+            }
+            let v = parsed.unwrap_or_else(|e| panic!("{name}: torn or bad line ({e}): {line:?}"));
+            *seen
+                .entry(v["message"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+        files.push((name, bytes));
+    }
+    (seen, files)
+}
+
+/// Writes `PER_PHASE` lines per thread from `THREADS` threads, whole lines under one lock.
+fn phase(stdin: &Arc<Mutex<ChildStdin>>, phase: usize) {
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let stdin = stdin.clone();
+            std::thread::spawn(move || {
+                for i in 0..PER_PHASE {
+                    let line = format!("p{phase} t{t} {i}\n");
+                    stdin.lock().unwrap().write_all(line.as_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn rotate(dir: &Path, body: &str) {
+    let conf = dir.join("logrotate.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{} {{\n    rotate 100\n    missingok\n    nocompress\n{body}}}\n",
+            dir.join("app.log").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(logrotate())
+        .arg("-f")
+        .arg("-s")
+        .arg(dir.join("logrotate.state"))
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "logrotate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn finish(mut child: Child, stdin: Arc<Mutex<ChildStdin>>) -> String {
+    drop(stdin); // the last reference: EOF
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    err
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn count_lines(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn logrotate_create_with_sighup_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, live) = start(dir.path(), &[]);
+    let pid = child.id();
+    let stdin = Arc::new(Mutex::new(child.stdin.take().unwrap()));
+    let body = format!("    create 0600\n    postrotate\n        kill -HUP {pid}\n    endscript\n");
+    // logrotate runs again and again while four threads feed the input.
+    let feeding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let rotator = {
+        let (dir, feeding, live) = (dir.path().to_owned(), feeding.clone(), live.clone());
+        std::thread::spawn(move || {
+            let mut rotations = 0;
+            while feeding.load(std::sync::atomic::Ordering::SeqCst) || rotations < 3 {
+                if count_lines(&live) > 0 {
+                    rotate(&dir, &body);
+                    rotations += 1;
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            rotations
+        })
+    };
+    for p in 0..PHASES {
+        phase(&stdin, p);
+    }
+    feeding.store(false, std::sync::atomic::Ordering::SeqCst);
+    let rotations = rotator.join().unwrap();
+    let err = finish(child, stdin);
+    let total = THREADS * PER_PHASE * PHASES;
+    assert!(err.contains(&format!("written={total} ")), "{err}");
+    let (seen, files) = messages(dir.path(), false);
+    assert!(
+        files.len() > 3,
+        "{rotations} rotations: {:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for p in 0..PHASES {
+        for t in 0..THREADS {
+            for i in 0..PER_PHASE {
+                let line = format!("p{p} t{t} {i}");
+                assert_eq!(seen.get(&line), Some(&1), "{line} once");
+            }
+        }
+    }
+    assert_eq!(seen.len(), total);
+}
+
+#[test]
+fn logrotate_copytruncate_carries_on_at_offset_zero_without_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, live) = start(dir.path(), &[]);
+    let stdin = Arc::new(Mutex::new(child.stdin.take().unwrap()));
+    for p in 0..PHASES - 1 {
+        phase(&stdin, p);
+        wait_for("the phase's first lines", || count_lines(&live) > 0);
+        rotate(dir.path(), "    copytruncate\n");
+    }
+    // After the last truncation: all of this phase must be in the live file, from offset 0.
+    let before = std::fs::metadata(&live).unwrap().len();
+    phase(&stdin, PHASES - 1);
+    let err = finish(child, stdin);
+    assert!(err.contains("failed=0 pending=0"), "{err}");
+    let (seen, files) = messages(dir.path(), true);
+    for (name, bytes) in &files {
+        assert!(!bytes.contains(&0), "{name} has NUL padding");
+    }
+    assert!(seen.values().all(|n| *n == 1), "no line twice");
+    let fresh = std::fs::read_to_string(&live).unwrap();
+    let fresh_lines = fresh.lines().count() as u64;
+    assert!(
+        std::fs::metadata(&live).unwrap().len() >= before,
+        "the live file grew from where the truncation left it"
+    );
+    for t in 0..THREADS {
+        for i in 0..PER_PHASE {
+            let line = format!("p{} t{t} {i}", PHASES - 1);
+            assert_eq!(seen.get(&line), Some(&1), "{line} once");
+        }
+    }
+    assert!(fresh_lines >= (THREADS * PER_PHASE) as u64);
+    assert!(
+        fresh.starts_with('{'),
+        "the live file starts with a whole record"
+    );
+}
+
+#[test]
+fn sigterm_flushes_reports_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, live) = start(dir.path(), &["--json-input"]);
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..100 {
+        writeln!(
+            stdin,
+            r#"{{"msg":"json {i}","level":"warn","i":{i},"user":"ada"}}"#
+        )
+        .unwrap();
+    }
+    stdin.flush().unwrap();
+    // Without an explicit flush the lines reach the file (the writer flushes when idle).
+    wait_for("100 lines on disk", || count_lines(&live) == 100);
+    nix_kill(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        err.contains("lines=100 written=100 dropped=0 failed=0 pending=0"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&live).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["message"], "json 0");
+    assert_eq!(first["level"], "WARN");
+    assert_eq!(first["i"], 0);
+    assert_eq!(first["user"], "ada");
+    drop(stdin);
+}
+
+fn nix_kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
