@@ -53,6 +53,9 @@ use tokio_util::sync::CancellationToken;
 use crate::lock::{LockGuard, LockOptions, Locker};
 use crate::{Error, Result};
 
+/// The lease when none is set (client-go's 15 s).
+const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+
 /// What a new leader gets: a token cancelled when it must stop acting, its epoch, and the
 /// term's hold on the lease.
 ///
@@ -141,8 +144,8 @@ pub struct ElectionBuilder {
     name: String,
     identity: String,
     lease: Duration,
-    renew_deadline: Duration,
-    retry_period: Duration,
+    renew_deadline: Option<Duration>,
+    retry_period: Option<Duration>,
     started: Option<Started>,
     stopped: Option<Stopped>,
     new_leader: Option<NewLeader>,
@@ -159,21 +162,25 @@ impl std::fmt::Debug for ElectionBuilder {
 }
 
 impl ElectionBuilder {
-    /// How long a leader's lock lives without renewal (default 15 s).
+    /// How long a leader's lock lives without renewal (default 15 s). The renew deadline
+    /// and retry period, when not set, are derived from it: 2/3 and 1/6 of the lease (for
+    /// the default 15 s lease: client-go's 10 s and 2 s).
     pub fn lease(mut self, d: Duration) -> Self {
         self.lease = d;
         self
     }
 
-    /// How long a leader keeps leading without a successful renewal (default 10 s).
+    /// How long a leader keeps leading without a successful renewal (default 2/3 of the
+    /// lease).
     pub fn renew_deadline(mut self, d: Duration) -> Self {
-        self.renew_deadline = d;
+        self.renew_deadline = Some(d);
         self
     }
 
-    /// How often candidates try and leaders renew (default 2 s).
+    /// How often candidates try and leaders renew (default 1/6 of the lease; 2 s for the
+    /// default lease).
     pub fn retry_period(mut self, d: Duration) -> Self {
-        self.retry_period = d;
+        self.retry_period = Some(d);
         self
     }
 
@@ -208,25 +215,31 @@ impl ElectionBuilder {
     /// and for an empty name or identity (or one containing `|`).
     pub fn build(self) -> Result<Election> {
         let bad = |m: String| Err(Error::InvalidElection(m));
+        let default_lease = self.lease == DEFAULT_LEASE;
+        let renew_deadline = self.renew_deadline.unwrap_or(self.lease * 2 / 3);
+        let retry_period = self.retry_period.unwrap_or(if default_lease {
+            Duration::from_secs(2) // client-go's default
+        } else {
+            self.lease / 6
+        });
         if self.name.is_empty() {
             return bad("the election name must not be empty".into());
         }
         if self.identity.is_empty() || self.identity.contains('|') {
             return bad("the identity must be non-empty and must not contain '|'".into());
         }
-        if self.retry_period.is_zero() {
+        if retry_period.is_zero() {
             return bad("retry_period must be greater than zero".into());
         }
-        if self.lease <= self.renew_deadline {
+        if self.lease <= renew_deadline {
             return bad(format!(
-                "lease ({:?}) must be greater than renew_deadline ({:?})",
-                self.lease, self.renew_deadline
+                "lease ({:?}) must be greater than renew_deadline ({renew_deadline:?})",
+                self.lease
             ));
         }
-        if self.renew_deadline <= self.retry_period.mul_f64(1.2) {
+        if renew_deadline <= retry_period.mul_f64(1.2) {
             return bad(format!(
-                "renew_deadline ({:?}) must be greater than 1.2 x retry_period ({:?})",
-                self.renew_deadline, self.retry_period
+                "renew_deadline ({renew_deadline:?}) must be greater than 1.2 x retry_period ({retry_period:?})"
             ));
         }
         let service = self
@@ -239,8 +252,8 @@ impl ElectionBuilder {
                 name: self.name,
                 identity: self.identity,
                 lease: self.lease,
-                renew_deadline: self.renew_deadline,
-                retry_period: self.retry_period,
+                renew_deadline,
+                retry_period,
                 started: self.started,
                 stopped: self.stopped,
                 new_leader: self.new_leader,
@@ -366,9 +379,9 @@ impl Election {
             locker,
             name: name.into(),
             identity: identity.into(),
-            lease: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry_period: Duration::from_secs(2),
+            lease: DEFAULT_LEASE,
+            renew_deadline: None,
+            retry_period: None,
             started: None,
             stopped: None,
             new_leader: None,

@@ -224,7 +224,31 @@ fn timing_rules_are_validated() {
         );
     }
     assert!(Election::builder(locker.clone(), "", "me").build().is_err());
-    assert!(Election::builder(locker, "e", "a|b").build().is_err());
+    assert!(
+        Election::builder(locker.clone(), "e", "a|b")
+            .build()
+            .is_err()
+    );
+    // Only the lease (or the lease and the retry period) given: the renew deadline follows
+    // the lease (2/3) instead of keeping a 10 s default longer than the lease.
+    let lease_only = |lease| {
+        Election::builder(locker.clone(), "e", "me")
+            .lease(Duration::from_millis(lease))
+            .build()
+    };
+    assert!(lease_only(500).is_ok());
+    assert!(lease_only(60_000).is_ok());
+    assert!(
+        Election::builder(locker.clone(), "e", "me")
+            .lease(Duration::from_millis(500))
+            .retry_period(Duration::from_millis(100))
+            .build()
+            .is_ok()
+    );
+    assert!(
+        Election::builder(locker, "e", "me").build().is_ok(),
+        "defaults"
+    );
 }
 
 /// Step-down must not let anyone in while the term's work may still run: the lock stays
