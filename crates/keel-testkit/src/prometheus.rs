@@ -21,13 +21,27 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus scraping `http://{target}/metrics`.
     pub fn start(target: SocketAddr) -> Self {
+        Self::start_with(target, None)
+    }
+
+    /// Starts Prometheus scraping `http://{target}/metrics` and evaluating the rule file
+    /// `rules` every 500 ms.
+    pub fn start_with_rules(target: SocketAddr, rules: &std::path::Path) -> Self {
+        Self::start_with(target, Some(rules))
+    }
+
+    fn start_with(target: SocketAddr, rules: Option<&std::path::Path>) -> Self {
         let binary = require_program("prometheus", "the Debian package `prometheus`");
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let config = dir.path().join("prometheus.yml");
+        let rule_files = rules
+            .map(|r| format!("rule_files: ['{}']\n", r.display()))
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\n\
+                "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\n  evaluation_interval: 500ms\n\
+                 {rule_files}\
                  scrape_configs:\n  - job_name: keel\n    static_configs:\n      - targets: ['{target}']\n"
             ),
         )
@@ -65,6 +79,17 @@ impl Prometheus {
         serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The rule groups (`data.groups` of `/api/v1/rules`; empty on any failure).
+    pub fn rules(&self) -> Vec<serde_json::Value> {
+        let Ok((200, body)) = http::get(self.addr, "/api/v1/rules") else {
+            return Vec::new();
+        };
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["data"]["groups"].as_array().cloned())
             .unwrap_or_default()
     }
 
