@@ -75,6 +75,18 @@ fn incr_and_its_errors() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not an integer"));
 }
 
+/// `--ttl 0s` stored a key that was gone at once while printing OK; it is refused, the
+/// message says how to write "no expiry", and nothing is written.
+#[test]
+fn a_zero_ttl_is_refused_with_a_hint() {
+    let redis = RedisServer::start();
+    let out = keel(&redis, &["set", "k", "v", "--ttl", "0s"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("leave --ttl out for no expiry"), "{err}");
+    assert_eq!(redis.cli(&["EXISTS", "k"]), "0");
+}
+
 #[test]
 fn unreachable_server_exits_nonzero_with_a_clear_message() {
     let port = keel_testkit::process::free_port();

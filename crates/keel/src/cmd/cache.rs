@@ -38,8 +38,8 @@ enum Op {
     Set {
         key: String,
         value: String,
-        /// Expiry, e.g. 30s, 250ms, 5m (default: none).
-        #[arg(long, value_parser = parse_duration)]
+        /// Expiry, e.g. 30s, 250ms, 5m (default: none; leave it out for no expiry).
+        #[arg(long, value_parser = positive_duration)]
         ttl: Option<Duration>,
     },
     /// Deletes the key; prints 1 if it existed, else 0.
@@ -107,4 +107,14 @@ pub async fn run(args: Args) -> Result<()> {
     }
     cache.close().await?;
     Ok(())
+}
+
+/// A duration that must be greater than zero: a zero TTL would store a key that is gone at
+/// once (or, on some servers, mean "no expiry").
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("a TTL must be greater than zero; leave --ttl out for no expiry".into());
+    }
+    Ok(d)
 }
