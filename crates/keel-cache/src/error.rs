@@ -171,6 +171,19 @@ pub enum Error {
     Metrics(#[from] keel_metrics::Error),
 }
 
+impl Error {
+    /// Whether a write that failed with this error may still have been applied by the server
+    /// (a timeout, a dropped connection, an answer this crate could not interpret): the caller
+    /// cannot tell, so anything cached from before the write must be dropped. Validation
+    /// errors, `Closed`, `Denied` and the counter errors are refusals: nothing was written.
+    pub(crate) fn may_have_applied(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. } | Error::Unavailable { .. } | Error::Backend { .. }
+        )
+    }
+}
+
 fn describe(failures: &[(String, Error)]) -> String {
     failures
         .iter()

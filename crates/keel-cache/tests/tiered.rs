@@ -21,7 +21,19 @@ impl Tiered {
         default_ttl: Option<Duration>,
         metrics: &MetricsService,
     ) -> TieredCache {
-        let l2 = RedisCache::builder(name, Endpoint::Url(Secret::new(self.0.url())))
+        self.node_at(&self.0.url(), name, default_ttl, metrics)
+            .await
+    }
+
+    /// A node connecting with `url` (another user, say).
+    async fn node_at(
+        &self,
+        url: &str,
+        name: &str,
+        default_ttl: Option<Duration>,
+        metrics: &MetricsService,
+    ) -> TieredCache {
+        let l2 = RedisCache::builder(name, Endpoint::Url(Secret::new(url.to_owned())))
             .default_ttl(default_ttl)
             .response_timeout(Duration::from_millis(500))
             .items_refresh(None)
@@ -292,4 +304,103 @@ async fn tiered_config_with_l1_and_l2_sections() {
         keel_cache::open(&no_l2).await,
         Err(keel_cache::Error::InvalidConfig { field, .. }) if field == "l2"
     ));
+}
+
+/// Two nodes with `k = v1` in both L1s.
+async fn two_nodes_caching_v1(t: &Tiered, metrics: &MetricsService) -> (TieredCache, TieredCache) {
+    let (a, b) = (
+        t.node("app", None, metrics).await,
+        t.node("app", None, metrics).await,
+    );
+    a.set("k", "v1".into(), Ttl::Never).await.unwrap();
+    for node in [&a, &b] {
+        eventually("the node to cache v1 in L1", async || {
+            node.get("k").await.unwrap();
+            node.l1().get("k").await.unwrap().is_some()
+        })
+        .await;
+    }
+    (a, b)
+}
+
+/// What Redis itself holds for `app:k`, read with redis-cli.
+fn l2_value(t: &Tiered) -> Option<bytes::Bytes> {
+    let v = t.0.cli(&["GET", "app:k"]);
+    (!v.is_empty()).then(|| bytes::Bytes::from(v))
+}
+
+/// After a write whose outcome the writer cannot know (the server froze, the request timed
+/// out, the server then ran it), neither the writer's nor another node's L1 may keep serving
+/// the value from before: the writer's next read and, once the invalidation arrives, the
+/// other node's reads return what Redis holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_timed_out_leaves_no_l1_serving_the_old_value() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let (a, b) = two_nodes_caching_v1(&t, &metrics).await;
+    t.0.pause();
+    let r = a.set("k", "v2".into(), Ttl::Never).await;
+    assert!(
+        r.is_err(),
+        "a write to a frozen server cannot succeed: {r:?}"
+    );
+    t.0.resume();
+    // The writer's own next read: on the same connection, after the write.
+    let mine = a.get("k").await.unwrap();
+    let held = l2_value(&t);
+    assert_eq!(mine, held, "the writer read its own old value from L1");
+    eventually("the other node to read what Redis holds", async || {
+        b.get("k").await.unwrap() == held
+    })
+    .await;
+}
+
+/// A write whose caller gave up (the future was dropped while the server was frozen) still
+/// invalidates both L1s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_write_still_invalidates_every_l1() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let (a, b) = two_nodes_caching_v1(&t, &metrics).await;
+    t.0.pause();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        a.set("k", "v2".into(), Ttl::Never),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the write cannot finish on a frozen server"
+    );
+    t.0.resume();
+    let mine = a.get("k").await.unwrap();
+    let held = l2_value(&t);
+    assert_eq!(mine, held, "the writer read its own old value from L1");
+    eventually("the other node to read what Redis holds", async || {
+        b.get("k").await.unwrap() == held
+    })
+    .await;
+}
+
+/// The caller gets L2's result: a counter incremented in Redis is reported as incremented even
+/// when the invalidation cannot be published (here the ACL denies PUBLISH), so a caller never
+/// retries an increment that happened. The failure is counted instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_publish_does_not_turn_an_applied_write_into_an_error() {
+    let t = Tiered(RedisServer::start());
+    t.0.cli(&[
+        "ACL", "SETUSER", "nopub", "on", ">pw", "~*", "&*", "+@all", "-publish",
+    ]);
+    let metrics = MetricsService::new("t").unwrap();
+    let url = format!("redis://nopub:pw@127.0.0.1:{}", t.0.port());
+    let a = t.node_at(&url, "app", None, &metrics).await;
+    let n = a.incr_by("n", 1).await;
+    assert_eq!(t.0.cli(&["GET", "app:n"]), "1");
+    assert_eq!(n.unwrap(), 1, "the increment was applied");
+    assert!(
+        series(
+            &metrics.render(),
+            "t_tiered_invalidation_failures_total{cache=\"app\"}"
+        ) >= 1.0
+    );
 }
