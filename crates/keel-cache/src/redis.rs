@@ -159,8 +159,30 @@ fn is_denied(e: &RedisError) -> bool {
 /// The client side of each mode, before connecting.
 enum Target {
     Single(Client),
-    Cluster(redis::cluster::ClusterClient),
+    /// Reads go through a client that retries (redirects, reconnects); writes through one
+    /// that never re-sends by itself (see [`Shared::write`]).
+    Cluster {
+        reads: redis::cluster::ClusterClient,
+        writes: redis::cluster::ClusterClient,
+    },
     Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+/// The connections of one cache: the same one twice, except in Cluster mode (see
+/// [`Target::Cluster`]).
+#[derive(Clone)]
+struct Conns {
+    read: Conn,
+    write: Conn,
+}
+
+impl Conns {
+    fn same(conn: Conn) -> Self {
+        Self {
+            read: conn.clone(),
+            write: conn,
+        }
+    }
 }
 
 /// A live connection of any mode; cheap to clone (all share one multiplexed connection).
@@ -398,35 +420,48 @@ impl RedisCacheBuilder {
                     });
                 }
                 let scheme = if self.tls.enabled { "rediss" } else { "redis" };
-                let urls = nodes.iter().map(|n| {
-                    if n.contains("://") {
-                        n.clone()
-                    } else {
-                        format!("{scheme}://{n}")
+                let urls: Vec<String> = nodes
+                    .iter()
+                    .map(|n| {
+                        if n.contains("://") {
+                            n.clone()
+                        } else {
+                            format!("{scheme}://{n}")
+                        }
+                    })
+                    .collect();
+                // redis-rs re-sends a request after any failure while retries remain, also
+                // after a dropped connection when the command may already have run: fine for
+                // reads, wrong for writes (an INCRBY applied twice). Writes get a client
+                // that never re-sends; `Shared::write` re-sends only after a refusal.
+                let client = |retries: u32| -> Result<redis::cluster::ClusterClient> {
+                    let mut b = ClusterClientBuilder::new(urls.clone())
+                        .connection_timeout(self.connect_timeout)
+                        .response_timeout(self.response_timeout)
+                        .retries(retries);
+                    #[cfg(feature = "redis-tls")]
+                    if let Some(certs) = self.tls.certificates()? {
+                        b = b.certs(certs);
                     }
-                });
-                let mut b = ClusterClientBuilder::new(urls)
-                    .connection_timeout(self.connect_timeout)
-                    .response_timeout(self.response_timeout)
-                    .retries(2);
-                #[cfg(feature = "redis-tls")]
-                if let Some(certs) = self.tls.certificates()? {
-                    b = b.certs(certs);
+                    #[cfg(not(feature = "redis-tls"))]
+                    if self.tls.enabled || self.tls.has_files() {
+                        return Err(no_tls());
+                    }
+                    if let Some(user) = username {
+                        b = b.username(user);
+                    }
+                    if let Some(pass) = password {
+                        b = b.password(pass.expose());
+                    }
+                    b.build().map_err(|e| Error::InvalidConfig {
+                        field: "nodes".into(),
+                        reason: e.to_string(),
+                    })
+                };
+                Target::Cluster {
+                    reads: client(2)?,
+                    writes: client(0)?,
                 }
-                #[cfg(not(feature = "redis-tls"))]
-                if self.tls.enabled || self.tls.has_files() {
-                    return Err(no_tls());
-                }
-                if let Some(user) = username {
-                    b = b.username(user);
-                }
-                if let Some(pass) = password {
-                    b = b.password(pass.expose());
-                }
-                Target::Cluster(b.build().map_err(|e| Error::InvalidConfig {
-                    field: "nodes".into(),
-                    reason: e.to_string(),
-                })?)
             }
             Endpoint::Sentinel {
                 sentinels,
@@ -510,7 +545,7 @@ struct Shared {
     /// Cluster mode: the node a pub/sub connection goes to.
     pubsub_seed: Option<String>,
     /// `None` before `connect` and after `close`.
-    conn: RwLock<Option<Conn>>,
+    conn: RwLock<Option<Conns>>,
     /// Sentinel mode: the master must be looked up again before the next request.
     resolve: AtomicBool,
     /// Whether the last request reached the server.
@@ -595,13 +630,12 @@ impl RedisCache {
     /// As any request.
     pub async fn publish(&self, channel: &str, message: &[u8]) -> Result<()> {
         let s = &self.shared;
-        let mut c = s.conn().await?;
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(message)
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(|e| s.error(Operation::Set, &e))
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(message);
+        let cmd = &cmd;
+        s.write(|mut c| async move { cmd.query_async::<()>(&mut c).await })
+            .await?
+            .map_err(|e| s.write_error_in("publish", &e))
     }
 
     /// A client for a dedicated pub/sub connection to the current server (the master in
@@ -622,7 +656,7 @@ impl RedisCache {
                 .async_get_client()
                 .await
                 .map_err(unavailable),
-            Target::Cluster(_) => match &s.pubsub_seed {
+            Target::Cluster { .. } => match &s.pubsub_seed {
                 Some(url) => Client::open(url.as_str()).map_err(unavailable),
                 None => Err(Error::InvalidConfig {
                     field: "nodes".into(),
@@ -662,6 +696,16 @@ impl RedisCache {
     }
 }
 
+/// Whether a Cluster answer proves the request did not run (a redirect, or the node refusing
+/// work for now), so re-sending it cannot apply it twice.
+fn refused_before_running(e: &RedisError) -> bool {
+    use redis::RetryMethod as M;
+    matches!(
+        e.retry_method(),
+        M::MovedRedirect | M::AskRedirect | M::WaitAndRetry | M::RefreshSlotsAndRetry
+    ) && e.code().is_some()
+}
+
 /// Escapes glob characters so a prefix matches only itself in `SCAN MATCH`.
 fn glob_escape(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + 1);
@@ -683,9 +727,66 @@ impl Shared {
         k
     }
 
-    /// The live connection; in Sentinel mode, after a failure, first asks the sentinels for
-    /// the current master and reconnects if it moved.
+    /// The connection for reads (and for requests that may be re-sent).
     async fn conn(&self) -> Result<Conn> {
+        Ok(self.conns().await?.read)
+    }
+
+    /// The connection for writes: in Cluster mode one that never re-sends a request by itself.
+    async fn write_conn(&self) -> Result<Conn> {
+        Ok(self.conns().await?.write)
+    }
+
+    /// Runs a write, built by `send` on the write connection. A write is never re-sent after
+    /// its fate became unknown (a dropped connection, a timeout): that is
+    /// [`Error::OutcomeUnknown`] or [`Error::Timeout`] for the caller. It is re-sent only after
+    /// a Cluster answer proving it did not run (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`,
+    /// `READONLY`, loading), while the slot map catches up; the response bound of the calling
+    /// operation ends that loop. The inner result carries the server's answer for the caller
+    /// to map (`incr_by` has its own error mapping).
+    async fn write<T, F>(&self, mut send: impl FnMut(Conn) -> F) -> Result<RedisResult<T>>
+    where
+        F: Future<Output = RedisResult<T>>,
+    {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let conn = self.write_conn().await?;
+            let cluster = matches!(conn, Conn::Cluster(_));
+            match send(conn).await {
+                Err(e) if cluster && refused_before_running(&e) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Maps the error of a write: a connection that dropped after the request may have been
+    /// sent is [`Error::OutcomeUnknown`] (a refused connection is not: nothing was sent).
+    fn write_error(&self, op: Operation, e: &RedisError) -> Error {
+        self.write_error_in(op.as_str(), e)
+    }
+
+    /// [`write_error`](Self::write_error) for requests outside the cache operations.
+    fn write_error_in(&self, operation: &'static str, e: &RedisError) -> Error {
+        let mapped = self.error_in(operation, e);
+        if matches!(mapped, Error::Unavailable { .. })
+            && !e.is_connection_refusal()
+            && (e.is_connection_dropped() || e.is_io_error())
+        {
+            return Error::OutcomeUnknown {
+                cache: self.name.clone(),
+                operation,
+                reason: e.to_string(),
+            };
+        }
+        mapped
+    }
+
+    /// The live connections; in Sentinel mode, after a failure, first asks the sentinels for
+    /// the current master and reconnects if it moved.
+    async fn conns(&self) -> Result<Conns> {
         let current = self
             .conn
             .read()
@@ -725,7 +826,7 @@ impl Shared {
     }
 
     /// Opens a new connection for the configured mode, bounded by the connect timeout.
-    async fn open_conn(&self) -> Result<Conn> {
+    async fn open_conn(&self) -> Result<Conns> {
         let unavailable = |e: RedisError| {
             if is_denied(&e) {
                 Error::Denied {
@@ -746,14 +847,21 @@ impl Shared {
                 Target::Single(client) => {
                     ConnectionManager::new_with_config(client.clone(), self.manager_config())
                         .await
-                        .map(Conn::Single)
+                        .map(|c| Conns::same(Conn::Single(c)))
                         .map_err(unavailable)
                 }
-                Target::Cluster(client) => client
-                    .get_async_connection()
-                    .await
-                    .map(Conn::Cluster)
-                    .map_err(unavailable),
+                Target::Cluster { reads, writes } => Ok(Conns {
+                    read: reads
+                        .get_async_connection()
+                        .await
+                        .map(Conn::Cluster)
+                        .map_err(unavailable)?,
+                    write: writes
+                        .get_async_connection()
+                        .await
+                        .map(Conn::Cluster)
+                        .map_err(unavailable)?,
+                }),
                 Target::Sentinel(sentinel) => {
                     let client = sentinel
                         .lock()
@@ -763,7 +871,7 @@ impl Shared {
                         .map_err(unavailable)?;
                     ConnectionManager::new_with_config(client, self.manager_config())
                         .await
-                        .map(Conn::Single)
+                        .map(|c| Conns::same(Conn::Single(c)))
                         .map_err(unavailable)
                 }
             }
@@ -1088,15 +1196,15 @@ impl Cache for RedisCache {
         CacheFuture::boxed(s.run(Operation::Set, ok, async move {
             s.limits.check_entry(key, &value)?;
             let ms = s.ttl_ms(key, ttl)?;
-            let mut c = s.conn().await?;
             let mut cmd = redis::cmd("SET");
             cmd.arg(s.key(key)).arg(value.as_ref());
             if let Some(ms) = ms {
                 cmd.arg("PX").arg(ms);
             }
-            cmd.query_async::<()>(&mut c)
-                .await
-                .map_err(|e| s.error(Operation::Set, &e))
+            let cmd = &cmd;
+            s.write(|mut c| async move { cmd.query_async::<()>(&mut c).await })
+                .await?
+                .map_err(|e| s.write_error(Operation::Set, &e))
         }))
     }
 
@@ -1104,11 +1212,14 @@ impl Cache for RedisCache {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::Delete, ok, async move {
             s.limits.check_key(key)?;
-            let mut c = s.conn().await?;
-            let n: u64 = c
-                .del(s.key(key))
-                .await
-                .map_err(|e| s.error(Operation::Delete, &e))?;
+            let full = s.key(key);
+            let n: u64 = s
+                .write(|mut c| {
+                    let full = &full;
+                    async move { c.del(full).await }
+                })
+                .await?
+                .map_err(|e| s.write_error(Operation::Delete, &e))?;
             Ok(n > 0)
         }))
     }
@@ -1129,19 +1240,25 @@ impl Cache for RedisCache {
         CacheFuture::boxed(s.run(Operation::Expire, ok, async move {
             s.limits.check_key(key)?;
             let ms = s.ttl_ms(key, ttl)?;
-            let mut c = s.conn().await?;
             let full = s.key(key);
-            let changed: i64 = match ms {
-                Some(ms) => {
-                    redis::cmd("PEXPIRE")
-                        .arg(&full)
-                        .arg(ms)
-                        .query_async(&mut c)
-                        .await
-                }
-                None => s.persist.key(&full).invoke_async(&mut c).await,
-            }
-            .map_err(|e| s.error(Operation::Expire, &e))?;
+            let changed: i64 = s
+                .write(|mut c| {
+                    let full = &full;
+                    async move {
+                        match ms {
+                            Some(ms) => {
+                                redis::cmd("PEXPIRE")
+                                    .arg(full)
+                                    .arg(ms)
+                                    .query_async(&mut c)
+                                    .await
+                            }
+                            None => s.persist.key(full).invoke_async(&mut c).await,
+                        }
+                    }
+                })
+                .await?
+                .map_err(|e| s.write_error(Operation::Expire, &e))?;
             Ok(changed == 1)
         }))
     }
@@ -1169,16 +1286,16 @@ impl Cache for RedisCache {
         CacheFuture::boxed(s.run(Operation::SetNx, ok, async move {
             s.limits.check_entry(key, &value)?;
             let ms = s.ttl_ms(key, ttl)?;
-            let mut c = s.conn().await?;
             let mut cmd = redis::cmd("SET");
             cmd.arg(s.key(key)).arg(value.as_ref()).arg("NX");
             if let Some(ms) = ms {
                 cmd.arg("PX").arg(ms);
             }
-            let set: Option<String> = cmd
-                .query_async(&mut c)
-                .await
-                .map_err(|e| s.error(Operation::SetNx, &e))?;
+            let cmd = &cmd;
+            let set: Option<String> = s
+                .write(|mut c| async move { cmd.query_async(&mut c).await })
+                .await?
+                .map_err(|e| s.write_error(Operation::SetNx, &e))?;
             Ok(set.is_some())
         }))
     }
@@ -1194,16 +1311,22 @@ impl Cache for RedisCache {
         CacheFuture::boxed(s.run(Operation::Cas, ok, async move {
             s.limits.check_entry(key, &value)?;
             let ms = s.ttl_ms(key, ttl)?;
-            let mut c = s.conn().await?;
+            let (full, ms) = (s.key(key), ms.map(|m| m.to_string()).unwrap_or_default());
             let swapped: i64 = s
-                .cas
-                .key(s.key(key))
-                .arg(expected)
-                .arg(value.as_ref())
-                .arg(ms.map(|m| m.to_string()).unwrap_or_default())
-                .invoke_async(&mut c)
-                .await
-                .map_err(|e| s.error(Operation::Cas, &e))?;
+                .write(|mut c| {
+                    let (full, ms, value) = (&full, &ms, &value);
+                    async move {
+                        s.cas
+                            .key(full)
+                            .arg(expected)
+                            .arg(value.as_ref())
+                            .arg(ms)
+                            .invoke_async(&mut c)
+                            .await
+                    }
+                })
+                .await?
+                .map_err(|e| s.write_error(Operation::Cas, &e))?;
             Ok(swapped == 1)
         }))
     }
@@ -1212,8 +1335,13 @@ impl Cache for RedisCache {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::Incr, ok, async move {
             s.limits.check_key(key)?;
-            let mut c = s.conn().await?;
-            c.incr(s.key(key), delta).await.map_err(|e| {
+            let full = s.key(key);
+            s.write(|mut c| {
+                let full = &full;
+                async move { c.incr(full, delta).await }
+            })
+            .await?
+            .map_err(|e| {
                 // INCRBY reports both failures as server errors; tell them apart by text.
                 let text = e.to_string();
                 if text.contains("overflow") {
@@ -1226,7 +1354,7 @@ impl Cache for RedisCache {
                         key: key_for_error(key),
                     }
                 } else {
-                    s.error(Operation::Incr, &e)
+                    s.write_error(Operation::Incr, &e)
                 }
             })
         }))
@@ -1261,7 +1389,7 @@ impl Cache for RedisCache {
         CacheFuture::boxed(s.run(Operation::SetMany, ok, async move {
             s.limits.check_entries(items)?;
             let ms = s.ttl_ms(items.first().map_or("", |(k, _)| *k), ttl)?;
-            let mut c = s.conn().await?;
+            let c = s.write_conn().await?;
             if items.is_empty() {
                 return Ok(());
             }
@@ -1273,17 +1401,23 @@ impl Cache for RedisCache {
                 }
                 cmd
             };
-            if let Conn::Cluster(cluster) = &c {
+            if matches!(c, Conn::Cluster(_)) {
                 // A Cluster pipeline must stay within one slot: send the SETs as concurrent
                 // single commands instead; the multiplexed connections still batch them.
+                // Each on the write connection, re-sent only after a redirect (as `write`).
                 let mut sets = tokio::task::JoinSet::new();
                 for (key, value) in items {
-                    let (cmd, mut conn) = (set(key, value), cluster.clone());
-                    sets.spawn(async move { cmd.query_async::<()>(&mut conn).await });
+                    let (cmd, shared) = (set(key, value), self.shared.clone());
+                    sets.spawn(async move {
+                        let cmd = &cmd;
+                        shared
+                            .write(|mut c| async move { cmd.query_async::<()>(&mut c).await })
+                            .await
+                    });
                 }
                 while let Some(done) = sets.join_next().await {
                     match done {
-                        Ok(r) => r.map_err(|e| s.error(Operation::SetMany, &e))?,
+                        Ok(r) => r?.map_err(|e| s.write_error(Operation::SetMany, &e))?,
                         Err(e) => {
                             return Err(Error::Backend {
                                 cache: s.name.clone(),
@@ -1299,9 +1433,10 @@ impl Cache for RedisCache {
             for (key, value) in items {
                 pipe.add_command(set(key, value)).ignore();
             }
-            pipe.query_async::<()>(&mut c)
-                .await
-                .map_err(|e| s.error(Operation::SetMany, &e))
+            let pipe = &pipe;
+            s.write(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+                .await?
+                .map_err(|e| s.write_error(Operation::SetMany, &e))
         }))
     }
 
@@ -1309,14 +1444,15 @@ impl Cache for RedisCache {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::DeleteMany, ok, async move {
             s.limits.check_keys(keys)?;
-            let mut c = s.conn().await?;
+            s.write_conn().await?;
             if keys.is_empty() {
                 return Ok(0);
             }
             let full: Vec<String> = keys.iter().map(|k| s.key(k)).collect();
-            c.del(&full)
-                .await
-                .map_err(|e| s.error(Operation::DeleteMany, &e))
+            let full = &full;
+            s.write(|mut c| async move { c.del(full).await })
+                .await?
+                .map_err(|e| s.write_error(Operation::DeleteMany, &e))
         }))
     }
 
@@ -1361,10 +1497,10 @@ impl Shared {
             call.arg(*a);
         }
         let run = async {
-            let mut conn = self.conn().await?;
-            call.invoke_async(&mut conn)
-                .await
-                .map_err(|e| self.error_in("lock", &e))
+            let call = &call;
+            self.write(|mut conn| async move { call.invoke_async(&mut conn).await })
+                .await?
+                .map_err(|e| self.write_error_in("lock", &e))
         };
         self.bounded("lock", run).await
     }

@@ -307,9 +307,12 @@ async fn kill_under_load_gives_only_typed_errors_and_recovers() {
                     slowest = slowest.max(t.elapsed());
                     match r {
                         Ok(()) => oks.fetch_add(1, Ordering::Relaxed),
-                        Err(Error::Unavailable { .. } | Error::Timeout { .. }) => {
-                            errs.fetch_add(1, Ordering::Relaxed)
-                        }
+                        // A write in flight when the server died: its outcome is unknown.
+                        Err(
+                            Error::Unavailable { .. }
+                            | Error::Timeout { .. }
+                            | Error::OutcomeUnknown { .. },
+                        ) => errs.fetch_add(1, Ordering::Relaxed),
                         Err(other) => panic!("untyped failure under load: {other:?}"),
                     };
                     i += 1;
@@ -347,4 +350,48 @@ async fn kill_under_load_gives_only_typed_errors_and_recovers() {
         errors_while_down > 0,
         "the outage was visible as typed errors"
     );
+}
+
+/// The connection is cut right after an `INCRBY` (or a `SET NX`) reached the server, before
+/// its reply came back: the server ran it once, and the client must not run it again. The
+/// counter moves by exactly one, and the caller either gets the true result or an error that
+/// says the outcome is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_reply_is_lost_is_never_applied_twice() {
+    let server = RedisServer::start();
+    let proxy = keel_testkit::redis_proxy::RedisProxy::start(server.addr());
+    let cache = RedisCache::builder("app", Endpoint::Url(Secret::new(proxy.url())))
+        .response_timeout(Duration::from_secs(2))
+        .items_refresh(None)
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    assert_eq!(cache.incr_by("n", 1).await.unwrap(), 1);
+    proxy.cut_after(b"INCRBY");
+    let r = cache.incr_by("n", 1).await;
+    assert_eq!(proxy.cuts(), 1, "the fault fired");
+    let held: i64 = server.cli(&["GET", "app:n"]).parse().unwrap();
+    assert_eq!(held, 2, "the increment ran exactly once ({r:?})");
+    match r {
+        Ok(n) => assert_eq!(n, held),
+        Err(e) => assert!(e.is_outcome_unknown(), "{e:?}"),
+    }
+
+    proxy.cut_after(b"NX");
+    let stored = loop {
+        // The client reconnects on its own after the cut; a refused attempt sent nothing.
+        match cache.set_nx("once", "v".into(), Ttl::Never).await {
+            Err(e) if !e.is_outcome_unknown() => {
+                assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other,
+        }
+    };
+    assert_eq!(proxy.cuts(), 2, "the fault fired");
+    assert_eq!(server.cli(&["GET", "app:once"]), "v");
+    match stored {
+        Ok(won) => assert!(won, "a stored SET NX reported as not stored"),
+        Err(e) => assert!(e.is_outcome_unknown(), "{e:?}"),
+    }
 }
