@@ -84,8 +84,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-/// Where the server is.
-#[derive(Clone, Debug)]
+/// Where the server is. `Debug` shows no password, and no credentials inside URLs.
+#[derive(Clone)]
 pub enum Endpoint {
     /// A `redis://` or `rediss://` URL (may carry credentials; redacted in `Debug`).
     Url(Secret),
@@ -124,6 +124,57 @@ pub enum Endpoint {
         /// Database number.
         database: i64,
     },
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |list: &[String]| {
+            list.iter()
+                .map(|u| crate::config::redact_urls(u))
+                .collect::<Vec<_>>()
+        };
+        match self {
+            Endpoint::Url(url) => f.debug_tuple("Url").field(url).finish(),
+            Endpoint::Tcp {
+                host,
+                port,
+                username,
+                password,
+                database,
+            } => f
+                .debug_struct("Tcp")
+                .field("host", host)
+                .field("port", port)
+                .field("username", username)
+                .field("password", password)
+                .field("database", database)
+                .finish(),
+            Endpoint::Cluster {
+                nodes,
+                username,
+                password,
+            } => f
+                .debug_struct("Cluster")
+                .field("nodes", &redacted(nodes))
+                .field("username", username)
+                .field("password", password)
+                .finish(),
+            Endpoint::Sentinel {
+                sentinels,
+                master,
+                username,
+                password,
+                database,
+            } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", &redacted(sentinels))
+                .field("master", master)
+                .field("username", username)
+                .field("password", password)
+                .field("database", database)
+                .finish(),
+        }
+    }
 }
 
 fn node_url(node: &str) -> String {
@@ -278,7 +329,7 @@ impl TlsOptions {
 fn single_client(info: redis::ConnectionInfo, tls: &TlsOptions) -> Result<Client> {
     let bad = |e: RedisError| Error::InvalidConfig {
         field: "url".into(),
-        reason: e.to_string(),
+        reason: crate::config::redact_urls(&e.to_string()),
     };
     #[cfg(feature = "redis-tls")]
     if let Some(certs) = tls.certificates()? {
@@ -315,6 +366,39 @@ pub struct RedisCacheBuilder {
 }
 
 impl RedisCacheBuilder {
+    /// TLS settings that contradict the URLs are errors, never a silent plaintext connection:
+    /// `enabled` or certificate files with a `redis://` URL or seed, and Cluster seeds that
+    /// mix `redis://` and `rediss://`.
+    fn check_tls(&self) -> Result<()> {
+        let urls: Vec<&str> = match &self.endpoint {
+            Endpoint::Url(url) => vec![url.expose()],
+            Endpoint::Cluster { nodes, .. } => nodes
+                .iter()
+                .map(String::as_str)
+                .filter(|n| n.contains("://"))
+                .collect(),
+            Endpoint::Tcp { .. } | Endpoint::Sentinel { .. } => Vec::new(),
+        };
+        let secure = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+        let plain = urls.len() - secure;
+        let contradiction = if secure > 0 && plain > 0 {
+            Some("the URLs mix redis:// and rediss://")
+        } else if plain > 0 && self.tls.enabled {
+            Some("tls = true with a redis:// URL would connect in plaintext: use rediss://")
+        } else if plain > 0 && self.tls.has_files() {
+            Some("TLS certificate files with a redis:// URL would be ignored: use rediss://")
+        } else {
+            None
+        };
+        match contradiction {
+            Some(reason) => Err(Error::InvalidConfig {
+                field: "options.tls".into(),
+                reason: reason.into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// TLS settings (see [`TlsOptions`]).
     pub fn tls(mut self, tls: TlsOptions) -> Self {
         self.tls = tls;
@@ -339,15 +423,16 @@ impl RedisCacheBuilder {
         self
     }
 
-    /// How long `connect` may take (default 5 s).
+    /// How long `connect` may take (default 5 s; at most 1 h, longer is cut to that).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
+        self.connect_timeout = d.min(crate::factory::MAX_TIMEOUT);
         self
     }
 
-    /// How long one request may wait for its answer (default 2 s).
+    /// How long one request may wait for its answer (default 2 s; at most 1 h, longer is cut
+    /// to that).
     pub fn response_timeout(mut self, d: Duration) -> Self {
-        self.response_timeout = d;
+        self.response_timeout = d.min(crate::factory::MAX_TIMEOUT);
         self
     }
 
@@ -373,11 +458,25 @@ impl RedisCacheBuilder {
             field: "url".into(),
             reason,
         };
+        self.check_tls()?;
+        if self.prefix.is_none() && self.name.contains(':') {
+            return Err(Error::InvalidConfig {
+                field: "prefix".into(),
+                reason: format!(
+                    "the default prefix \"<name>:\" of a cache named {:?} could overlap \
+                     another cache's keys (caches `users` and `users:v2` would share \
+                     `users:v2:…`, and `users.clear()` would delete them): set a prefix, or use \
+                     a name without ':'",
+                    self.name
+                ),
+            });
+        }
         let target = match &self.endpoint {
             Endpoint::Url(url) => Target::Single(single_client(
-                url.expose()
-                    .into_connection_info()
-                    .map_err(|e| bad(format!("not a usable redis URL: {e}")))?,
+                url.expose().into_connection_info().map_err(|e| {
+                    let reason = format!("not a usable redis URL: {e}");
+                    bad(crate::config::redact_urls(&reason))
+                })?,
                 &self.tls,
             )?),
             Endpoint::Tcp {
@@ -455,7 +554,7 @@ impl RedisCacheBuilder {
                     }
                     b.build().map_err(|e| Error::InvalidConfig {
                         field: "nodes".into(),
-                        reason: e.to_string(),
+                        reason: crate::config::redact_urls(&e.to_string()),
                     })
                 };
                 Target::Cluster {
@@ -498,7 +597,7 @@ impl RedisCacheBuilder {
                 )
                 .map_err(|e| Error::InvalidConfig {
                     field: "sentinels".into(),
-                    reason: e.to_string(),
+                    reason: crate::config::redact_urls(&e.to_string()),
                 })?;
                 Target::Sentinel(tokio::sync::Mutex::new(client))
             }
@@ -646,7 +745,7 @@ impl RedisCache {
         let unavailable = |e: RedisError| Error::Unavailable {
             cache: s.name.clone(),
             operation: "subscribe",
-            reason: e.to_string(),
+            reason: crate::config::redact_urls(&e.to_string()),
         };
         match &s.target {
             Target::Single(c) => Ok(c.clone()),
@@ -778,7 +877,7 @@ impl Shared {
             return Error::OutcomeUnknown {
                 cache: self.name.clone(),
                 operation,
-                reason: e.to_string(),
+                reason: crate::config::redact_urls(&e.to_string()),
             };
         }
         mapped
@@ -832,13 +931,13 @@ impl Shared {
                 Error::Denied {
                     cache: self.name.clone(),
                     operation: "connect",
-                    message: e.to_string(),
+                    message: crate::config::redact_urls(&e.to_string()),
                 }
             } else {
                 Error::Unavailable {
                     cache: self.name.clone(),
                     operation: "connect",
-                    reason: e.to_string(),
+                    reason: crate::config::redact_urls(&e.to_string()),
                 }
             }
         };
@@ -910,7 +1009,7 @@ impl Shared {
             return Error::Denied {
                 cache,
                 operation,
-                message: e.to_string(),
+                message: crate::config::redact_urls(&e.to_string()),
             };
         }
         if readonly {
@@ -937,13 +1036,13 @@ impl Shared {
             Error::Unavailable {
                 cache,
                 operation,
-                reason: e.to_string(),
+                reason: crate::config::redact_urls(&e.to_string()),
             }
         } else {
             Error::Backend {
                 cache,
                 operation,
-                message: e.to_string(),
+                message: crate::config::redact_urls(&e.to_string()),
             }
         }
     }
@@ -976,14 +1075,15 @@ impl Shared {
         operation: &'static str,
         body: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.response_timeout * 2, body).await {
+        let bound = self.response_timeout.saturating_mul(2);
+        match tokio::time::timeout(bound, body).await {
             Ok(r) => r,
             Err(_) => {
                 self.healthy.store(false, Ordering::Relaxed);
                 Err(Error::Timeout {
                     cache: self.name.clone(),
                     operation,
-                    after: self.response_timeout * 2,
+                    after: bound,
                 })
             }
         }
@@ -1067,7 +1167,7 @@ impl Shared {
                         redis::from_redis_value(value).map_err(|e| Error::Backend {
                             cache: self.name.clone(),
                             operation: op.as_str(),
-                            message: e.to_string(),
+                            message: crate::config::redact_urls(&e.to_string()),
                         })?
                     }
                     _ => cmd.query_async(&mut conn).await.map_err(|e| fail(&e))?,
@@ -1422,7 +1522,7 @@ impl Cache for RedisCache {
                             return Err(Error::Backend {
                                 cache: s.name.clone(),
                                 operation: Operation::SetMany.as_str(),
-                                message: e.to_string(),
+                                message: crate::config::redact_urls(&e.to_string()),
                             });
                         }
                     }

@@ -423,7 +423,7 @@ impl TieredCache {
                         .map_err(|e| Error::Unavailable {
                             cache: i.name.clone(),
                             operation: "subscribe",
-                            reason: e.to_string(),
+                            reason: crate::config::redact_urls(&e.to_string()),
                         })?;
                 pubsub
                     .subscribe(&i.channel)
@@ -431,7 +431,7 @@ impl TieredCache {
                     .map_err(|e| Error::Unavailable {
                         cache: i.name.clone(),
                         operation: "subscribe",
-                        reason: e.to_string(),
+                        reason: crate::config::redact_urls(&e.to_string()),
                     })?;
                 Ok::<_, Error>(pubsub)
             }
