@@ -471,6 +471,7 @@ impl RedisCacheBuilder {
                 ),
             });
         }
+        let mut pubsub_clients = Vec::new();
         let target = match &self.endpoint {
             Endpoint::Url(url) => Target::Single(single_client(
                 url.expose().into_connection_info().map_err(|e| {
@@ -557,6 +558,25 @@ impl RedisCacheBuilder {
                         reason: crate::config::redact_urls(&e.to_string()),
                     })
                 };
+                // Pub/sub goes to one node (Cluster forwards every PUBLISH to all nodes), with
+                // the data path's credentials and TLS; each seed in turn if one is down.
+                for url in &urls {
+                    let info =
+                        url.as_str()
+                            .into_connection_info()
+                            .map_err(|e| Error::InvalidConfig {
+                                field: "nodes".into(),
+                                reason: crate::config::redact_urls(&e.to_string()),
+                            })?;
+                    let settings = redis_settings(
+                        info.redis_settings().clone(),
+                        username.as_ref(),
+                        password.as_ref(),
+                        0,
+                    );
+                    pubsub_clients
+                        .push(single_client(info.set_redis_settings(settings), &self.tls)?);
+                }
                 Target::Cluster {
                     reads: client(2)?,
                     writes: client(0)?,
@@ -607,13 +627,10 @@ impl RedisCacheBuilder {
             .unwrap_or_else(|| MetricsService::global().clone());
         let metrics = service.cache_metrics().for_cache(&self.name);
         let prefix = self.prefix.unwrap_or_else(|| format!("{}:", self.name));
-        let pubsub_seed = match &self.endpoint {
-            Endpoint::Cluster { nodes, .. } => nodes.first().map(|n| node_url(n)),
-            _ => None,
-        };
         Ok(RedisCache {
             shared: Arc::new(Shared {
-                pubsub_seed,
+                pubsub_clients,
+                pubsub_next: std::sync::atomic::AtomicUsize::new(0),
                 name: self.name,
                 prefix,
                 target,
@@ -641,8 +658,10 @@ struct Shared {
     name: String,
     prefix: String,
     target: Target,
-    /// Cluster mode: the node a pub/sub connection goes to.
-    pubsub_seed: Option<String>,
+    /// Cluster mode: one client per seed node for pub/sub connections (credentials and TLS
+    /// as the data path), tried in turn.
+    pubsub_clients: Vec<Client>,
+    pubsub_next: std::sync::atomic::AtomicUsize,
     /// `None` before `connect` and after `close`.
     conn: RwLock<Option<Conns>>,
     /// Sentinel mode: the master must be looked up again before the next request.
@@ -738,8 +757,8 @@ impl RedisCache {
     }
 
     /// A client for a dedicated pub/sub connection to the current server (the master in
-    /// Sentinel mode, the first seed node in Cluster mode: Cluster forwards every `PUBLISH`
-    /// to all nodes).
+    /// Sentinel mode; in Cluster mode the next seed node, in turn: Cluster forwards every
+    /// `PUBLISH` to all nodes), with the same credentials and TLS as the data path.
     pub(crate) async fn pubsub_client(&self) -> Result<Client> {
         let s = &self.shared;
         let unavailable = |e: RedisError| Error::Unavailable {
@@ -755,13 +774,16 @@ impl RedisCache {
                 .async_get_client()
                 .await
                 .map_err(unavailable),
-            Target::Cluster { .. } => match &s.pubsub_seed {
-                Some(url) => Client::open(url.as_str()).map_err(unavailable),
-                None => Err(Error::InvalidConfig {
-                    field: "nodes".into(),
-                    reason: "no seed node for pub/sub".into(),
-                }),
-            },
+            Target::Cluster { .. } => {
+                let n = s.pubsub_next.fetch_add(1, Ordering::Relaxed);
+                match s.pubsub_clients.get(n % s.pubsub_clients.len().max(1)) {
+                    Some(client) => Ok(client.clone()),
+                    None => Err(Error::InvalidConfig {
+                        field: "nodes".into(),
+                        reason: "no seed node for pub/sub".into(),
+                    }),
+                }
+            }
         }
     }
 
@@ -779,6 +801,11 @@ impl RedisCache {
             metrics: None,
             tls: TlsOptions::default(),
         }
+    }
+
+    /// How long `connect` may take.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.shared.connect_timeout
     }
 
     /// The key prefix.

@@ -66,6 +66,7 @@ struct TierMetrics {
     received: Counter,
     flushes: Counter,
     publish_failures: Counter,
+    subscribe_failures: Counter,
 }
 
 impl TierMetrics {
@@ -101,6 +102,13 @@ impl TierMetrics {
                 Family::default,
             )
             .unwrap_or_default();
+        let subscribe_failures: Family<CacheLabel, Counter> = service
+            .get_or_register(
+                "tiered_subscribe_failures",
+                "Failed attempts to subscribe to the invalidation channel (L1 is bypassed meanwhile)",
+                Family::default,
+            )
+            .unwrap_or_default();
         let tier = |t| TierLabels {
             cache: cache.to_owned(),
             tier: t,
@@ -118,6 +126,9 @@ impl TierMetrics {
             received: inval.get_or_create_owned(&dir("received")),
             flushes: flushes.get_or_create_owned(&tier("l1")),
             publish_failures: failures.get_or_create_owned(&CacheLabel {
+                cache: cache.to_owned(),
+            }),
+            subscribe_failures: subscribe_failures.get_or_create_owned(&CacheLabel {
                 cache: cache.to_owned(),
             }),
         }
@@ -202,6 +213,8 @@ struct Inner {
     channel: String,
     /// Whether the invalidation subscription is live; L1 is bypassed while it is not.
     subscribed: AtomicBool,
+    /// Why the last subscription attempt failed (for `connect`'s error).
+    subscribe_error: std::sync::Mutex<Option<String>>,
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
     metrics: TierMetrics,
 }
@@ -250,6 +263,7 @@ impl TieredCacheBuilder {
                 node: crate::lock::new_token()?,
                 channel,
                 subscribed: AtomicBool::new(false),
+                subscribe_error: std::sync::Mutex::new(None),
                 listener: std::sync::Mutex::new(None),
             }),
         })
@@ -436,11 +450,18 @@ impl TieredCache {
                 Ok::<_, Error>(pubsub)
             }
             .await;
-            let Ok(pubsub) = subscribed else {
-                drop(i);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
+            let pubsub = match subscribed {
+                Ok(pubsub) => pubsub,
+                Err(e) => {
+                    i.metrics.subscribe_failures.inc();
+                    *i.subscribe_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+                    drop(i);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
             };
             backoff = Duration::from_millis(50);
             // Anything could have changed while we were not listening.
@@ -579,12 +600,38 @@ impl Cache for TieredCache {
             let i = &self.inner;
             i.l1.connect().await?;
             i.l2.connect().await?;
-            let mut listener = i
-                .listener
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if listener.is_none() {
-                *listener = Some(tokio::spawn(Self::listen(Arc::downgrade(i))));
+            {
+                let mut listener = i
+                    .listener
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if listener.is_none() {
+                    *listener = Some(tokio::spawn(Self::listen(Arc::downgrade(i))));
+                }
+            }
+            // An invalidation channel that cannot come up would leave L1 silently unused (or,
+            // worse, stale): that is an error here, not a surprise later.
+            let deadline = tokio::time::Instant::now() + i.l2.connect_timeout();
+            while !self.is_subscribed() {
+                if tokio::time::Instant::now() >= deadline {
+                    let reason = i
+                        .subscribe_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone()
+                        .unwrap_or_else(|| "no answer".into());
+                    let _ = self.close().await;
+                    return Err(Error::Unavailable {
+                        cache: i.name.clone(),
+                        operation: "subscribe",
+                        reason: format!(
+                            "the invalidation channel {:?} did not come up within {:?}: {reason}",
+                            i.channel,
+                            i.l2.connect_timeout()
+                        ),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Ok(())
         })

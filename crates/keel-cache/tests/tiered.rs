@@ -404,3 +404,80 @@ async fn a_failed_publish_does_not_turn_an_applied_write_into_an_error() {
         ) >= 1.0
     );
 }
+
+/// A tiered cache over a Cluster that needs a password: the invalidation subscription uses the
+/// data path's credentials and is up when `connect` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_over_a_password_protected_cluster_comes_up() {
+    let cluster = keel_testkit::redis::RedisCluster::start();
+    let urls = cluster.urls();
+    for node in cluster.nodes() {
+        node.cli(&["CONFIG", "SET", "requirepass", "cluster-pass"]);
+    }
+    let metrics = MetricsService::new("t").unwrap();
+    let l2 = RedisCache::builder(
+        "app",
+        Endpoint::Cluster {
+            nodes: urls,
+            username: None,
+            password: Some(Secret::new("cluster-pass")),
+        },
+    )
+    .items_refresh(None)
+    .metrics(&metrics)
+    .build()
+    .unwrap();
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(60))
+        .metrics(&metrics)
+        .build();
+    let cache = TieredCache::builder("app", l1, l2)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    assert!(cache.is_subscribed(), "L1 would never be used");
+    cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+/// An invalidation channel that cannot come up (here the ACL forbids every channel) is an
+/// error at `connect`, not an L1 that is silently never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_channel_that_cannot_come_up_fails_connect() {
+    let t = Tiered(RedisServer::start());
+    t.0.cli(&[
+        "ACL",
+        "SETUSER",
+        "nosub",
+        "on",
+        ">pw",
+        "~*",
+        "resetchannels",
+        "+@all",
+    ]);
+    let metrics = MetricsService::new("t").unwrap();
+    let url = format!("redis://nosub:pw@127.0.0.1:{}", t.0.port());
+    let l2 = RedisCache::builder("app", Endpoint::Url(Secret::new(url)))
+        .connect_timeout(Duration::from_millis(500))
+        .items_refresh(None)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    let l1 = MemoryCache::builder("app:l1").metrics(&metrics).build();
+    let cache = TieredCache::builder("app", l1, l2)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    let r = cache.connect().await;
+    assert!(
+        matches!(&r, Err(keel_cache::Error::Unavailable { operation, .. }) if *operation == "subscribe"),
+        "{r:?}"
+    );
+    assert!(
+        series(
+            &metrics.render(),
+            "t_tiered_subscribe_failures_total{cache=\"app\"}"
+        ) >= 1.0
+    );
+}
