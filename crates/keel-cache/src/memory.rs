@@ -2,9 +2,9 @@
 //!
 //! Bounded by entry count or by bytes (key + value + a fixed per-entry overhead), with a
 //! per-entry TTL. Every write to a key (`set`, `delete`, the batches, `expire`, `incr_by`,
-//! `set_nx`, `set_if_match`) runs under that key's stripe of a fixed set of mutexes
-//! ([`Stripes`]), so the writes and read-modify-writes on one key are linearizable: each takes
-//! effect at one instant between its call and its return, in one order everyone observes. Entries the cache
+//! `set_nx`, `set_if_match`) runs under one of 1024 mutexes chosen by a hash of the key, so
+//! the writes and read-modify-writes on one key are linearizable: each takes effect at one
+//! instant between its call and its return, in one order everyone observes. Entries the cache
 //! drops on its own are counted in `<ns>_cache_evictions_total{cause="size"|"expired"}`; the
 //! `<ns>_cache_items` gauge is brought up to date (pending maintenance run first) on every
 //! render of the metrics registry.

@@ -213,8 +213,8 @@ enum Target {
     /// Reads go through a client that retries (redirects, reconnects); writes through one
     /// that never re-sends by itself (see [`Shared::write`]).
     Cluster {
-        reads: redis::cluster::ClusterClient,
-        writes: redis::cluster::ClusterClient,
+        reads: Box<redis::cluster::ClusterClient>,
+        writes: Box<redis::cluster::ClusterClient>,
     },
     Sentinel(tokio::sync::Mutex<SentinelClient>),
 }
@@ -578,8 +578,8 @@ impl RedisCacheBuilder {
                         .push(single_client(info.set_redis_settings(settings), &self.tls)?);
                 }
                 Target::Cluster {
-                    reads: client(2)?,
-                    writes: client(0)?,
+                    reads: Box::new(client(2)?),
+                    writes: Box::new(client(0)?),
                 }
             }
             Endpoint::Sentinel {
