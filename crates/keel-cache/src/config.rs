@@ -180,7 +180,7 @@ pub struct CacheOptions {
     #[serde(default, alias = "responseTimeout", deserialize_with = "opt_duration")]
     pub response_timeout: Option<Duration>,
     /// Redis: how often the `cache_items` gauge is recounted by a SCAN over the prefix
-    /// (default 10s; `"0s"` turns it off).
+    /// (default: never — each count walks the whole database on every master; `"0s"`: never).
     #[serde(
         default,
         alias = "itemsRefresh",

@@ -37,7 +37,6 @@ use crate::{Error, Result};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-const DEFAULT_ITEMS_REFRESH: Duration = Duration::from_secs(10);
 const SCAN_BATCH: usize = 500;
 
 /// Compare-and-set: `KEYS[1]`, expected `ARGV[1]`, new value `ARGV[2]`, TTL in ms `ARGV[3]`
@@ -436,8 +435,10 @@ impl RedisCacheBuilder {
         self
     }
 
-    /// How often `cache_items` is recounted with a SCAN over the prefix (default 10 s;
-    /// `None` or zero: never).
+    /// How often `cache_items` is recounted with a SCAN over the prefix (default: never).
+    /// Opt-in because each count walks the whole database (`SCAN MATCH` filters after
+    /// walking), on every Cluster master, in every process that opens the cache: enable it in
+    /// one process, with a period long enough for the database's size. `None` or zero: never.
     pub fn items_refresh(mut self, every: Option<Duration>) -> Self {
         self.items_refresh = every.filter(|d| !d.is_zero());
         self
@@ -797,7 +798,9 @@ impl RedisCache {
             limits: Limits::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
-            items_refresh: Some(DEFAULT_ITEMS_REFRESH),
+            // Opt-in: a SCAN over the prefix is O(keys in the database) on every master, in
+            // every process that opens this cache.
+            items_refresh: None,
             metrics: None,
             tls: TlsOptions::default(),
         }
@@ -1081,8 +1084,19 @@ impl Shared {
         status: impl FnOnce(&T) -> Status,
         body: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        self.run_bounded(op, status, self.bounded(op.as_str(), body))
+            .await
+    }
+
+    /// [`run`](Self::run) with the bounding left to `body` (a sweep bounds each step).
+    async fn run_bounded<T>(
+        &self,
+        op: Operation,
+        status: impl FnOnce(&T) -> Status,
+        body: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let start = Instant::now();
-        let result = self.bounded(op.as_str(), body).await;
+        let result = body.await;
         let elapsed = start.elapsed();
         match &result {
             Ok(v) => {
@@ -1160,18 +1174,29 @@ impl Shared {
     }
 
     /// Walks every key under the prefix with `SCAN` (on every master in Cluster mode),
-    /// unlinking them when `unlink`; returns how many it saw.
+    /// unlinking them when `unlink`; returns how many it saw. Not bounded as a whole: each
+    /// `SCAN` and `UNLINK` is (see [`sweep_step`](Self::sweep_step)), so the time a sweep may
+    /// take grows with the number of keys it walks, and a step that fails is tried again from
+    /// the same cursor instead of restarting the walk.
     async fn sweep(&self, op: Operation, unlink: bool) -> Result<u64> {
-        let mut conn = self.conn().await?;
-        let fail = |e: &RedisError| self.error(op, e);
-        let nodes = match &mut conn {
+        let conn = self.conn().await?;
+        let nodes = match &conn {
             Conn::Single(_) => vec![None],
-            Conn::Cluster(c) => cluster_masters(c)
-                .await
-                .map_err(|e| fail(&e))?
+            Conn::Cluster(c) => {
+                let c = c.clone();
+                self.sweep_step(op, || {
+                    let mut c = c.clone();
+                    async move {
+                        cluster_masters(&mut c)
+                            .await
+                            .map_err(|e| self.error(op, &e))
+                    }
+                })
+                .await?
                 .into_iter()
                 .map(Some)
-                .collect(),
+                .collect()
+            }
         };
         let pattern = glob_escape(&self.prefix);
         let mut seen: u64 = 0;
@@ -1184,28 +1209,49 @@ impl Shared {
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(SCAN_BATCH);
-                let (next, keys): (u64, Vec<Vec<u8>>) = match (&mut conn, &node) {
-                    (Conn::Cluster(c), Some((host, port))) => {
-                        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: host.clone(),
-                            port: *port,
-                        });
-                        let value = c.route_command(cmd, route).await.map_err(|e| fail(&e))?;
-                        redis::from_redis_value(value).map_err(|e| Error::Backend {
-                            cache: self.name.clone(),
-                            operation: op.as_str(),
-                            message: crate::config::redact_urls(&e.to_string()),
-                        })?
-                    }
-                    _ => cmd.query_async(&mut conn).await.map_err(|e| fail(&e))?,
-                };
+                let (next, keys): (u64, Vec<Vec<u8>>) = self
+                    .sweep_step(op, || {
+                        let (mut conn, cmd, node) = (conn.clone(), cmd.clone(), node.clone());
+                        async move {
+                            match (&mut conn, node) {
+                                (Conn::Cluster(c), Some((host, port))) => {
+                                    let route =
+                                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                                            host,
+                                            port,
+                                        });
+                                    let value = c
+                                        .route_command(cmd, route)
+                                        .await
+                                        .map_err(|e| self.error(op, &e))?;
+                                    redis::from_redis_value(value).map_err(|e| Error::Backend {
+                                        cache: self.name.clone(),
+                                        operation: op.as_str(),
+                                        message: crate::config::redact_urls(&e.to_string()),
+                                    })
+                                }
+                                _ => cmd
+                                    .query_async(&mut conn)
+                                    .await
+                                    .map_err(|e| self.error(op, &e)),
+                            }
+                        }
+                    })
+                    .await?;
                 seen += keys.len() as u64;
                 if unlink && !keys.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async::<()>(&mut conn)
-                        .await
-                        .map_err(|e| fail(&e))?;
+                    let keys = &keys;
+                    self.sweep_step(op, || {
+                        let mut conn = conn.clone();
+                        async move {
+                            redis::cmd("UNLINK")
+                                .arg(keys)
+                                .query_async::<()>(&mut conn)
+                                .await
+                                .map_err(|e| self.error(op, &e))
+                        }
+                    })
+                    .await?;
                 }
                 cursor = next;
                 if cursor == 0 {
@@ -1214,6 +1260,25 @@ impl Shared {
             }
         }
         Ok(seen)
+    }
+
+    /// One request of a sweep, bounded like any request and tried up to three times on a
+    /// timeout or a dropped connection (a `SCAN` from the same cursor and an `UNLINK` of the
+    /// same keys are safe to repeat).
+    async fn sweep_step<T, F>(&self, op: Operation, mut attempt: impl FnMut() -> F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let mut failures = 0u32;
+        loop {
+            match self.bounded(op.as_str(), attempt()).await {
+                Err(Error::Timeout { .. } | Error::Unavailable { .. }) if failures < 2 => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(50) * failures).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn count_items(&self) -> Result<u64> {
@@ -1585,7 +1650,8 @@ impl Cache for RedisCache {
 
     fn clear<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::Clear, ok, async move {
+        // Each SCAN/UNLINK step is bounded, not the whole clear: its time grows with the keys.
+        CacheFuture::boxed(s.run_bounded(Operation::Clear, ok, async move {
             if s.prefix.is_empty() {
                 return Err(Error::InvalidConfig {
                     field: "prefix".into(),

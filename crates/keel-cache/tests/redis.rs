@@ -395,3 +395,46 @@ async fn a_write_whose_reply_is_lost_is_never_applied_twice() {
         Err(e) => assert!(e.is_outcome_unknown(), "{e:?}"),
     }
 }
+
+/// `clear` is bounded per step, not as a whole: with a response timeout far shorter than the
+/// whole walk takes, it still removes every key (before, the whole clear had 2 x the response
+/// timeout and failed with `Timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_of_many_keys_is_not_bounded_by_one_response_timeout() {
+    let redis = Redis::start();
+    let loader = redis
+        .builder("app")
+        .response_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    loader.connect().await.unwrap();
+    let keys: Vec<String> = (0..200_000).map(|i| format!("k{i}")).collect();
+    for chunk in keys.chunks(10_000) {
+        let items: Vec<(&str, keel_cache::Bytes)> =
+            chunk.iter().map(|k| (k.as_str(), "v".into())).collect();
+        loader.set_many(&items, Ttl::Never).await.unwrap();
+    }
+    let cache = redis
+        .builder("app")
+        .response_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    cache.clear().await.unwrap();
+    assert_eq!(redis.0.cli(&["DBSIZE"]), "0");
+}
+
+/// A cache opened with the defaults never walks the keyspace for the items gauge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_items_gauge_scans_nothing_by_default() {
+    let server = RedisServer::start();
+    let cache = RedisCache::builder("app", Endpoint::Url(Secret::new(server.url())))
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+    // The old default counted right after connect and then every 10 s.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = server.cli(&["INFO", "commandstats"]);
+    assert!(!stats.contains("cmdstat_scan"), "{stats}");
+}
