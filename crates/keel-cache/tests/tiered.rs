@@ -481,3 +481,26 @@ async fn an_invalidation_channel_that_cannot_come_up_fails_connect() {
         ) >= 1.0
     );
 }
+
+/// A `clear` whose outcome is unknown (Redis frozen, the clear timing out) still tells every
+/// node to flush its L1: whatever part of the clear ran, no node keeps serving what it held
+/// before. (The value is changed behind the nodes' backs after the clear, standing in for the
+/// part of the clear that ran: only a flush makes B see it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_that_timed_out_still_flushes_every_l1() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let (a, b) = two_nodes_caching_v1(&t, &metrics).await;
+    t.0.pause();
+    let r = a.clear().await;
+    assert!(
+        r.is_err(),
+        "a clear on a frozen server cannot succeed: {r:?}"
+    );
+    t.0.resume();
+    t.0.cli(&["SET", "app:k", "after"]);
+    eventually("B to drop its L1 and read what Redis holds", async || {
+        b.get("k").await.unwrap() == l2_value(&t)
+    })
+    .await;
+}
