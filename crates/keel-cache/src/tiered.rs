@@ -11,8 +11,8 @@
 //!   as soon as it is back (and while it is down, L1 is bypassed).
 //! - `exists`, `ttl` and `expire` are answered by L2, the source of truth.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -213,6 +213,9 @@ struct Inner {
     channel: String,
     /// Whether the invalidation subscription is live; L1 is bypassed while it is not.
     subscribed: AtomicBool,
+    /// When the last invalidation that could not be published failed; `Some` while a task
+    /// retries a flush for it (see `TieredCache::flush_later`).
+    undelivered: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Why the last subscription attempt failed (for `connect`'s error).
     subscribe_error: std::sync::Mutex<Option<String>>,
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -264,6 +267,7 @@ impl TieredCacheBuilder {
                 channel,
                 subscribed: AtomicBool::new(false),
                 subscribe_error: std::sync::Mutex::new(None),
+                undelivered: std::sync::Mutex::new(None),
                 listener: std::sync::Mutex::new(None),
             }),
         })
@@ -363,8 +367,8 @@ impl TieredCache {
 
     /// Tells every other node to drop what `touched` names. A failed `PUBLISH` is not the
     /// caller's error (the write's own result is what the caller gets): it is counted in
-    /// `tiered_invalidation_failures_total` and retried in the background until it is
-    /// delivered or `l1_ttl` has passed (by then no L1 entry older than the write is left).
+    /// `tiered_invalidation_failures_total` and made up for by a whole-L1 flush sent in the
+    /// background ([`flush_later`](Self::flush_later)).
     async fn announce(&self, touched: &Touched) {
         let Some(message) = self.message_for(touched) else {
             return;
@@ -375,24 +379,62 @@ impl TieredCache {
             return;
         }
         i.metrics.publish_failures.inc();
+        self.flush_later();
+    }
+
+    /// After a failed publish: one background task (however many publishes fail) keeps
+    /// trying to send every node a whole-L1 flush, which covers every invalidation that could
+    /// not be delivered, until one goes through after the last failure, or `l1_ttl` has passed
+    /// since it (by then no L1 entry from before it is left anyway).
+    fn flush_later(&self) {
+        let i = &self.inner;
+        let start = {
+            let mut pending = i.undelivered.lock().unwrap_or_else(PoisonError::into_inner);
+            let start = pending.is_none();
+            *pending = Some(tokio::time::Instant::now());
+            start
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if !start {
+            return; // the running task sees the new failure time
+        }
         let weak = Arc::downgrade(&self.inner);
         runtime.spawn(async move {
-            let give_up = tokio::time::Instant::now();
             let mut backoff = Duration::from_millis(50);
             loop {
-                let Some(inner) = weak.upgrade() else { return };
-                if give_up.elapsed() >= inner.l1_ttl {
-                    return;
-                }
-                tokio::time::sleep(backoff.min(inner.l1_ttl)).await;
+                tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
-                if inner.l2.publish(&inner.channel, &message).await.is_ok() {
-                    return;
+                let Some(inner) = weak.upgrade() else { return };
+                let failed_at = {
+                    let mut pending = inner
+                        .undelivered
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    match *pending {
+                        Some(at) if at.elapsed() < inner.l1_ttl => at,
+                        _ => {
+                            *pending = None;
+                            return;
+                        }
+                    }
+                };
+                let mut flush = inner.node.as_bytes().to_vec();
+                flush.extend_from_slice(&[b'\n', KIND_FLUSH]);
+                inner.metrics.sent.inc();
+                if inner.l2.publish(&inner.channel, &flush).await.is_ok() {
+                    let mut pending = inner
+                        .undelivered
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if *pending == Some(failed_at) {
+                        *pending = None;
+                        return;
+                    }
+                } else {
+                    inner.metrics.publish_failures.inc();
                 }
-                inner.metrics.publish_failures.inc();
             }
         });
     }

@@ -504,3 +504,33 @@ async fn a_clear_that_timed_out_still_flushes_every_l1() {
     })
     .await;
 }
+
+/// An invalidation that could not be published is made up for once publishing works again:
+/// the other node's L1 is flushed and it reads the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_invalidation_is_made_up_for_when_publishing_works_again() {
+    let t = Tiered(RedisServer::start());
+    t.0.cli(&["ACL", "SETUSER", "writer", "on", ">pw", "~*", "&*", "+@all"]);
+    let metrics = MetricsService::new("t").unwrap();
+    let url = format!("redis://writer:pw@127.0.0.1:{}", t.0.port());
+    let a = t.node_at(&url, "app", None, &metrics).await;
+    let b = t.node("app", None, &metrics).await;
+    a.set("k", "v1".into(), Ttl::Never).await.unwrap();
+    eventually("B to cache v1 in L1", async || {
+        b.get("k").await.unwrap();
+        b.l1().get("k").await.unwrap().is_some()
+    })
+    .await;
+    t.0.cli(&["ACL", "SETUSER", "writer", "-publish"]);
+    a.set("k", "v2".into(), Ttl::Never).await.unwrap();
+    assert_eq!(
+        b.l1().get("k").await.unwrap().as_deref(),
+        Some(&b"v1"[..]),
+        "nothing reached B yet"
+    );
+    t.0.cli(&["ACL", "SETUSER", "writer", "+publish"]);
+    eventually("B to get the flush and read v2", async || {
+        b.get("k").await.unwrap().as_deref() == Some(&b"v2"[..])
+    })
+    .await;
+}
