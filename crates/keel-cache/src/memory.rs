@@ -366,18 +366,19 @@ impl Shared {
         self.store.get(key).filter(|s| s.is_live(now))
     }
 
-    /// Runs `f` under the key's stripe with the live entry (if any); `f` returns the new
-    /// entry to store (or `None` to leave it) and the call's result. The open check is made
-    /// under the stripe, so nothing is written after `close` has emptied the cache.
+    /// Runs `f` under the key's stripe with the entry live at that moment (if any); `f`
+    /// returns the new entry to store (or `None` to leave it) and the call's result. The open
+    /// check is made under the stripe, so nothing is written after `close` has emptied the
+    /// cache.
     fn compute<T>(
         &self,
         key: &str,
-        now: Instant,
         f: impl FnOnce(Option<Stored>) -> Result<(Option<Stored>, T)>,
     ) -> Result<T> {
         let _stripe = self.stripes.lock(key);
         self.ensure_open()?;
-        let (next, out) = f(self.live(key, now))?;
+        // Liveness as of now, not as of the call: the stripe may have been waited for.
+        let (next, out) = f(self.live(key, Instant::now()))?;
         if let Some(next) = next {
             self.store.insert(key.to_owned(), next);
         }
@@ -393,9 +394,10 @@ impl Shared {
     }
 
     /// Removes `key` under its stripe; whether a live entry was there.
-    fn remove(&self, key: &str, now: Instant) -> Result<bool> {
+    fn remove(&self, key: &str) -> Result<bool> {
         let _stripe = self.stripes.lock(key);
         self.ensure_open()?;
+        let now = Instant::now();
         Ok(self.store.remove(key).is_some_and(|v| v.is_live(now)))
     }
 
@@ -476,7 +478,7 @@ impl Shared {
         let start = Instant::now();
         let result = s.limits.check_key(key).and_then(|()| {
             s.ensure_open()?;
-            s.remove(key, start)
+            s.remove(key)
         });
         s.finish(Operation::Delete, start, result)
     }
@@ -498,7 +500,7 @@ impl Shared {
             s.limits.check_key(key)?;
             s.ensure_open()?;
             let expires_at = s.expiry(key, ttl, start)?;
-            s.compute(key, start, |current| {
+            s.compute(key, |current| {
                 Ok(match current {
                     Some(v) => (
                         Some(Stored {
@@ -540,7 +542,7 @@ impl Shared {
             s.limits.check_entry(key, &value)?;
             s.ensure_open()?;
             let expires_at = s.expiry(key, ttl, start)?;
-            s.compute(key, start, |current| {
+            s.compute(key, |current| {
                 Ok(match current {
                     Some(_) => (None, false),
                     None => (
@@ -563,7 +565,7 @@ impl Shared {
             s.limits.check_entry(key, &value)?;
             s.ensure_open()?;
             let expires_at = s.expiry(key, ttl, start)?;
-            s.compute(key, start, |current| {
+            s.compute(key, |current| {
                 Ok(match current {
                     Some(v) if v.data == expected => (
                         Some(Stored {
@@ -584,7 +586,7 @@ impl Shared {
         let start = Instant::now();
         let result = s.limits.check_key(key).and_then(|()| {
             s.ensure_open()?;
-            s.compute(key, start, |current| {
+            s.compute(key, |current| {
                 let (old, expires_at) = match current {
                     None => (0, None),
                     Some(v) => match parse_counter(&v.data) {
@@ -655,7 +657,7 @@ impl Shared {
             s.ensure_open()?;
             let mut removed = 0;
             for key in keys {
-                removed += u64::from(s.remove(key, start)?);
+                removed += u64::from(s.remove(key)?);
             }
             Ok(removed)
         })();
