@@ -423,17 +423,26 @@ impl TieredCache {
                 let mut flush = inner.node.as_bytes().to_vec();
                 flush.extend_from_slice(&[b'\n', KIND_FLUSH]);
                 inner.metrics.sent.inc();
-                if inner.l2.publish(&inner.channel, &flush).await.is_ok() {
-                    let mut pending = inner
-                        .undelivered
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    if *pending == Some(failed_at) {
+                let sent = inner.l2.publish(&inner.channel, &flush).await;
+                let mut pending = inner
+                    .undelivered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match sent {
+                    // Delivered after the last failure: done. Closed: it can no longer
+                    // publish; the other nodes' staleness stays bounded by l1_ttl.
+                    Ok(()) if *pending == Some(failed_at) => {
                         *pending = None;
                         return;
                     }
-                } else {
-                    inner.metrics.publish_failures.inc();
+                    Err(Error::Closed { .. }) => {
+                        *pending = None;
+                        return;
+                    }
+                    Ok(()) => {}
+                    Err(_) => {
+                        inner.metrics.publish_failures.inc();
+                    }
                 }
             }
         });
