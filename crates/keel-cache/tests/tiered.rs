@@ -534,3 +534,47 @@ async fn an_undelivered_invalidation_is_made_up_for_when_publishing_works_again(
     })
     .await;
 }
+
+/// A tiered cache over a TLS-only Cluster with its own CA: data and invalidation subscription
+/// both use TLS with that CA (the subscription used to be a plain client without the CA, and
+/// never came up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_over_a_tls_cluster_comes_up() {
+    let tls = keel_testkit::redis::TlsFiles::generate();
+    let cluster = keel_testkit::redis::RedisCluster::start_tls(&tls);
+    let nodes = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("rediss://127.0.0.1:{}", n.port()))
+        .collect();
+    let metrics = MetricsService::new("t").unwrap();
+    let l2 = RedisCache::builder(
+        "app",
+        Endpoint::Cluster {
+            nodes,
+            username: None,
+            password: None,
+        },
+    )
+    .tls(keel_cache::TlsOptions {
+        enabled: true,
+        ca_file: Some(tls.ca_cert.clone()),
+        cert_file: None,
+        key_file: None,
+    })
+    .metrics(&metrics)
+    .build()
+    .unwrap();
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(60))
+        .metrics(&metrics)
+        .build();
+    let cache = TieredCache::builder("app", l1, l2)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    assert!(cache.is_subscribed(), "L1 would never be used");
+    cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
