@@ -306,7 +306,9 @@ async fn the_load_lock_works_for_hash_tagged_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_loader_keeps_the_load_lock() {
     let server = RedisServer::start();
-    let lock_ttl = Duration::from_millis(600);
+    // The watchdog renews every third of this: a renewal would have to be late by two
+    // thirds of it for the lock to lapse.
+    let lock_ttl = Duration::from_secs(1);
     let calls = Arc::new(AtomicUsize::new(0));
     let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
     let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
