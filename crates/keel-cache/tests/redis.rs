@@ -416,7 +416,7 @@ async fn clear_of_many_keys_is_not_bounded_by_one_response_timeout() {
     }
     let cache = redis
         .builder("app")
-        .response_timeout(Duration::from_millis(50))
+        .response_timeout(Duration::from_millis(100))
         .build()
         .unwrap();
     cache.connect().await.unwrap();
