@@ -42,14 +42,16 @@ impl fmt::Debug for Secret {
 /// One cache's config. Field names follow the seeds (`type`, `name`, `host`, `port`,
 /// `password`, `database`, `options` or `config` with `defaultTTL`); unknown fields are errors,
 /// so a typo is caught instead of silently ignored.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Backend: `memory` (and, as they land, `redis`, `tiered`).
     #[serde(rename = "type")]
     pub kind: String,
-    /// Name in the manager and in the `cache` metrics label.
-    #[serde(default = "default_name")]
+    /// Name in the manager, in the `cache` metrics label and (Redis) in the default key
+    /// prefix. Required for `redis` and `tiered` caches, whose names pick their keys on a
+    /// shared server; a `memory` cache without one is called `default`. Empty when omitted.
+    #[serde(default)]
     pub name: String,
     /// Server URL (networked backends).
     #[serde(default)]
@@ -97,8 +99,55 @@ pub struct CacheConfig {
     pub options: CacheOptions,
 }
 
-fn default_name() -> String {
-    "default".to_owned()
+/// Prints every field, with passwords as `***` and the credentials inside URLs (`url`,
+/// `nodes`, `sentinels`) as `***`.
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |list: &[String]| list.iter().map(|u| redact_urls(u)).collect::<Vec<_>>();
+        f.debug_struct("CacheConfig")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("database", &self.database)
+            .field("mode", &self.mode)
+            .field("nodes", &redacted(&self.nodes))
+            .field("sentinels", &redacted(&self.sentinels))
+            .field("master_name", &self.master_name)
+            .field("prefix", &self.prefix)
+            .field("l1", &self.l1)
+            .field("l2", &self.l2)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// `text` with the user-info part of every URL in it (`scheme://user:pass@host`) replaced by
+/// `***` (`scheme://***@host`), for Debug output and error messages.
+pub(crate) fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', whitespace or quote; user-info at its last '@'.
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&tail[at..end]);
+            }
+            None => out.push_str(&tail[..end]),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Backend options.
@@ -131,7 +180,7 @@ pub struct CacheOptions {
     #[serde(default, alias = "responseTimeout", deserialize_with = "opt_duration")]
     pub response_timeout: Option<Duration>,
     /// Redis: how often the `cache_items` gauge is recounted by a SCAN over the prefix
-    /// (default 10s; `"0s"` turns it off).
+    /// (default: never — each count walks the whole database on every master; `"0s"`: never).
     #[serde(
         default,
         alias = "itemsRefresh",
@@ -151,12 +200,13 @@ pub struct CacheOptions {
     /// Redis TLS: client private key (PEM), with `tls_cert_file`.
     #[serde(default, alias = "tlsKeyFile")]
     pub tls_key_file: Option<std::path::PathBuf>,
-    /// Tiered: the longest an entry stays in L1 (default 60s).
+    /// Tiered: the longest an entry stays in L1 (default 60s; `0` is an error, not "the
+    /// default").
     #[serde(
         default,
         alias = "l1TTL",
         alias = "l1Ttl",
-        deserialize_with = "opt_duration"
+        deserialize_with = "opt_duration_keep_zero"
     )]
     pub l1_ttl: Option<Duration>,
     /// Longest key in bytes (default 4096).
@@ -229,9 +279,19 @@ impl CacheConfig {
     /// # Errors
     /// [`Error::Parse`].
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| Error::Parse {
-            format: "toml",
-            message: e.to_string(),
+        // toml's Display quotes the offending source line, which may hold a password: use
+        // its message and position only.
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let at = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {column}")
+            });
+            Error::Parse {
+                format: "toml",
+                message: redact_urls(&format!("{}{}", e.message(), at.unwrap_or_default())),
+            }
         })
     }
 
@@ -242,7 +302,7 @@ impl CacheConfig {
     pub fn from_yaml(text: &str) -> Result<Self> {
         serde_norway::from_str(text).map_err(|e| Error::Parse {
             format: "yaml",
-            message: e.to_string(),
+            message: redact_urls(&e.to_string()),
         })
     }
 
@@ -253,7 +313,7 @@ impl CacheConfig {
     pub fn from_json(text: &str) -> Result<Self> {
         serde_json::from_str(text).map_err(|e| Error::Parse {
             format: "json",
-            message: e.to_string(),
+            message: redact_urls(&e.to_string()),
         })
     }
 
@@ -309,7 +369,7 @@ mod tests {
             "type = \"memory\"\n[options]\ndefault_ttl = \"250ms\"\nmax_bytes = 1048576\n",
         )
         .unwrap();
-        assert_eq!(cfg.name, "default");
+        assert_eq!(cfg.name, "", "omitted");
         assert_eq!(cfg.options.default_ttl, Some(Duration::from_millis(250)));
         assert_eq!(cfg.options.max_bytes, Some(1 << 20));
     }
@@ -352,5 +412,44 @@ mod tests {
             CacheConfig::from_path("/nonexistent/cache.toml"),
             Err(Error::ConfigFile { .. })
         ));
+    }
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact_urls("redis://u:hunter2@h:1/0 and rediss://:pw@x:2"),
+            "redis://***@h:1/0 and rediss://***@x:2"
+        );
+        assert_eq!(redact_urls("redis://h:1"), "redis://h:1");
+        assert_eq!(redact_urls("no url"), "no url");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_parse_errors() {
+        let cfg = CacheConfig::from_toml(
+            "type = \"redis\"\nmode = \"cluster\"\nnodes = [\"redis://u:hunter2@h:1\"]\n\
+             sentinels = [\"redis://:hunter2@s:2\"]\n",
+        )
+        .unwrap();
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        for bad in [
+            "type = \"redis\"\npassword = \"hunter2\" oops\n",
+            "type = \"redis\"\nurl = \"redis://:hunter2@h:1\"\nurl = \"again\"\n",
+            "type = \"redis\"\n[options]\ntls = \"redis://:hunter2@h:1\"\n",
+        ] {
+            let e = CacheConfig::from_toml(bad).unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("line"), "{e}");
+        }
+        let e = CacheConfig::from_yaml("type: redis\noptions:\n  tls: redis://:hunter2@h:1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        let e =
+            CacheConfig::from_json(r#"{"type":"redis","options":{"tls":"redis://:hunter2@h"}}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
     }
 }

@@ -146,6 +146,20 @@ pub enum Error {
         /// What the client reported.
         reason: String,
     },
+    /// A write was sent but its answer never came (the connection dropped after sending):
+    /// it may or may not have been applied, and it was **not** re-sent (an `incr_by` re-sent
+    /// after running would count twice). Read the key to find out, or retry only if applying
+    /// twice is harmless. A [`Timeout`](Error::Timeout) of a write is unknown in the same way:
+    /// [`Error::is_outcome_unknown`] covers both.
+    #[error("cache {cache:?}: outcome of {operation} unknown (not retried): {reason}")]
+    OutcomeUnknown {
+        /// The cache name.
+        cache: String,
+        /// The operation.
+        operation: &'static str,
+        /// What the client reported.
+        reason: String,
+    },
     /// The server refused the credentials or the user's permissions (ACL) for this command.
     #[error("cache {cache:?}: {operation} denied: {message}")]
     Denied {
@@ -169,6 +183,30 @@ pub enum Error {
     /// The metrics registry rejected the configuration (e.g. a bad namespace).
     #[error(transparent)]
     Metrics(#[from] keel_metrics::Error),
+}
+
+impl Error {
+    /// Whether the operation may have been applied although it failed: an
+    /// [`OutcomeUnknown`](Error::OutcomeUnknown) or a [`Timeout`](Error::Timeout) (the
+    /// request may still run after the client gave up). Such a write is never re-sent by
+    /// Keel; re-sending it is the caller's choice.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. } | Error::Timeout { .. })
+    }
+
+    /// Whether a write that failed with this error may still have been applied by the server
+    /// (a timeout, a dropped connection, an answer this crate could not interpret): the caller
+    /// cannot tell, so anything cached from before the write must be dropped. Validation
+    /// errors, `Closed`, `Denied` and the counter errors are refusals: nothing was written.
+    pub(crate) fn may_have_applied(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. }
+                | Error::OutcomeUnknown { .. }
+                | Error::Unavailable { .. }
+                | Error::Backend { .. }
+        )
+    }
 }
 
 fn describe(failures: &[(String, Error)]) -> String {

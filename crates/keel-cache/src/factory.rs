@@ -34,20 +34,22 @@ pub async fn open_with_metrics(
     config: &CacheConfig,
     metrics: &MetricsService,
 ) -> Result<Arc<dyn Cache>> {
-    if config.name.is_empty() {
-        return Err(Error::InvalidConfig {
-            field: "name".into(),
-            reason: "must not be empty".into(),
-        });
-    }
     let cache: Arc<dyn Cache> = match config.kind.to_ascii_lowercase().as_str() {
         "memory" | "mem" | "in-memory" | "inmemory" => {
-            Arc::new(memory_from_config(config, metrics)?)
+            check_fields(config, "memory")?;
+            let mut named = config.clone();
+            if named.name.is_empty() {
+                named.name = "default".into();
+            }
+            Arc::new(memory_from_config(&named, metrics)?)
         }
         #[cfg(feature = "redis")]
         "redis" => Arc::new(redis_from_config(config, metrics)?),
         #[cfg(feature = "redis")]
-        "tiered" => Arc::new(tiered_from_config(config, metrics)?),
+        "tiered" => {
+            check_fields(config, "tiered")?;
+            Arc::new(tiered_from_config(config, metrics)?)
+        }
         _ => {
             return Err(Error::UnknownType {
                 got: config.kind.clone(),
@@ -57,6 +59,120 @@ pub async fn open_with_metrics(
     };
     cache.connect().await?;
     Ok(cache)
+}
+
+/// The longest `connect_timeout` / `response_timeout` accepted (one hour): longer is a
+/// typo, and would overflow deadline arithmetic.
+pub(crate) const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn invalid(field: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Rejects what a config of `kind` would silently ignore or misread: fields of another
+/// backend, a missing name where it picks the keys on a shared server, out-of-range numbers.
+/// `kind` is `memory`, `redis` or `tiered`.
+fn check_fields(config: &CacheConfig, kind: &str) -> Result<()> {
+    let o = &config.options;
+    let set = |field: &'static str, present: bool| present.then_some(field);
+    let connection = [
+        set("url", config.url.is_some()),
+        set("host", config.host.is_some()),
+        set("port", config.port.is_some()),
+        set("username", config.username.is_some()),
+        set("password", config.password.is_some()),
+        set("database", config.database.is_some()),
+        set("mode", config.mode.is_some()),
+        set("nodes", !config.nodes.is_empty()),
+        set("sentinels", !config.sentinels.is_empty()),
+        set("master_name", config.master_name.is_some()),
+        set("prefix", config.prefix.is_some()),
+        set("options.connect_timeout", o.connect_timeout.is_some()),
+        set("options.response_timeout", o.response_timeout.is_some()),
+        set("options.items_refresh", o.items_refresh.is_some()),
+        set("options.tls", o.tls.is_some()),
+        set("options.tls_ca_file", o.tls_ca_file.is_some()),
+        set("options.tls_cert_file", o.tls_cert_file.is_some()),
+        set("options.tls_key_file", o.tls_key_file.is_some()),
+    ];
+    let memory = [
+        set("options.max_entries", o.max_entries.is_some()),
+        set("options.max_bytes", o.max_bytes.is_some()),
+        set("options.count_evictions", o.count_evictions.is_some()),
+    ];
+    let tiers = [
+        set("l1", config.l1.is_some()),
+        set("l2", config.l2.is_some()),
+        set("options.l1_ttl", o.l1_ttl.is_some()),
+    ];
+    let limits = [
+        set("options.max_key_bytes", o.max_key_bytes.is_some()),
+        set("options.max_value_bytes", o.max_value_bytes.is_some()),
+    ];
+    let (foreign, hint): (Vec<Option<&str>>, &str) = match kind {
+        "memory" => (
+            connection.iter().chain(&tiers).copied().collect(),
+            "it belongs to a redis (or tiered) cache",
+        ),
+        "redis" => (
+            memory.iter().chain(&tiers).copied().collect(),
+            "it belongs to a memory (or tiered) cache",
+        ),
+        _ => (
+            connection
+                .iter()
+                .chain(&memory)
+                .chain(&limits)
+                .copied()
+                .collect(),
+            "a tiered cache takes it in its l1 (memory) or l2 (redis) section",
+        ),
+    };
+    if let Some(field) = foreign.into_iter().flatten().next() {
+        return Err(invalid(
+            field,
+            format!("not used by a {kind} cache: {hint}"),
+        ));
+    }
+    if kind != "memory" && config.name.is_empty() {
+        return Err(invalid(
+            "name",
+            format!(
+                "a {kind} cache needs a name: it is the default key prefix on a shared \
+                 server, and two caches both called \"default\" would share their keys"
+            ),
+        ));
+    }
+    for (field, d) in [
+        ("options.connect_timeout", o.connect_timeout),
+        ("options.response_timeout", o.response_timeout),
+    ] {
+        if d.is_some_and(|d| d > MAX_TIMEOUT) {
+            return Err(invalid(field, "must be at most 1h"));
+        }
+    }
+    if o.default_ttl.is_some_and(|d| d > crate::MAX_TTL) {
+        return Err(invalid(
+            "options.default_ttl",
+            "longer than 100 years: every write with the default TTL would fail",
+        ));
+    }
+    match o.l1_ttl {
+        Some(d) if d.is_zero() => {
+            return Err(invalid(
+                "options.l1_ttl",
+                "must be greater than 0 (for no L1 at all, use a redis cache)",
+            ));
+        }
+        Some(d) if d > crate::MAX_TTL => {
+            return Err(invalid("options.l1_ttl", "longer than 100 years"));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn memory_from_config(config: &CacheConfig, metrics: &MetricsService) -> Result<MemoryCache> {
@@ -96,7 +212,10 @@ fn tiered_from_config(
     }
     let mut l1 = match config.l1.as_deref() {
         Some(l1) if l1.kind != "memory" => return Err(bad("l1.type", "l1 must be a memory cache")),
-        Some(l1) => l1.clone(),
+        Some(l1) => {
+            check_fields(l1, "memory").map_err(|e| in_section("l1", e))?;
+            l1.clone()
+        }
         None => {
             let mut l1 = CacheConfig::new("memory", "");
             l1.options.max_entries = Some(10_000);
@@ -106,6 +225,7 @@ fn tiered_from_config(
     // Both tiers answer to the tiered cache's name and default TTL.
     l1.name = format!("{}:l1", config.name);
     l2.name.clone_from(&config.name);
+    check_fields(&l2, "redis").map_err(|e| in_section("l2", e))?;
     for tier in [&mut l1, &mut l2] {
         if tier.options.default_ttl.is_none() {
             tier.options.default_ttl = config.options.default_ttl;
@@ -124,6 +244,18 @@ fn tiered_from_config(
     .l1_ttl(l1_ttl)
     .metrics(metrics)
     .build()
+}
+
+/// Puts `section.` in front of an `InvalidConfig` field.
+#[cfg(feature = "redis")]
+fn in_section(section: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidConfig { field, reason } => Error::InvalidConfig {
+            field: format!("{section}.{field}"),
+            reason,
+        },
+        other => other,
+    }
 }
 
 fn capacity(config: &CacheConfig) -> Result<Capacity> {
@@ -174,6 +306,7 @@ pub fn redis_from_config(
     config: &CacheConfig,
     metrics: &MetricsService,
 ) -> Result<crate::redis::RedisCache> {
+    check_fields(config, "redis")?;
     redis_builder(config)?
         .limits(limits(config)?)
         .metrics(metrics)
@@ -191,7 +324,23 @@ fn redis_builder(config: &CacheConfig) -> Result<crate::redis::RedisCacheBuilder
                     reason: "set either url or host/port, not both".into(),
                 });
             }
-            (Some(url), None) => Endpoint::Url(url.clone()),
+            (Some(url), None) => {
+                for (field, present) in [
+                    ("username", config.username.is_some()),
+                    ("password", config.password.is_some()),
+                    ("database", config.database.is_some()),
+                    ("port", config.port.is_some()),
+                ] {
+                    if present {
+                        return Err(invalid(
+                            field,
+                            "set it inside the url (redis://user:pass@host:port/db) or use \
+                             host/port instead of url: the url would override it",
+                        ));
+                    }
+                }
+                Endpoint::Url(url.clone())
+            }
             (None, host) => Endpoint::Tcp {
                 host: host.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 port: config.port.unwrap_or(6379),
@@ -201,7 +350,45 @@ fn redis_builder(config: &CacheConfig) -> Result<crate::redis::RedisCacheBuilder
             },
         })
     };
-    let endpoint = match config.mode.as_deref().unwrap_or("standalone") {
+    let mode = config.mode.as_deref().unwrap_or("standalone");
+    if !matches!(mode, "standalone" | "cluster" | "sentinel") {
+        return Err(invalid(
+            "mode",
+            format!("unknown mode {mode:?}; valid modes are: standalone, cluster, sentinel"),
+        ));
+    }
+    for (field, present, modes) in [
+        ("nodes", !config.nodes.is_empty(), "cluster"),
+        ("sentinels", !config.sentinels.is_empty(), "sentinel"),
+        ("master_name", config.master_name.is_some(), "sentinel"),
+    ] {
+        if present && mode != modes {
+            return Err(invalid(
+                field,
+                format!("only used in mode = \"{modes}\", not {mode:?}"),
+            ));
+        }
+    }
+    if mode == "sentinel" && (config.url.is_some() || config.host.is_some()) {
+        return Err(invalid(
+            "url",
+            "sentinel mode finds the master through `sentinels`; url/host are not used",
+        ));
+    }
+    if config.options.tls == Some(false)
+        && config
+            .url
+            .iter()
+            .map(|u| u.expose())
+            .chain(config.nodes.iter().map(String::as_str))
+            .any(|u| u.starts_with("rediss://"))
+    {
+        return Err(invalid(
+            "options.tls",
+            "tls = false contradicts a rediss:// URL",
+        ));
+    }
+    let endpoint = match mode {
         "standalone" => tcp()?,
         "cluster" => {
             let mut nodes = config.nodes.clone();

@@ -39,7 +39,7 @@ use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 
 use crate::contract::Cache;
-use crate::lock::Locker;
+use crate::lock::{LockOptions, Locker};
 use crate::ttl::{KeyTtl, Ttl};
 use crate::{Error, Result};
 
@@ -57,8 +57,28 @@ pub struct LoadOptions {
     /// Reload a hit whose remaining TTL is below this (default: never).
     pub refresh_ahead: Option<Duration>,
     /// Run the loader under this lock store (cross-process single flight), waiting at most
-    /// this long for the lock.
+    /// this long for the lock. The lock is named `load:` plus a 128-bit hash of the key, so
+    /// any key works (hash tags and braces included).
     pub lock: Option<(Locker, Duration)>,
+    /// TTL of that lock (default [`DEFAULT_LOAD_LOCK_TTL`]). A watchdog renews it every
+    /// third of this while the loader runs, so a slow loader keeps it; if the process dies,
+    /// the lock is free again after at most this long.
+    pub lock_ttl: Duration,
+}
+
+/// The default [`LoadOptions::lock_ttl`].
+pub const DEFAULT_LOAD_LOCK_TTL: Duration = Duration::from_secs(30);
+
+/// The lock name for loading `key`: `load:` and the key's FNV-1a 128-bit hash in hex. Lock
+/// names may not hold braces (they become a Cluster hash tag), keys may; a fixed hash is the
+/// same in every process and every build, so every node picks the same lock. Two keys sharing
+/// a hash would only share a lock (their loads would take turns), never a value.
+pub fn load_lock_name(key: &str) -> String {
+    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for &b in key.as_bytes() {
+        h = (h ^ u128::from(b)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+    }
+    format!("load:{h:032x}")
 }
 
 impl LoadOptions {
@@ -69,6 +89,7 @@ impl LoadOptions {
             negative_ttl: None,
             refresh_ahead: None,
             lock: None,
+            lock_ttl: DEFAULT_LOAD_LOCK_TTL,
         }
     }
 }
@@ -260,7 +281,12 @@ impl Loader {
         let lock_guard = match &options.lock {
             Some((locker, wait)) => {
                 let guard = locker
-                    .lock(&format!("load:{key}"), Duration::from_secs(30), *wait)
+                    .lock_with(
+                        &load_lock_name(key),
+                        options.lock_ttl,
+                        *wait,
+                        LockOptions::watchdog(),
+                    )
                     .await?;
                 // Another node may have loaded it while we waited for the lock.
                 match self.cache.get(key).await? {

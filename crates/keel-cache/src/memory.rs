@@ -1,8 +1,10 @@
 //! The in-process backend, on moka.
 //!
 //! Bounded by entry count or by bytes (key + value + a fixed per-entry overhead), with a
-//! per-entry TTL. Atomic operations (`incr_by`, `set_nx`, `set_if_match`, `expire`) run under
-//! moka's per-key compute lock, so concurrent callers never lose an update. Entries the cache
+//! per-entry TTL. Every write to a key (`set`, `delete`, the batches, `expire`, `incr_by`,
+//! `set_nx`, `set_if_match`) runs under one of 1024 mutexes chosen by a hash of the key, so
+//! the writes and read-modify-writes on one key are linearizable: each takes effect at one
+//! instant between its call and its return, in one order everyone observes. Entries the cache
 //! drops on its own are counted in `<ns>_cache_evictions_total{cause="size"|"expired"}`; the
 //! `<ns>_cache_items` gauge is brought up to date (pending maintenance run first) on every
 //! render of the metrics registry.
@@ -15,7 +17,6 @@ use bytes::Bytes;
 use keel_metrics::{CacheInstruments, MetricsService, Operation, Status};
 use moka::Expiry;
 use moka::notification::RemovalCause;
-use moka::ops::compute::Op;
 // A TSC clock: two reads per operation (start, elapsed) cost ~10 ns instead of ~45 ns with
 // `std::time::Instant` on a KVM guest.
 use quanta::Instant;
@@ -88,6 +89,53 @@ impl Expiry<String, Stored> for PerEntryExpiry {
 
 type Store = moka::sync::Cache<String, Stored>;
 
+/// Mutexes ordering the writes to each key: a key's writes all take the same stripe (chosen
+/// by a hash of the key), so a read-modify-write (`incr_by`, `expire`, …) can never interleave
+/// with a plain `set` or `delete` of the same key. moka's own compute path orders only against
+/// other computes, not against `insert`/`remove`, which is why every path goes through here.
+/// `close` takes every stripe, so a write that passed the open check lands before `close`
+/// empties the cache, never after.
+///
+/// Cost: one uncontended mutex per write (a batch takes its keys' stripes one at a time, never
+/// two at once, so there is no lock order to get wrong). Reads take no stripe.
+struct Stripes {
+    locks: Box<[std::sync::Mutex<()>]>,
+}
+
+/// Enough that two hot keys rarely share a stripe on a many-core machine.
+const STRIPES: usize = 1024;
+
+impl Stripes {
+    fn new() -> Self {
+        Self {
+            locks: (0..STRIPES).map(|_| std::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    /// The stripe of `key`, locked. A panic while holding it (there is none on these paths)
+    /// would leave no broken invariant behind, so a poisoned stripe is simply taken.
+    #[inline]
+    fn lock(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
+        // FNV-1a: a few cycles for a short key, and spreads keys well enough for 1024 stripes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in key.as_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let i = (h ^ (h >> 32)) as usize % STRIPES;
+        self.locks[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every stripe, in index order (writers hold at most one, so this cannot deadlock).
+    fn lock_all(&self) -> Vec<std::sync::MutexGuard<'_, ()>> {
+        self.locks
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+            .collect()
+    }
+}
+
 /// In-process locks: owner token and expiry per name, and the per-name fence counters.
 #[derive(Default)]
 struct LockTable {
@@ -98,6 +146,7 @@ struct LockTable {
 struct Shared {
     name: String,
     store: Store,
+    stripes: Stripes,
     locks: std::sync::Mutex<LockTable>,
     default_ttl: Option<Duration>,
     max_ttl: Option<Duration>,
@@ -196,6 +245,7 @@ impl MemoryCacheBuilder {
         let shared = Arc::new(Shared {
             name: self.name,
             store,
+            stripes: Stripes::new(),
             locks: std::sync::Mutex::default(),
             default_ttl: self.default_ttl,
             max_ttl: self.max_ttl,
@@ -316,31 +366,39 @@ impl Shared {
         self.store.get(key).filter(|s| s.is_live(now))
     }
 
-    /// Runs `f` under the key's compute lock with the live entry (if any); `f` returns the new
-    /// entry to store (or `None` to leave it) and the call's result.
-    fn compute<T: Send + Sync + 'static>(
+    /// Runs `f` under the key's stripe with the entry live at that moment (if any); `f`
+    /// returns the new entry to store (or `None` to leave it) and the call's result. The open
+    /// check is made under the stripe, so nothing is written after `close` has emptied the
+    /// cache.
+    fn compute<T>(
         &self,
         key: &str,
-        now: Instant,
         f: impl FnOnce(Option<Stored>) -> Result<(Option<Stored>, T)>,
     ) -> Result<T> {
-        let mut out = None;
-        let computed = self.store.entry_by_ref(key).and_try_compute_with(|entry| {
-            let current = entry.map(|e| e.into_value()).filter(|s| s.is_live(now));
-            match f(current) {
-                Ok((next, result)) => {
-                    out = Some(result);
-                    Ok(next.map_or(Op::Nop, Op::Put))
-                }
-                Err(e) => Err(e),
-            }
-        });
-        computed?;
-        // The closure sets `out` whenever it returns Ok, so this fallback is unreachable; it
-        // exists only to avoid a panic path.
-        out.ok_or_else(|| Error::Closed {
-            cache: self.name.clone(),
-        })
+        let _stripe = self.stripes.lock(key);
+        self.ensure_open()?;
+        // Liveness as of now, not as of the call: the stripe may have been waited for.
+        let (next, out) = f(self.live(key, Instant::now()))?;
+        if let Some(next) = next {
+            self.store.insert(key.to_owned(), next);
+        }
+        Ok(out)
+    }
+
+    /// Stores `value` under the key's stripe (after the open check, made under it).
+    fn put(&self, key: &str, value: Stored) -> Result<()> {
+        let _stripe = self.stripes.lock(key);
+        self.ensure_open()?;
+        self.store.insert(key.to_owned(), value);
+        Ok(())
+    }
+
+    /// Removes `key` under its stripe; whether a live entry was there.
+    fn remove(&self, key: &str) -> Result<bool> {
+        let _stripe = self.stripes.lock(key);
+        self.ensure_open()?;
+        let now = Instant::now();
+        Ok(self.store.remove(key).is_some_and(|v| v.is_live(now)))
     }
 
     /// Records `op` with its outcome and passes the result through.
@@ -365,6 +423,9 @@ impl Shared {
 
     fn close(&self) -> Result<()> {
         // Drop the entries: a closed cache should not pin memory.
+        // Under every stripe: a write that already passed its open check finishes first, and
+        // none starts until the cache is marked closed.
+        let _all = self.stripes.lock_all();
         if self.open.swap(false, Ordering::AcqRel) {
             self.store.invalidate_all();
             self.store.run_pending_tasks();
@@ -401,14 +462,13 @@ impl Shared {
             s.limits.check_entry(key, &value)?;
             s.ensure_open()?;
             let expires_at = s.expiry(key, ttl, start)?;
-            s.store.insert(
-                key.to_owned(),
+            s.put(
+                key,
                 Stored {
                     data: value,
                     expires_at,
                 },
-            );
-            Ok(())
+            )
         })();
         s.finish(Operation::Set, start, result)
     }
@@ -418,7 +478,7 @@ impl Shared {
         let start = Instant::now();
         let result = s.limits.check_key(key).and_then(|()| {
             s.ensure_open()?;
-            Ok(s.store.remove(key).is_some_and(|v| v.is_live(start)))
+            s.remove(key)
         });
         s.finish(Operation::Delete, start, result)
     }
@@ -440,7 +500,7 @@ impl Shared {
             s.limits.check_key(key)?;
             s.ensure_open()?;
             let expires_at = s.expiry(key, ttl, start)?;
-            s.compute(key, start, |current| {
+            s.compute(key, |current| {
                 Ok(match current {
                     Some(v) => (
                         Some(Stored {
@@ -482,7 +542,7 @@ impl Shared {
             s.limits.check_entry(key, &value)?;
             s.ensure_open()?;
             let expires_at = s.expiry(key, ttl, start)?;
-            s.compute(key, start, |current| {
+            s.compute(key, |current| {
                 Ok(match current {
                     Some(_) => (None, false),
                     None => (
@@ -505,7 +565,7 @@ impl Shared {
             s.limits.check_entry(key, &value)?;
             s.ensure_open()?;
             let expires_at = s.expiry(key, ttl, start)?;
-            s.compute(key, start, |current| {
+            s.compute(key, |current| {
                 Ok(match current {
                     Some(v) if v.data == expected => (
                         Some(Stored {
@@ -526,7 +586,7 @@ impl Shared {
         let start = Instant::now();
         let result = s.limits.check_key(key).and_then(|()| {
             s.ensure_open()?;
-            s.compute(key, start, |current| {
+            s.compute(key, |current| {
                 let (old, expires_at) = match current {
                     None => (0, None),
                     Some(v) => match parse_counter(&v.data) {
@@ -576,13 +636,13 @@ impl Shared {
             let first = items.first().map_or("", |(k, _)| *k);
             let expires_at = s.expiry(first, ttl, start)?;
             for (key, value) in items {
-                s.store.insert(
-                    (*key).to_owned(),
+                s.put(
+                    key,
                     Stored {
                         data: value.clone(),
                         expires_at,
                     },
-                );
+                )?;
             }
             Ok(())
         })();
@@ -595,10 +655,11 @@ impl Shared {
         let result = (|| {
             s.limits.check_keys(keys)?;
             s.ensure_open()?;
-            Ok(keys
-                .iter()
-                .filter(|k| s.store.remove(**k).is_some_and(|v| v.is_live(start)))
-                .count() as u64)
+            let mut removed = 0;
+            for key in keys {
+                removed += u64::from(s.remove(key)?);
+            }
+            Ok(removed)
         })();
         s.finish(Operation::DeleteMany, start, result)
     }

@@ -2,19 +2,21 @@
 //! nodes by invalidation messages over Redis pub/sub.
 //!
 //! - Reads try L1, then L2; an L2 hit fills L1 with `min(l1_ttl, remaining L2 TTL)`.
-//! - Writes and deletes go to L2 first, then drop the key from this node's L1 and publish an
-//!   invalidation so every other node drops it too (a node ignores its own messages).
-//! - Atomic operations (`incr_by`, `set_nx`, `set_if_match`) run on L2 only and invalidate.
+//! - Writes and deletes drop the key from this node's L1, go to L2, drop it again whatever L2
+//!   answered (a timed-out write may still be applied), and publish an invalidation so every
+//!   other node drops it too (a node ignores its own messages). A dropped future does the
+//!   second half from a guard; the caller always gets L2's result, never a publish error.
+//! - Atomic operations (`incr_by`, `set_nx`, `set_if_match`) run on L2 only, bracketed alike.
 //! - When the pub/sub connection drops, invalidations may have been missed: L1 is flushed
 //!   as soon as it is back (and while it is down, L1 is bypassed).
 //! - `exists`, `ttl` and `expire` are answered by L2, the source of truth.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use keel_metrics::{MetricsService, StripedCounter};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -42,6 +44,11 @@ struct TierLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct CacheLabel {
+    cache: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct DirectionLabels {
     cache: String,
     direction: &'static str,
@@ -58,6 +65,8 @@ struct TierMetrics {
     sent: Counter,
     received: Counter,
     flushes: Counter,
+    publish_failures: Counter,
+    subscribe_failures: Counter,
 }
 
 impl TierMetrics {
@@ -86,6 +95,20 @@ impl TierMetrics {
                 Family::default,
             )
             .unwrap_or_default();
+        let failures: Family<CacheLabel, Counter> = service
+            .get_or_register(
+                "tiered_invalidation_failures",
+                "Invalidation messages that could not be published (each is retried)",
+                Family::default,
+            )
+            .unwrap_or_default();
+        let subscribe_failures: Family<CacheLabel, Counter> = service
+            .get_or_register(
+                "tiered_subscribe_failures",
+                "Failed attempts to subscribe to the invalidation channel (L1 is bypassed meanwhile)",
+                Family::default,
+            )
+            .unwrap_or_default();
         let tier = |t| TierLabels {
             cache: cache.to_owned(),
             tier: t,
@@ -102,6 +125,12 @@ impl TierMetrics {
             sent: inval.get_or_create_owned(&dir("sent")),
             received: inval.get_or_create_owned(&dir("received")),
             flushes: flushes.get_or_create_owned(&tier("l1")),
+            publish_failures: failures.get_or_create_owned(&CacheLabel {
+                cache: cache.to_owned(),
+            }),
+            subscribe_failures: subscribe_failures.get_or_create_owned(&CacheLabel {
+                cache: cache.to_owned(),
+            }),
         }
     }
 }
@@ -141,6 +170,39 @@ impl Generations {
     }
 }
 
+/// What one write touches: some keys, or the whole cache (`clear`).
+enum Touched {
+    Keys(Vec<String>),
+    All,
+}
+
+impl Touched {
+    fn key(key: &str) -> Self {
+        Touched::Keys(vec![key.to_owned()])
+    }
+}
+
+/// Armed while a tiered write is in flight: if the caller drops the write's future, the
+/// L2 command may still run, so this drops the keys from L1 again and spawns the message to the
+/// other nodes.
+struct AfterWrite {
+    cache: TieredCache,
+    touched: Option<Touched>,
+}
+
+impl Drop for AfterWrite {
+    fn drop(&mut self) {
+        let Some(touched) = self.touched.take() else {
+            return;
+        };
+        self.cache.drop_local(&touched);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let cache = self.cache.clone();
+            runtime.spawn(async move { cache.announce(&touched).await });
+        }
+    }
+}
+
 struct Inner {
     name: String,
     generations: Generations,
@@ -151,6 +213,11 @@ struct Inner {
     channel: String,
     /// Whether the invalidation subscription is live; L1 is bypassed while it is not.
     subscribed: AtomicBool,
+    /// When the last invalidation that could not be published failed; `Some` while a task
+    /// retries a flush for it (see `TieredCache::flush_later`).
+    undelivered: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Why the last subscription attempt failed (for `connect`'s error).
+    subscribe_error: std::sync::Mutex<Option<String>>,
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
     metrics: TierMetrics,
 }
@@ -199,6 +266,8 @@ impl TieredCacheBuilder {
                 node: crate::lock::new_token()?,
                 channel,
                 subscribed: AtomicBool::new(false),
+                subscribe_error: std::sync::Mutex::new(None),
+                undelivered: std::sync::Mutex::new(None),
                 listener: std::sync::Mutex::new(None),
             }),
         })
@@ -256,42 +325,154 @@ impl TieredCache {
         m
     }
 
-    /// Drops `key` here and on every other node.
-    async fn invalidate(&self, key: &str) -> Result<()> {
+    /// Drops what `touched` names from this node's L1, synchronously (L1 calls are ready
+    /// futures), bumping the generations first so a concurrent L2 read does not put an old
+    /// value back.
+    fn drop_local(&self, touched: &Touched) {
         let i = &self.inner;
-        i.generations.bump(key);
-        let _ = i.l1.delete(key).await;
-        i.metrics.sent.inc();
-        i.l2.publish(&i.channel, &self.message(KIND_KEY, key)).await
+        match touched {
+            Touched::Keys(keys) => {
+                for key in keys {
+                    i.generations.bump(key);
+                    let _ = i.l1.delete(key).now_or_never();
+                }
+            }
+            Touched::All => {
+                i.generations.bump_all();
+                let _ = i.l1.clear().now_or_never();
+                i.metrics.flushes.inc();
+            }
+        }
     }
 
-    /// Drops `keys` here and on every other node, with one message for all of them.
-    async fn invalidate_many<'k>(&self, keys: impl Iterator<Item = &'k str> + Clone) -> Result<()> {
-        let i = &self.inner;
-        let mut m = self.message(KIND_KEYS, "");
-        for key in keys.clone() {
-            i.generations.bump(key);
-            let _ = i.l1.delete(key).await;
-            let len = u32::try_from(key.len()).unwrap_or(u32::MAX);
-            m.extend_from_slice(&len.to_le_bytes());
-            m.extend_from_slice(key.as_bytes());
+    /// The invalidation message for `touched` (`None` for an empty batch).
+    fn message_for(&self, touched: &Touched) -> Option<Vec<u8>> {
+        match touched {
+            Touched::All => Some(self.message(KIND_FLUSH, "")),
+            Touched::Keys(keys) => match keys.as_slice() {
+                [] => None,
+                [key] => Some(self.message(KIND_KEY, key)),
+                keys => {
+                    let mut m = self.message(KIND_KEYS, "");
+                    for key in keys {
+                        let len = u32::try_from(key.len()).unwrap_or(u32::MAX);
+                        m.extend_from_slice(&len.to_le_bytes());
+                        m.extend_from_slice(key.as_bytes());
+                    }
+                    Some(m)
+                }
+            },
         }
-        if keys.clone().next().is_none() {
-            return Ok(());
-        }
-        i.metrics.sent.inc();
-        i.l2.publish(&i.channel, &m).await
     }
 
-    /// Drops the whole L1 here and on every other node.
-    async fn invalidate_all(&self) -> Result<()> {
+    /// Tells every other node to drop what `touched` names. A failed `PUBLISH` is not the
+    /// caller's error (the write's own result is what the caller gets): it is counted in
+    /// `tiered_invalidation_failures_total` and made up for by a whole-L1 flush sent in the
+    /// background ([`flush_later`](Self::flush_later)).
+    async fn announce(&self, touched: &Touched) {
+        let Some(message) = self.message_for(touched) else {
+            return;
+        };
         let i = &self.inner;
-        i.generations.bump_all();
-        let _ = i.l1.clear().await;
-        i.metrics.flushes.inc();
         i.metrics.sent.inc();
-        i.l2.publish(&i.channel, &self.message(KIND_FLUSH, ""))
-            .await
+        if i.l2.publish(&i.channel, &message).await.is_ok() {
+            return;
+        }
+        i.metrics.publish_failures.inc();
+        self.flush_later();
+    }
+
+    /// After a failed publish: one background task (however many publishes fail) keeps
+    /// trying to send every node a whole-L1 flush, which covers every invalidation that could
+    /// not be delivered, until one goes through after the last failure, or `l1_ttl` has passed
+    /// since it (by then no L1 entry from before it is left anyway).
+    fn flush_later(&self) {
+        let i = &self.inner;
+        let start = {
+            let mut pending = i.undelivered.lock().unwrap_or_else(PoisonError::into_inner);
+            let start = pending.is_none();
+            *pending = Some(tokio::time::Instant::now());
+            start
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !start {
+            return; // the running task sees the new failure time
+        }
+        let weak = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                let Some(inner) = weak.upgrade() else { return };
+                let failed_at = {
+                    let mut pending = inner
+                        .undelivered
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    match *pending {
+                        Some(at) if at.elapsed() < inner.l1_ttl => at,
+                        _ => {
+                            *pending = None;
+                            return;
+                        }
+                    }
+                };
+                let mut flush = inner.node.as_bytes().to_vec();
+                flush.extend_from_slice(&[b'\n', KIND_FLUSH]);
+                inner.metrics.sent.inc();
+                let sent = inner.l2.publish(&inner.channel, &flush).await;
+                let mut pending = inner
+                    .undelivered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match sent {
+                    // Delivered after the last failure: done. Closed: it can no longer
+                    // publish; the other nodes' staleness stays bounded by l1_ttl.
+                    Ok(()) if *pending == Some(failed_at) => {
+                        *pending = None;
+                        return;
+                    }
+                    Err(Error::Closed { .. }) => {
+                        *pending = None;
+                        return;
+                    }
+                    Ok(()) => {}
+                    Err(_) => {
+                        inner.metrics.publish_failures.inc();
+                    }
+                }
+            }
+        });
+    }
+
+    /// Runs one L2 write between two invalidations of what it touches: L1 here is dropped
+    /// before the write is sent (so this node never reads its own old value while the write's
+    /// fate is unknown) and again after it completes, fails or times out, and then the other
+    /// nodes are told (unless `changed` says the write certainly changed nothing). If the
+    /// caller drops the future midway, a guard does the second half in a spawned task. The
+    /// caller gets the L2 result, whatever happens to the invalidation.
+    async fn write<T>(
+        &self,
+        touched: Touched,
+        l2: impl Future<Output = Result<T>>,
+        changed: impl FnOnce(&Result<T>) -> bool,
+    ) -> Result<T> {
+        self.drop_local(&touched);
+        let mut guard = AfterWrite {
+            cache: self.clone(),
+            touched: Some(touched),
+        };
+        let result = l2.await;
+        let touched = guard.touched.as_ref().map_or(&Touched::All, |t| t);
+        self.drop_local(touched);
+        if changed(&result) {
+            self.announce(touched).await;
+        }
+        guard.touched = None;
+        result
     }
 
     async fn listen(inner: std::sync::Weak<Inner>) {
@@ -307,7 +488,7 @@ impl TieredCache {
                         .map_err(|e| Error::Unavailable {
                             cache: i.name.clone(),
                             operation: "subscribe",
-                            reason: e.to_string(),
+                            reason: crate::config::redact_urls(&e.to_string()),
                         })?;
                 pubsub
                     .subscribe(&i.channel)
@@ -315,16 +496,23 @@ impl TieredCache {
                     .map_err(|e| Error::Unavailable {
                         cache: i.name.clone(),
                         operation: "subscribe",
-                        reason: e.to_string(),
+                        reason: crate::config::redact_urls(&e.to_string()),
                     })?;
                 Ok::<_, Error>(pubsub)
             }
             .await;
-            let Ok(pubsub) = subscribed else {
-                drop(i);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
+            let pubsub = match subscribed {
+                Ok(pubsub) => pubsub,
+                Err(e) => {
+                    i.metrics.subscribe_failures.inc();
+                    *i.subscribe_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+                    drop(i);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
             };
             backoff = Duration::from_millis(50);
             // Anything could have changed while we were not listening.
@@ -463,12 +651,38 @@ impl Cache for TieredCache {
             let i = &self.inner;
             i.l1.connect().await?;
             i.l2.connect().await?;
-            let mut listener = i
-                .listener
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if listener.is_none() {
-                *listener = Some(tokio::spawn(Self::listen(Arc::downgrade(i))));
+            {
+                let mut listener = i
+                    .listener
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if listener.is_none() {
+                    *listener = Some(tokio::spawn(Self::listen(Arc::downgrade(i))));
+                }
+            }
+            // An invalidation channel that cannot come up would leave L1 silently unused (or,
+            // worse, stale): that is an error here, not a surprise later.
+            let deadline = tokio::time::Instant::now() + i.l2.connect_timeout();
+            while !self.is_subscribed() {
+                if tokio::time::Instant::now() >= deadline {
+                    let reason = i
+                        .subscribe_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone()
+                        .unwrap_or_else(|| "no answer".into());
+                    let _ = self.close().await;
+                    return Err(Error::Unavailable {
+                        cache: i.name.clone(),
+                        operation: "subscribe",
+                        reason: format!(
+                            "the invalidation channel {:?} did not come up within {:?}: {reason}",
+                            i.channel,
+                            i.l2.connect_timeout()
+                        ),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Ok(())
         })
@@ -504,18 +718,15 @@ impl Cache for TieredCache {
     }
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<()>> {
-        CacheFuture::boxed(async move {
-            self.inner.l2.set(key, value, ttl).await?;
-            self.invalidate(key).await
-        })
+        CacheFuture::boxed(self.write(
+            Touched::key(key),
+            self.inner.l2.set(key, value, ttl),
+            always,
+        ))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
-        CacheFuture::boxed(async move {
-            let existed = self.inner.l2.delete(key).await?;
-            self.invalidate(key).await?;
-            Ok(existed)
-        })
+        CacheFuture::boxed(self.write(Touched::key(key), self.inner.l2.delete(key), always))
     }
 
     fn exists<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
@@ -523,11 +734,7 @@ impl Cache for TieredCache {
     }
 
     fn expire<'a>(&'a self, key: &'a str, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
-        CacheFuture::boxed(async move {
-            let existed = self.inner.l2.expire(key, ttl).await?;
-            self.invalidate(key).await?;
-            Ok(existed)
-        })
+        CacheFuture::boxed(self.write(Touched::key(key), self.inner.l2.expire(key, ttl), always))
     }
 
     fn ttl<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<KeyTtl>> {
@@ -535,13 +742,11 @@ impl Cache for TieredCache {
     }
 
     fn set_nx<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
-        CacheFuture::boxed(async move {
-            let stored = self.inner.l2.set_nx(key, value, ttl).await?;
-            if stored {
-                self.invalidate(key).await?;
-            }
-            Ok(stored)
-        })
+        CacheFuture::boxed(self.write(
+            Touched::key(key),
+            self.inner.l2.set_nx(key, value, ttl),
+            unless_refused,
+        ))
     }
 
     fn set_if_match<'a>(
@@ -551,25 +756,15 @@ impl Cache for TieredCache {
         expected: &'a [u8],
         ttl: Ttl,
     ) -> CacheFuture<'a, Result<bool>> {
-        CacheFuture::boxed(async move {
-            let stored = self
-                .inner
-                .l2
-                .set_if_match(key, value, expected, ttl)
-                .await?;
-            if stored {
-                self.invalidate(key).await?;
-            }
-            Ok(stored)
-        })
+        CacheFuture::boxed(self.write(
+            Touched::key(key),
+            self.inner.l2.set_if_match(key, value, expected, ttl),
+            unless_refused,
+        ))
     }
 
     fn incr_by<'a>(&'a self, key: &'a str, delta: i64) -> CacheFuture<'a, Result<i64>> {
-        CacheFuture::boxed(async move {
-            let n = self.inner.l2.incr_by(key, delta).await?;
-            self.invalidate(key).await?;
-            Ok(n)
-        })
+        CacheFuture::boxed(self.write(Touched::key(key), self.inner.l2.incr_by(key, delta), always))
     }
 
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<Vec<Option<Bytes>>>> {
@@ -587,25 +782,31 @@ impl Cache for TieredCache {
         items: &'a [(&'a str, Bytes)],
         ttl: Ttl,
     ) -> CacheFuture<'a, Result<()>> {
-        CacheFuture::boxed(async move {
-            self.inner.l2.set_many(items, ttl).await?;
-            self.invalidate_many(items.iter().map(|(key, _)| *key))
-                .await
-        })
+        let keys = items.iter().map(|(key, _)| (*key).to_owned()).collect();
+        CacheFuture::boxed(self.write(
+            Touched::Keys(keys),
+            self.inner.l2.set_many(items, ttl),
+            always,
+        ))
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<u64>> {
-        CacheFuture::boxed(async move {
-            let n = self.inner.l2.delete_many(keys).await?;
-            self.invalidate_many(keys.iter().copied()).await?;
-            Ok(n)
-        })
+        let touched = Touched::Keys(keys.iter().map(|k| (*k).to_owned()).collect());
+        CacheFuture::boxed(self.write(touched, self.inner.l2.delete_many(keys), always))
     }
 
     fn clear<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
-        CacheFuture::boxed(async move {
-            self.inner.l2.clear().await?;
-            self.invalidate_all().await
-        })
+        CacheFuture::boxed(self.write(Touched::All, self.inner.l2.clear(), always))
     }
+}
+
+/// A write that succeeded changed L2; so may one whose outcome is unknown (an error may be a
+/// write applied after its timeout). A refusal (bad input, closed, denied) changed nothing.
+fn always<T>(r: &Result<T>) -> bool {
+    r.as_ref().map_or_else(Error::may_have_applied, |_| true)
+}
+
+/// As [`always`], and a definite "not stored" changed nothing either.
+fn unless_refused(r: &Result<bool>) -> bool {
+    !matches!(r, Ok(false)) && always(r)
 }

@@ -76,8 +76,14 @@ async fn bad_options_are_config_errors() {
         keel_cache::open(&zero).await,
         Err(Error::InvalidConfig { .. })
     ));
+    // A nameless memory cache is private to its process and called "default"; a shared
+    // backend needs a name (tests/config_checks.rs).
+    let unnamed = keel_cache::open(&CacheConfig::new("memory", ""))
+        .await
+        .unwrap();
+    assert_eq!(unnamed.name(), "default");
     assert!(matches!(
-        keel_cache::open(&CacheConfig::new("memory", "")).await,
+        keel_cache::open(&CacheConfig::new("redis", "")).await,
         Err(Error::InvalidConfig { field, .. }) if field == "name"
     ));
 }

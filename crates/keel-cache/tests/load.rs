@@ -271,3 +271,87 @@ async fn two_processes_with_a_lock_load_once() {
         "everyone got the same value"
     );
 }
+
+/// Two "processes" (own connections, loader and lock connection) loading `key` with the lock.
+async fn lock_options(server: &RedisServer, lock_ttl: Duration) -> LoadOptions {
+    let mut options = ttl();
+    options.lock = Some((
+        Locker::new(redis_cache(server, "locks").await),
+        Duration::from_secs(30),
+    ));
+    options.lock_ttl = lock_ttl;
+    options
+}
+
+/// The cross-process lock works for hash-tagged keys (braces are not allowed in lock names;
+/// the lock is named by a hash of the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_lock_works_for_hash_tagged_keys() {
+    let server = RedisServer::start();
+    let loader = Loader::new(Arc::new(redis_cache(&server, "shared").await));
+    let options = lock_options(&server, Duration::from_secs(10)).await;
+    for key in ["{user:1}:profile", "a}b{c", "plain"] {
+        let v = loader
+            .get_or_load(key, &options, || async {
+                Ok::<_, std::io::Error>(Some(Bytes::from_static(b"loaded")))
+            })
+            .await
+            .unwrap();
+        assert_eq!(v.as_deref(), Some(&b"loaded"[..]), "{key}");
+    }
+}
+
+/// A loader that runs longer than the lock's TTL keeps the lock (the watchdog renews it): a
+/// second process asking meanwhile waits and then reuses the value instead of loading again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_loader_keeps_the_load_lock() {
+    let server = RedisServer::start();
+    // The watchdog renews every third of this: a renewal would have to be late by two
+    // thirds of it for the lock to lapse.
+    let lock_ttl = Duration::from_secs(1);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    let first = {
+        let loader = Loader::new(Arc::new(redis_cache(&server, "shared").await));
+        let options = lock_options(&server, lock_ttl).await;
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            loader
+                .get_or_load("slow:report", &options, || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    entered_tx.send(()).unwrap();
+                    finish_rx.await.unwrap();
+                    Ok::<_, std::io::Error>(Some(Bytes::from_static(b"first")))
+                })
+                .await
+        })
+    };
+    entered_rx.await.unwrap();
+    // Several TTLs pass while the first loader runs.
+    tokio::time::sleep(lock_ttl * 4).await;
+    let second = {
+        let loader = Loader::new(Arc::new(redis_cache(&server, "shared").await));
+        let options = lock_options(&server, lock_ttl).await;
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            loader
+                .get_or_load("slow:report", &options, || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(Some(Bytes::from_static(b"second")))
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(lock_ttl).await;
+    finish_tx.send(()).unwrap();
+    assert_eq!(
+        first.await.unwrap().unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
+    assert_eq!(
+        second.await.unwrap().unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one load in total");
+}

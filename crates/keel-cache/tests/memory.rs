@@ -133,3 +133,39 @@ async fn items_gauge_counts_live_entries_and_drops_expired() {
             .contains("lab_cache_items{cache=\"items\"} 0")
     );
 }
+
+/// A `set` racing `close` lands before `close` empties the cache or fails with `Closed`; it
+/// never lands after, where it would survive into the reopened cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_racing_close_never_survives_it() {
+    let mut survived = 0;
+    for _ in 0..15_000 {
+        let cache = MemoryCache::builder("close-race").build();
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let handle = tokio::runtime::Handle::current();
+        let writer = {
+            let (cache, start, handle) = (cache.clone(), start.clone(), handle.clone());
+            tokio::task::spawn_blocking(move || {
+                start.wait();
+                handle.block_on(cache.set("k", "v".into(), Ttl::Never))
+            })
+        };
+        let closer = {
+            let (cache, start) = (cache.clone(), start.clone());
+            tokio::task::spawn_blocking(move || {
+                start.wait();
+                handle.block_on(cache.close())
+            })
+        };
+        let _ = writer.await.unwrap();
+        closer.await.unwrap().unwrap();
+        cache.connect().await.unwrap();
+        if cache.get("k").await.unwrap().is_some() {
+            survived += 1;
+        }
+    }
+    assert_eq!(
+        survived, 0,
+        "sets that landed after close emptied the cache"
+    );
+}

@@ -307,9 +307,12 @@ async fn kill_under_load_gives_only_typed_errors_and_recovers() {
                     slowest = slowest.max(t.elapsed());
                     match r {
                         Ok(()) => oks.fetch_add(1, Ordering::Relaxed),
-                        Err(Error::Unavailable { .. } | Error::Timeout { .. }) => {
-                            errs.fetch_add(1, Ordering::Relaxed)
-                        }
+                        // A write in flight when the server died: its outcome is unknown.
+                        Err(
+                            Error::Unavailable { .. }
+                            | Error::Timeout { .. }
+                            | Error::OutcomeUnknown { .. },
+                        ) => errs.fetch_add(1, Ordering::Relaxed),
                         Err(other) => panic!("untyped failure under load: {other:?}"),
                     };
                     i += 1;
@@ -347,4 +350,121 @@ async fn kill_under_load_gives_only_typed_errors_and_recovers() {
         errors_while_down > 0,
         "the outage was visible as typed errors"
     );
+}
+
+/// The connection is cut right after an `INCRBY` (or a `SET NX`) reached the server, before
+/// its reply came back: the server ran it once, and the client must not run it again. The
+/// counter moves by exactly one, and the caller either gets the true result or an error that
+/// says the outcome is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_reply_is_lost_is_never_applied_twice() {
+    let server = RedisServer::start();
+    let proxy = keel_testkit::redis_proxy::RedisProxy::start(server.addr());
+    let cache = RedisCache::builder("app", Endpoint::Url(Secret::new(proxy.url())))
+        .response_timeout(Duration::from_secs(2))
+        .items_refresh(None)
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    assert_eq!(cache.incr_by("n", 1).await.unwrap(), 1);
+    proxy.cut_after(b"INCRBY");
+    let r = cache.incr_by("n", 1).await;
+    assert_eq!(proxy.cuts(), 1, "the fault fired");
+    let held: i64 = server.cli(&["GET", "app:n"]).parse().unwrap();
+    assert_eq!(held, 2, "the increment ran exactly once ({r:?})");
+    match r {
+        Ok(n) => assert_eq!(n, held),
+        Err(e) => assert!(e.is_outcome_unknown(), "{e:?}"),
+    }
+
+    proxy.cut_after(b"NX");
+    let stored = loop {
+        // The client reconnects on its own after the cut; a refused attempt sent nothing.
+        match cache.set_nx("once", "v".into(), Ttl::Never).await {
+            Err(e) if !e.is_outcome_unknown() => {
+                assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other,
+        }
+    };
+    assert_eq!(proxy.cuts(), 2, "the fault fired");
+    assert_eq!(server.cli(&["GET", "app:once"]), "v");
+    match stored {
+        Ok(won) => assert!(won, "a stored SET NX reported as not stored"),
+        Err(e) => assert!(e.is_outcome_unknown(), "{e:?}"),
+    }
+}
+
+/// `clear` is bounded per step, not as a whole: with a response timeout far shorter than the
+/// whole walk takes, it still removes every key (before, the whole clear had 2 x the response
+/// timeout and failed with `Timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_of_many_keys_is_not_bounded_by_one_response_timeout() {
+    let redis = Redis::start();
+    let loader = redis
+        .builder("app")
+        .response_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    loader.connect().await.unwrap();
+    let keys: Vec<String> = (0..200_000).map(|i| format!("k{i}")).collect();
+    for chunk in keys.chunks(10_000) {
+        let items: Vec<(&str, keel_cache::Bytes)> =
+            chunk.iter().map(|k| (k.as_str(), "v".into())).collect();
+        loader.set_many(&items, Ttl::Never).await.unwrap();
+    }
+    let cache = redis
+        .builder("app")
+        .response_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    cache.clear().await.unwrap();
+    assert_eq!(redis.0.cli(&["DBSIZE"]), "0");
+}
+
+/// A cache opened with the defaults never walks the keyspace for the items gauge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_items_gauge_scans_nothing_by_default() {
+    let server = RedisServer::start();
+    let cache = RedisCache::builder("app", Endpoint::Url(Secret::new(server.url())))
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+    // The old default counted right after connect and then every 10 s.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = server.cli(&["INFO", "commandstats"]);
+    assert!(!stats.contains("cmdstat_scan"), "{stats}");
+}
+
+/// A lock acquisition whose reply is lost (the connection is cut right after the acquire
+/// script reached the server) is reported as "outcome unknown", never re-sent: a re-sent
+/// acquire would find the lock taken by its own first attempt, report it as held by someone
+/// else, and leave an orphaned token until the TTL runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_acquire_whose_reply_is_lost_says_the_outcome_is_unknown() {
+    let server = RedisServer::start();
+    let proxy = keel_testkit::redis_proxy::RedisProxy::start(server.addr());
+    let cache = RedisCache::builder("app", Endpoint::Url(Secret::new(proxy.url())))
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    let locker = keel_cache::lock::Locker::new(cache);
+    // Load the scripts first, so the next acquire is one EVALSHA.
+    let warm = locker
+        .try_lock("warm", Duration::from_secs(30))
+        .await
+        .unwrap();
+    warm.unwrap().release().await.unwrap();
+    proxy.cut_after(b"EVALSHA");
+    let r = locker.try_lock("job", Duration::from_secs(30)).await;
+    assert_eq!(proxy.cuts(), 1, "the fault fired");
+    match r {
+        Ok(Some(_)) => {}
+        Ok(None) => panic!("this call's own acquire was reported as someone else's lock"),
+        Err(e) => assert!(e.is_outcome_unknown(), "{e:?}"),
+    }
 }

@@ -141,3 +141,87 @@ async fn cluster_config_from_seed_nodes() {
         Err(keel_cache::Error::InvalidConfig { field, .. }) if field == "database"
     ));
 }
+
+/// Every master announces a fault proxy in front of it (`cluster-announce-port`), so the
+/// client's slot map points at the proxies. A connection cut right after an `INCRBY` (then a
+/// `SET NX`) reached its master must not make the client send it again: the counter moves by
+/// exactly one, and the stored `SET NX` is never reported as "not stored".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_reply_is_lost_is_never_applied_twice() {
+    use keel_testkit::redis_proxy::RedisProxy;
+    let cluster = RedisCluster::start();
+    let proxies: Vec<RedisProxy> = cluster
+        .nodes()
+        .iter()
+        .map(|n| RedisProxy::start(n.addr()))
+        .collect();
+    for (node, proxy) in cluster.nodes().iter().zip(&proxies) {
+        let bus = (node.port() + 10000).to_string();
+        node.cli(&["CONFIG", "SET", "cluster-announce-bus-port", &bus]);
+        let port = proxy.addr().port().to_string();
+        node.cli(&["CONFIG", "SET", "cluster-announce-port", &port]);
+    }
+    keel_testkit::redis::wait_until(
+        "every node to see the proxies in CLUSTER SLOTS",
+        Duration::from_secs(20),
+        || {
+            cluster.nodes().iter().all(|n| {
+                let slots = n.cli(&["CLUSTER", "SLOTS"]);
+                proxies
+                    .iter()
+                    .all(|p| slots.contains(&p.addr().port().to_string()))
+            })
+        },
+    );
+    let cache = RedisCache::builder(
+        "app",
+        Endpoint::Cluster {
+            nodes: proxies.iter().map(RedisProxy::url).collect(),
+            username: None,
+            password: None,
+        },
+    )
+    .response_timeout(Duration::from_secs(2))
+    .items_refresh(None)
+    .build()
+    .unwrap();
+    cache.connect().await.unwrap();
+    assert_eq!(cache.incr_by("n", 1).await.unwrap(), 1);
+    for p in &proxies {
+        p.cut_after(b"INCRBY");
+    }
+    let r = cache.incr_by("n", 1).await;
+    let cuts: usize = proxies.iter().map(RedisProxy::cuts).sum();
+    assert!(cuts >= 1, "the fault fired");
+    let held: i64 = cluster.nodes()[0]
+        .cli(&["-c", "GET", "app:n"])
+        .parse()
+        .unwrap();
+    assert_eq!(held, 2, "the increment ran exactly once ({r:?})");
+    match r {
+        Ok(n) => assert_eq!(n, held),
+        Err(e) => assert!(e.is_outcome_unknown(), "{e:?}"),
+    }
+
+    // A SET NX whose reply is lost: re-sent, it would find its own value and say "not stored".
+    for p in &proxies {
+        p.cut_after(b"NX");
+    }
+    let stored = loop {
+        // The client reconnects on its own after a cut; a refused attempt sent nothing.
+        match cache.set_nx("once", "v".into(), Ttl::Never).await {
+            Err(e) if !e.is_outcome_unknown() => {
+                assert!(matches!(e, keel_cache::Error::Unavailable { .. }), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other,
+        }
+    };
+    let cuts_after: usize = proxies.iter().map(RedisProxy::cuts).sum();
+    assert!(cuts_after > cuts, "the fault fired");
+    assert_eq!(cluster.nodes()[0].cli(&["-c", "GET", "app:once"]), "v");
+    match stored {
+        Ok(won) => assert!(won, "a stored SET NX reported as not stored"),
+        Err(e) => assert!(e.is_outcome_unknown(), "{e:?}"),
+    }
+}

@@ -21,7 +21,19 @@ impl Tiered {
         default_ttl: Option<Duration>,
         metrics: &MetricsService,
     ) -> TieredCache {
-        let l2 = RedisCache::builder(name, Endpoint::Url(Secret::new(self.0.url())))
+        self.node_at(&self.0.url(), name, default_ttl, metrics)
+            .await
+    }
+
+    /// A node connecting with `url` (another user, say).
+    async fn node_at(
+        &self,
+        url: &str,
+        name: &str,
+        default_ttl: Option<Duration>,
+        metrics: &MetricsService,
+    ) -> TieredCache {
+        let l2 = RedisCache::builder(name, Endpoint::Url(Secret::new(url.to_owned())))
             .default_ttl(default_ttl)
             .response_timeout(Duration::from_millis(500))
             .items_refresh(None)
@@ -292,4 +304,273 @@ async fn tiered_config_with_l1_and_l2_sections() {
         keel_cache::open(&no_l2).await,
         Err(keel_cache::Error::InvalidConfig { field, .. }) if field == "l2"
     ));
+}
+
+/// Two nodes with `k = v1` in both L1s.
+async fn two_nodes_caching_v1(t: &Tiered, metrics: &MetricsService) -> (TieredCache, TieredCache) {
+    let (a, b) = (
+        t.node("app", None, metrics).await,
+        t.node("app", None, metrics).await,
+    );
+    a.set("k", "v1".into(), Ttl::Never).await.unwrap();
+    for node in [&a, &b] {
+        eventually("the node to cache v1 in L1", async || {
+            node.get("k").await.unwrap();
+            node.l1().get("k").await.unwrap().is_some()
+        })
+        .await;
+    }
+    (a, b)
+}
+
+/// What Redis itself holds for `app:k`, read with redis-cli.
+fn l2_value(t: &Tiered) -> Option<bytes::Bytes> {
+    let v = t.0.cli(&["GET", "app:k"]);
+    (!v.is_empty()).then(|| bytes::Bytes::from(v))
+}
+
+/// After a write whose outcome the writer cannot know (the server froze, the request timed
+/// out, the server then ran it), neither the writer's nor another node's L1 may keep serving
+/// the value from before: the writer's next read and, once the invalidation arrives, the
+/// other node's reads return what Redis holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_timed_out_leaves_no_l1_serving_the_old_value() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let (a, b) = two_nodes_caching_v1(&t, &metrics).await;
+    t.0.pause();
+    let r = a.set("k", "v2".into(), Ttl::Never).await;
+    assert!(
+        r.is_err(),
+        "a write to a frozen server cannot succeed: {r:?}"
+    );
+    t.0.resume();
+    // The writer's own next read: on the same connection, after the write.
+    let mine = a.get("k").await.unwrap();
+    let held = l2_value(&t);
+    assert_eq!(mine, held, "the writer read its own old value from L1");
+    eventually("the other node to read what Redis holds", async || {
+        b.get("k").await.unwrap() == held
+    })
+    .await;
+}
+
+/// A write whose caller gave up (the future was dropped while the server was frozen) still
+/// invalidates both L1s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_write_still_invalidates_every_l1() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let (a, b) = two_nodes_caching_v1(&t, &metrics).await;
+    t.0.pause();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        a.set("k", "v2".into(), Ttl::Never),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the write cannot finish on a frozen server"
+    );
+    t.0.resume();
+    let mine = a.get("k").await.unwrap();
+    let held = l2_value(&t);
+    assert_eq!(mine, held, "the writer read its own old value from L1");
+    eventually("the other node to read what Redis holds", async || {
+        b.get("k").await.unwrap() == held
+    })
+    .await;
+}
+
+/// The caller gets L2's result: a counter incremented in Redis is reported as incremented even
+/// when the invalidation cannot be published (here the ACL denies PUBLISH), so a caller never
+/// retries an increment that happened. The failure is counted instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_publish_does_not_turn_an_applied_write_into_an_error() {
+    let t = Tiered(RedisServer::start());
+    t.0.cli(&[
+        "ACL", "SETUSER", "nopub", "on", ">pw", "~*", "&*", "+@all", "-publish",
+    ]);
+    let metrics = MetricsService::new("t").unwrap();
+    let url = format!("redis://nopub:pw@127.0.0.1:{}", t.0.port());
+    let a = t.node_at(&url, "app", None, &metrics).await;
+    let n = a.incr_by("n", 1).await;
+    assert_eq!(t.0.cli(&["GET", "app:n"]), "1");
+    assert_eq!(n.unwrap(), 1, "the increment was applied");
+    assert!(
+        series(
+            &metrics.render(),
+            "t_tiered_invalidation_failures_total{cache=\"app\"}"
+        ) >= 1.0
+    );
+}
+
+/// A tiered cache over a Cluster that needs a password: the invalidation subscription uses the
+/// data path's credentials and is up when `connect` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_over_a_password_protected_cluster_comes_up() {
+    let cluster = keel_testkit::redis::RedisCluster::start();
+    let urls = cluster.urls();
+    for node in cluster.nodes() {
+        node.cli(&["CONFIG", "SET", "requirepass", "cluster-pass"]);
+    }
+    let metrics = MetricsService::new("t").unwrap();
+    let l2 = RedisCache::builder(
+        "app",
+        Endpoint::Cluster {
+            nodes: urls,
+            username: None,
+            password: Some(Secret::new("cluster-pass")),
+        },
+    )
+    .items_refresh(None)
+    .metrics(&metrics)
+    .build()
+    .unwrap();
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(60))
+        .metrics(&metrics)
+        .build();
+    let cache = TieredCache::builder("app", l1, l2)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    assert!(cache.is_subscribed(), "L1 would never be used");
+    cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+/// An invalidation channel that cannot come up (here the ACL forbids every channel) is an
+/// error at `connect`, not an L1 that is silently never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_channel_that_cannot_come_up_fails_connect() {
+    let t = Tiered(RedisServer::start());
+    t.0.cli(&[
+        "ACL",
+        "SETUSER",
+        "nosub",
+        "on",
+        ">pw",
+        "~*",
+        "resetchannels",
+        "+@all",
+    ]);
+    let metrics = MetricsService::new("t").unwrap();
+    let url = format!("redis://nosub:pw@127.0.0.1:{}", t.0.port());
+    let l2 = RedisCache::builder("app", Endpoint::Url(Secret::new(url)))
+        .connect_timeout(Duration::from_millis(500))
+        .items_refresh(None)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    let l1 = MemoryCache::builder("app:l1").metrics(&metrics).build();
+    let cache = TieredCache::builder("app", l1, l2)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    let r = cache.connect().await;
+    assert!(
+        matches!(&r, Err(keel_cache::Error::Unavailable { operation, .. }) if *operation == "subscribe"),
+        "{r:?}"
+    );
+    assert!(
+        series(
+            &metrics.render(),
+            "t_tiered_subscribe_failures_total{cache=\"app\"}"
+        ) >= 1.0
+    );
+}
+
+/// A `clear` whose outcome is unknown (Redis frozen, the clear timing out) still tells every
+/// node to flush its L1: whatever part of the clear ran, no node keeps serving what it held
+/// before. (The value is changed behind the nodes' backs after the clear, standing in for the
+/// part of the clear that ran: only a flush makes B see it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_that_timed_out_still_flushes_every_l1() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let (a, b) = two_nodes_caching_v1(&t, &metrics).await;
+    t.0.pause();
+    let r = a.clear().await;
+    assert!(
+        r.is_err(),
+        "a clear on a frozen server cannot succeed: {r:?}"
+    );
+    t.0.resume();
+    t.0.cli(&["SET", "app:k", "after"]);
+    eventually("B to drop its L1 and read what Redis holds", async || {
+        b.get("k").await.unwrap() == l2_value(&t)
+    })
+    .await;
+}
+
+/// An invalidation that could not be published is made up for once publishing works again:
+/// the other node's L1 is flushed and it reads the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_invalidation_is_made_up_for_when_publishing_works_again() {
+    let t = Tiered(RedisServer::start());
+    t.0.cli(&["ACL", "SETUSER", "writer", "on", ">pw", "~*", "&*", "+@all"]);
+    let metrics = MetricsService::new("t").unwrap();
+    let url = format!("redis://writer:pw@127.0.0.1:{}", t.0.port());
+    let a = t.node_at(&url, "app", None, &metrics).await;
+    let b = t.node("app", None, &metrics).await;
+    a.set("k", "v1".into(), Ttl::Never).await.unwrap();
+    eventually("B to cache v1 in L1", async || {
+        b.get("k").await.unwrap();
+        b.l1().get("k").await.unwrap().is_some()
+    })
+    .await;
+    t.0.cli(&["ACL", "SETUSER", "writer", "-publish"]);
+    // Applied, though its invalidation cannot be published (before: Err(Denied)).
+    a.set("k", "v2".into(), Ttl::Never).await.unwrap();
+    t.0.cli(&["ACL", "SETUSER", "writer", "+publish"]);
+    eventually("B to get the flush and read v2", async || {
+        b.get("k").await.unwrap().as_deref() == Some(&b"v2"[..])
+    })
+    .await;
+}
+
+/// A tiered cache over a TLS-only Cluster with its own CA: data and invalidation subscription
+/// both use TLS with that CA (the subscription used to be a plain client without the CA, and
+/// never came up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_over_a_tls_cluster_comes_up() {
+    let tls = keel_testkit::redis::TlsFiles::generate();
+    let cluster = keel_testkit::redis::RedisCluster::start_tls(&tls);
+    let nodes = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("rediss://127.0.0.1:{}", n.port()))
+        .collect();
+    let metrics = MetricsService::new("t").unwrap();
+    let l2 = RedisCache::builder(
+        "app",
+        Endpoint::Cluster {
+            nodes,
+            username: None,
+            password: None,
+        },
+    )
+    .tls(keel_cache::TlsOptions {
+        enabled: true,
+        ca_file: Some(tls.ca_cert.clone()),
+        cert_file: None,
+        key_file: None,
+    })
+    .metrics(&metrics)
+    .build()
+    .unwrap();
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(60))
+        .metrics(&metrics)
+        .build();
+    let cache = TieredCache::builder("app", l1, l2)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    assert!(cache.is_subscribed(), "L1 would never be used");
+    cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
 }

@@ -9,6 +9,8 @@
 //!
 //! - [`osmem`]: `osmem-server` (OpenSearch-compatible, in memory) with kill/restart/pause.
 //! - [`proxy`]: an HTTP(S) proxy that injects `_bulk` faults (429, 503, item failures).
+//! - [`redis_proxy`]: a TCP proxy in front of Redis that cuts a connection right after
+//!   forwarding a chosen command (the command runs, its reply is lost).
 //! - [`writer`]: an in-memory `Write` destination for log sink tests.
 //!
 //! Servers are never assumed to be running: helpers start them and fail with a message that
@@ -23,4 +25,5 @@ pub mod process;
 pub mod prometheus;
 pub mod proxy;
 pub mod redis;
+pub mod redis_proxy;
 pub mod writer;

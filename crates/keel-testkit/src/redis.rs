@@ -190,23 +190,62 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three cluster-enabled servers, joins them and waits for `cluster_state:ok`.
     pub fn start() -> Self {
+        Self::start_nodes(None)
+    }
+
+    /// Like [`start`](Self::start), TLS only (clients and the cluster bus), with the
+    /// certificates of `tls` (clients need not present one). Connect with `rediss://` and
+    /// `tls.ca_cert` as the CA.
+    pub fn start_tls(tls: &TlsFiles) -> Self {
+        Self::start_nodes(Some(tls))
+    }
+
+    fn start_nodes(tls: Option<&TlsFiles>) -> Self {
+        let path = |p: &std::path::Path| p.display().to_string();
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
-                RedisServer::start_with(
-                    free_cluster_port(),
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "2000",
-                    ],
-                )
+                let port = free_cluster_port();
+                let mut args: Vec<String> = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ]
+                .map(String::from)
+                .to_vec();
+                if let Some(tls) = tls {
+                    args.extend([
+                        "--tls-port".into(),
+                        port.to_string(),
+                        "--port".into(),
+                        "0".into(),
+                        "--tls-cluster".into(),
+                        "yes".into(),
+                        "--tls-cert-file".into(),
+                        path(&tls.server_cert),
+                        "--tls-key-file".into(),
+                        path(&tls.server_key),
+                        "--tls-ca-cert-file".into(),
+                        path(&tls.ca_cert),
+                        "--tls-auth-clients".into(),
+                        "no".into(),
+                    ]);
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let mut node = RedisServer::start_with(port, &args);
+                if let Some(tls) = tls {
+                    node.cli_extra = vec!["--tls".into(), "--cacert".into(), path(&tls.ca_cert)];
+                }
+                node
             })
             .collect();
         let cli = require_program("redis-cli", "the Debian package `redis-tools`");
         let mut create = Command::new(cli);
+        if let Some(tls) = tls {
+            create.args(["--tls", "--cacert"]).arg(&tls.ca_cert);
+        }
         create.args(["--cluster", "create"]);
         for n in &nodes {
             create.arg(format!("127.0.0.1:{}", n.port()));

@@ -126,9 +126,17 @@ async fn open(a: &CacheArgs) -> Result<Arc<dyn Cache>> {
         (Some(url), _) => url,
         (None, Some(path)) => {
             let mut config = CacheConfig::from_path(path)?;
-            // The bench writes, then clears, its own keys: never the configured prefix.
-            config.prefix = Some(BENCH_PREFIX.into());
-            config.options.items_refresh = Some(Duration::ZERO);
+            // The bench writes, then clears, its own keys: never the configured prefix. Only
+            // Redis has a prefix (a tiered cache's is its l2's); a memory cache has none.
+            let redis = match config.kind.as_str() {
+                "redis" => Some(&mut config),
+                "tiered" => config.l2.as_deref_mut(),
+                _ => None,
+            };
+            if let Some(redis) = redis {
+                redis.prefix = Some(BENCH_PREFIX.into());
+                redis.options.items_refresh = Some(Duration::ZERO);
+            }
             return Ok(keel_cache::open_with_metrics(&config, &metrics).await?);
         }
         (None, None) => bail!("give --url or --config"),

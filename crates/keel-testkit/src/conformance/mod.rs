@@ -21,6 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_cache::{Cache, CacheExt, Error, KeyTtl, Ttl};
 
+mod race;
+pub use race::single_key_races_are_linearizable;
+
 /// How long any single conformance test may take.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -92,7 +95,7 @@ macro_rules! cache_conformance {
             batches_keep_order_and_count, set_many_validates_everything_first,
             clear_removes_only_this_caches_keys, close_is_idempotent_and_final_until_connect,
             bad_input_is_a_typed_error_on_every_operation, typed_json_helpers,
-            mixed_concurrent_load_does_not_deadlock);
+            mixed_concurrent_load_does_not_deadlock, single_key_races_are_linearizable);
     };
     (@each $factory:expr; $($test:ident),* $(,)?) => {
         $(

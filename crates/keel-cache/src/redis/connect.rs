@@ -1,0 +1,254 @@
+//! Connections per mode (standalone, Cluster, Sentinel), and how writes are sent: never
+//! re-sent once their fate is unknown.
+
+use super::*;
+
+/// The client side of each mode, before connecting.
+pub(super) enum Target {
+    Single(Client),
+    /// Reads go through a client that retries (redirects, reconnects); writes through one
+    /// that never re-sends by itself (see [`Shared::write`]).
+    Cluster {
+        reads: Box<redis::cluster::ClusterClient>,
+        writes: Box<redis::cluster::ClusterClient>,
+    },
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+/// The connections of one cache: the same one twice, except in Cluster mode (see
+/// [`Target::Cluster`]).
+#[derive(Clone)]
+pub(super) struct Conns {
+    read: Conn,
+    write: Conn,
+}
+
+impl Conns {
+    pub(super) fn same(conn: Conn) -> Self {
+        Self {
+            read: conn.clone(),
+            write: conn,
+        }
+    }
+}
+
+/// A live connection of any mode; cheap to clone (all share one multiplexed connection).
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Shared {
+    /// The connection for reads (and for requests that may be re-sent).
+    pub(super) async fn conn(&self) -> Result<Conn> {
+        Ok(self.conns().await?.read)
+    }
+
+    /// The connection for writes: in Cluster mode one that never re-sends a request by itself.
+    pub(super) async fn write_conn(&self) -> Result<Conn> {
+        Ok(self.conns().await?.write)
+    }
+
+    /// Runs a write, built by `send` on the write connection. A write is never re-sent after
+    /// its fate became unknown (a dropped connection, a timeout): that is
+    /// [`Error::OutcomeUnknown`] or [`Error::Timeout`] for the caller. It is re-sent only after
+    /// a Cluster answer proving it did not run (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`,
+    /// `READONLY`, loading), while the slot map catches up; the response bound of the calling
+    /// operation ends that loop. The inner result carries the server's answer for the caller
+    /// to map (`incr_by` has its own error mapping).
+    pub(super) async fn write<T, F>(
+        &self,
+        mut send: impl FnMut(Conn) -> F,
+    ) -> Result<RedisResult<T>>
+    where
+        F: Future<Output = RedisResult<T>>,
+    {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let conn = self.write_conn().await?;
+            let cluster = matches!(conn, Conn::Cluster(_));
+            match send(conn).await {
+                Err(e) if cluster && refused_before_running(&e) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// The live connections; in Sentinel mode, after a failure, first asks the sentinels for
+    /// the current master and reconnects if it moved.
+    pub(super) async fn conns(&self) -> Result<Conns> {
+        let current = self
+            .conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| Error::Closed {
+                cache: self.name.clone(),
+            })?;
+        if matches!(self.target, Target::Sentinel(_)) && self.resolve.swap(false, Ordering::AcqRel)
+        {
+            match self.open_conn().await {
+                Ok(fresh) => {
+                    let mut slot = self.conn.write().unwrap_or_else(PoisonError::into_inner);
+                    // A concurrent close wins: do not resurrect the cache.
+                    if slot.is_some() {
+                        *slot = Some(fresh.clone());
+                    }
+                    return Ok(fresh);
+                }
+                Err(e) => {
+                    self.resolve.store(true, Ordering::Release);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(current)
+    }
+
+    pub(super) fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            // A failed request triggers a reconnect; keep each attempt short so callers see
+            // typed errors quickly while the server is down.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500))
+    }
+
+    /// Opens a new connection for the configured mode, bounded by the connect timeout.
+    pub(super) async fn open_conn(&self) -> Result<Conns> {
+        let unavailable = |e: RedisError| {
+            if is_denied(&e) {
+                Error::Denied {
+                    cache: self.name.clone(),
+                    operation: "connect",
+                    message: crate::config::redact_urls(&e.to_string()),
+                }
+            } else {
+                Error::Unavailable {
+                    cache: self.name.clone(),
+                    operation: "connect",
+                    reason: crate::config::redact_urls(&e.to_string()),
+                }
+            }
+        };
+        let opening = async {
+            match &self.target {
+                Target::Single(client) => {
+                    ConnectionManager::new_with_config(client.clone(), self.manager_config())
+                        .await
+                        .map(|c| Conns::same(Conn::Single(c)))
+                        .map_err(unavailable)
+                }
+                Target::Cluster { reads, writes } => Ok(Conns {
+                    read: reads
+                        .get_async_connection()
+                        .await
+                        .map(Conn::Cluster)
+                        .map_err(unavailable)?,
+                    write: writes
+                        .get_async_connection()
+                        .await
+                        .map(Conn::Cluster)
+                        .map_err(unavailable)?,
+                }),
+                Target::Sentinel(sentinel) => {
+                    let client = sentinel
+                        .lock()
+                        .await
+                        .async_get_client()
+                        .await
+                        .map_err(unavailable)?;
+                    ConnectionManager::new_with_config(client, self.manager_config())
+                        .await
+                        .map(|c| Conns::same(Conn::Single(c)))
+                        .map_err(unavailable)
+                }
+            }
+        };
+        tokio::time::timeout(self.connect_timeout, opening)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    cache: self.name.clone(),
+                    operation: "connect",
+                    after: self.connect_timeout,
+                })
+            })
+    }
+
+    pub(super) async fn connect(self: &Arc<Self>) -> Result<()> {
+        if self
+            .conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            return Ok(());
+        }
+        let manager = self.open_conn().await?;
+        *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(manager);
+        self.healthy.store(true, Ordering::Relaxed);
+        if let Some(every) = self.items_refresh {
+            let weak = Arc::downgrade(self);
+            let task = tokio::spawn(refresh_items(weak, every));
+            if let Some(old) = self
+                .items_task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .replace(task)
+            {
+                old.abort();
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn close(&self) {
+        self.conn
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.healthy.store(false, Ordering::Relaxed);
+        if let Some(task) = self
+            .items_task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
