@@ -19,7 +19,7 @@ use keel_testkit::redis::{RedisServer, wait_until};
 /// Repetitions of each scenario per run, so a race has several chances to show.
 const REPS: usize = 5;
 /// Process start-up and scheduling on a loaded 2-core machine, added to liveness bounds.
-const SLACK: f64 = 2.5;
+const SLACK: f64 = 4.0;
 /// The longest a lock waiter sleeps between attempts (the poll cap).
 const POLL_CAP: f64 = 0.5;
 
@@ -240,7 +240,8 @@ fn assert_gone_by(timeline: &Timeline, first: &Life, fault: &Fault, context: &st
 }
 
 /// SIGKILLs keel alone; its command and grandchild must die at once, long before the
-/// guard's deadline-based kill (at least half the 3 s TTL later). Returns the kill time.
+/// guard's deadline-based kill (with a 6 s hold renewed every 2 s: at least 3.25 s later).
+/// Returns the kill time.
 fn killed_at_once(keel: &mut Child, first: &Life) -> Fault {
     let at = now();
     signal(keel.id(), "KILL");
@@ -251,7 +252,7 @@ fn killed_at_once(keel: &mut Child, first: &Life) -> Fault {
     );
     let gone = now() - at;
     assert!(
-        gone < 1.0,
+        gone < 2.0,
         "the command died {gone:.3} s after keel, not at once"
     );
     let _ = keel.wait();
@@ -273,7 +274,7 @@ impl LockRun<'_> {
     fn spawn(&self, who: &str, ignore_term: bool, beats: Option<u32>, extra: &[&str]) -> Child {
         keel()
             .args(["lock", "--url", &self.redis.url(), &self.name])
-            .args(["--ttl", self.ttl, "--wait", "30s", "--timeout", "200ms"])
+            .args(["--ttl", self.ttl, "--wait", "30s", "--timeout", "1s"])
             .args(extra)
             .args(["--", "bash", "-c", &script(&self.log, ignore_term, beats)])
             .stdout(Stdio::null())
@@ -283,7 +284,7 @@ impl LockRun<'_> {
     }
 
     fn first_start(&self) -> Life {
-        wait_until("the holder's command", Duration::from_secs(10), || {
+        wait_until("the holder's command", Duration::from_secs(30), || {
             !Timeline::read(&self.log).lives.is_empty()
         });
         Timeline::read(&self.log).lives[0].clone()
@@ -363,12 +364,12 @@ fn lock_scenario(
 fn lock_keel_killed_takes_its_command_with_it() {
     lock_scenario(
         "lock-kill",
-        "3s",
+        "6s",
         false,
         &[],
         |_, keel, first| killed_at_once(keel, first),
         137,
-        3.0 + POLL_CAP + SLACK,
+        6.0 + POLL_CAP + SLACK,
     );
 }
 
@@ -495,7 +496,7 @@ fn candidates(
             let name = format!("{election}-{id}");
             let keel = keel()
                 .args(["elect", "--url", &redis.url(), election])
-                .args(["--lease", lease, "--identity", &name, "--timeout", "200ms"])
+                .args(["--lease", lease, "--identity", &name, "--timeout", "1s"])
                 .args(extra)
                 .args(["--", "bash", "-c", &script(log, ignore_term, None)])
                 .stdout(Stdio::null())
@@ -549,7 +550,7 @@ fn elect_scenario(
         let election = format!("{tag}-{rep}");
         let mut cands = candidates(&redis, &dir, &log, &election, lease, ignore_term, extra);
         let context = format!("{tag} rep {rep}");
-        wait_until("a leader's command", Duration::from_secs(15), || {
+        wait_until("a leader's command", Duration::from_secs(30), || {
             !Timeline::read(&log).lives.is_empty()
         });
         std::thread::sleep(Duration::from_millis(300));
@@ -609,11 +610,11 @@ fn elect_scenario(
 fn elect_keel_killed_takes_its_command_with_it() {
     elect_scenario(
         "elect-kill",
-        "3s",
+        "6s",
         false,
         &[],
         |_, cands, leader, first| killed_at_once(&mut cands[leader].keel, first),
-        3.0 + 0.5 * 1.2 + SLACK,
+        6.0 + 1.0 * 1.2 + SLACK,
     );
 }
 
