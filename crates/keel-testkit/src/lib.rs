@@ -9,7 +9,7 @@
 //!
 //! - [`osmem`]: `osmem-server` (OpenSearch-compatible, in memory) with kill/restart/pause.
 //! - [`proxy`]: an HTTP(S) proxy that injects `_bulk` faults (429, 503, item failures).
-//! - [`writer`]: an in-memory `Write` destination for log sink tests.
+//! - [`writer`]: in-memory `Write` destinations for log sink tests.
 //!
 //! Servers are never assumed to be running: helpers start them and fail with a message that
 //! names the missing program (`scripts/test.sh` installs them).
