@@ -132,8 +132,13 @@ fn rotate(dir: &Path, body: &str) {
     );
 }
 
-fn finish(mut child: Child, stdin: Arc<Mutex<ChildStdin>>) -> String {
+fn finish(child: Child, stdin: Arc<Mutex<ChildStdin>>) -> String {
     drop(stdin); // the last reference: EOF
+    exited(child)
+}
+
+/// Waits for `keel log` to exit, asserts it succeeded, returns its stderr.
+fn exited(mut child: Child) -> String {
     let status = child.wait().unwrap();
     let mut err = String::new();
     child
@@ -276,15 +281,7 @@ fn sigterm_flushes_reports_and_exits() {
     // Without an explicit flush the lines reach the file (the writer flushes when idle).
     wait_for("100 lines on disk", || count_lines(&live) == 100);
     nix_kill(child.id(), "TERM");
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{status}: {err}");
+    let err = exited(child);
     assert!(
         err.contains("lines=100 written=100 dropped=0 failed=0 pending=0"),
         "{err}"
@@ -336,16 +333,8 @@ fn sigterm_with_unflushed_input_writes_it_all_before_exiting() {
     });
     std::thread::sleep(Duration::from_millis(500));
     nix_kill(child.id(), "TERM");
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = exited(child);
     let sent = feeder.join().unwrap();
-    assert!(status.success(), "{status}: {err}");
     let stats = stats(&err);
     let lines = stats["lines"];
     assert!(lines > 0 && lines <= sent, "{err}");

@@ -91,6 +91,9 @@ fn json_value(value: serde_json::Value) -> Value {
 struct Counts {
     lines: AtomicU64,
     filtered: AtomicU64,
+    /// Held while a line read is logged: the shutdown takes it after setting `stop`, so a
+    /// line is either logged before the shutdown or not taken at all (never dropped by it).
+    line: std::sync::Mutex<()>,
 }
 
 /// Reads stdin until EOF (or until `stop` is set), logging each line.
@@ -111,6 +114,14 @@ fn pump(logger: &Logger, level: Level, json: bool, stop: &AtomicBool, counts: &C
         }
         while matches!(buf.last(), Some(b'\n' | b'\r')) {
             buf.pop();
+        }
+        let _line = counts
+            .line
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if stop.load(Ordering::Relaxed) {
+            // Read after SIGTERM/SIGINT: left out, like the lines still in the pipe.
+            return;
         }
         let text = String::from_utf8_lossy(&buf);
         let (level, message, fields) = parse_line(&text, level, json);
@@ -161,8 +172,26 @@ pub async fn run(args: Args) -> Result<i32> {
     }
     stop.store(true, Ordering::Relaxed);
     let timeout = args.timeout;
-    let closing = logger.clone();
-    let stats = tokio::task::spawn_blocking(move || closing.shutdown(timeout)).await?;
+    let (closing, reading) = (logger.clone(), counts.clone());
+    let stats = tokio::task::spawn_blocking(move || {
+        // Waits for a line being logged (never for a blocked read), within the timeout: a
+        // record waiting for queue room on a stalled sink must not hold up the exit.
+        let deadline = std::time::Instant::now() + timeout.min(Duration::from_secs(86_400));
+        let _line = loop {
+            match reading.line.try_lock() {
+                Ok(guard) => break Some(guard),
+                Err(std::sync::TryLockError::Poisoned(guard)) => break Some(guard.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => break None,
+            }
+        };
+        closing.shutdown(deadline.saturating_duration_since(std::time::Instant::now()))
+    })
+    .await?;
     eprintln!(
         "keel log: lines={} written={} dropped={} failed={} pending={} filtered={}",
         counts.lines.load(Ordering::Relaxed),
