@@ -17,7 +17,7 @@ use keel_log::{
 use keel_testkit::writer::SharedBuffer;
 
 mod support;
-use support::{busy_logger, marked_flushed, stalled_logger};
+use support::{busy_logger, fatal_sees, fill_queue, marked_flushed, stalled_logger};
 
 fn file_logger(name: &'static str, options: FileOptions) -> (Logger, Arc<FileSink>) {
     let sink = Arc::new(
@@ -464,25 +464,9 @@ fn fatal_with_a_stalled_writer_returns_within_its_bound_and_flushes_every_global
     // The dying logger's writer is stalled with a full queue.
     let (log, buf) = stalled_logger("dying", 1);
     let gate = buf.gate.lock().unwrap();
-    log.info("stalls the writer", &[]);
-    while buf.started() == 0 {
-        std::thread::yield_now();
-    }
-    log.info("fills the queue", &[]);
-
-    let (tx, rx) = std::sync::mpsc::channel();
-    let other_file2 = other_file.clone();
-    keel_log::set_fatal_hook(move || {
-        let _ = tx.send(seqs(&other_file2));
-    });
-    let started = Instant::now();
-    let dying = log.clone();
-    std::thread::spawn(move || dying.fatal("cannot go on", &[]));
+    fill_queue(&log, &buf);
     // The bound is 5 s; a blocked send would never return.
-    let seen = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("fatal returned to its hook");
-    assert!(started.elapsed() < Duration::from_secs(20));
+    let seen = fatal_sees(&log, move || seqs(&other_file));
     assert_eq!(seen, vec![7], "fatal flushed the other global logger first");
     drop(gate);
     let stats = log.shutdown(Duration::from_secs(5));

@@ -56,3 +56,37 @@ pub fn busy_logger(name: &'static str) -> (Logger, FlushGated, Arc<AtomicBool>) 
 pub fn marked_flushed(writer: &FlushGated) -> bool {
     writer.published().contains("\"i\":7")
 }
+
+/// Fills the queue of a `stalled_logger(_, 1)` whose gate the caller holds: one record held
+/// by the writer, one queued behind it.
+pub fn fill_queue(log: &Logger, buf: &SharedBuffer) {
+    log.info("stalls the writer", &[]);
+    while buf.started() == 0 {
+        std::thread::yield_now();
+    }
+    log.info("fills the queue", &[]);
+}
+
+/// Calls `log.fatal` on another thread with a fatal hook that runs `check`, and returns what
+/// `check` saw; fails unless the hook ran within a generous bound (the exit bound is 5 s).
+pub fn fatal_sees<T: Send + 'static>(
+    log: &Logger,
+    check: impl Fn() -> T + Send + Sync + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    keel_log::set_fatal_hook(move || {
+        let _ = tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(check());
+    });
+    let started = std::time::Instant::now();
+    let dying = log.clone();
+    std::thread::spawn(move || dying.fatal("cannot go on", &[]));
+    let seen = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("fatal returned to its hook");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    seen
+}
