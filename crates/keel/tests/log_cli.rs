@@ -332,12 +332,18 @@ fn sigterm_with_unflushed_input_writes_it_all_before_exiting() {
         sent
     });
     std::thread::sleep(Duration::from_millis(500));
+    let on_disk = count_lines(&live);
     nix_kill(child.id(), "TERM");
     let err = exited(child);
     let sent = feeder.join().unwrap();
     let stats = stats(&err);
     let lines = stats["lines"];
     assert!(lines > 0 && lines <= sent, "{err}");
+    // The signal came while lines were still on their way to the file.
+    assert!(
+        lines as usize > on_disk,
+        "{on_disk} on disk before SIGTERM: {err}"
+    );
     assert_eq!(
         (stats["written"], stats["failed"], stats["pending"]),
         (lines, 0, 0),
