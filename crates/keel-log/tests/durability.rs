@@ -31,9 +31,12 @@ fn file_logger(name: &'static str, options: FileOptions) -> (Logger, Arc<FileSin
 
 /// The `i` field of every JSON line of `path` (none when it does not exist).
 fn seqs(path: &Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+    seqs_in(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// The `i` field of every JSON line of `text`.
+fn seqs_in(text: &str) -> Vec<u64> {
+    text.lines()
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
                 ["i"]
@@ -617,15 +620,7 @@ fn shutdown_waits_for_the_compressor_and_leaves_no_partial_gz() {
         .read_to_string(&mut text)
         .expect("a whole gzip stream");
     text.push_str(&std::fs::read_to_string(&live).unwrap());
-    let seen: Vec<u64> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["i"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(seen, (0..total).collect::<Vec<_>>());
+    assert_eq!(seqs_in(&text), (0..total).collect::<Vec<_>>());
 }
 
 /// Run as a child (under strace) by `sync_covers_bytes_written_before_a_rotation_or_reopen`:
@@ -641,7 +636,7 @@ fn child_logs_with_sync_across_rotations() {
     let (log, sink) = file_logger("synced", options);
     for i in 0..2_000u64 {
         log.info("synced", &[field("i", i)]);
-        if i % 150 == 0 {
+        if i.is_multiple_of(150) {
             sink.reopen();
         }
     }
@@ -718,7 +713,7 @@ impl keel_log::Format for SlowJson {
         std::thread::sleep(Duration::from_millis(20));
         JsonFormat.format(record, out);
         let n = self.0.fetch_add(1, Ordering::Relaxed);
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             println!("TAKEN {n}");
         }
     }
@@ -778,15 +773,8 @@ fn a_sigkilled_process_under_load_keeps_what_is_older_than_the_interval() {
         .unwrap_or(0);
     let text = std::fs::read_to_string(&live).unwrap();
     // The kill may cut the last write short: every whole line counts.
-    let seen: Vec<u64> = text
-        .split_inclusive('\n')
-        .filter(|l| l.ends_with('\n'))
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["i"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    let seen = seqs_in(whole);
     assert!(
         seen.iter().enumerate().all(|(n, i)| n as u64 == *i),
         "in order, nothing missing"

@@ -11,12 +11,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jiff::{RoundMode, Timestamp, ToSpan, Unit, ZonedRound};
+use prometheus_client::metrics::counter::Counter;
 
 use super::retention::{apply_retention, gzip, newest_rotation, recover, rotated_name, split_name};
 use super::zone::{Zone, unix_secs};
 use super::{FileOptions, ReopenHandle};
 use crate::sink::RecordWriter;
-use prometheus_client::metrics::counter::Counter;
 
 /// Time-based rotation, at boundaries of the sink's [`Zone`] clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
