@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Keel's whole test suite. Installs what the tests need when it is missing, then runs them:
-#   - Debian packages redis-server, redis-tools, prometheus, openssl, logrotate (apt-get, when root;
+#   - Debian packages redis-server, redis-tools, prometheus, openssl, logrotate, strace (apt-get, when root;
 #     otherwise it prints the command to run and stops);
 #   - a Python venv with osmem-server and prometheus-client (pip), at $KEEL_VENV
 #     (default: target/keel-venv).
@@ -18,6 +18,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v pgrep >/dev/null 2>&1 || missing+=(procps)
 # logrotate lives in /usr/sbin, which is not on every user's PATH.
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
+# strace shows keel-log's fdatasync before a rotation's rename (tests/durability.rs).
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then

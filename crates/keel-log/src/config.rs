@@ -214,6 +214,24 @@ fn bad(field: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// The flush policy of a console or file sink: `flush_interval` (a duration such as `"250ms"`,
+/// or whole seconds; `"0"` flushes after every record) and `sync`.
+fn flush_policy(options: &LogOptions) -> Result<FlushPolicy, Error> {
+    let mut flush = FlushPolicy::default();
+    if let Some(text) = &options.flush_interval {
+        flush.interval = humantime::parse_duration(text)
+            .or_else(|e| {
+                text.trim()
+                    .parse::<u64>()
+                    .map(Duration::from_secs)
+                    .map_err(|_| e)
+            })
+            .map_err(|e| bad("options.flush_interval", format!("{text:?}: {e}")))?;
+    }
+    flush.sync = options.sync.unwrap_or(false);
+    Ok(flush)
+}
+
 /// Builds the logger a config describes.
 ///
 /// # Errors
@@ -250,18 +268,7 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
             ),
         ));
     }
-    let mut flush = FlushPolicy::default();
-    if let Some(text) = &config.options.flush_interval {
-        flush.interval = humantime::parse_duration(text)
-            .or_else(|e| {
-                text.trim()
-                    .parse::<u64>()
-                    .map(Duration::from_secs)
-                    .map_err(|_| e)
-            })
-            .map_err(|e| bad("options.flush_interval", format!("{text:?}: {e}")))?;
-    }
-    flush.sync = config.options.sync.unwrap_or(false);
+    let flush = flush_policy(&config.options)?;
     match config.kind.to_ascii_lowercase().as_str() {
         "console" => {
             let to_stderr = match config.output.as_deref() {
@@ -477,4 +484,55 @@ fn elastic_sink(
     opts.dead_letter.clone_from(&o.dead_letter);
     let sink = ElasticSink::start(format!("{}:elastic", config.name), opts)?;
     Ok(Arc::new(sink))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(options: &str) -> Result<FlushPolicy, Error> {
+        let config = LogConfig::from_toml(&format!(
+            "type = \"file\"\nname = \"x\"\n[options]\n{options}"
+        ))
+        .unwrap();
+        flush_policy(&config.options)
+    }
+
+    #[test]
+    fn flush_interval_and_sync_are_parsed() {
+        let default = policy("").unwrap();
+        assert_eq!(default, FlushPolicy::default());
+        assert_eq!(default.interval, Duration::from_secs(1));
+        assert!(!default.sync);
+        assert_eq!(
+            policy("flush_interval = \"250ms\"").unwrap().interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            policy("flush_interval = \"0\"").unwrap().interval,
+            Duration::ZERO
+        );
+        assert_eq!(
+            policy("flush_interval = \"2\"").unwrap().interval,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            policy("flush_interval = \"1m 30s\"\nsync = true").unwrap(),
+            FlushPolicy::every(Duration::from_secs(90)).with_sync(true)
+        );
+        assert!(!policy("sync = false").unwrap().sync);
+        for bad in ["\"soon\"", "\"-1s\"", "\"\""] {
+            assert!(
+                matches!(
+                    policy(&format!("flush_interval = {bad}")),
+                    Err(Error::InvalidConfig { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            LogConfig::from_toml("type = \"file\"\nname = \"x\"\n[options]\nsync = \"yes\"\n"),
+            Err(Error::Parse(_))
+        ));
+    }
 }

@@ -107,10 +107,30 @@ fn write_text_value(out: &mut Vec<u8>, text: &str) {
         || text
             .chars()
             .any(|c| c.is_whitespace() || is_hidden(c) || matches!(c, '"' | '=' | '\\'));
-    if !needs_quotes {
+    if needs_quotes {
+        write_quoted(out, text);
+    } else {
         out.extend_from_slice(text.as_bytes());
-        return;
     }
+}
+
+/// The message of a text line: bare (escaped) unless it could be read as something else — it
+/// is empty, holds `=` (` role=admin` would pose as a field), a quote or a backslash, or
+/// starts or ends with whitespace; then it is quoted like a value.
+fn write_text_message(out: &mut Vec<u8>, text: &str) {
+    let needs_quotes = text.is_empty()
+        || text.starts_with(char::is_whitespace)
+        || text.ends_with(char::is_whitespace)
+        || text.contains(['=', '"', '\\']);
+    if needs_quotes {
+        write_quoted(out, text);
+    } else {
+        escape_into(out, text);
+    }
+}
+
+/// `"text"` with `"` and `\` backslash-escaped and control characters escaped.
+fn write_quoted(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     for c in text.chars() {
         match c {
@@ -189,7 +209,7 @@ impl Format for TextFormat {
         out.extend_from_slice(b"] ");
         escape_into(out, &record.logger);
         out.extend_from_slice(b": ");
-        escape_into(out, &record.message);
+        write_text_message(out, &record.message);
         for Field { key, value } in record.all_fields() {
             out.push(b' ');
             // Quoted like a value when it holds a space, `=` or a quote, so a key can never
@@ -389,6 +409,26 @@ mod tests {
         assert_eq!(
             rest,
             "\"user admin\"=yes \"role=admin x\"=y \"\"=\"empty key\" \"k\\\"q\"=1\n"
+        );
+    }
+
+    #[test]
+    fn text_messages_cannot_forge_fields() {
+        let msg = |m: &'static str| {
+            let line = text(&Record::new(Level::Info, "auth", m).with(vec![field("k", 1)]));
+            line.split_once("auth: ").unwrap().1.to_owned()
+        };
+        assert_eq!(msg("login ok role=admin"), "\"login ok role=admin\" k=1\n");
+        assert_eq!(
+            msg("say \"hi\" \\ bye"),
+            "\"say \\\"hi\\\" \\\\ bye\" k=1\n"
+        );
+        assert_eq!(msg(" padded "), "\" padded \" k=1\n");
+        assert_eq!(msg(""), "\"\" k=1\n");
+        // The usual message stays bare.
+        assert_eq!(
+            msg("user logged in: 3 tries"),
+            "user logged in: 3 tries k=1\n"
         );
     }
 

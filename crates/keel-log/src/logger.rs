@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::record::{Field, Level, Record};
-use crate::sink::{DeliveryStats, Sink, deadline_after};
+use crate::sink::{DeliveryStats, Sink, deadline_after, on_every_sink};
 
 struct Core {
     name: &'static str,
@@ -111,8 +111,11 @@ pub fn set_fatal_hook(hook: impl Fn() + Send + Sync + 'static) {
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(hook));
 }
 
-/// How long `fatal` waits for sinks to flush before exiting.
-const FATAL_FLUSH: Duration = Duration::from_secs(5);
+/// How long `fatal` (and the panic hook) may take in total before the hook runs.
+pub(crate) const FATAL_FLUSH: Duration = Duration::from_secs(5);
+/// The part of [`FATAL_FLUSH`] the fatal or panic record may wait for queue room: the rest is
+/// left for the flushes, so a full queue cannot use up the time of every other logger.
+pub(crate) const FATAL_RECORD: Duration = Duration::from_secs(1);
 
 impl Logger {
     /// A logger writing to `sinks` at `level` and above, counting records in
@@ -224,14 +227,16 @@ impl Logger {
             return 0;
         }
         let record = self.record(level, message, fields);
-        self.core
-            .sinks
-            .iter()
-            .filter(|sink| {
-                let left = deadline.saturating_duration_since(Instant::now());
-                !sink.write_within(record.clone(), left)
-            })
-            .count()
+        on_every_sink(&self.sink_refs(), deadline, |sink, left| {
+            sink.write_within(record.clone(), left)
+        })
+        .into_iter()
+        .filter(|queued| !queued)
+        .count()
+    }
+
+    pub(crate) fn sink_refs(&self) -> Vec<&dyn Sink> {
+        self.core.sinks.iter().map(|s| &**s as &dyn Sink).collect()
     }
 
     /// Logs at `Debug`.
@@ -258,12 +263,14 @@ impl Logger {
     /// [`global`](crate::global) manager, then runs the fatal hook (by default: exit with
     /// code 1).
     ///
-    /// Everything before the hook takes at most 5 s in total, even when a writer is stalled:
-    /// the record waits for queue room only within that bound (it is counted as dropped if it
-    /// finds none, and a line on stderr says so), and the flushes share what is left.
+    /// Everything before the hook takes at most 5 s in total, even when writers are stalled:
+    /// the record waits for queue room at most 1 s (it is counted as dropped if it finds
+    /// none, and a line on stderr says so); then every sink of this logger and of every
+    /// global logger is asked to flush at once, and all are waited for until the 5 s are up,
+    /// so one stuck sink does not keep the others from being flushed.
     pub fn fatal(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         let deadline = deadline_after(FATAL_FLUSH);
-        let missed = self.log_until(Level::Fatal, message, fields, deadline);
+        let missed = self.log_until(Level::Fatal, message, fields, deadline_after(FATAL_RECORD));
         if missed > 0 {
             eprintln!(
                 "keel-log: the fatal record of logger {:?} found no room in {missed} sink(s) \
@@ -271,9 +278,7 @@ impl Logger {
                 self.core.name
             );
         }
-        let _ = self.flush(deadline.saturating_duration_since(Instant::now()));
-        let _ =
-            crate::manager::global().flush_all(deadline.saturating_duration_since(Instant::now()));
+        crate::manager::global().flush_all_with(Some(self), deadline);
         let hook = FATAL_HOOK
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -284,14 +289,14 @@ impl Logger {
     }
 
     /// Waits until every sink has written what was queued, `timeout` bounding the whole call
-    /// (the sinks share it); sums their stats.
+    /// (all sinks are asked at once and waited for until the deadline, so a stuck sink does
+    /// not shorten the others' time); sums their stats.
     pub fn flush(&self, timeout: Duration) -> DeliveryStats {
-        let deadline = deadline_after(timeout);
-        self.core
-            .sinks
-            .iter()
-            .map(|s| s.flush(deadline.saturating_duration_since(Instant::now())))
-            .fold(DeliveryStats::default(), |a, b| a + b)
+        on_every_sink(&self.sink_refs(), deadline_after(timeout), |s, left| {
+            s.flush(left)
+        })
+        .into_iter()
+        .fold(DeliveryStats::default(), |a, b| a + b)
     }
 
     /// Asks every file sink of this logger to close and reopen its path before its next
@@ -302,14 +307,14 @@ impl Logger {
         }
     }
 
-    /// Flushes and stops every sink, `timeout` bounding the whole call; sums their stats.
+    /// Flushes and stops every sink, `timeout` bounding the whole call (all sinks are asked
+    /// at once and waited for until the deadline); sums their stats.
     pub fn shutdown(&self, timeout: Duration) -> DeliveryStats {
-        let deadline = deadline_after(timeout);
-        self.core
-            .sinks
-            .iter()
-            .map(|s| s.shutdown(deadline.saturating_duration_since(Instant::now())))
-            .fold(DeliveryStats::default(), |a, b| a + b)
+        on_every_sink(&self.sink_refs(), deadline_after(timeout), |s, left| {
+            s.shutdown(left)
+        })
+        .into_iter()
+        .fold(DeliveryStats::default(), |a, b| a + b)
     }
 }
 

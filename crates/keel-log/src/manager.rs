@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::logger::Logger;
+use crate::logger::{FATAL_FLUSH, FATAL_RECORD};
 use crate::record::{Level, field};
-use crate::sink::{DeliveryStats, deadline_after};
+use crate::sink::{DeliveryStats, Sink, deadline_after, on_every_sink};
 
 /// How long dropping a manager, or the panic hook, waits for every sink to flush (in total).
 pub const FLUSH_ON_EXIT: Duration = Duration::from_secs(5);
@@ -105,8 +106,19 @@ impl Manager {
     /// Flushes every registered logger's sinks, giving up once `timeout` has passed in total
     /// (what is still queued then shows as `pending`); returns each logger's stats. Loggers
     /// stay registered and usable.
+    ///
+    /// Every sink is asked to flush at once and all are waited for until the deadline, so a
+    /// stuck logger does not shorten the others' time.
     pub fn flush_all(&self, timeout: Duration) -> BTreeMap<String, DeliveryStats> {
-        let deadline = deadline_after(timeout);
+        self.flush_all_with(None, deadline_after(timeout))
+    }
+
+    /// Flushes every registered logger and `extra` (not reported) until `deadline`.
+    pub(crate) fn flush_all_with(
+        &self,
+        extra: Option<&Logger>,
+        deadline: Instant,
+    ) -> BTreeMap<String, DeliveryStats> {
         // Clone out of the lock: a slow sink must not block `register`/`get` meanwhile.
         let loggers: Vec<(String, Logger)> = self
             .loggers
@@ -115,33 +127,51 @@ impl Manager {
             .iter()
             .map(|(name, logger)| (name.clone(), logger.clone()))
             .collect();
-        loggers
-            .into_iter()
-            .map(|(name, logger)| {
-                let left = deadline.saturating_duration_since(Instant::now());
-                (name, logger.flush(left))
-            })
-            .collect()
+        settle(&loggers, extra, deadline, |s, left| s.flush(left))
     }
 
     /// Shuts down every logger's sinks and forgets them, giving up once `timeout` has passed
-    /// in total (what is still queued then shows as `pending`); returns each logger's stats.
+    /// in total (what is not written by then shows as `pending`); returns each logger's
+    /// stats. Every sink is asked to stop at once and all are waited for until the deadline.
     pub fn close_all(&self, timeout: Duration) -> BTreeMap<String, DeliveryStats> {
         let deadline = deadline_after(timeout);
-        let loggers =
-            std::mem::take(&mut *self.loggers.write().unwrap_or_else(PoisonError::into_inner));
+        let loggers: Vec<(String, Logger)> =
+            std::mem::take(&mut *self.loggers.write().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .collect();
         self.default
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        loggers
-            .into_iter()
-            .map(|(name, logger)| {
-                let stats = logger.shutdown(deadline.saturating_duration_since(Instant::now()));
-                (name, stats)
-            })
-            .collect()
+        settle(&loggers, None, deadline, |s, left| s.shutdown(left))
     }
+}
+
+/// Runs `op` on every sink of `loggers` and of `extra` at once against one deadline; sums the
+/// results per logger of `loggers` (`extra` is not reported).
+fn settle(
+    loggers: &[(String, Logger)],
+    extra: Option<&Logger>,
+    deadline: Instant,
+    op: impl Fn(&dyn Sink, Duration) -> DeliveryStats + Sync,
+) -> BTreeMap<String, DeliveryStats> {
+    let mut owners = Vec::new();
+    let mut sinks = Vec::new();
+    for (index, logger) in loggers.iter().map(|(_, l)| l).chain(extra).enumerate() {
+        for sink in logger.sink_refs() {
+            owners.push(index);
+            sinks.push(sink);
+        }
+    }
+    let mut totals = vec![DeliveryStats::default(); loggers.len() + 1];
+    for (index, stats) in owners.into_iter().zip(on_every_sink(&sinks, deadline, op)) {
+        totals[index] = totals[index] + stats;
+    }
+    loggers
+        .iter()
+        .zip(totals)
+        .map(|((name, _), stats)| (name.clone(), stats))
+        .collect()
 }
 
 /// The process-wide manager.
@@ -157,8 +187,9 @@ pub fn global() -> &'static Manager {
 /// and the runtime's business) with the message `panic: <payload>` and the fields `location`
 /// (`file:line:column`) and `thread`. Logging and flushing take at most [`FLUSH_ON_EXIT`] in
 /// total, so a stuck sink delays the panic by at most that: the record waits for queue room
-/// only within the bound, whatever the sink's overflow policy, and is counted as dropped (with
-/// a line on stderr) when it finds none. Calling this again does nothing: the hook is
+/// at most 1 s of it, whatever the sink's overflow policy, and is counted as dropped (with a
+/// line on stderr) when it finds none; then every global sink is asked to flush at once and
+/// all are waited for until the bound. Calling this again does nothing: the hook is
 /// installed once per process (a hook set by someone else afterwards replaces it as usual).
 ///
 /// A panic on one of keel-log's own writer threads is not logged through keel-log (its record
@@ -187,7 +218,7 @@ pub fn install_panic_hook() {
                     .location()
                     .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
                     .unwrap_or_default();
-                let deadline = deadline_after(FLUSH_ON_EXIT);
+                let deadline = deadline_after(FATAL_FLUSH);
                 let missed = global().default_logger().log_until(
                     Level::Error,
                     format!("panic: {message}"),
@@ -195,7 +226,7 @@ pub fn install_panic_hook() {
                         field("location", location),
                         field("thread", thread_name.to_owned()),
                     ],
-                    deadline,
+                    deadline_after(FATAL_RECORD),
                 );
                 if missed > 0 {
                     eprintln!(
@@ -203,7 +234,7 @@ pub fn install_panic_hook() {
                          the exit bound (counted as dropped)"
                     );
                 }
-                let _ = global().flush_all(deadline.saturating_duration_since(Instant::now()));
+                global().flush_all_with(None, deadline);
             }
             previous(info);
         }));

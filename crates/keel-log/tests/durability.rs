@@ -3,7 +3,7 @@
 //! delivery counts on I/O errors and at shutdown, retention that keeps the newest files of its
 //! own sink only, and exit paths (`fatal`, `close_all`) that never block past their bound.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -11,10 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use keel_log::{
-    DeliveryStats, FileOptions, FileSink, JsonFormat, Level, Logger, Manager, Overflow, QueueSink,
-    Sink, field, rotated_files,
+    DeliveryStats, FileOptions, FileSink, FlushPolicy, JsonFormat, Level, Logger, Manager,
+    Overflow, QueueSink, Sink, field, rotated_files,
 };
 use keel_testkit::writer::SharedBuffer;
+
+mod support;
+use support::{busy_logger, fatal_sees, fill_queue, marked_flushed, stalled_logger};
 
 fn file_logger(name: &'static str, options: FileOptions) -> (Logger, Arc<FileSink>) {
     let sink = Arc::new(
@@ -28,9 +31,12 @@ fn file_logger(name: &'static str, options: FileOptions) -> (Logger, Arc<FileSin
 
 /// The `i` field of every JSON line of `path` (none when it does not exist).
 fn seqs(path: &Path) -> Vec<u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+    seqs_in(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// The `i` field of every JSON line of `text`.
+fn seqs_in(text: &str) -> Vec<u64> {
+    text.lines()
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l:?}"))
                 ["i"]
@@ -38,6 +44,14 @@ fn seqs(path: &Path) -> Vec<u64> {
                 .unwrap()
         })
         .collect()
+}
+
+/// This test binary running only the test `name` (the child side of a test that needs a
+/// process of its own; the child test returns at once unless its environment variable is set).
+fn child_test(name: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args(["--exact", name, "--nocapture", "--test-threads=1"]);
+    command
 }
 
 fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
@@ -89,13 +103,7 @@ fn child_logs_then_waits_to_be_killed() {
 fn a_sigkilled_process_keeps_what_it_logged() {
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("crash.log");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_logs_then_waits_to_be_killed",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = child_test("child_logs_then_waits_to_be_killed")
         .env("KEEL_DURABILITY_CHILD", &live)
         .stdout(Stdio::piped())
         .spawn()
@@ -193,6 +201,17 @@ fn a_rotation_that_cannot_rename_keeps_writing_to_the_live_file() {
     let stats = log.shutdown(Duration::from_secs(5));
     assert_eq!((stats.written, stats.failed), (200, 0), "{stats:?}");
     assert_eq!(seqs(&live), (0..200).collect::<Vec<_>>());
+    // No record failed, but the failed rotations are counted.
+    let metrics = keel_metrics::MetricsService::global();
+    let series = format!(
+        "{}_log_rotation_errors_total{{sink=\"norename\"}}",
+        metrics.namespace()
+    );
+    let rendered = metrics.render();
+    assert!(
+        keel_testkit::prometheus::sample(&rendered, &series).is_some_and(|n| n >= 1.0),
+        "{rendered}"
+    );
 }
 
 #[test]
@@ -266,8 +285,7 @@ fn child_writes_to_a_full_device() {
 
 #[test]
 fn write_errors_are_reported_on_stderr_once_per_episode() {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_writes_to_a_full_device", "--nocapture"])
+    let out = child_test("child_writes_to_a_full_device")
         .env("KEEL_DURABILITY_FULL", "1")
         .output()
         .unwrap();
@@ -363,15 +381,15 @@ fn retention_with_a_dotted_stem_keeps_the_newest_files() {
     assert_newest_kept(&live, 200, 3);
 }
 
-#[test]
-fn two_sinks_in_one_directory_do_not_prune_each_other() {
+/// Two size-rotated sinks with retention in one directory, named `first` and `second`,
+/// keeping 2 and 4 rotated files: each keeps exactly its own newest files.
+fn two_sinks_keep_their_own_files(first: &str, second: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let text = dir.path().join("app.log");
-    let json = dir.path().join("app.json");
-    let mut a = FileOptions::new(&text);
+    let (a_path, b_path) = (dir.path().join(first), dir.path().join(second));
+    let mut a = FileOptions::new(&a_path);
     a.max_bytes = Some(300);
     a.keep_files = Some(2);
-    let mut b = FileOptions::new(&json);
+    let mut b = FileOptions::new(&b_path);
     b.max_bytes = Some(300);
     b.keep_files = Some(4);
     let (la, _sa) = file_logger("a", a);
@@ -382,22 +400,32 @@ fn two_sinks_in_one_directory_do_not_prune_each_other() {
     }
     la.shutdown(Duration::from_secs(10));
     lb.shutdown(Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(500));
-    let count = |ext: &str| {
+    let on_disk = || {
         std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()
-            .filter(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                n.starts_with("app.2") && n.ends_with(ext)
-            })
+            .filter(|e| e.file_name().to_string_lossy().starts_with("app.2"))
             .count()
     };
-    wait_for("retention", Duration::from_secs(30), || {
-        count(".log") == 2 && count(".json") == 4
-    });
-    assert_newest_kept(&text, 100, 2);
-    assert_newest_kept(&json, 100, 4);
+    wait_for("retention", Duration::from_secs(30), || on_disk() == 2 + 4);
+    assert_newest_kept(&a_path, 100, 2);
+    assert_newest_kept(&b_path, 100, 4);
+    let (a_names, _) = kept(&a_path);
+    let (b_names, _) = kept(&b_path);
+    assert!(
+        a_names.iter().all(|n| !b_names.contains(n)),
+        "{a_names:?} {b_names:?}"
+    );
+}
+
+#[test]
+fn two_sinks_in_one_directory_do_not_prune_each_other() {
+    two_sinks_keep_their_own_files("app.log", "app.json");
+}
+
+#[test]
+fn a_sink_without_an_extension_and_one_with_do_not_prune_each_other() {
+    two_sinks_keep_their_own_files("app", "app.log");
 }
 
 #[test]
@@ -437,52 +465,16 @@ fn fatal_with_a_stalled_writer_returns_within_its_bound_and_flushes_every_global
     other.info("the other logger's record", &[field("i", 7u64)]);
 
     // The dying logger's writer is stalled with a full queue.
-    let buf = SharedBuffer::default();
-    let sink = QueueSink::start(
-        "stalled",
-        1,
-        Overflow::Block,
-        Box::new(JsonFormat),
-        buf.clone(),
-    )
-    .unwrap();
-    let log = Logger::new("dying", Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]);
+    let (log, buf) = stalled_logger("dying", 1);
     let gate = buf.gate.lock().unwrap();
-    log.info("stalls the writer", &[]);
-    while buf.started() == 0 {
-        std::thread::yield_now();
-    }
-    log.info("fills the queue", &[]);
-
-    let (tx, rx) = std::sync::mpsc::channel();
-    let other_file2 = other_file.clone();
-    keel_log::set_fatal_hook(move || {
-        let _ = tx.send(seqs(&other_file2));
-    });
-    let started = Instant::now();
-    let dying = log.clone();
-    std::thread::spawn(move || dying.fatal("cannot go on", &[]));
+    fill_queue(&log, &buf);
     // The bound is 5 s; a blocked send would never return.
-    let seen = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("fatal returned to its hook");
-    assert!(started.elapsed() < Duration::from_secs(20));
+    let seen = fatal_sees(&log, move || seqs(&other_file));
     assert_eq!(seen, vec![7], "fatal flushed the other global logger first");
     drop(gate);
     let stats = log.shutdown(Duration::from_secs(5));
     assert_eq!(given(stats), 3, "the fatal record is counted: {stats:?}");
     keel_log::global().close_all(Duration::from_secs(5));
-}
-
-/// A logger whose writer is stalled (its gate is held) with records queued behind it.
-fn stalled_logger(name: &'static str) -> (Logger, SharedBuffer) {
-    let buf = SharedBuffer::default();
-    let sink =
-        QueueSink::start(name, 10, Overflow::Block, Box::new(JsonFormat), buf.clone()).unwrap();
-    (
-        Logger::new(name, Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]),
-        buf,
-    )
 }
 
 #[test]
@@ -492,7 +484,7 @@ fn close_all_and_flush_bound_the_whole_call() {
     let mut bufs = Vec::new();
     let mut gates = Vec::new();
     for name in names {
-        let (log, buf) = stalled_logger(name);
+        let (log, buf) = stalled_logger(name, 10);
         m.register(log.clone()).unwrap();
         bufs.push(buf);
     }
@@ -506,7 +498,11 @@ fn close_all_and_flush_bound_the_whole_call() {
     }
     let started = Instant::now();
     let flushed = m.flush_all(Duration::from_millis(500));
-    assert!(flushed.values().all(|s| s.pending > 0), "{flushed:?}");
+    // "stalls" is held by the writer, "queued" waits behind it: neither is counted elsewhere.
+    assert!(
+        flushed.values().all(|s| s.pending == 2 && given(*s) == 0),
+        "{flushed:?}"
+    );
     let started_close = Instant::now();
     let closed = m.close_all(Duration::from_millis(500));
     // Four loggers given 0.5 s each would take 2 s.
@@ -517,12 +513,16 @@ fn close_all_and_flush_bound_the_whole_call() {
     );
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(closed.len(), 4);
+    assert!(
+        closed.values().all(|s| s.pending == 2 && given(*s) == 0),
+        "{closed:?}"
+    );
     drop(gates);
 }
 
 #[test]
 fn an_unbounded_timeout_does_not_panic() {
-    let (log, buf) = stalled_logger("forever");
+    let (log, buf) = stalled_logger("forever", 10);
     log.info("x", &[]);
     assert_eq!(log.flush(Duration::MAX).written, 1);
     let m = Manager::new();
@@ -530,4 +530,258 @@ fn an_unbounded_timeout_does_not_panic() {
     assert_eq!(m.flush_all(Duration::MAX)["forever"].written, 1);
     assert_eq!(m.close_all(Duration::MAX)["forever"].written, 1);
     assert_eq!(buf.json_lines().len(), 1);
+}
+
+#[test]
+fn flush_all_and_close_all_reach_every_logger_when_one_is_stuck() {
+    let m = Manager::with_drop_timeout(Duration::ZERO);
+    // Ordered by name: the stuck logger comes first.
+    let (stuck, stuck_buf) = stalled_logger("a-stuck", 10);
+    m.register(stuck.clone()).unwrap();
+    let gate = stuck_buf.gate.lock().unwrap();
+    stuck.info("stalls", &[]);
+    stuck.info("queued", &[]);
+    let (busy, writer, stop) = busy_logger("b-busy");
+    m.register(busy).unwrap();
+    assert!(!marked_flushed(&writer));
+    let flushed = m.flush_all(Duration::from_secs(3));
+    assert!(flushed["a-stuck"].pending > 0, "{flushed:?}");
+    assert!(
+        marked_flushed(&writer),
+        "flush_all flushed the busy logger: {flushed:?}"
+    );
+    let closed = m.close_all(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(closed["b-busy"].pending, 0, "{closed:?}");
+    assert!(closed["a-stuck"].pending > 0, "{closed:?}");
+    drop(gate);
+}
+
+#[test]
+fn pending_counts_records_not_control_messages() {
+    let (log, buf) = stalled_logger("pending", 10);
+    let gate = buf.gate.lock().unwrap();
+    for _ in 0..3 {
+        log.info("x", &[]);
+    }
+    while buf.started() == 0 {
+        std::thread::yield_now();
+    }
+    // Each timed-out flush leaves its control message queued; neither is a record.
+    for round in 0..3 {
+        let stats = log.flush(Duration::from_millis(100));
+        assert_eq!(given(stats) + stats.pending, 3, "round {round}: {stats:?}");
+    }
+    drop(gate);
+    let stats = log.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.written, stats.pending), (3, 0), "{stats:?}");
+}
+
+#[test]
+fn shutdown_waits_for_the_compressor_and_leaves_no_partial_gz() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("big.log");
+    let mut options = FileOptions::new(&live);
+    options.max_bytes = Some(16 * 1024 * 1024);
+    options.compress = true;
+    let (log, _sink) = file_logger("big", options);
+    // Incompressible-looking payloads: about 20 MiB, one rotation, gzipped at shutdown.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = String::new();
+    let total = 5_000u64;
+    for i in 0..total {
+        noise.clear();
+        for _ in 0..256 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            noise.push_str(&format!("{:016x}", x));
+        }
+        log.info("big", &[field("i", i), field("noise", noise.clone())]);
+    }
+    let stats = log.shutdown(Duration::from_secs(120));
+    assert_eq!(stats.written, total, "{stats:?}");
+    // Right after shutdown: every rotated file is a whole `.gz`, no plain twin, no temp file.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let rotated = rotated_files(&live);
+    assert_eq!(rotated.len(), 1, "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n == "big.log" || n.ends_with(".log.gz")),
+        "{names:?}"
+    );
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&rotated[0]).unwrap())
+        .read_to_string(&mut text)
+        .expect("a whole gzip stream");
+    text.push_str(&std::fs::read_to_string(&live).unwrap());
+    assert_eq!(seqs_in(&text), (0..total).collect::<Vec<_>>());
+}
+
+/// Run as a child (under strace) by `sync_covers_bytes_written_before_a_rotation_or_reopen`:
+/// a burst of records with `sync = true` across many size rotations and reopens.
+#[test]
+fn child_logs_with_sync_across_rotations() {
+    let Some(path) = std::env::var_os("KEEL_DURABILITY_SYNC") else {
+        return;
+    };
+    let mut options = FileOptions::new(PathBuf::from(path));
+    options.max_bytes = Some(4_000);
+    options.flush = FlushPolicy::every(Duration::from_secs(3600)).with_sync(true);
+    let (log, sink) = file_logger("synced", options);
+    for i in 0..2_000u64 {
+        log.info("synced", &[field("i", i)]);
+        if i.is_multiple_of(150) {
+            sink.reopen();
+        }
+    }
+    let stats = log.shutdown(Duration::from_secs(60));
+    assert_eq!(stats.written, 2_000);
+}
+
+#[test]
+fn sync_covers_bytes_written_before_a_rotation_or_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("synced.log");
+    let trace = dir.path().join("trace");
+    let child = child_test("child_logs_with_sync_across_rotations");
+    let status = Command::new("strace")
+        .args(["-f", "-qq", "-y", "-s", "0", "-e"])
+        .arg("trace=write,fdatasync,fsync,rename,renameat,renameat2,close")
+        .arg("-o")
+        .arg(&trace)
+        .arg(child.get_program())
+        .args(child.get_args())
+        .env("KEEL_DURABILITY_SYNC", &live)
+        .stdout(Stdio::null())
+        .status()
+        .expect("strace is installed (scripts/test.sh installs it)");
+    assert!(status.success());
+    // Per file descriptor of the live file: bytes written since its last fdatasync.
+    let live_name = format!("<{}>", live.display());
+    let mut dirty = std::collections::HashMap::<String, bool>::new();
+    let (mut renames, mut closes) = (0, 0);
+    for line in std::fs::read_to_string(&trace).unwrap().lines() {
+        // `<pid> <call>`, the pid padded with spaces.
+        let Some((_pid, call)) = line.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        let fd = |name: &str| {
+            call.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('('))
+                .and_then(|rest| rest.split_once(live_name.as_str()))
+                .map(|(fd, _)| fd.to_owned())
+        };
+        if let Some(fd) = fd("write") {
+            dirty.insert(fd, true);
+        } else if let Some(fd) = fd("fdatasync").or_else(|| fd("fsync")) {
+            dirty.insert(fd, false);
+        } else if let Some(fd) = fd("close") {
+            closes += 1;
+            assert!(
+                !dirty.remove(&fd).unwrap_or(false),
+                "closed unsynced: {line}"
+            );
+        } else if call.starts_with("rename") && call.contains(&format!("{}\", ", live.display())) {
+            renames += 1;
+            assert!(
+                dirty.values().all(|d| !d),
+                "renamed with unsynced bytes: {line}"
+            );
+        }
+    }
+    assert!(
+        renames > 3 && closes > 0,
+        "{renames} rotations, {closes} closes"
+    );
+}
+
+/// JSON taking 20 ms per record, announcing on stdout (`TAKEN <n>`) every 10th record the
+/// writer has taken: a writer far slower than its caller, so the queue never drains, that
+/// writes under 5 KB/s — it would take over ten seconds to fill the 64 KiB buffer, so only
+/// the timed flush can put a record on disk sooner.
+struct SlowJson(AtomicU64);
+
+impl keel_log::Format for SlowJson {
+    fn format(&self, record: &keel_log::Record, out: &mut Vec<u8>) {
+        std::thread::sleep(Duration::from_millis(20));
+        JsonFormat.format(record, out);
+        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(10) {
+            println!("TAKEN {n}");
+        }
+    }
+}
+
+/// Run as a child by `a_sigkilled_process_under_load_keeps_what_is_older_than_the_interval`:
+/// logs non-stop into a long queue (flush interval 200 ms) through [`SlowJson`].
+#[test]
+fn child_logs_non_stop() {
+    let Some(path) = std::env::var_os("KEEL_DURABILITY_LOAD") else {
+        return;
+    };
+    let mut options = FileOptions::new(PathBuf::from(path));
+    options.flush = FlushPolicy::every(Duration::from_millis(200));
+    let format = Box::new(SlowJson(AtomicU64::new(0)));
+    let sink = FileSink::start("load", options, 10_000, Overflow::Block, format).unwrap();
+    let log = Logger::new("load", Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]);
+    for i in 0u64.. {
+        log.info("under load", &[field("i", i)]);
+    }
+}
+
+#[test]
+fn a_sigkilled_process_under_load_keeps_what_is_older_than_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("load.log");
+    let mut child = child_test("child_logs_non_stop")
+        .env("KEEL_DURABILITY_LOAD", &live)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if let Some(i) = line.strip_prefix("TAKEN ") {
+                let _ = tx.send((Instant::now(), i.parse::<u64>().unwrap()));
+            }
+        }
+    });
+    let (first, _) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the child logs");
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(first.elapsed()));
+    child.kill().unwrap(); // SIGKILL: no destructor, no final flush
+    let killed = Instant::now();
+    child.wait().unwrap();
+    // Taken by the writer more than one interval (200 ms) plus a generous slack (a slow
+    // machine) before the kill: on disk. The buffer never fills in that time, so only the
+    // timed flush can have written them.
+    let old_enough = rx
+        .try_iter()
+        .chain([(first, 0)])
+        .filter(|(at, _)| killed.duration_since(*at) > Duration::from_millis(200 + 1_800))
+        .map(|(_, i)| i)
+        .max()
+        .unwrap_or(0);
+    let text = std::fs::read_to_string(&live).unwrap();
+    // The kill may cut the last write short: every whole line counts.
+    let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    let seen = seqs_in(whole);
+    assert!(
+        seen.iter().enumerate().all(|(n, i)| n as u64 == *i),
+        "in order, nothing missing"
+    );
+    assert!(
+        seen.len() as u64 > old_enough,
+        "{} records on disk, #{old_enough} taken by the writer long before the kill",
+        seen.len()
+    );
 }

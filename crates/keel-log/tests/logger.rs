@@ -7,7 +7,7 @@ use keel_log::{
     Error, JsonFormat, Level, LogConfig, Logger, Manager, Overflow, QueueSink, Sink, TextFormat,
     field, set_fatal_hook,
 };
-use keel_testkit::writer::SharedBuffer;
+use keel_testkit::writer::{FlushGated, SharedBuffer};
 
 fn json_logger(
     name: &'static str,
@@ -309,33 +309,17 @@ fn config_and_factory() {
     ));
 }
 
-/// Holds written lines back until the sink's writer is flushed, like a file's buffer would.
-struct FlushGated {
-    pending: Vec<u8>,
-    published: Arc<Mutex<Vec<u8>>>,
-}
-
-impl keel_log::RecordWriter for FlushGated {
-    fn write_record(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.pending.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.published.lock().unwrap().append(&mut self.pending);
-        Ok(())
-    }
-}
-
 #[test]
 fn dropping_a_manager_flushes_its_loggers() {
-    let published = Arc::new(Mutex::new(Vec::new()));
-    let writer = FlushGated {
-        pending: Vec::new(),
-        published: published.clone(),
-    };
-    let sink =
-        QueueSink::start("gated", 1000, Overflow::Block, Box::new(JsonFormat), writer).unwrap();
+    let writer = FlushGated::default();
+    let sink = QueueSink::start(
+        "gated",
+        1000,
+        Overflow::Block,
+        Box::new(JsonFormat),
+        writer.clone(),
+    )
+    .unwrap();
     let log = Logger::new("svc", Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]);
     let m = Manager::new();
     m.register(log.clone()).unwrap();
@@ -344,7 +328,7 @@ fn dropping_a_manager_flushes_its_loggers() {
     }
     // `log` outlives the manager, so only the manager's drop can have flushed the writer.
     drop(m);
-    let text = String::from_utf8(published.lock().unwrap().clone()).unwrap();
+    let text = writer.published();
     let seen: Vec<i64> = text
         .lines()
         .map(|l| {

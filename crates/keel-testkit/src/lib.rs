@@ -11,7 +11,7 @@
 //! - [`proxy`]: an HTTP(S) proxy that injects `_bulk` faults (429, 503, item failures).
 //! - [`redis_proxy`]: a TCP proxy in front of Redis that cuts a connection right after
 //!   forwarding a chosen command (the command runs, its reply is lost).
-//! - [`writer`]: an in-memory `Write` destination for log sink tests.
+//! - [`writer`]: in-memory `Write` destinations for log sink tests.
 //!
 //! Servers are never assumed to be running: helpers start them and fail with a message that
 //! names the missing program (`scripts/test.sh` installs them).

@@ -51,3 +51,53 @@ impl SharedBuffer {
         self.started.load(Ordering::SeqCst)
     }
 }
+
+/// A `Write` destination that holds written bytes back until `flush`, like a file's buffer,
+/// optionally taking `delay` per write (a writer slower than its callers, so its sink's queue
+/// never drains and the sink flushes only when asked or by its interval). Clones share what
+/// was published.
+#[derive(Clone, Default, Debug)]
+pub struct FlushGated {
+    pending: Vec<u8>,
+    published: Arc<Mutex<Vec<u8>>>,
+    delay: std::time::Duration,
+}
+
+impl FlushGated {
+    /// A writer that takes `delay` per write.
+    pub fn slow(delay: std::time::Duration) -> Self {
+        Self {
+            delay,
+            ..Self::default()
+        }
+    }
+
+    /// Everything flushed so far, as text.
+    pub fn published(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+        .into_owned()
+    }
+}
+
+impl Write for FlushGated {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        self.pending.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .append(&mut self.pending);
+        Ok(())
+    }
+}

@@ -25,12 +25,18 @@ fn logrotate() -> PathBuf {
 }
 
 fn start(dir: &Path, extra: &[&str]) -> (Child, PathBuf) {
+    start_with(dir, "", "", extra)
+}
+
+/// `keel log` with a JSON file logger at `app.log`; `top` and `options` are extra TOML lines
+/// for the config's top level and its `[options]`.
+fn start_with(dir: &Path, top: &str, options: &str, extra: &[&str]) -> (Child, PathBuf) {
     let live = dir.join("app.log");
     let config = dir.join("app-log.toml");
     std::fs::write(
         &config,
         format!(
-            "type = \"file\"\nname = \"shipper\"\nformatter = \"json\"\n[options]\npath = \"{}\"\n",
+            "type = \"file\"\nname = \"shipper\"\nformatter = \"json\"\n{top}[options]\npath = \"{}\"\n{options}",
             live.display()
         ),
     )
@@ -98,6 +104,11 @@ fn phase(stdin: &Arc<Mutex<ChildStdin>>, phase: usize) {
 }
 
 fn rotate(dir: &Path, body: &str) {
+    // One logrotate at a time: it locks its state file.
+    static ROTATING: Mutex<()> = Mutex::new(());
+    let _one = ROTATING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let conf = dir.join("logrotate.conf");
     std::fs::write(
         &conf,
@@ -121,8 +132,13 @@ fn rotate(dir: &Path, body: &str) {
     );
 }
 
-fn finish(mut child: Child, stdin: Arc<Mutex<ChildStdin>>) -> String {
+fn finish(child: Child, stdin: Arc<Mutex<ChildStdin>>) -> String {
     drop(stdin); // the last reference: EOF
+    exited(child)
+}
+
+/// Waits for `keel log` to exit, asserts it succeeded, returns its stderr.
+fn exited(mut child: Child) -> String {
     let status = child.wait().unwrap();
     let mut err = String::new();
     child
@@ -156,13 +172,20 @@ fn logrotate_create_with_sighup_loses_and_duplicates_nothing() {
     let pid = child.id();
     let stdin = Arc::new(Mutex::new(child.stdin.take().unwrap()));
     let body = format!("    create 0600\n    postrotate\n        kill -HUP {pid}\n    endscript\n");
-    // logrotate runs again and again while four threads feed the input.
+    // logrotate runs again and again while four threads feed the input, and at least once
+    // per phase (whatever the timing), all within a deadline.
     let feeding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let deadline = Instant::now() + Duration::from_secs(120);
     let rotator = {
-        let (dir, feeding, live) = (dir.path().to_owned(), feeding.clone(), live.clone());
+        let (dir, feeding, live, body) = (
+            dir.path().to_owned(),
+            feeding.clone(),
+            live.clone(),
+            body.clone(),
+        );
         std::thread::spawn(move || {
             let mut rotations = 0;
-            while feeding.load(std::sync::atomic::Ordering::SeqCst) || rotations < 3 {
+            while feeding.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
                 if count_lines(&live) > 0 {
                     rotate(&dir, &body);
                     rotations += 1;
@@ -172,17 +195,23 @@ fn logrotate_create_with_sighup_loses_and_duplicates_nothing() {
             rotations
         })
     };
+    let mut rotations = 0;
     for p in 0..PHASES {
         phase(&stdin, p);
+        wait_for("the phase's lines in the live file", || {
+            count_lines(&live) > 0
+        });
+        rotate(dir.path(), &body);
+        rotations += 1;
     }
     feeding.store(false, std::sync::atomic::Ordering::SeqCst);
-    let rotations = rotator.join().unwrap();
+    rotations += rotator.join().unwrap();
     let err = finish(child, stdin);
     let total = THREADS * PER_PHASE * PHASES;
     assert!(err.contains(&format!("written={total} ")), "{err}");
     let (seen, files) = messages(dir.path(), false);
     assert!(
-        files.len() > 3,
+        files.len() > PHASES,
         "{rotations} rotations: {:?}",
         files.iter().map(|f| &f.0).collect::<Vec<_>>()
     );
@@ -252,15 +281,7 @@ fn sigterm_flushes_reports_and_exits() {
     // Without an explicit flush the lines reach the file (the writer flushes when idle).
     wait_for("100 lines on disk", || count_lines(&live) == 100);
     nix_kill(child.id(), "TERM");
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{status}: {err}");
+    let err = exited(child);
     assert!(
         err.contains("lines=100 written=100 dropped=0 failed=0 pending=0"),
         "{err}"
@@ -281,4 +302,97 @@ fn nix_kill(pid: u32, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// The `lines=… written=…` stats line `keel log` printed, as numbers by name.
+fn stats(err: &str) -> BTreeMap<String, u64> {
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("keel log: lines="))
+        .unwrap_or_else(|| panic!("no stats line: {err}"));
+    line.trim_start_matches("keel log: ")
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.parse().unwrap()))
+        .collect()
+}
+
+#[test]
+fn sigterm_with_unflushed_input_writes_it_all_before_exiting() {
+    let dir = tempfile::tempdir().unwrap();
+    // Flushed only when the queue drains or every hour; input keeps coming until SIGTERM.
+    let (mut child, live) = start_with(dir.path(), "", "flush_interval = \"1h\"\n", &[]);
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        // Ends with EPIPE once keel has exited.
+        while writeln!(stdin, "line {sent}").is_ok() {
+            sent += 1;
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let on_disk = count_lines(&live);
+    nix_kill(child.id(), "TERM");
+    let err = exited(child);
+    let sent = feeder.join().unwrap();
+    let stats = stats(&err);
+    let lines = stats["lines"];
+    assert!(lines > 0 && lines <= sent, "{err}");
+    // The signal came while lines were still on their way to the file.
+    assert!(
+        lines as usize > on_disk,
+        "{on_disk} on disk before SIGTERM: {err}"
+    );
+    assert_eq!(
+        (stats["written"], stats["failed"], stats["pending"]),
+        (lines, 0, 0),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&live).unwrap();
+    let seen: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["message"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        (0..lines).map(|i| format!("line {i}")).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn level_below_the_configs_level_is_written_not_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, live) =
+        start_with(dir.path(), "level = \"error\"\n", "", &["--level", "debug"]);
+    let stdin = Arc::new(Mutex::new(child.stdin.take().unwrap()));
+    for i in 0..3 {
+        writeln!(stdin.lock().unwrap(), "debug line {i}").unwrap();
+    }
+    let err = finish(child, stdin);
+    assert_eq!(stats(&err)["written"], 3, "{err}");
+    assert_eq!(count_lines(&live), 3);
+}
+
+#[test]
+fn lines_below_the_level_are_counted_as_filtered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, live) = start_with(dir.path(), "level = \"warn\"\n", "", &["--json-input"]);
+    let stdin = Arc::new(Mutex::new(child.stdin.take().unwrap()));
+    for level in ["info", "warn", "debug", "error"] {
+        writeln!(stdin.lock().unwrap(), r#"{{"msg":"m","level":"{level}"}}"#).unwrap();
+    }
+    let err = finish(child, stdin);
+    let stats = stats(&err);
+    assert_eq!(
+        (stats["lines"], stats["written"], stats["filtered"]),
+        (4, 2, 2),
+        "{err}"
+    );
+    assert_eq!(count_lines(&live), 2);
 }

@@ -12,6 +12,9 @@ mod queue;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 pub use queue::QueueSink;
 
 use crate::record::Record;
@@ -29,8 +32,8 @@ pub enum Overflow {
 
 /// Delivery counters of a sink (or the sum over a logger's sinks).
 ///
-/// They count the records given to the sink, each exactly once: once it is idle,
-/// `written + dropped + failed` is the number of records it was given, on every path
+/// They count the records given to the sink, each exactly once: `written + dropped + failed +
+/// pending` is the number of records it was given (once it is idle, `pending` is 0), on every path
 /// (write errors, a full queue, records that arrive during or after `shutdown`). In-band
 /// "N records dropped" reports are extra lines in the output and are not counted here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,7 +47,9 @@ pub struct DeliveryStats {
     /// Records lost to I/O errors (their write or the flush after them failed); also counted
     /// in `<ns>_log_write_errors_total{sink}`.
     pub failed: u64,
-    /// Records still queued when `flush`/`shutdown` gave up waiting.
+    /// Records given to the sink and not yet counted above: still queued, or taken by the
+    /// writer and not yet flushed (for example when `flush`/`shutdown` gave up waiting).
+    /// `written + dropped + failed + pending` is what the sink was given.
     pub pending: u64,
 }
 
@@ -115,6 +120,12 @@ pub trait RecordWriter: Send + 'static {
     fn sync(&mut self) -> std::io::Result<()> {
         self.flush()
     }
+    /// Called once when the sink shuts down, after its last flush: finishes background work
+    /// (a file sink's gzip of its last rotated file), waiting at most until `deadline`. The
+    /// default does nothing.
+    fn close(&mut self, deadline: Instant) {
+        let _ = deadline;
+    }
 }
 
 impl<W: Write + Send + 'static> RecordWriter for W {
@@ -125,6 +136,51 @@ impl<W: Write + Send + 'static> RecordWriter for W {
     fn flush(&mut self) -> std::io::Result<()> {
         Write::flush(self)
     }
+}
+
+/// Runs `op` on every sink at once against one shared `deadline` (each sink on its own thread
+/// when there are several), so a stuck sink cannot use up the time of the others: a flush or
+/// stop reaches every sink first, and then all of them are waited for until the deadline.
+/// `op` gets the time left. Results are in the order of `sinks`.
+pub(crate) fn on_every_sink<R: Send>(
+    sinks: &[&dyn Sink],
+    deadline: Instant,
+    op: impl Fn(&dyn Sink, Duration) -> R + Sync,
+) -> Vec<R> {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    if let [one] = sinks {
+        return vec![op(*one, left())];
+    }
+    std::thread::scope(|scope| {
+        let started: Vec<_> = sinks
+            .iter()
+            .map(|sink| {
+                std::thread::Builder::new()
+                    .name("keel-log-settle".into())
+                    .spawn_scoped(scope, || op(*sink, left()))
+                    .map_err(|_| *sink)
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|handle| match handle {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to spare: this sink waits in line.
+                Err(sink) => op(sink, left()),
+            })
+            .collect()
+    })
+}
+
+/// `<ns>_<name>_total{sink}` in the global registry.
+pub(crate) fn sink_counter(name: &str, help: &str, sink: &str) -> Counter {
+    let family: Family<Vec<(&'static str, String)>, Counter> =
+        keel_metrics::MetricsService::global()
+            .get_or_register(name, help, Default::default)
+            .unwrap_or_default();
+    family.get_or_create_owned(&vec![("sink", sink.to_owned())])
 }
 
 /// The latest instant `timeout` from now can name: `now + timeout`, or about thirty years

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 
-use super::{DeliveryStats, FlushPolicy, Overflow, RecordWriter, Sink, deadline_after};
+use super::{
+    DeliveryStats, FlushPolicy, Overflow, RecordWriter, Sink, deadline_after, sink_counter,
+};
 use crate::format::Format;
 use crate::record::{Level, Record, field};
 
@@ -21,7 +22,8 @@ use crate::record::{Level, Record, field};
 enum Msg {
     Record(Record),
     Flush(Sender<()>),
-    Stop(Sender<()>),
+    /// Stop, finishing the writer's background work by the deadline.
+    Stop(Sender<()>, Instant),
 }
 
 /// What the callers and the writer thread share.
@@ -30,6 +32,8 @@ struct Shared {
     written: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
+    /// Records queued, or taken by the writer and not yet written or failed (`pending`).
+    queued: AtomicU64,
     /// Dropped since the last in-band report.
     unreported: AtomicU64,
     /// Set by `shutdown` before it queues the stop: later records are dropped at once.
@@ -53,11 +57,19 @@ impl Shared {
         }
     }
 
+    /// `n` records the writer had taken failed.
     fn fail(&self, n: u64) {
         if n > 0 {
             self.failed.fetch_add(n, Ordering::Relaxed);
+            self.queued.fetch_sub(n, Ordering::Relaxed);
             self.errors_metric.inc_by(n);
         }
+    }
+
+    /// `n` records the writer had taken were written.
+    fn wrote(&self, n: u64) {
+        self.written.fetch_add(n, Ordering::Relaxed);
+        self.queued.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Empties the queue once the writer is gone: records count as dropped, control messages
@@ -65,8 +77,11 @@ impl Shared {
     fn drain(&self) {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
-                Msg::Record(_) => self.drop_one(false),
-                Msg::Flush(ack) | Msg::Stop(ack) => {
+                Msg::Record(_) => {
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.drop_one(false);
+                }
+                Msg::Flush(ack) | Msg::Stop(ack, _) => {
                     let _ = ack.send(());
                 }
             }
@@ -153,8 +168,9 @@ impl<W: RecordWriter> Worker<W> {
                     self.flush_now();
                     let _ = ack.send(());
                 }
-                Msg::Stop(ack) => {
+                Msg::Stop(ack, deadline) => {
                     self.flush_now();
+                    self.writer.close(deadline);
                     // Whatever was queued behind the stop is dropped and counted; the
                     // `FinishGuard` then answers anything that arrives later.
                     self.shared.finished.store(true, Ordering::SeqCst);
@@ -208,7 +224,7 @@ impl<W: RecordWriter> Worker<W> {
         self.last_flush = Instant::now();
         match result {
             Ok(()) => {
-                self.shared.written.fetch_add(n, Ordering::Relaxed);
+                self.shared.wrote(n);
                 if self.episode > 0 && n > 0 {
                     eprintln!(
                         "keel-log: sink {:?} is writing again ({} records failed meanwhile)",
@@ -252,14 +268,6 @@ impl std::fmt::Debug for QueueSink {
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
-}
-
-fn sink_counter(name: &str, help: &str, sink: &str) -> Counter {
-    let family: Family<Vec<(&'static str, String)>, Counter> =
-        keel_metrics::MetricsService::global()
-            .get_or_register(name, help, Default::default)
-            .unwrap_or_default();
-    family.get_or_create_owned(&vec![("sink", sink.to_owned())])
 }
 
 impl QueueSink {
@@ -315,6 +323,7 @@ impl QueueSink {
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             unreported: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             finished: AtomicBool::new(false),
@@ -346,13 +355,13 @@ impl QueueSink {
         })
     }
 
-    fn stats(&self, pending: u64) -> DeliveryStats {
+    fn stats(&self) -> DeliveryStats {
         let s = &self.shared;
         DeliveryStats {
             written: s.written.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             failed: s.failed.load(Ordering::Relaxed),
-            pending,
+            pending: s.queued.load(Ordering::Relaxed),
         }
     }
 
@@ -365,6 +374,8 @@ impl QueueSink {
             return false;
         }
         let msg = Msg::Record(record);
+        // Counted before it is sent: the writer may count it as written at once.
+        shared.queued.fetch_add(1, Ordering::Relaxed);
         let sent = match (self.policy, deadline) {
             (Overflow::Block, None) => self.tx.send(msg).is_ok(),
             (Overflow::Block, Some(deadline)) => self.tx.send_deadline(msg, deadline).is_ok(),
@@ -374,6 +385,7 @@ impl QueueSink {
             },
         };
         if !sent {
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
             shared.drop_one(true);
         }
         if shared.finished.load(Ordering::SeqCst) {
@@ -423,13 +435,14 @@ impl Sink for QueueSink {
     }
 
     fn flush(&self, timeout: Duration) -> DeliveryStats {
-        let done = self.control(Msg::Flush, timeout);
-        self.stats(if done { 0 } else { self.tx.len() as u64 })
+        self.control(Msg::Flush, timeout);
+        self.stats()
     }
 
     fn shutdown(&self, timeout: Duration) -> DeliveryStats {
         self.shared.stopped.store(true, Ordering::SeqCst);
-        let done = self.control(Msg::Stop, timeout);
+        let deadline = deadline_after(timeout);
+        let done = self.control(|ack| Msg::Stop(ack, deadline), timeout);
         if done
             && let Some(worker) = self
                 .worker
@@ -439,6 +452,6 @@ impl Sink for QueueSink {
         {
             let _ = worker.join();
         }
-        self.stats(if done { 0 } else { self.tx.len() as u64 })
+        self.stats()
     }
 }

@@ -6,12 +6,16 @@
 //! UTF-8 is replaced). With `--json-input` each line is a JSON object: `message` (or `msg`)
 //! becomes the message, `level` the level, every other key a field of the record (nested
 //! values stay nested in JSON output); a line that is not a JSON object is logged as text.
-//! Records are logged at `--level` (default `info`).
+//! Records are logged at `--level` (default `info`). A `--level` given below the config's
+//! `level` lowers the logger's level to it, so those lines are written, not discarded; lines
+//! still below the logger's level (a JSON line's own `level`, or plain lines at the default
+//! `info` under a config at `warn`) are counted as `filtered`.
 //!
 //! At end of input, or on SIGTERM/SIGINT (which stop reading: lines still in the pipe are not
 //! read), the logger is shut down within `--timeout` and one line of delivery stats goes to
-//! stderr: `keel log: lines=N written=N dropped=N failed=N pending=N`. The exit code is 0
-//! when every line was written, 1 when some failed or were still pending. SIGHUP makes file
+//! stderr: `keel log: lines=N written=N dropped=N failed=N pending=N filtered=N`. The exit
+//! code is 0 when no line failed or stayed pending (every line read was written, dropped by
+//! the `drop` overflow policy, or filtered by level), 1 otherwise. SIGHUP makes file
 //! sinks reopen their path before the next write (for logrotate's `create` mode with a
 //! `postrotate` that sends SIGHUP).
 
@@ -34,9 +38,10 @@ pub struct Args {
     /// `output`, `options` (file sinks: rotation, retention, `flush_interval`, `sync`).
     #[arg(long)]
     config: PathBuf,
-    /// The level of the records (in `--json-input` mode a `level` key overrides it).
-    #[arg(long, default_value = "info")]
-    level: Level,
+    /// The level of the records (default `info`; in `--json-input` mode a `level` key
+    /// overrides it). Below the config's `level`, it lowers the logger's level to it.
+    #[arg(long)]
+    level: Option<Level>,
     /// Each line is a JSON object whose keys become the record's fields.
     #[arg(long)]
     json_input: bool,
@@ -81,8 +86,18 @@ fn json_value(value: serde_json::Value) -> Value {
     }
 }
 
-/// Reads stdin until EOF (or until `stop` is set), logging each line; returns the count.
-fn pump(logger: &Logger, level: Level, json: bool, stop: &AtomicBool, lines: &AtomicU64) {
+/// Lines read, and lines below the logger's level (not logged).
+#[derive(Default)]
+struct Counts {
+    lines: AtomicU64,
+    filtered: AtomicU64,
+    /// Held while a line read is logged: the shutdown takes it after setting `stop`, so a
+    /// line is either logged before the shutdown or not taken at all (never dropped by it).
+    line: std::sync::Mutex<()>,
+}
+
+/// Reads stdin until EOF (or until `stop` is set), logging each line.
+fn pump(logger: &Logger, level: Level, json: bool, stop: &AtomicBool, counts: &Counts) {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut buf = Vec::with_capacity(1024);
@@ -100,10 +115,22 @@ fn pump(logger: &Logger, level: Level, json: bool, stop: &AtomicBool, lines: &At
         while matches!(buf.last(), Some(b'\n' | b'\r')) {
             buf.pop();
         }
+        let _line = counts
+            .line
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if stop.load(Ordering::Relaxed) {
+            // Read after SIGTERM/SIGINT: left out, like the lines still in the pipe.
+            return;
+        }
         let text = String::from_utf8_lossy(&buf);
         let (level, message, fields) = parse_line(&text, level, json);
-        logger.log(level, message, &fields);
-        lines.fetch_add(1, Ordering::Relaxed);
+        if logger.enabled(level) {
+            logger.log(level, message, &fields);
+        } else {
+            counts.filtered.fetch_add(1, Ordering::Relaxed);
+        }
+        counts.lines.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -112,21 +139,26 @@ pub async fn run(args: Args) -> Result<i32> {
     let config = keel_log::LogConfig::from_path(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
     let logger = keel_log::build(&config)?;
+    if let Some(level) = args.level
+        && level < logger.level()
+    {
+        logger.set_level(level);
+    }
     // Installed before the first line is read: from here on SIGHUP reopens, SIGTERM stops.
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let stop = Arc::new(AtomicBool::new(false));
-    let lines = Arc::new(AtomicU64::new(0));
+    let counts = Arc::new(Counts::default());
     let (eof_tx, mut eof_rx) = tokio::sync::oneshot::channel::<()>();
     {
-        let (logger, stop, lines) = (logger.clone(), stop.clone(), lines.clone());
-        let (level, json) = (args.level, args.json_input);
+        let (logger, stop, counts) = (logger.clone(), stop.clone(), counts.clone());
+        let (level, json) = (args.level.unwrap_or(Level::Info), args.json_input);
         // A plain thread: a blocking read of stdin must not hold up the runtime's shutdown.
         std::thread::Builder::new()
             .name("keel-log-stdin".into())
             .spawn(move || {
-                pump(&logger, level, json, &stop, &lines);
+                pump(&logger, level, json, &stop, &counts);
                 let _ = eof_tx.send(());
             })?;
     }
@@ -140,15 +172,34 @@ pub async fn run(args: Args) -> Result<i32> {
     }
     stop.store(true, Ordering::Relaxed);
     let timeout = args.timeout;
-    let closing = logger.clone();
-    let stats = tokio::task::spawn_blocking(move || closing.shutdown(timeout)).await?;
+    let (closing, reading) = (logger.clone(), counts.clone());
+    let stats = tokio::task::spawn_blocking(move || {
+        // Waits for a line being logged (never for a blocked read), within the timeout: a
+        // record waiting for queue room on a stalled sink must not hold up the exit.
+        let deadline = std::time::Instant::now() + timeout.min(Duration::from_secs(86_400));
+        let _line = loop {
+            match reading.line.try_lock() {
+                Ok(guard) => break Some(guard),
+                Err(std::sync::TryLockError::Poisoned(guard)) => break Some(guard.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => break None,
+            }
+        };
+        closing.shutdown(deadline.saturating_duration_since(std::time::Instant::now()))
+    })
+    .await?;
     eprintln!(
-        "keel log: lines={} written={} dropped={} failed={} pending={}",
-        lines.load(Ordering::Relaxed),
+        "keel log: lines={} written={} dropped={} failed={} pending={} filtered={}",
+        counts.lines.load(Ordering::Relaxed),
         stats.written,
         stats.dropped,
         stats.failed,
-        stats.pending
+        stats.pending,
+        counts.filtered.load(Ordering::Relaxed)
     );
     Ok(i32::from(stats.failed + stats.pending > 0))
 }

@@ -1,11 +1,13 @@
 //! The file sink: a [`QueueSink`](crate::QueueSink) whose writer is a rotating
 //! [`FileWriter`], and its settings.
 //!
-//! Rotated files are named `<stem>.<yyyymmddTHHMMSS>.<n>.<ext>` next to the live file, the
-//! stamp on the sink's [`Zone`] clock (UTC unless configured), where `n` makes the name unique
-//! even for many rotations in one second (an existing name is never overwritten). With
-//! compression on, a background thread gzips each rotated file to `….gz` and removes the
-//! plain one. Retention (count, age, total bytes) runs after each rotation over the rotated
+//! Rotated files are named `<stem>.<yyyymmddTHHMMSS>.<n>.<ext>` next to the live file
+//! (`<stem>.<yyyymmddTHHMMSS>.<n>` for a live file without an extension), the stamp on the
+//! sink's [`Zone`] clock (UTC unless configured), where `n` makes the name unique even for many
+//! rotations in one second (an existing name is never overwritten). With compression on, a
+//! background thread gzips each rotated file to `….gz.tmp`, syncs it, renames it to `….gz`
+//! and removes the plain one; shutdown waits for it within its timeout, and a start removes a
+//! `.gz.tmp` a killed process left and gzips the plain files it left. Retention (count, age, total bytes) runs after each rotation over the rotated
 //! files of this log only; the live file is never deleted. On a local clock, stamps repeat in
 //! a daylight-saving fall-back hour; names still never collide, but retention (which goes by
 //! the stamp) may then take a file of the repeated hour for an older one.
@@ -104,7 +106,9 @@ impl FileSink {
         format: Box<dyn crate::format::Format>,
     ) -> std::io::Result<Self> {
         let flush = options.flush;
-        let (writer, reopen) = FileWriter::open(options)?;
+        let name = name.into();
+        let (mut writer, reopen) = FileWriter::open(options)?;
+        writer.count_rotation_errors_as(&name);
         let queue = crate::sink::QueueSink::start_with_flush(
             name, capacity, policy, flush, format, writer,
         )?;

@@ -11,8 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jiff::{RoundMode, Timestamp, ToSpan, Unit, ZonedRound};
+use prometheus_client::metrics::counter::Counter;
 
-use super::retention::{apply_retention, gzip, newest_rotation, split_name};
+use super::retention::{apply_retention, gzip, newest_rotation, recover, rotated_name, split_name};
 use super::zone::{Zone, unix_secs};
 use super::{FileOptions, ReopenHandle};
 use crate::sink::RecordWriter;
@@ -114,10 +115,17 @@ pub struct FileWriter {
     size: u64,
     /// When the current period ends (time-based rotation only).
     next_boundary: Option<SystemTime>,
+    /// A period ended and its rotation has not succeeded yet (it waits for the retry timer,
+    /// or failed): cleared only by a successful rotation.
+    time_due: bool,
     /// The time source (replaced in tests to cross boundaries on demand).
     clock: fn() -> SystemTime,
     reopen: ReopenHandle,
     compressor: Option<crossbeam_channel::Sender<PathBuf>>,
+    /// Disconnected when the compressor thread has finished its work and exited.
+    compressor_done: Option<crossbeam_channel::Receiver<()>>,
+    /// Failed rotations (`<ns>_log_rotation_errors_total{sink}` once the sink names it).
+    rotation_errors: Counter,
     /// The newest rotated name's stamp and sequence (also from files an earlier process
     /// rotated): a new name always sorts after it, even when the clock has been stepped back,
     /// and sequences only go up within a second even when retention has deleted the earlier
@@ -167,6 +175,10 @@ impl FileWriter {
     ) -> std::io::Result<(Self, ReopenHandle)> {
         let file = open(&opts.path)?;
         let size = file.metadata()?.len();
+        // A process killed while it gzipped left a temporary file, or a plain file and its
+        // archive: clean up, and gzip what it left plain.
+        let leftover = recover(&opts.path);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let compressor = if opts.compress
             || opts.keep_files.is_some()
             || opts.max_age.is_some()
@@ -177,6 +189,7 @@ impl FileWriter {
             std::thread::Builder::new()
                 .name("keel-log-rotate".into())
                 .spawn(move || {
+                    let _done = done_tx;
                     for rotated in rx {
                         if o.compress {
                             let _ = gzip(&rotated);
@@ -184,6 +197,11 @@ impl FileWriter {
                         apply_retention(&o);
                     }
                 })?;
+            if opts.compress {
+                for plain in leftover {
+                    let _ = tx.send(plain);
+                }
+            }
             Some(tx)
         } else {
             None
@@ -198,15 +216,27 @@ impl FileWriter {
                 buf: Vec::with_capacity(BUFFER),
                 size,
                 next_boundary,
+                time_due: false,
                 clock,
                 reopen: reopen.clone(),
                 compressor,
+                compressor_done: Some(done_rx),
+                rotation_errors: Counter::default(),
                 last_rotation,
                 open_retry: None,
                 rotate_retry: None,
             },
             reopen,
         ))
+    }
+
+    /// Counts failed rotations in `<ns>_log_rotation_errors_total{sink}` (global registry).
+    pub(crate) fn count_rotation_errors_as(&mut self, sink: &str) {
+        self.rotation_errors = crate::sink::sink_counter(
+            "log_rotation_errors",
+            "File rotations that failed (retried with backoff; the records go on to the live file)",
+            sink,
+        );
     }
 
     fn rotated_name(&mut self) -> PathBuf {
@@ -228,7 +258,7 @@ impl FileWriter {
             n = seq + 1;
         }
         loop {
-            let candidate = dir.join(format!("{stem}.{stamp}.{n}.{ext}"));
+            let candidate = dir.join(rotated_name(&stem, &stamp, n, ext.as_deref()));
             let gz = PathBuf::from(format!("{}.gz", candidate.display()));
             if !candidate.exists() && !gz.exists() {
                 self.last_rotation = Some((stamp, n));
@@ -298,9 +328,19 @@ impl FileWriter {
         result
     }
 
+    /// With `sync`, makes what was written to the current file durable before it is renamed
+    /// or closed (the next flush syncs only the new file).
+    fn sync_before_leaving(&mut self) -> std::io::Result<()> {
+        match &self.file {
+            Some(file) if self.opts.flush.sync => file.sync_data(),
+            _ => Ok(()),
+        }
+    }
+
     fn rotate(&mut self) -> std::io::Result<()> {
         // What is buffered belongs to the file being rotated.
         self.write_out()?;
+        self.sync_before_leaving()?;
         if self
             .file
             .as_ref()
@@ -334,10 +374,9 @@ impl FileWriter {
                 let now = (self.clock)();
                 if now >= boundary {
                     self.next_boundary = Some(p.next_boundary(now, &self.opts.zone));
-                    self.size > 0
-                } else {
-                    false
+                    self.time_due |= self.size > 0;
                 }
+                self.time_due
             }
             _ => false,
         };
@@ -349,14 +388,21 @@ impl RecordWriter for FileWriter {
     fn write_record(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.reopen.0.swap(false, Ordering::AcqRel) {
             // Buffered bytes still go to the file they were meant for (if it is writable).
-            let _ = self.write_out();
+            let _ = self.write_out().and_then(|()| self.sync_before_leaving());
             self.file = None;
             self.open_retry = None;
         }
         self.ensure_open()?;
         if self.due(bytes.len() as u64) {
-            match self.rotate() {
-                Ok(()) => self.rotate_retry = None,
+            let rotated = self.rotate();
+            if rotated.is_err() {
+                self.rotation_errors.inc();
+            }
+            match rotated {
+                Ok(()) => {
+                    self.rotate_retry = None;
+                    self.time_due = false;
+                }
                 // The rename failed: keep writing to the live file, rotate later.
                 Err(e) if self.file.is_some() => {
                     if self.rotate_retry.is_none() {
@@ -393,6 +439,16 @@ impl RecordWriter for FileWriter {
         match &self.file {
             Some(file) => file.sync_data(),
             None => Ok(()),
+        }
+    }
+
+    /// Lets the compressor finish the files it was given (gzip of the last rotated file,
+    /// retention), waiting at most until `deadline`; an unfinished gzip leaves only its
+    /// `.gz.tmp`, removed at the next start.
+    fn close(&mut self, deadline: Instant) {
+        self.compressor = None;
+        if let Some(done) = self.compressor_done.take() {
+            let _ = done.recv_deadline(deadline);
         }
     }
 }
@@ -477,6 +533,68 @@ mod tests {
 
     fn fake_clock() -> SystemTime {
         at(FAKE_NOW.load(Ordering::SeqCst))
+    }
+
+    static BLOCKED_NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    fn blocked_clock() -> SystemTime {
+        at(BLOCKED_NOW.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn a_time_rotation_held_back_by_the_retry_timer_happens_once_it_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app.log");
+        let mut opts = FileOptions::new(&live);
+        opts.period = Some(Period::Hourly);
+        BLOCKED_NOW.store(civil("UTC", 2026, 11, 22, 4, 59) + 59, Ordering::SeqCst);
+        let (mut w, _) = FileWriter::open_with_clock(opts, blocked_clock).unwrap();
+        w.write_record(b"one\n").unwrap();
+        // An earlier rotation failed: the next try is not due yet when the hour ends.
+        w.rotate_retry = Some(Backoff {
+            at: Instant::now() + Duration::from_secs(3600),
+            delay: RETRY_MAX,
+        });
+        BLOCKED_NOW.store(civil("UTC", 2026, 11, 22, 5, 0) + 1, Ordering::SeqCst);
+        w.write_record(b"two\n").unwrap();
+        w.flush().unwrap();
+        assert!(rotated_files(&live).is_empty());
+        // The retry is due: the rotation the boundary asked for happens now.
+        w.rotate_retry = Some(Backoff {
+            at: Instant::now(),
+            delay: RETRY_FIRST,
+        });
+        BLOCKED_NOW.store(civil("UTC", 2026, 11, 22, 5, 0) + 2, Ordering::SeqCst);
+        w.write_record(b"three\n").unwrap();
+        w.flush().unwrap();
+        let rotated = rotated_files(&live);
+        assert_eq!(rotated.len(), 1, "the missed rotation was retried");
+        assert_eq!(std::fs::read_to_string(&rotated[0]).unwrap(), "one\ntwo\n");
+        assert_eq!(std::fs::read_to_string(&live).unwrap(), "three\n");
+    }
+
+    #[test]
+    fn a_start_removes_stale_gzip_temp_files_and_settles_plain_and_gz_twins() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app.log");
+        let twin = dir.path().join("app.20261122T110000.0.log");
+        std::fs::write(&twin, "whole\n").unwrap();
+        // A gzip interrupted by a kill: a truncated archive next to its plain file, and a
+        // temporary file of another.
+        std::fs::write(dir.path().join("app.20261122T110000.0.log.gz"), b"\x1f\x8b").unwrap();
+        let tmp = dir.path().join("app.20261122T110000.1.log.gz.tmp");
+        std::fs::write(&tmp, b"\x1f\x8b").unwrap();
+        let mut opts = FileOptions::new(&live);
+        opts.keep_files = Some(10);
+        let (w, _) = FileWriter::open(opts).unwrap();
+        drop(w);
+        assert!(!tmp.exists(), "stale temp file removed");
+        assert_eq!(
+            rotated_files(&live),
+            vec![twin.clone()],
+            "one file, the whole one"
+        );
+        assert_eq!(std::fs::read_to_string(&twin).unwrap(), "whole\n");
     }
 
     #[test]
