@@ -310,3 +310,44 @@ fn log_run_ships_every_record_to_elasticsearch() {
     assert_eq!(server.count("bench-*"), 3000);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The factory reads `type` in any case; the bench must too, or it runs on (and clears) the
+/// configured prefix.
+#[test]
+fn config_with_a_capitalized_type_keeps_the_real_keys() {
+    let redis = RedisServer::start();
+    redis.cli(&["SET", "app:real", "keep"]);
+    let dir = std::env::temp_dir().join(format!("keel-bench-case-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cache.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "type = \"Redis\"\nname = \"app\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let path = path.display().to_string();
+    let v = json(&bench(&[
+        "--config",
+        &path,
+        "--requests",
+        "200",
+        "--keys",
+        "20",
+        "--json",
+    ]));
+    check(&v, 200);
+    assert_eq!(
+        redis.cli(&["GET", "app:real"]),
+        "keep",
+        "the real key survives"
+    );
+    assert_eq!(
+        redis.cli(&["DBSIZE"]),
+        "1",
+        "the bench removed only its keys"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
