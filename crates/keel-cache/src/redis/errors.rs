@@ -62,6 +62,19 @@ impl Shared {
                 message: crate::config::redact_urls(&e.to_string()),
             };
         }
+        if refused_before_running(e) && !readonly {
+            // A write that kept being redirected or refused until its time was up: nothing
+            // ran, so this is neither a timeout nor an unknown outcome.
+            return Error::Unavailable {
+                cache,
+                operation,
+                reason: format!(
+                    "the cluster refused the request until its time was up (slot migration or \
+                     failover in progress): {}",
+                    crate::config::redact_urls(&e.to_string())
+                ),
+            };
+        }
         if readonly {
             self.healthy.store(false, Ordering::Relaxed);
             return Error::Unavailable {
