@@ -6,6 +6,9 @@
 //!   answered (a timed-out write may still be applied), and publish an invalidation so every
 //!   other node drops it too (a node ignores its own messages). A dropped future does the
 //!   second half from a guard; the caller always gets L2's result, never a publish error.
+//!   When the write's outcome is unknown, a background task drops and announces once more
+//!   after the write has run (see `TieredCache::settle`: in Cluster mode a read can overtake
+//!   a delayed write).
 //! - Atomic operations (`incr_by`, `set_nx`, `set_if_match`) run on L2 only, bracketed alike.
 //! - When the pub/sub connection drops, invalidations may have been missed: L1 is flushed
 //!   as soon as it is back (and while it is down, L1 is bypassed).
@@ -198,7 +201,10 @@ impl Drop for AfterWrite {
         self.cache.drop_local(&touched);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let cache = self.cache.clone();
-            runtime.spawn(async move { cache.announce(&touched).await });
+            runtime.spawn(async move {
+                cache.announce(&touched).await;
+                cache.settle(touched).await;
+            });
         }
     }
 }
@@ -468,11 +474,61 @@ impl TieredCache {
         let result = l2.await;
         let touched = guard.touched.as_ref().map_or(&Touched::All, |t| t);
         self.drop_local(touched);
-        if changed(&result) {
+        let changed = changed(&result);
+        if changed {
             self.announce(touched).await;
         }
-        guard.touched = None;
+        let touched = guard.touched.take();
+        if let (true, Err(_), Some(touched)) = (changed, &result, touched) {
+            // The write may still run later: drop and announce again once it has.
+            self.settle_later(touched);
+        }
         result
+    }
+
+    /// After a write whose outcome is unknown: [`settle`](Self::settle) in a spawned task.
+    fn settle_later(&self, touched: Touched) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let cache = self.clone();
+            runtime.spawn(async move { cache.settle(touched).await });
+        }
+    }
+
+    /// Waits until a write whose outcome was unknown has run (or never will), then drops what
+    /// it touched from this node's L1 again and tells the other nodes again. The second drop
+    /// right after the write is not enough where reads and writes take different connections
+    /// (Cluster): a read sent after the write timed out can reach the master before the write
+    /// runs and refill L1 with the old value, and the first message may reach the other nodes
+    /// before the write runs. For keys, "has run" is a fence (`EXISTS` on the write
+    /// connection, answered only after the write: [`RedisCache::fence`]), re-sent until it is
+    /// answered; for a whole-cache clear (its `UNLINK`s go on the read connections), twice the
+    /// response timeout. Either way it gives up `l1_ttl` after the write: no L1 entry from
+    /// before is left by then.
+    async fn settle(&self, touched: Touched) {
+        let i = &self.inner;
+        let give_up = tokio::time::Instant::now() + i.l1_ttl;
+        match &touched {
+            Touched::All => {
+                tokio::time::sleep(i.l2.response_timeout().saturating_mul(2)).await;
+            }
+            Touched::Keys(keys) => {
+                for key in keys {
+                    let mut backoff = Duration::from_millis(50);
+                    loop {
+                        match i.l2.fence(key).await {
+                            Ok(()) | Err(Error::Closed { .. }) => break,
+                            Err(_) if tokio::time::Instant::now() >= give_up => break,
+                            Err(_) => {
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(2));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.drop_local(&touched);
+        self.announce(&touched).await;
     }
 
     async fn listen(inner: std::sync::Weak<Inner>) {

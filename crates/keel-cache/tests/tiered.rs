@@ -574,3 +574,55 @@ async fn the_subscription_over_a_tls_cluster_comes_up() {
     cache.set("k", "v".into(), Ttl::Never).await.unwrap();
     assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+/// In Cluster mode reads and writes use separate connections, so a read sent after a write
+/// timed out can reach the master before the write runs and refill L1 with the old value
+/// (here the master holds writes with `CLIENT PAUSE WRITE` while it answers reads). Once the
+/// write has run, the writer's L1 must not keep serving the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_write_applied_after_its_timeout_leaves_no_stale_l1() {
+    let cluster = keel_testkit::redis::RedisCluster::start();
+    let metrics = MetricsService::new("t").unwrap();
+    let l2 = RedisCache::builder(
+        "app",
+        Endpoint::Cluster {
+            nodes: cluster.urls(),
+            username: None,
+            password: None,
+        },
+    )
+    .response_timeout(Duration::from_millis(300))
+    .items_refresh(None)
+    .metrics(&metrics)
+    .build()
+    .unwrap();
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(60))
+        .metrics(&metrics)
+        .build();
+    let a = TieredCache::builder("app", l1, l2)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    a.connect().await.unwrap();
+    a.set("k", "v1".into(), Ttl::Never).await.unwrap();
+    let master = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.cli(&["EXISTS", "app:k"]) == "1")
+        .expect("the master of app:k");
+    assert_eq!(master.cli(&["CLIENT", "PAUSE", "30000", "WRITE"]), "OK");
+    let r = a.set("k", "v2".into(), Ttl::Never).await;
+    assert!(r.is_err(), "a held write cannot succeed in time: {r:?}");
+    // The read overtakes the held write and refills L1 with the old value.
+    assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"v1"[..]));
+    assert_eq!(master.cli(&["CLIENT", "UNPAUSE"]), "OK");
+    eventually("the write to run", async || {
+        master.cli(&["GET", "app:k"]) == "v2"
+    })
+    .await;
+    eventually("the writer's L1 to drop the old value", async || {
+        a.get("k").await.unwrap().as_deref() == Some(&b"v2"[..])
+    })
+    .await;
+}
