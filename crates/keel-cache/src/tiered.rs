@@ -205,6 +205,29 @@ impl Drop for AfterWrite {
                 cache.announce(&touched).await;
                 cache.settle(touched).await;
             });
+        } else {
+            // Dropped outside a runtime: nothing can be sent from here. Counted like a failed
+            // publish; the other nodes' staleness stays bounded by l1_ttl.
+            self.cache.inner.metrics.publish_failures.inc();
+        }
+    }
+}
+
+/// Owned by the background flush task: clears the "flush pending" mark if the task ends
+/// without doing so itself (its runtime shut down, or dropped it before it ever ran), so a
+/// later undelivered invalidation starts a new task instead of waiting on a dead one.
+struct FlushTask {
+    inner: std::sync::Weak<Inner>,
+    armed: bool,
+}
+
+impl Drop for FlushTask {
+    fn drop(&mut self) {
+        if let (true, Some(inner)) = (self.armed, self.inner.upgrade()) {
+            *inner
+                .undelivered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
         }
     }
 }
@@ -394,20 +417,28 @@ impl TieredCache {
     /// since it (by then no L1 entry from before it is left anyway).
     fn flush_later(&self) {
         let i = &self.inner;
-        let start = {
-            let mut pending = i.undelivered.lock().unwrap_or_else(PoisonError::into_inner);
-            let start = pending.is_none();
-            *pending = Some(tokio::time::Instant::now());
-            start
-        };
+        // Without a runtime no task can run: leave no mark that one does (the failure was
+        // counted by the caller).
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if !start {
-            return; // the running task sees the new failure time
+        {
+            let mut pending = i.undelivered.lock().unwrap_or_else(PoisonError::into_inner);
+            let running = pending.is_some();
+            *pending = Some(tokio::time::Instant::now());
+            if running {
+                return; // the running task sees the new failure time
+            }
         }
         let weak = Arc::downgrade(&self.inner);
+        // Moved into the task: dropped with it however it ends, even unpolled.
+        let task = FlushTask {
+            inner: weak.clone(),
+            armed: true,
+        };
         runtime.spawn(async move {
+            // The whole guard, not just the field the body touches.
+            let mut task = task;
             let mut backoff = Duration::from_millis(50);
             loop {
                 tokio::time::sleep(backoff).await;
@@ -422,6 +453,7 @@ impl TieredCache {
                         Some(at) if at.elapsed() < inner.l1_ttl => at,
                         _ => {
                             *pending = None;
+                            task.armed = false;
                             return;
                         }
                     }
@@ -439,10 +471,12 @@ impl TieredCache {
                     // publish; the other nodes' staleness stays bounded by l1_ttl.
                     Ok(()) if *pending == Some(failed_at) => {
                         *pending = None;
+                        task.armed = false;
                         return;
                     }
                     Err(Error::Closed { .. }) => {
                         *pending = None;
+                        task.armed = false;
                         return;
                     }
                     Ok(()) => {}

@@ -626,3 +626,74 @@ async fn a_cluster_write_applied_after_its_timeout_leaves_no_stale_l1() {
     })
     .await;
 }
+
+/// The background task that makes up for undelivered invalidations can be lost with the
+/// runtime it ran on (here a short-lived runtime is dropped while the task waits). That must
+/// not leave it marked as running: the next undelivered invalidation starts a new one, and the
+/// other node gets its flush once publishing works again.
+#[test]
+fn a_flush_task_lost_with_its_runtime_does_not_stop_later_flushes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = Tiered(RedisServer::start());
+    t.0.cli(&["ACL", "SETUSER", "writer", "on", ">pw", "~*", "&*", "+@all"]);
+    let metrics = MetricsService::new("t").unwrap();
+    let url = format!("redis://writer:pw@127.0.0.1:{}", t.0.port());
+    let (a, b) = rt.block_on(async {
+        let a = t.node_at(&url, "app", None, &metrics).await;
+        let b = t.node("app", None, &metrics).await;
+        a.set("k", "v1".into(), Ttl::Never).await.unwrap();
+        eventually("B to cache v1 in L1", async || {
+            b.get("k").await.unwrap();
+            b.l1().get("k").await.unwrap().is_some()
+        })
+        .await;
+        (a, b)
+    });
+    t.0.cli(&["ACL", "SETUSER", "writer", "-publish"]);
+    {
+        let short = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The publish fails: a flush task starts on this runtime, which then goes away.
+        short.block_on(a.set("k", "v2".into(), Ttl::Never)).unwrap();
+    }
+    rt.block_on(async {
+        a.set("k", "v3".into(), Ttl::Never).await.unwrap();
+        t.0.cli(&["ACL", "SETUSER", "writer", "+publish"]);
+        eventually("B to get a flush and read v3", async || {
+            b.get("k").await.unwrap().as_deref() == Some(&b"v3"[..])
+        })
+        .await;
+    });
+}
+
+/// A write future dropped outside any Tokio runtime cannot spawn its invalidation message:
+/// that is counted as a failed invalidation, not skipped silently.
+#[test]
+fn a_write_dropped_outside_a_runtime_counts_its_skipped_invalidation() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let a = rt.block_on(t.node("app", None, &metrics));
+    t.0.pause();
+    let pending = rt.block_on(async {
+        let mut write = Box::pin(a.set("k", "v".into(), Ttl::Never));
+        let polled = tokio::time::timeout(Duration::from_millis(50), &mut write).await;
+        assert!(
+            polled.is_err(),
+            "the write cannot finish on a frozen server"
+        );
+        write
+    });
+    drop(pending);
+    t.0.resume();
+    assert!(
+        series(
+            &metrics.render(),
+            "t_tiered_invalidation_failures_total{cache=\"app\"}"
+        ) >= 1.0,
+        "{}",
+        metrics.render()
+    );
+}
