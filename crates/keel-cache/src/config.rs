@@ -17,9 +17,100 @@ use serde::{Deserialize, Deserializer};
 use crate::{Error, Result};
 
 /// A string that never shows in `Debug` output (passwords, URLs with credentials).
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+///
+/// In a config file it is a string; a whole number (`password = 123456`) is taken as its
+/// decimal text (so quote a YAML secret written as `0x1f`, `0o17` or `+12`: YAML reads those
+/// as numbers). Anything else is an error whose message never shows the value (serde's own
+/// message would: "invalid type: integer `123456`").
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(SecretVisitor)
+    }
+}
+
+/// Reads a [`Secret`]; every refusal uses [`SecretVisitor::refuse`], which names no value.
+struct SecretVisitor;
+
+impl SecretVisitor {
+    fn refuse<T, E: serde::de::Error>(&self) -> std::result::Result<T, E> {
+        Err(E::custom(
+            "a secret (password, url) must be a string; the value is not shown",
+        ))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a secret string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Secret, E> {
+        Ok(Secret(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> std::result::Result<Secret, E> {
+        Ok(Secret(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> std::result::Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> std::result::Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    // A float's text is not what was written (`1e3`, `0.10`): refused, not guessed.
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<Secret, E> {
+        self.refuse()
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<Secret, E> {
+        self.refuse()
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> std::result::Result<Secret, E> {
+        self.refuse()
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Secret, E> {
+        self.refuse()
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        _: A,
+    ) -> std::result::Result<Secret, A::Error> {
+        self.refuse()
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        _: A,
+    ) -> std::result::Result<Secret, A::Error> {
+        self.refuse()
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(
+        self,
+        _: A,
+    ) -> std::result::Result<Secret, A::Error> {
+        self.refuse()
+    }
+}
 
 impl Secret {
     /// Wraps a secret.
@@ -346,6 +437,41 @@ impl CacheConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A secret written as a number is taken as its text; anything else that is not a string
+    /// is an error that never echoes the value, in every format.
+    #[test]
+    fn secrets_never_show_in_parse_errors() {
+        let parses = [
+            CacheConfig::from_toml("type = \"redis\"\npassword = 123456\n"),
+            CacheConfig::from_yaml("type: redis\npassword: 123456\n"),
+            CacheConfig::from_json(r#"{"type":"redis","password":123456}"#),
+        ];
+        for parsed in parses {
+            let cfg = parsed.unwrap();
+            assert_eq!(cfg.password.as_ref().map(Secret::expose), Some("123456"));
+        }
+        // YAML keeps leading zeros: such a scalar is a string.
+        let cfg = CacheConfig::from_yaml("type: redis\npassword: 0123\n").unwrap();
+        assert_eq!(cfg.password.as_ref().map(Secret::expose), Some("0123"));
+        let bad = [
+            CacheConfig::from_toml("type = \"redis\"\npassword = 98765.4321\n").err(),
+            CacheConfig::from_toml("type = \"redis\"\nurl = [\"s3cr3t-a\"]\n").err(),
+            CacheConfig::from_yaml("type: redis\npassword: 98765.4321\n").err(),
+            CacheConfig::from_yaml("type: redis\nurl: [s3cr3t-a]\n").err(),
+            CacheConfig::from_yaml("type: redis\npassword: {s3cr3t-a: 1}\n").err(),
+            CacheConfig::from_json(r#"{"type":"redis","password":98765.4321}"#).err(),
+            CacheConfig::from_json(r#"{"type":"redis","url":["s3cr3t-a"]}"#).err(),
+        ];
+        for err in bad {
+            let text = err.expect("not a string: an error").to_string();
+            assert!(
+                !text.contains("98765") && !text.contains("s3cr3t"),
+                "the secret leaked: {text}"
+            );
+            assert!(text.contains("secret"), "{text}");
+        }
+    }
 
     #[test]
     fn seed_go_config_as_json() {
