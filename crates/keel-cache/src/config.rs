@@ -216,28 +216,37 @@ impl fmt::Debug for CacheConfig {
     }
 }
 
-/// `text` with the user-info part of every URL in it (`scheme://user:pass@host`) replaced by
-/// `***` (`scheme://***@host`), for Debug output and error messages.
+/// `text` with the user-info part of every URL or address in it replaced by `***`:
+/// `scheme://user:pass@host` becomes `scheme://***@host`, and a Cluster or Sentinel address
+/// written without a scheme (`user:pass@host:port`) becomes `***@host:port`. For Debug output
+/// and error messages. Words are split at whitespace and quotes; in each, the user-info is
+/// what comes before the last `@` of the authority (after `://` if any, up to the first `/`).
+/// Any other word with an `@` (an e-mail address) is redacted too: better too much than a
+/// password.
 pub(crate) fn redact_urls(text: &str) -> String {
+    let boundary = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`');
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        // The authority ends at the first '/', whitespace or quote; user-info at its last '@'.
-        let end = tail
-            .find(|c: char| c == '/' || c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
-            .unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                out.push_str(&tail[at..end]);
-            }
-            None => out.push_str(&tail[..end]),
+    while let Some(c) = rest.chars().next() {
+        if boundary(c) {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            continue;
         }
-        rest = &tail[end..];
+        let end = rest.find(boundary).unwrap_or(rest.len());
+        let (word, tail) = rest.split_at(end);
+        let start = word.find("://").map_or(0, |i| i + 3);
+        let authority = word[start..].find('/').map_or(word.len(), |i| start + i);
+        match word[start..authority].rfind('@') {
+            Some(at) => {
+                out.push_str(&word[..start]);
+                out.push_str("***");
+                out.push_str(&word[start + at..]);
+            }
+            None => out.push_str(word),
+        }
+        rest = tail;
     }
-    out.push_str(rest);
     out
 }
 
@@ -548,6 +557,19 @@ mod tests {
         );
         assert_eq!(redact_urls("redis://h:1"), "redis://h:1");
         assert_eq!(redact_urls("no url"), "no url");
+        // Cluster and Sentinel addresses may be written without a scheme.
+        assert_eq!(
+            redact_urls("seed u:hunter2@h:1 and \":pw@x:2\", plain h:3"),
+            "seed ***@h:1 and \"***@x:2\", plain h:3"
+        );
+        let cfg = CacheConfig::from_toml(
+            "type = \"redis\"\nmode = \"cluster\"\nnodes = [\"u:hunter2@h:1\"]\n\
+             sentinels = [\":hunter2@s:2\"]\n",
+        )
+        .unwrap();
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("***@h:1"), "{debug}");
     }
 
     #[test]
