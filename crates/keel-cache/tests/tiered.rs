@@ -684,7 +684,8 @@ fn a_write_dropped_outside_a_runtime_counts_its_skipped_invalidation() {
             polled.is_err(),
             "the write cannot finish on a frozen server"
         );
-        write
+        // Handed out of the runtime (in an Option: it is to be dropped, not awaited).
+        Some(write)
     });
     drop(pending);
     t.0.resume();
