@@ -236,11 +236,7 @@ async fn a_write_to_a_key_moved_mid_migration_follows_ask() {
     cache.connect().await.unwrap();
     cache.set("moved", "old".into(), Ttl::Never).await.unwrap();
     let nodes = cluster.0.nodes();
-    // Without -c a node that does not own the slot answers MOVED instead of 1.
-    let src = nodes
-        .iter()
-        .position(|n| n.cli(&["EXISTS", "app:moved"]) == "1")
-        .expect("the owner of app:moved");
+    let src = cluster.0.master_of("app:moved");
     let (src, dst) = (&nodes[src], &nodes[(src + 1) % nodes.len()]);
     let slot = src.cli(&["CLUSTER", "KEYSLOT", "app:moved"]);
     let (src_id, dst_id) = (src.cli(&["CLUSTER", "MYID"]), dst.cli(&["CLUSTER", "MYID"]));
@@ -291,10 +287,7 @@ async fn a_write_only_ever_refused_is_unavailable_not_unknown() {
     cache.connect().await.unwrap();
     cache.set("{t}seed", "x".into(), Ttl::Never).await.unwrap();
     let nodes = cluster.0.nodes();
-    let src = nodes
-        .iter()
-        .position(|n| n.cli(&["EXISTS", "app:{t}seed"]) == "1")
-        .expect("the owner of the slot");
+    let src = cluster.0.master_of("app:{t}seed");
     let (src, dst) = (&nodes[src], &nodes[(src + 1) % nodes.len()]);
     let slot = src.cli(&["CLUSTER", "KEYSLOT", "app:{t}seed"]);
     let dst_id = dst.cli(&["CLUSTER", "MYID"]);

@@ -505,22 +505,29 @@ async fn a_clear_that_timed_out_still_flushes_every_l1() {
     .await;
 }
 
-/// An invalidation that could not be published is made up for once publishing works again:
-/// the other node's L1 is flushed and it reads the new value.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undelivered_invalidation_is_made_up_for_when_publishing_works_again() {
-    let t = Tiered(RedisServer::start());
+/// Node A as the ACL user `writer` (whose PUBLISH a test can deny), node B as the default
+/// user, with `k = v1` in B's L1.
+async fn writer_and_observer(t: &Tiered, metrics: &MetricsService) -> (TieredCache, TieredCache) {
     t.0.cli(&["ACL", "SETUSER", "writer", "on", ">pw", "~*", "&*", "+@all"]);
-    let metrics = MetricsService::new("t").unwrap();
     let url = format!("redis://writer:pw@127.0.0.1:{}", t.0.port());
-    let a = t.node_at(&url, "app", None, &metrics).await;
-    let b = t.node("app", None, &metrics).await;
+    let a = t.node_at(&url, "app", None, metrics).await;
+    let b = t.node("app", None, metrics).await;
     a.set("k", "v1".into(), Ttl::Never).await.unwrap();
     eventually("B to cache v1 in L1", async || {
         b.get("k").await.unwrap();
         b.l1().get("k").await.unwrap().is_some()
     })
     .await;
+    (a, b)
+}
+
+/// An invalidation that could not be published is made up for once publishing works again:
+/// the other node's L1 is flushed and it reads the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_invalidation_is_made_up_for_when_publishing_works_again() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let (a, b) = writer_and_observer(&t, &metrics).await;
     t.0.cli(&["ACL", "SETUSER", "writer", "-publish"]);
     // Applied, though its invalidation cannot be published (before: Err(Denied)).
     a.set("k", "v2".into(), Ttl::Never).await.unwrap();
@@ -606,11 +613,7 @@ async fn a_cluster_write_applied_after_its_timeout_leaves_no_stale_l1() {
         .unwrap();
     a.connect().await.unwrap();
     a.set("k", "v1".into(), Ttl::Never).await.unwrap();
-    let master = cluster
-        .nodes()
-        .iter()
-        .find(|n| n.cli(&["EXISTS", "app:k"]) == "1")
-        .expect("the master of app:k");
+    let master = &cluster.nodes()[cluster.master_of("app:k")];
     assert_eq!(master.cli(&["CLIENT", "PAUSE", "30000", "WRITE"]), "OK");
     let r = a.set("k", "v2".into(), Ttl::Never).await;
     assert!(r.is_err(), "a held write cannot succeed in time: {r:?}");
@@ -635,20 +638,8 @@ async fn a_cluster_write_applied_after_its_timeout_leaves_no_stale_l1() {
 fn a_flush_task_lost_with_its_runtime_does_not_stop_later_flushes() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = Tiered(RedisServer::start());
-    t.0.cli(&["ACL", "SETUSER", "writer", "on", ">pw", "~*", "&*", "+@all"]);
     let metrics = MetricsService::new("t").unwrap();
-    let url = format!("redis://writer:pw@127.0.0.1:{}", t.0.port());
-    let (a, b) = rt.block_on(async {
-        let a = t.node_at(&url, "app", None, &metrics).await;
-        let b = t.node("app", None, &metrics).await;
-        a.set("k", "v1".into(), Ttl::Never).await.unwrap();
-        eventually("B to cache v1 in L1", async || {
-            b.get("k").await.unwrap();
-            b.l1().get("k").await.unwrap().is_some()
-        })
-        .await;
-        (a, b)
-    });
+    let (a, b) = rt.block_on(writer_and_observer(&t, &metrics));
     t.0.cli(&["ACL", "SETUSER", "writer", "-publish"]);
     {
         let short = tokio::runtime::Builder::new_current_thread()
