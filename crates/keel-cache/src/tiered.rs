@@ -174,6 +174,7 @@ impl Generations {
 }
 
 /// What one write touches: some keys, or the whole cache (`clear`).
+#[derive(Clone)]
 enum Touched {
     Keys(Vec<String>),
     All,
@@ -201,14 +202,33 @@ impl Drop for AfterWrite {
         self.cache.drop_local(&touched);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let cache = self.cache.clone();
-            runtime.spawn(async move {
-                cache.announce(&touched).await;
-                cache.settle(touched).await;
-            });
+            let announced = touched.clone();
+            runtime.spawn(async move { cache.announce(&announced).await });
+            self.cache.settle_later(touched);
         } else {
             // Dropped outside a runtime: nothing can be sent from here. Counted like a failed
             // publish; the other nodes' staleness stays bounded by l1_ttl.
             self.cache.inner.metrics.publish_failures.inc();
+        }
+    }
+}
+
+/// How many [`TieredCache::settle`] tasks may run at once.
+const MAX_SETTLING: usize = 256;
+
+/// Owned by a settle task: counts it out however it ends (and, for the stand-in whole-L1
+/// flush, lets the next overflow start another).
+struct Settling {
+    cache: TieredCache,
+    all: bool,
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        let i = &self.cache.inner;
+        i.settling.fetch_sub(1, Ordering::AcqRel);
+        if self.all {
+            i.settle_all.store(false, Ordering::Release);
         }
     }
 }
@@ -245,6 +265,10 @@ struct Inner {
     /// When the last invalidation that could not be published failed; `Some` while a task
     /// retries a flush for it (see `TieredCache::flush_later`).
     undelivered: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Settle tasks running ([`TieredCache::settle_later`]), and whether the whole-L1 flush
+    /// standing in for those over the cap is pending.
+    settling: std::sync::atomic::AtomicUsize,
+    settle_all: AtomicBool,
     /// Why the last subscription attempt failed (for `connect`'s error).
     subscribe_error: std::sync::Mutex<Option<String>>,
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -297,6 +321,8 @@ impl TieredCacheBuilder {
                 subscribed: AtomicBool::new(false),
                 subscribe_error: std::sync::Mutex::new(None),
                 undelivered: std::sync::Mutex::new(None),
+                settling: std::sync::atomic::AtomicUsize::new(0),
+                settle_all: AtomicBool::new(false),
                 listener: std::sync::Mutex::new(None),
             }),
         })
@@ -521,11 +547,31 @@ impl TieredCache {
     }
 
     /// After a write whose outcome is unknown: [`settle`](Self::settle) in a spawned task.
+    /// At most [`MAX_SETTLING`] such tasks run at once (a frozen server makes every write's
+    /// outcome unknown); past that, one whole-L1 flush after twice the response timeout stands
+    /// in for the rest.
     fn settle_later(&self, touched: Touched) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let cache = self.clone();
-            runtime.spawn(async move { cache.settle(touched).await });
-        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let i = &self.inner;
+        let (touched, all) = if i.settling.fetch_add(1, Ordering::AcqRel) < MAX_SETTLING {
+            (touched, false)
+        } else if !i.settle_all.swap(true, Ordering::AcqRel) {
+            (Touched::All, true)
+        } else {
+            i.settling.fetch_sub(1, Ordering::AcqRel);
+            return; // the pending whole-L1 flush covers it
+        };
+        // Moved into the task: counts it out however it ends, even unpolled.
+        let settling = Settling {
+            cache: self.clone(),
+            all,
+        };
+        runtime.spawn(async move {
+            let settling = settling;
+            settling.cache.settle(touched).await;
+        });
     }
 
     /// Waits until a write whose outcome was unknown has run (or never will), then drops what
@@ -548,15 +594,14 @@ impl TieredCache {
             Touched::Keys(keys) => {
                 for key in keys {
                     let mut backoff = Duration::from_millis(50);
-                    loop {
-                        match i.l2.fence(key).await {
-                            Ok(()) | Err(Error::Closed { .. }) => break,
-                            Err(_) if tokio::time::Instant::now() >= give_up => break,
-                            Err(_) => {
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(Duration::from_secs(2));
-                            }
+                    // Only a fence that timed out leaves the write possibly still queued; any
+                    // other answer means the connection it was sent on is gone (or it ran).
+                    while let Err(Error::Timeout { .. }) = i.l2.fence(key).await {
+                        if tokio::time::Instant::now() >= give_up {
+                            break;
                         }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }

@@ -689,3 +689,31 @@ fn a_write_dropped_outside_a_runtime_counts_its_skipped_invalidation() {
         metrics.render()
     );
 }
+
+/// Every write to a frozen server has an unknown outcome; past 256 of them waiting to settle,
+/// one whole-L1 flush stands in for the rest instead of one more task each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsettled_writes_past_the_cap_fall_back_to_one_flush() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let a = t.node("app", None, &metrics).await;
+    let flushes = || {
+        series(
+            &metrics.render(),
+            "t_tiered_l1_flushes_total{cache=\"app\",tier=\"l1\"}",
+        )
+    };
+    let before = flushes();
+    t.0.pause();
+    let writes: Vec<_> = (0..300)
+        .map(|n| {
+            let a = a.clone();
+            tokio::spawn(async move { a.set(&format!("k{n}"), "v".into(), Ttl::Never).await })
+        })
+        .collect();
+    for write in writes {
+        assert!(write.await.unwrap().is_err(), "the server is frozen");
+    }
+    eventually("the stand-in whole-L1 flush", async || flushes() > before).await;
+    t.0.resume();
+}

@@ -63,14 +63,14 @@ impl Shared {
             };
         }
         if refused_before_running(e) && !readonly {
-            // A write that kept being redirected or refused until its time was up: nothing
-            // ran, so this is neither a timeout nor an unknown outcome.
+            // A request redirected or refused (in Cluster mode until its time was up): it did
+            // not run, so this is neither a timeout nor an unknown outcome.
             return Error::Unavailable {
                 cache,
                 operation,
                 reason: format!(
-                    "the cluster refused the request until its time was up (slot migration or \
-                     failover in progress): {}",
+                    "the server refused the request (slot migration, failover or loading in \
+                     progress): {}",
                     crate::config::redact_urls(&e.to_string())
                 ),
             };
