@@ -17,9 +17,100 @@ use serde::{Deserialize, Deserializer};
 use crate::{Error, Result};
 
 /// A string that never shows in `Debug` output (passwords, URLs with credentials).
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+///
+/// In a config file it is a string; a whole number (`password = 123456`) is taken as its
+/// decimal text (so quote a YAML secret written as `0x1f`, `0o17` or `+12`: YAML reads those
+/// as numbers). Anything else is an error whose message never shows the value (serde's own
+/// message would: "invalid type: integer `123456`").
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(SecretVisitor)
+    }
+}
+
+/// Reads a [`Secret`]; every refusal uses [`SecretVisitor::refuse`], which names no value.
+struct SecretVisitor;
+
+impl SecretVisitor {
+    fn refuse<T, E: serde::de::Error>(&self) -> std::result::Result<T, E> {
+        Err(E::custom(
+            "a secret (password, url) must be a string; the value is not shown",
+        ))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a secret string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Secret, E> {
+        Ok(Secret(v.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> std::result::Result<Secret, E> {
+        Ok(Secret(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> std::result::Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> std::result::Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    // A float's text is not what was written (`1e3`, `0.10`): refused, not guessed.
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<Secret, E> {
+        self.refuse()
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<Secret, E> {
+        self.refuse()
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> std::result::Result<Secret, E> {
+        self.refuse()
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Secret, E> {
+        self.refuse()
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        _: A,
+    ) -> std::result::Result<Secret, A::Error> {
+        self.refuse()
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        _: A,
+    ) -> std::result::Result<Secret, A::Error> {
+        self.refuse()
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(
+        self,
+        _: A,
+    ) -> std::result::Result<Secret, A::Error> {
+        self.refuse()
+    }
+}
 
 impl Secret {
     /// Wraps a secret.
@@ -125,28 +216,37 @@ impl fmt::Debug for CacheConfig {
     }
 }
 
-/// `text` with the user-info part of every URL in it (`scheme://user:pass@host`) replaced by
-/// `***` (`scheme://***@host`), for Debug output and error messages.
+/// `text` with the user-info part of every URL or address in it replaced by `***`:
+/// `scheme://user:pass@host` becomes `scheme://***@host`, and a Cluster or Sentinel address
+/// written without a scheme (`user:pass@host:port`) becomes `***@host:port`. For Debug output
+/// and error messages. Words are split at whitespace and quotes; in each, the user-info is
+/// what comes before the last `@` of the authority (after `://` if any, up to the first `/`).
+/// Any other word with an `@` (an e-mail address) is redacted too: better too much than a
+/// password.
 pub(crate) fn redact_urls(text: &str) -> String {
+    let boundary = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`');
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        // The authority ends at the first '/', whitespace or quote; user-info at its last '@'.
-        let end = tail
-            .find(|c: char| c == '/' || c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
-            .unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                out.push_str(&tail[at..end]);
-            }
-            None => out.push_str(&tail[..end]),
+    while let Some(c) = rest.chars().next() {
+        if boundary(c) {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            continue;
         }
-        rest = &tail[end..];
+        let end = rest.find(boundary).unwrap_or(rest.len());
+        let (word, tail) = rest.split_at(end);
+        let start = word.find("://").map_or(0, |i| i + 3);
+        let authority = word[start..].find('/').map_or(word.len(), |i| start + i);
+        match word[start..authority].rfind('@') {
+            Some(at) => {
+                out.push_str(&word[..start]);
+                out.push_str("***");
+                out.push_str(&word[start + at..]);
+            }
+            None => out.push_str(word),
+        }
+        rest = tail;
     }
-    out.push_str(rest);
     out
 }
 
@@ -347,6 +447,41 @@ impl CacheConfig {
 mod tests {
     use super::*;
 
+    /// A secret written as a number is taken as its text; anything else that is not a string
+    /// is an error that never echoes the value, in every format.
+    #[test]
+    fn secrets_never_show_in_parse_errors() {
+        let parses = [
+            CacheConfig::from_toml("type = \"redis\"\npassword = 123456\n"),
+            CacheConfig::from_yaml("type: redis\npassword: 123456\n"),
+            CacheConfig::from_json(r#"{"type":"redis","password":123456}"#),
+        ];
+        for parsed in parses {
+            let cfg = parsed.unwrap();
+            assert_eq!(cfg.password.as_ref().map(Secret::expose), Some("123456"));
+        }
+        // YAML keeps leading zeros: such a scalar is a string.
+        let cfg = CacheConfig::from_yaml("type: redis\npassword: 0123\n").unwrap();
+        assert_eq!(cfg.password.as_ref().map(Secret::expose), Some("0123"));
+        let bad = [
+            CacheConfig::from_toml("type = \"redis\"\npassword = 98765.4321\n").err(),
+            CacheConfig::from_toml("type = \"redis\"\nurl = [\"s3cr3t-a\"]\n").err(),
+            CacheConfig::from_yaml("type: redis\npassword: 98765.4321\n").err(),
+            CacheConfig::from_yaml("type: redis\nurl: [s3cr3t-a]\n").err(),
+            CacheConfig::from_yaml("type: redis\npassword: {s3cr3t-a: 1}\n").err(),
+            CacheConfig::from_json(r#"{"type":"redis","password":98765.4321}"#).err(),
+            CacheConfig::from_json(r#"{"type":"redis","url":["s3cr3t-a"]}"#).err(),
+        ];
+        for err in bad {
+            let text = err.expect("not a string: an error").to_string();
+            assert!(
+                !text.contains("98765") && !text.contains("s3cr3t"),
+                "the secret leaked: {text}"
+            );
+            assert!(text.contains("secret"), "{text}");
+        }
+    }
+
     #[test]
     fn seed_go_config_as_json() {
         let cfg = CacheConfig::from_json(
@@ -422,6 +557,19 @@ mod tests {
         );
         assert_eq!(redact_urls("redis://h:1"), "redis://h:1");
         assert_eq!(redact_urls("no url"), "no url");
+        // Cluster and Sentinel addresses may be written without a scheme.
+        assert_eq!(
+            redact_urls("seed u:hunter2@h:1 and \":pw@x:2\", plain h:3"),
+            "seed ***@h:1 and \"***@x:2\", plain h:3"
+        );
+        let cfg = CacheConfig::from_toml(
+            "type = \"redis\"\nmode = \"cluster\"\nnodes = [\"u:hunter2@h:1\"]\n\
+             sentinels = [\":hunter2@s:2\"]\n",
+        )
+        .unwrap();
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("***@h:1"), "{debug}");
     }
 
     #[test]

@@ -47,8 +47,23 @@ use crate::{Error, Result};
 /// read as "none".
 pub const NEGATIVE_MARKER: &[u8] = b"\0keel:negative\0";
 
-/// How [`Loader::get_or_load`] caches.
+/// How [`Loader::get_or_load`] caches. Start from [`LoadOptions::new`] and chain the
+/// setters (or assign the public fields): new settings may be added, so the struct cannot be
+/// built as a literal outside this crate.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel_cache::Ttl;
+/// use keel_cache::load::LoadOptions;
+///
+/// let options = LoadOptions::new(Ttl::After(Duration::from_secs(300)))
+///     .negative_ttl(Duration::from_secs(10))
+///     .refresh_ahead(Duration::from_secs(30))
+///     .lock_ttl(Duration::from_secs(60));
+/// assert_eq!(options.negative_ttl, Some(Duration::from_secs(10)));
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LoadOptions {
     /// TTL of loaded values.
     pub ttl: Ttl,
@@ -91,6 +106,39 @@ impl LoadOptions {
             lock: None,
             lock_ttl: DEFAULT_LOAD_LOCK_TTL,
         }
+    }
+
+    /// Remembers "none" answers for `ttl` (default: not at all). Sets the
+    /// `negative_ttl` field.
+    #[must_use]
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// Reloads a hit whose remaining TTL is below `margin` (default: never); one caller
+    /// reloads while the others keep the cached value. Sets the
+    /// `refresh_ahead` field.
+    #[must_use]
+    pub fn refresh_ahead(mut self, margin: Duration) -> Self {
+        self.refresh_ahead = Some(margin);
+        self
+    }
+
+    /// Runs the loader under a lock of `locker`, waiting at most `wait` for it
+    /// (cross-process single flight; default: no lock). Sets the `lock` field.
+    #[must_use]
+    pub fn lock(mut self, locker: Locker, wait: Duration) -> Self {
+        self.lock = Some((locker, wait));
+        self
+    }
+
+    /// The TTL of that lock (default [`DEFAULT_LOAD_LOCK_TTL`]; a watchdog renews it while the
+    /// loader runs). Sets the `lock_ttl` field.
+    #[must_use]
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
     }
 }
 

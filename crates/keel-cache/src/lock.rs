@@ -312,7 +312,15 @@ impl Locker {
         };
         let sent = Instant::now();
         let labels = LockMetrics::labels(name);
-        let Some(fence) = self.store.acquire(name, &token, ttl).await? else {
+        let acquired = match self.store.acquire(name, &token, ttl).await {
+            Ok(acquired) => acquired,
+            Err(e) if e.is_outcome_unknown() => {
+                self.release_unknown(name, &token).await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(fence) = acquired else {
             self.metrics.contention.get_or_create(&labels).inc();
             return Ok(None);
         };
@@ -330,6 +338,21 @@ impl Locker {
             sent,
             options.watchdog,
         )))
+    }
+
+    /// After an acquire whose reply was lost: it may have taken the lock with `token`, which
+    /// nobody knows, so the lock would stay held for its whole TTL. Releases it (owner-checked:
+    /// only if it holds this token), best effort: a few tries while the connection comes
+    /// back; if they all fail the TTL still frees the lock.
+    async fn release_unknown(&self, name: &str, token: &str) {
+        let mut backoff = Duration::from_millis(20);
+        for _ in 0..3 {
+            if self.store.release(name, token).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
     }
 }
 

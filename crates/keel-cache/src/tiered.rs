@@ -6,6 +6,9 @@
 //!   answered (a timed-out write may still be applied), and publish an invalidation so every
 //!   other node drops it too (a node ignores its own messages). A dropped future does the
 //!   second half from a guard; the caller always gets L2's result, never a publish error.
+//!   When the write's outcome is unknown, a background task drops and announces once more
+//!   after the write has run (see `TieredCache::settle`: in Cluster mode a read can overtake
+//!   a delayed write).
 //! - Atomic operations (`incr_by`, `set_nx`, `set_if_match`) run on L2 only, bracketed alike.
 //! - When the pub/sub connection drops, invalidations may have been missed: L1 is flushed
 //!   as soon as it is back (and while it is down, L1 is bypassed).
@@ -171,6 +174,7 @@ impl Generations {
 }
 
 /// What one write touches: some keys, or the whole cache (`clear`).
+#[derive(Clone)]
 enum Touched {
     Keys(Vec<String>),
     All,
@@ -198,7 +202,52 @@ impl Drop for AfterWrite {
         self.cache.drop_local(&touched);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let cache = self.cache.clone();
-            runtime.spawn(async move { cache.announce(&touched).await });
+            let announced = touched.clone();
+            runtime.spawn(async move { cache.announce(&announced).await });
+            self.cache.settle_later(touched);
+        } else {
+            // Dropped outside a runtime: nothing can be sent from here. Counted like a failed
+            // publish; the other nodes' staleness stays bounded by l1_ttl.
+            self.cache.inner.metrics.publish_failures.inc();
+        }
+    }
+}
+
+/// How many [`TieredCache::settle`] tasks may run at once.
+const MAX_SETTLING: usize = 256;
+
+/// Owned by a settle task: counts it out however it ends (and, for the stand-in whole-L1
+/// flush, lets the next overflow start another).
+struct Settling {
+    cache: TieredCache,
+    all: bool,
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        let i = &self.cache.inner;
+        i.settling.fetch_sub(1, Ordering::AcqRel);
+        if self.all {
+            i.settle_all.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Owned by the background flush task: clears the "flush pending" mark if the task ends
+/// without doing so itself (its runtime shut down, or dropped it before it ever ran), so a
+/// later undelivered invalidation starts a new task instead of waiting on a dead one.
+struct FlushTask {
+    inner: std::sync::Weak<Inner>,
+    armed: bool,
+}
+
+impl Drop for FlushTask {
+    fn drop(&mut self) {
+        if let (true, Some(inner)) = (self.armed, self.inner.upgrade()) {
+            *inner
+                .undelivered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
         }
     }
 }
@@ -216,6 +265,10 @@ struct Inner {
     /// When the last invalidation that could not be published failed; `Some` while a task
     /// retries a flush for it (see `TieredCache::flush_later`).
     undelivered: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Settle tasks running ([`TieredCache::settle_later`]), and whether the whole-L1 flush
+    /// standing in for those over the cap is pending.
+    settling: std::sync::atomic::AtomicUsize,
+    settle_all: AtomicBool,
     /// Why the last subscription attempt failed (for `connect`'s error).
     subscribe_error: std::sync::Mutex<Option<String>>,
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -268,6 +321,8 @@ impl TieredCacheBuilder {
                 subscribed: AtomicBool::new(false),
                 subscribe_error: std::sync::Mutex::new(None),
                 undelivered: std::sync::Mutex::new(None),
+                settling: std::sync::atomic::AtomicUsize::new(0),
+                settle_all: AtomicBool::new(false),
                 listener: std::sync::Mutex::new(None),
             }),
         })
@@ -388,20 +443,28 @@ impl TieredCache {
     /// since it (by then no L1 entry from before it is left anyway).
     fn flush_later(&self) {
         let i = &self.inner;
-        let start = {
-            let mut pending = i.undelivered.lock().unwrap_or_else(PoisonError::into_inner);
-            let start = pending.is_none();
-            *pending = Some(tokio::time::Instant::now());
-            start
-        };
+        // Without a runtime no task can run: leave no mark that one does (the failure was
+        // counted by the caller).
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if !start {
-            return; // the running task sees the new failure time
+        {
+            let mut pending = i.undelivered.lock().unwrap_or_else(PoisonError::into_inner);
+            let running = pending.is_some();
+            *pending = Some(tokio::time::Instant::now());
+            if running {
+                return; // the running task sees the new failure time
+            }
         }
         let weak = Arc::downgrade(&self.inner);
+        // Moved into the task: dropped with it however it ends, even unpolled.
+        let task = FlushTask {
+            inner: weak.clone(),
+            armed: true,
+        };
         runtime.spawn(async move {
+            // The whole guard, not just the field the body touches.
+            let mut task = task;
             let mut backoff = Duration::from_millis(50);
             loop {
                 tokio::time::sleep(backoff).await;
@@ -416,6 +479,7 @@ impl TieredCache {
                         Some(at) if at.elapsed() < inner.l1_ttl => at,
                         _ => {
                             *pending = None;
+                            task.armed = false;
                             return;
                         }
                     }
@@ -433,10 +497,12 @@ impl TieredCache {
                     // publish; the other nodes' staleness stays bounded by l1_ttl.
                     Ok(()) if *pending == Some(failed_at) => {
                         *pending = None;
+                        task.armed = false;
                         return;
                     }
                     Err(Error::Closed { .. }) => {
                         *pending = None;
+                        task.armed = false;
                         return;
                     }
                     Ok(()) => {}
@@ -468,11 +534,80 @@ impl TieredCache {
         let result = l2.await;
         let touched = guard.touched.as_ref().map_or(&Touched::All, |t| t);
         self.drop_local(touched);
-        if changed(&result) {
+        let changed = changed(&result);
+        if changed {
             self.announce(touched).await;
         }
-        guard.touched = None;
+        let touched = guard.touched.take();
+        if let (true, Err(_), Some(touched)) = (changed, &result, touched) {
+            // The write may still run later: drop and announce again once it has.
+            self.settle_later(touched);
+        }
         result
+    }
+
+    /// After a write whose outcome is unknown: [`settle`](Self::settle) in a spawned task.
+    /// At most [`MAX_SETTLING`] such tasks run at once (a frozen server makes every write's
+    /// outcome unknown); past that, one whole-L1 flush after twice the response timeout stands
+    /// in for the rest.
+    fn settle_later(&self, touched: Touched) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let i = &self.inner;
+        let (touched, all) = if i.settling.fetch_add(1, Ordering::AcqRel) < MAX_SETTLING {
+            (touched, false)
+        } else if !i.settle_all.swap(true, Ordering::AcqRel) {
+            (Touched::All, true)
+        } else {
+            i.settling.fetch_sub(1, Ordering::AcqRel);
+            return; // the pending whole-L1 flush covers it
+        };
+        // Moved into the task: counts it out however it ends, even unpolled.
+        let settling = Settling {
+            cache: self.clone(),
+            all,
+        };
+        runtime.spawn(async move {
+            let settling = settling;
+            settling.cache.settle(touched).await;
+        });
+    }
+
+    /// Waits until a write whose outcome was unknown has run (or never will), then drops what
+    /// it touched from this node's L1 again and tells the other nodes again. The second drop
+    /// right after the write is not enough where reads and writes take different connections
+    /// (Cluster): a read sent after the write timed out can reach the master before the write
+    /// runs and refill L1 with the old value, and the first message may reach the other nodes
+    /// before the write runs. For keys, "has run" is a fence (`EXISTS` on the write
+    /// connection, answered only after the write: [`RedisCache::fence`]), re-sent until it is
+    /// answered; for a whole-cache clear (its `UNLINK`s go on the read connections), twice the
+    /// response timeout. Either way it gives up `l1_ttl` after the write: no L1 entry from
+    /// before is left by then.
+    async fn settle(&self, touched: Touched) {
+        let i = &self.inner;
+        let give_up = tokio::time::Instant::now() + i.l1_ttl;
+        match &touched {
+            Touched::All => {
+                tokio::time::sleep(i.l2.response_timeout().saturating_mul(2)).await;
+            }
+            Touched::Keys(keys) => {
+                for key in keys {
+                    let mut backoff = Duration::from_millis(50);
+                    // Only a fence that timed out leaves the write possibly still queued; any
+                    // other answer means the connection it was sent on is gone (or it ran).
+                    while let Err(Error::Timeout { .. }) = i.l2.fence(key).await {
+                        if tokio::time::Instant::now() >= give_up {
+                            break;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        self.drop_local(&touched);
+        self.announce(&touched).await;
     }
 
     async fn listen(inner: std::sync::Weak<Inner>) {

@@ -225,3 +225,89 @@ async fn a_write_whose_reply_is_lost_is_never_applied_twice() {
         Err(e) => assert!(e.is_outcome_unknown(), "{e:?}"),
     }
 }
+
+/// During a slot migration the source answers `ASK` for a key already moved; a write must
+/// follow it (`ASKING` + the command on the target), not re-send to the source until its
+/// time is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_key_moved_mid_migration_follows_ask() {
+    let cluster = Cluster::start();
+    let cache = cluster.builder("app").build().unwrap();
+    cache.connect().await.unwrap();
+    cache.set("moved", "old".into(), Ttl::Never).await.unwrap();
+    let nodes = cluster.0.nodes();
+    let src = cluster.0.master_of("app:moved");
+    let (src, dst) = (&nodes[src], &nodes[(src + 1) % nodes.len()]);
+    let slot = src.cli(&["CLUSTER", "KEYSLOT", "app:moved"]);
+    let (src_id, dst_id) = (src.cli(&["CLUSTER", "MYID"]), dst.cli(&["CLUSTER", "MYID"]));
+    assert_eq!(
+        dst.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]),
+        "OK"
+    );
+    assert_eq!(
+        src.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]),
+        "OK"
+    );
+    let port = dst.port().to_string();
+    assert_eq!(
+        src.cli(&["MIGRATE", "127.0.0.1", &port, "app:moved", "0", "5000"]),
+        "OK"
+    );
+
+    cache
+        .set("moved", "new".into(), Ttl::Never)
+        .await
+        .expect("a write to a moved key follows ASK");
+    assert!(cache.delete("moved").await.unwrap(), "delete follows ASK");
+    assert!(
+        cache
+            .set_nx("moved", "again".into(), Ttl::Never)
+            .await
+            .unwrap()
+    );
+    assert_eq!(cache.incr_by("counter-in-other-slot", 1).await.unwrap(), 1);
+    assert_eq!(
+        cache.get("moved").await.unwrap().as_deref(),
+        Some(&b"again"[..]),
+        "the writes landed on the importing node"
+    );
+    assert!(
+        src.cli(&["EXISTS", "app:moved"]).starts_with("ASK "),
+        "the source no longer holds the key"
+    );
+}
+
+/// A write that is only ever refused (the source says `ASK`, the target, not importing the
+/// slot, says `MOVED` back) never ran: at its deadline it is `Unavailable`, not a timeout
+/// with an unknown outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_only_ever_refused_is_unavailable_not_unknown() {
+    let cluster = Cluster::start();
+    let cache = cluster.builder("app").build().unwrap();
+    cache.connect().await.unwrap();
+    cache.set("{t}seed", "x".into(), Ttl::Never).await.unwrap();
+    let nodes = cluster.0.nodes();
+    let src = cluster.0.master_of("app:{t}seed");
+    let (src, dst) = (&nodes[src], &nodes[(src + 1) % nodes.len()]);
+    let slot = src.cli(&["CLUSTER", "KEYSLOT", "app:{t}seed"]);
+    let dst_id = dst.cli(&["CLUSTER", "MYID"]);
+    assert_eq!(
+        src.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]),
+        "OK"
+    );
+    // A missing key in a migrating slot: the source answers ASK.
+    let err = cache
+        .set("{t}absent", "v".into(), Ttl::Never)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, keel_cache::Error::Unavailable { .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_outcome_unknown(), "{err:?}");
+    assert_eq!(src.cli(&["CLUSTER", "SETSLOT", &slot, "STABLE"]), "OK");
+    cache
+        .set("{t}absent", "v".into(), Ttl::Never)
+        .await
+        .unwrap();
+}

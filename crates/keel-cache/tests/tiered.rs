@@ -505,22 +505,29 @@ async fn a_clear_that_timed_out_still_flushes_every_l1() {
     .await;
 }
 
-/// An invalidation that could not be published is made up for once publishing works again:
-/// the other node's L1 is flushed and it reads the new value.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undelivered_invalidation_is_made_up_for_when_publishing_works_again() {
-    let t = Tiered(RedisServer::start());
+/// Node A as the ACL user `writer` (whose PUBLISH a test can deny), node B as the default
+/// user, with `k = v1` in B's L1.
+async fn writer_and_observer(t: &Tiered, metrics: &MetricsService) -> (TieredCache, TieredCache) {
     t.0.cli(&["ACL", "SETUSER", "writer", "on", ">pw", "~*", "&*", "+@all"]);
-    let metrics = MetricsService::new("t").unwrap();
     let url = format!("redis://writer:pw@127.0.0.1:{}", t.0.port());
-    let a = t.node_at(&url, "app", None, &metrics).await;
-    let b = t.node("app", None, &metrics).await;
+    let a = t.node_at(&url, "app", None, metrics).await;
+    let b = t.node("app", None, metrics).await;
     a.set("k", "v1".into(), Ttl::Never).await.unwrap();
     eventually("B to cache v1 in L1", async || {
         b.get("k").await.unwrap();
         b.l1().get("k").await.unwrap().is_some()
     })
     .await;
+    (a, b)
+}
+
+/// An invalidation that could not be published is made up for once publishing works again:
+/// the other node's L1 is flushed and it reads the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_invalidation_is_made_up_for_when_publishing_works_again() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let (a, b) = writer_and_observer(&t, &metrics).await;
     t.0.cli(&["ACL", "SETUSER", "writer", "-publish"]);
     // Applied, though its invalidation cannot be published (before: Err(Denied)).
     a.set("k", "v2".into(), Ttl::Never).await.unwrap();
@@ -573,4 +580,140 @@ async fn the_subscription_over_a_tls_cluster_comes_up() {
     assert!(cache.is_subscribed(), "L1 would never be used");
     cache.set("k", "v".into(), Ttl::Never).await.unwrap();
     assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+/// In Cluster mode reads and writes use separate connections, so a read sent after a write
+/// timed out can reach the master before the write runs and refill L1 with the old value
+/// (here the master holds writes with `CLIENT PAUSE WRITE` while it answers reads). Once the
+/// write has run, the writer's L1 must not keep serving the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_write_applied_after_its_timeout_leaves_no_stale_l1() {
+    let cluster = keel_testkit::redis::RedisCluster::start();
+    let metrics = MetricsService::new("t").unwrap();
+    let l2 = RedisCache::builder(
+        "app",
+        Endpoint::Cluster {
+            nodes: cluster.urls(),
+            username: None,
+            password: None,
+        },
+    )
+    .response_timeout(Duration::from_millis(300))
+    .items_refresh(None)
+    .metrics(&metrics)
+    .build()
+    .unwrap();
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(60))
+        .metrics(&metrics)
+        .build();
+    let a = TieredCache::builder("app", l1, l2)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    a.connect().await.unwrap();
+    a.set("k", "v1".into(), Ttl::Never).await.unwrap();
+    let master = &cluster.nodes()[cluster.master_of("app:k")];
+    assert_eq!(master.cli(&["CLIENT", "PAUSE", "30000", "WRITE"]), "OK");
+    let r = a.set("k", "v2".into(), Ttl::Never).await;
+    assert!(r.is_err(), "a held write cannot succeed in time: {r:?}");
+    // The read overtakes the held write and refills L1 with the old value.
+    assert_eq!(a.get("k").await.unwrap().as_deref(), Some(&b"v1"[..]));
+    assert_eq!(master.cli(&["CLIENT", "UNPAUSE"]), "OK");
+    eventually("the write to run", async || {
+        master.cli(&["GET", "app:k"]) == "v2"
+    })
+    .await;
+    eventually("the writer's L1 to drop the old value", async || {
+        a.get("k").await.unwrap().as_deref() == Some(&b"v2"[..])
+    })
+    .await;
+}
+
+/// The background task that makes up for undelivered invalidations can be lost with the
+/// runtime it ran on (here a short-lived runtime is dropped while the task waits). That must
+/// not leave it marked as running: the next undelivered invalidation starts a new one, and the
+/// other node gets its flush once publishing works again.
+#[test]
+fn a_flush_task_lost_with_its_runtime_does_not_stop_later_flushes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let (a, b) = rt.block_on(writer_and_observer(&t, &metrics));
+    t.0.cli(&["ACL", "SETUSER", "writer", "-publish"]);
+    {
+        let short = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The publish fails: a flush task starts on this runtime, which then goes away.
+        short.block_on(a.set("k", "v2".into(), Ttl::Never)).unwrap();
+    }
+    rt.block_on(async {
+        a.set("k", "v3".into(), Ttl::Never).await.unwrap();
+        t.0.cli(&["ACL", "SETUSER", "writer", "+publish"]);
+        eventually("B to get a flush and read v3", async || {
+            b.get("k").await.unwrap().as_deref() == Some(&b"v3"[..])
+        })
+        .await;
+    });
+}
+
+/// A write future dropped outside any Tokio runtime cannot spawn its invalidation message:
+/// that is counted as a failed invalidation, not skipped silently.
+#[test]
+fn a_write_dropped_outside_a_runtime_counts_its_skipped_invalidation() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let a = rt.block_on(t.node("app", None, &metrics));
+    t.0.pause();
+    let pending = rt.block_on(async {
+        let mut write = Box::pin(a.set("k", "v".into(), Ttl::Never));
+        let polled = tokio::time::timeout(Duration::from_millis(50), &mut write).await;
+        assert!(
+            polled.is_err(),
+            "the write cannot finish on a frozen server"
+        );
+        // Handed out of the runtime (in an Option: it is to be dropped, not awaited).
+        Some(write)
+    });
+    drop(pending);
+    t.0.resume();
+    assert!(
+        series(
+            &metrics.render(),
+            "t_tiered_invalidation_failures_total{cache=\"app\"}"
+        ) >= 1.0,
+        "{}",
+        metrics.render()
+    );
+}
+
+/// Every write to a frozen server has an unknown outcome; past 256 of them waiting to settle,
+/// one whole-L1 flush stands in for the rest instead of one more task each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsettled_writes_past_the_cap_fall_back_to_one_flush() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let a = t.node("app", None, &metrics).await;
+    let flushes = || {
+        series(
+            &metrics.render(),
+            "t_tiered_l1_flushes_total{cache=\"app\",tier=\"l1\"}",
+        )
+    };
+    let before = flushes();
+    t.0.pause();
+    let writes: Vec<_> = (0..300)
+        .map(|n| {
+            let a = a.clone();
+            tokio::spawn(async move { a.set(&format!("k{n}"), "v".into(), Ttl::Never).await })
+        })
+        .collect();
+    for write in writes {
+        assert!(write.await.unwrap().is_err(), "the server is frozen");
+    }
+    eventually("the stand-in whole-L1 flush", async || flushes() > before).await;
+    t.0.resume();
 }

@@ -284,6 +284,15 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
+    /// The index in [`nodes`](Self::nodes) of the master holding `key` (which must exist):
+    /// asked without `-c`, any other node answers `MOVED` instead of `1`.
+    pub fn master_of(&self, key: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.cli(&["EXISTS", key]) == "1")
+            .unwrap_or_else(|| panic!("no master holds {key:?}"))
+    }
+
     /// Total keys over all masters.
     pub fn dbsize(&self) -> u64 {
         self.nodes

@@ -92,27 +92,33 @@ fn bad_arguments_fail_clearly() {
     assert!(String::from_utf8_lossy(&down.stderr).contains("connecting"));
 }
 
+/// Writes `text` to `cache.toml` in a fresh temporary directory; returns the directory (for
+/// the test to remove) and the file's path.
+fn cache_config(name: &str, text: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("keel-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cache.toml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.display().to_string();
+    (dir, path)
+}
+
 #[test]
 fn config_file_runs_against_a_cluster_and_keeps_its_prefix() {
     let cluster = keel_testkit::redis::RedisCluster::start();
     cluster.nodes()[0].cli(&["-c", "SET", "app:keep", "x"]);
-    let dir = std::env::temp_dir().join(format!("keel-bench-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cache.toml");
     let nodes: Vec<String> = cluster
         .nodes()
         .iter()
         .map(|n| format!("\"127.0.0.1:{}\"", n.port()))
         .collect();
-    std::fs::write(
-        &path,
-        format!(
+    let (dir, path) = cache_config(
+        "cfg",
+        &format!(
             "type = \"redis\"\nname = \"app\"\nmode = \"cluster\"\nnodes = [{}]\n",
             nodes.join(", ")
         ),
-    )
-    .unwrap();
-    let path = path.display().to_string();
+    );
     let v = json(&bench(&[
         "--config",
         &path,
@@ -308,5 +314,41 @@ fn log_run_ships_every_record_to_elasticsearch() {
         "{v}"
     );
     assert_eq!(server.count("bench-*"), 3000);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The factory reads `type` in any case; the bench must too, or it runs on (and clears) the
+/// configured prefix.
+#[test]
+fn config_with_a_capitalized_type_keeps_the_real_keys() {
+    let redis = RedisServer::start();
+    redis.cli(&["SET", "app:real", "keep"]);
+    let (dir, path) = cache_config(
+        "case",
+        &format!(
+            "type = \"Redis\"\nname = \"app\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    );
+    let v = json(&bench(&[
+        "--config",
+        &path,
+        "--requests",
+        "200",
+        "--keys",
+        "20",
+        "--json",
+    ]));
+    check(&v, 200);
+    assert_eq!(
+        redis.cli(&["GET", "app:real"]),
+        "keep",
+        "the real key survives"
+    );
+    assert_eq!(
+        redis.cli(&["DBSIZE"]),
+        "1",
+        "the bench removed only its keys"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -37,6 +37,41 @@ impl Conns {
 pub(super) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// A Cluster connection following an `ASK` redirect: each request goes to the node the
+    /// redirect named, as one pipeline `ASKING` + the request (the flag `ASKING` sets lasts
+    /// for one command). Only [`Shared::write`] makes one, for a single retry.
+    Asking {
+        conn: ClusterConnection,
+        node: SingleNodeRoutingInfo,
+    },
+}
+
+impl Conn {
+    /// `conn` routed to the node an `ASK` redirect named (`host:port`).
+    fn asking(conn: Conn, addr: &str) -> Option<Conn> {
+        let Conn::Cluster(conn) = conn else {
+            return None;
+        };
+        let (host, port) = addr.rsplit_once(':')?;
+        let node = SingleNodeRoutingInfo::ByAddress {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: port.parse().ok()?,
+        };
+        Some(Conn::Asking { conn, node })
+    }
+}
+
+/// `ASKING` followed by `commands`, for [`Conn::Asking`].
+fn asking_pipeline<'a>(commands: impl Iterator<Item = &'a Cmd>) -> Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.add_command(redis::cmd("ASKING"));
+    for cmd in commands {
+        pipe.add_command(cmd.clone());
+    }
+    pipe
 }
 
 impl ConnectionLike for Conn {
@@ -44,6 +79,13 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Asking { conn, node } => Box::pin(async move {
+                let pipe = asking_pipeline(std::iter::once(cmd));
+                let mut values = conn.route_pipeline(pipe, 1, 1, node.clone()).await?;
+                values.pop().ok_or_else(|| {
+                    RedisError::from((redis::ErrorKind::Client, "no reply after ASKING"))
+                })
+            }),
         }
     }
 
@@ -56,13 +98,18 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Asking { conn, node } => Box::pin(async move {
+                let pipe = asking_pipeline(pipeline.cmd_iter());
+                conn.route_pipeline(pipe, offset + 1, count, node.clone())
+                    .await
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(c) | Conn::Asking { conn: c, .. } => c.get_db(),
         }
     }
 }
@@ -81,10 +128,14 @@ impl Shared {
     /// Runs a write, built by `send` on the write connection. A write is never re-sent after
     /// its fate became unknown (a dropped connection, a timeout): that is
     /// [`Error::OutcomeUnknown`] or [`Error::Timeout`] for the caller. It is re-sent only after
-    /// a Cluster answer proving it did not run (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`,
-    /// `READONLY`, loading), while the slot map catches up; the response bound of the calling
-    /// operation ends that loop. The inner result carries the server's answer for the caller
-    /// to map (`incr_by` has its own error mapping).
+    /// a Cluster answer proving it did not run: an `ASK` redirect is followed at once
+    /// (`ASKING` + the write on the node it names, see [`Conn::Asking`]); after `MOVED`,
+    /// `TRYAGAIN`, `CLUSTERDOWN`, `READONLY` or loading it is re-sent after a backoff while the
+    /// slot map catches up. Those re-sends stop while a last attempt still has its whole
+    /// response timeout within the operation's bound (twice the response timeout), and the
+    /// last refusal is returned: the callers map it to [`Error::Unavailable`], never to an
+    /// unknown outcome, since nothing ran. The inner result carries the server's answer for
+    /// the caller to map (`incr_by` has its own error mapping).
     pub(super) async fn write<T, F>(
         &self,
         mut send: impl FnMut(Conn) -> F,
@@ -92,14 +143,32 @@ impl Shared {
     where
         F: Future<Output = RedisResult<T>>,
     {
+        let resend_until = std::time::Instant::now() + self.response_timeout;
         let mut backoff = Duration::from_millis(10);
+        let mut ask: Option<String> = None;
         loop {
-            let conn = self.write_conn().await?;
+            let mut conn = self.write_conn().await?;
             let cluster = matches!(conn, Conn::Cluster(_));
+            if let Some(addr) = ask.take() {
+                conn = Conn::asking(conn.clone(), &addr).unwrap_or(conn);
+            }
             match send(conn).await {
                 Err(e) if cluster && refused_before_running(&e) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                    if matches!(e.retry_method(), redis::RetryMethod::AskRedirect) {
+                        ask = e.redirect_node().map(|(addr, _)| addr.to_owned());
+                    }
+                    let wait = if ask.is_some() {
+                        Duration::ZERO
+                    } else {
+                        backoff
+                    };
+                    if std::time::Instant::now() + wait > resend_until {
+                        return Ok(Err(e));
+                    }
+                    if ask.is_none() {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(200));
+                    }
                 }
                 other => return Ok(other),
             }

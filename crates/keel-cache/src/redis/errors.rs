@@ -62,6 +62,19 @@ impl Shared {
                 message: crate::config::redact_urls(&e.to_string()),
             };
         }
+        if refused_before_running(e) && !readonly {
+            // A request redirected or refused (in Cluster mode until its time was up): it did
+            // not run, so this is neither a timeout nor an unknown outcome.
+            return Error::Unavailable {
+                cache,
+                operation,
+                reason: format!(
+                    "the server refused the request (slot migration, failover or loading in \
+                     progress): {}",
+                    crate::config::redact_urls(&e.to_string())
+                ),
+            };
+        }
         if readonly {
             self.healthy.store(false, Ordering::Relaxed);
             return Error::Unavailable {

@@ -522,6 +522,30 @@ impl RedisCache {
         self.shared.connect_timeout
     }
 
+    /// How long one request may take.
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.shared.response_timeout
+    }
+
+    /// Returns once the server holding `key` has answered an `EXISTS` sent on the write
+    /// connection now: Redis runs a connection's requests in order, so every write sent
+    /// there before (even one that timed out) has run, or never will (its connection
+    /// dropped). In Cluster mode reads use other connections and are not ordered after it.
+    ///
+    /// # Errors
+    /// As any request (the fence itself timing out: the earlier write may still be pending).
+    pub(crate) async fn fence(&self, key: &str) -> Result<()> {
+        let s = &self.shared;
+        let full = s.key(key);
+        let full = &full;
+        let sent = s.write(|mut c| async move { c.exists::<_, bool>(full).await });
+        s.bounded("fence", async {
+            sent.await?.map_err(|e| s.error_in("fence", &e))?;
+            Ok(())
+        })
+        .await
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.shared.prefix

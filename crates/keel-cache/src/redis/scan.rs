@@ -66,7 +66,7 @@ impl Shared {
     pub(super) async fn sweep(&self, op: Operation, unlink: bool) -> Result<u64> {
         let conn = self.conn().await?;
         let nodes = match &conn {
-            Conn::Single(_) => vec![None],
+            Conn::Single(_) | Conn::Asking { .. } => vec![None],
             Conn::Cluster(c) => {
                 let c = c.clone();
                 self.sweep_step(op, || {

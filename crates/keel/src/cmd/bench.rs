@@ -126,17 +126,7 @@ async fn open(a: &CacheArgs) -> Result<Arc<dyn Cache>> {
         (Some(url), _) => url,
         (None, Some(path)) => {
             let mut config = CacheConfig::from_path(path)?;
-            // The bench writes, then clears, its own keys: never the configured prefix. Only
-            // Redis has a prefix (a tiered cache's is its l2's); a memory cache has none.
-            let redis = match config.kind.as_str() {
-                "redis" => Some(&mut config),
-                "tiered" => config.l2.as_deref_mut(),
-                _ => None,
-            };
-            if let Some(redis) = redis {
-                redis.prefix = Some(BENCH_PREFIX.into());
-                redis.options.items_refresh = Some(Duration::ZERO);
-            }
+            bench_prefix(&mut config)?;
             return Ok(keel_cache::open_with_metrics(&config, &metrics).await?);
         }
         (None, None) => bail!("give --url or --config"),
@@ -161,6 +151,30 @@ async fn open(a: &CacheArgs) -> Result<Arc<dyn Cache>> {
     };
     cache.connect().await.context("connecting")?;
     Ok(cache)
+}
+
+/// Points a config at the bench's own keys: the bench writes, then clears, them, so it must
+/// never run on the configured prefix. Only Redis has a prefix (a tiered cache's is its l2's);
+/// a memory cache has none. The kind is matched as the factory matches it (any case), and a
+/// config whose prefix cannot be replaced is refused rather than benched (its `clear()` would
+/// delete the real cache's keys).
+fn bench_prefix(config: &mut CacheConfig) -> Result<()> {
+    let kind = config.kind.clone();
+    let redis = match kind.to_ascii_lowercase().as_str() {
+        "memory" => return Ok(()),
+        "redis" => Some(config),
+        "tiered" => config.l2.as_deref_mut(),
+        _ => None,
+    };
+    let Some(redis) = redis else {
+        bail!(
+            "refusing to bench a {kind:?} cache: no bench prefix could be set, and the bench \
+             clears the prefix it ran on (use type memory, redis or tiered with an l2)"
+        );
+    };
+    redis.prefix = Some(BENCH_PREFIX.into());
+    redis.options.items_refresh = Some(Duration::ZERO);
+    Ok(())
 }
 
 /// splitmix64, so runs are repeatable without a RNG dependency.
