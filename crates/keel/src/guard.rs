@@ -205,7 +205,9 @@ impl Supervisor {
         // guard nor the command holds the control write end (its EOF means keel is gone).
         inheritable(&ctl_read)?;
         inheritable(&status_write)?;
-        let exe = std::env::current_exe().context("cannot find the keel binary")?;
+        // `/proc/self/exe` names this very binary even after the file was replaced or deleted
+        // (an upgrade while `keel elect` runs); `current_exe()` would then point nowhere.
+        let exe = std::path::PathBuf::from("/proc/self/exe");
         let deadline_ns = to_mono_ns(deadline);
         let guard = tokio::process::Command::new(exe)
             .arg("__guard")

@@ -4,6 +4,7 @@
 
 mod cmd;
 mod guard;
+mod target;
 
 use cmd::{bench, cache as cache_cmd, demo, elect, lock, log as log_cmd};
 

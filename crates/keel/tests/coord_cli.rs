@@ -317,3 +317,40 @@ fn the_guard_ignores_stray_sigterm_and_the_command_gets_a_clean_signal_mask() {
         "{mask}"
     );
 }
+
+/// An upgrade replaces (here: deletes) the keel binary while `keel elect` runs: the next
+/// term still starts its guard, from `/proc/self/exe` (the path would name nothing now).
+#[test]
+fn a_new_term_starts_after_the_binary_was_replaced() {
+    let redis = RedisServer::start();
+    let dir = tempdir();
+    let binary = dir.join("keel-old");
+    std::fs::copy(env!("CARGO_BIN_EXE_keel"), &binary).unwrap();
+    let runs = dir.join("runs");
+    let script = format!(
+        "echo run >> {runs}; rm -f {binary}; sleep 0.2",
+        runs = runs.display(),
+        binary = binary.display()
+    );
+    let mut child = Command::new(&binary)
+        .args([
+            "elect",
+            "--url",
+            &redis.url(),
+            "upgrade",
+            "--lease",
+            "1500ms",
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "a second term after the binary was removed",
+        Duration::from_secs(15),
+        || std::fs::read_to_string(&runs).is_ok_and(|r| r.lines().count() >= 2),
+    );
+    assert!(!binary.exists());
+    let _ = child.kill();
+    let _ = child.wait();
+}

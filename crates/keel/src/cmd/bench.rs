@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use keel_cache::{
-    Bytes, Cache, CacheConfig, Capacity, Endpoint, MemoryCache, RedisCache, Secret, Ttl,
-    parse_duration,
-};
+use keel_cache::{Bytes, Cache, CacheConfig, Capacity, MemoryCache, Ttl, parse_duration};
 use keel_metrics::MetricsService;
 
 /// Every key the bench writes starts with this; it removes them when it is done.
@@ -53,14 +50,10 @@ struct LogArgs {
 }
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["url", "config"])))]
 struct CacheArgs {
-    /// `memory` for an in-process cache, or a redis:// / rediss:// URL.
-    #[arg(long)]
-    url: Option<String>,
-    /// A cache config file (TOML, YAML or JSON): any backend and topology.
-    #[arg(long)]
-    config: Option<std::path::PathBuf>,
+    /// `--url memory` benches an in-process cache; any other target as everywhere.
+    #[command(flatten)]
+    target: crate::target::Target,
     /// Concurrent clients (tasks sharing one cache, as a service's request handlers would).
     #[arg(long, default_value_t = 50)]
     clients: u64,
@@ -76,9 +69,6 @@ struct CacheArgs {
     /// Distinct keys (all written once before the run, so gets hit).
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
-    /// Per-request timeout (Redis).
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    timeout: Duration,
     /// Print one final JSON line instead of text (no progress bar).
     #[arg(long)]
     json: bool,
@@ -107,50 +97,84 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 /// The progress bar of a bench run over `len` operations: hidden for `--json` (and, by
-/// indicatif itself, when stderr is not a terminal).
+/// indicatif itself, when stderr is not a terminal). Rates read like `166k/s`.
 fn progress_bar(json: bool, len: u64) -> indicatif::ProgressBar {
     if json {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {rate} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}/s", human(state.per_sec()));
+                },
+            ),
     );
     bar
 }
 
+/// `166429.95` -> `166k`, `1290000.0` -> `1.290M`, `950.2` -> `950`.
+fn human(x: f64) -> String {
+    match x {
+        x if x >= 1e9 => format!("{:.3}G", x / 1e9),
+        x if x >= 1e6 => format!("{:.3}M", x / 1e6),
+        x if x >= 1e3 => format!("{:.0}k", x / 1e3),
+        x => format!("{x:.0}"),
+    }
+}
+
+/// Moves `bar` to `done` every 100 ms from its own thread, so the bar advances even when
+/// the workers never yield to the runtime (an in-process cache answers without awaiting).
+struct Ticker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(bar: indicatif::ProgressBar, done: Arc<AtomicU64>) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    bar.set_position(done.load(Ordering::Relaxed));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                bar.set_position(done.load(Ordering::Relaxed));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 async fn open(a: &CacheArgs) -> Result<Arc<dyn Cache>> {
     let metrics = MetricsService::new("keel_bench")?;
-    let url = match (&a.url, &a.config) {
-        (Some(url), _) => url,
-        (None, Some(path)) => {
-            let mut config = CacheConfig::from_path(path)?;
-            bench_prefix(&mut config)?;
-            return Ok(keel_cache::open_with_metrics(&config, &metrics).await?);
-        }
-        (None, None) => bail!("give --url or --config"),
-    };
-    let cache: Arc<dyn Cache> = if url == "memory" {
-        Arc::new(
+    if a.target.url.as_deref() == Some("memory") {
+        return Ok(Arc::new(
             MemoryCache::builder("bench")
                 .capacity(Capacity::Entries(a.keys.max(1)))
                 .metrics(&metrics)
                 .build(),
-        )
-    } else {
-        Arc::new(
-            RedisCache::builder("bench", Endpoint::Url(Secret::new(url.clone())))
-                .prefix(BENCH_PREFIX)
-                .connect_timeout(a.timeout)
-                .response_timeout(a.timeout)
-                .items_refresh(None)
-                .metrics(&metrics)
-                .build()?,
-        )
-    };
-    cache.connect().await.context("connecting")?;
-    Ok(cache)
+        ));
+    }
+    a.target
+        .open("bench", BENCH_PREFIX, &metrics, bench_prefix)
+        .await
 }
 
 /// Points a config at the bench's own keys: the bench writes, then clears, them, so it must
@@ -204,15 +228,7 @@ async fn cache(a: CacheArgs) -> Result<()> {
 
     let done = Arc::new(AtomicU64::new(0));
     let bar = progress_bar(a.json, a.requests);
-    let progress = {
-        let (bar, done) = (bar.clone(), done.clone());
-        tokio::spawn(async move {
-            loop {
-                bar.set_position(done.load(Ordering::Relaxed));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let progress = Ticker::start(bar.clone(), done.clone());
 
     let (gets, sets) = a.ratio;
     let start = Instant::now();
@@ -252,7 +268,7 @@ async fn cache(a: CacheArgs) -> Result<()> {
         errors += e;
     }
     let elapsed = start.elapsed();
-    progress.abort();
+    drop(progress);
     bar.finish_and_clear();
     let _ = cache.clear().await;
     cache.close().await?;
@@ -411,4 +427,42 @@ fn log(a: &LogArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bar moves while the workers never yield: a busy loop bumps the counter and the
+    /// ticker thread alone carries it to the bar (the old tokio task never ran then).
+    #[test]
+    fn the_bar_advances_while_workers_never_yield() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let bar = indicatif::ProgressBar::hidden();
+        bar.set_length(u64::MAX);
+        let done = Arc::new(AtomicU64::new(0));
+        let seen = rt.block_on(async {
+            let ticker = Ticker::start(bar.clone(), done.clone());
+            // The only runtime thread is busy: nothing else on the runtime can run.
+            let start = Instant::now();
+            let mut seen = 0;
+            while start.elapsed() < Duration::from_secs(5) && seen == 0 {
+                done.fetch_add(1, Ordering::Relaxed);
+                seen = bar.position();
+            }
+            drop(ticker);
+            seen
+        });
+        assert!(seen > 0, "the bar never moved while the worker was busy");
+    }
+
+    #[test]
+    fn rates_read_like_people_write_them() {
+        assert_eq!(super::human(166_429.957_5), "166k");
+        assert_eq!(super::human(1_290_000.0), "1.290M");
+        assert_eq!(super::human(950.2), "950");
+    }
 }

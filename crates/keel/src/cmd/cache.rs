@@ -4,28 +4,19 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use keel_cache::{
-    Bytes, Cache, CacheConfig, Endpoint, KeyTtl, RedisCache, Secret, Ttl, parse_duration,
-};
+use keel_cache::{Bytes, KeyTtl, Ttl, parse_duration};
 use keel_metrics::MetricsService;
+
+use crate::target::Target;
 
 /// Arguments of `keel cache`.
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["url", "config"])))]
 pub struct Args {
-    /// Server URL: redis://host:port, optionally with user:password@ before the host and /db
-    /// after the port, or rediss://… for TLS.
-    #[arg(long, env = "KEEL_REDIS_URL")]
-    url: Option<String>,
-    /// A cache config file (TOML, YAML or JSON), for Cluster, Sentinel, TLS files or ACLs.
-    #[arg(long)]
-    config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    target: Target,
     /// Key prefix with --url (default none, so `redis-cli GET KEY` sees the same key).
     #[arg(long, default_value = "")]
     prefix: String,
-    /// Connect and response timeout.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    timeout: Duration,
     #[command(subcommand)]
     op: Op,
 }
@@ -57,23 +48,10 @@ enum Op {
 pub async fn run(args: Args) -> Result<()> {
     // Metrics are recorded into a private registry: a one-shot command has no scraper.
     let metrics = MetricsService::new("keel")?;
-    let cache: std::sync::Arc<dyn Cache> = match (&args.url, &args.config) {
-        (Some(url), _) => {
-            let cache = RedisCache::builder("cli", Endpoint::Url(Secret::new(url.clone())))
-                .prefix(args.prefix)
-                .connect_timeout(args.timeout)
-                .response_timeout(args.timeout)
-                .items_refresh(None)
-                .metrics(&metrics)
-                .build()?;
-            cache.connect().await?;
-            std::sync::Arc::new(cache)
-        }
-        (None, Some(path)) => {
-            keel_cache::open_with_metrics(&CacheConfig::from_path(path)?, &metrics).await?
-        }
-        (None, None) => bail!("give --url or --config"),
-    };
+    let cache = args
+        .target
+        .open("cli", &args.prefix, &metrics, |_| Ok(()))
+        .await?;
     let mut out = std::io::stdout().lock();
     match args.op {
         Op::Get { key } => match cache.get(&key).await? {

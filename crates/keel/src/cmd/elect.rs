@@ -8,14 +8,15 @@ use keel_cache::election::{Election, Leadership};
 use keel_cache::parse_duration;
 use tokio_util::sync::CancellationToken;
 
-use super::lock::{Store, backstop, forward_period};
+use super::lock::{backstop, forward_period, locker};
 use crate::guard::{End, SpawnError, Supervisor, Timing};
+use crate::target::Target;
 
 /// Arguments of `keel elect`.
 #[derive(clap::Args)]
 pub struct ElectArgs {
     #[command(flatten)]
-    store: Store,
+    store: Target,
     /// The election's name.
     name: String,
     /// Lease; the renew deadline is 2/3 of it and the retry period 1/6.
@@ -45,7 +46,7 @@ enum TermEnd {
 
 /// `keel elect`: runs until interrupted; returns the process exit code.
 pub async fn elect(args: ElectArgs) -> Result<i32> {
-    let locker = args.store.locker().await?;
+    let locker = locker(&args.store).await?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())

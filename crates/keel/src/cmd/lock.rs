@@ -1,67 +1,31 @@
 //! `keel lock`: run a command while holding a distributed lock, under a guard process
 //! ([`crate::guard`]) so the command never outlives the lock.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use keel_cache::lock::{LockOptions, Locker};
-use keel_cache::{CacheConfig, Endpoint, RedisCache, Secret, parse_duration};
+use keel_cache::parse_duration;
 use keel_metrics::MetricsService;
 
 use crate::guard::{End, SpawnError, Supervisor, Timing};
+use crate::target::Target;
 
-/// Where the lock lives: a Redis URL or a cache config file.
-#[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["url", "config"])))]
-pub struct Store {
-    /// Redis URL (redis:// or rediss://).
-    #[arg(long, env = "KEEL_REDIS_URL")]
-    url: Option<String>,
-    /// A cache config file (TOML, YAML or JSON) of type redis: Cluster, Sentinel, TLS, ACL.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Request timeout towards Redis.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    timeout: Duration,
-}
-
-impl Store {
-    /// Connects to the store and returns a locker on it.
-    pub async fn locker(&self) -> Result<Locker> {
-        let metrics = MetricsService::new("keel")?;
-        let cache = match (&self.url, &self.config) {
-            (Some(url), _) => RedisCache::builder("keel", Endpoint::Url(Secret::new(url.clone())))
-                .prefix("keel:")
-                .connect_timeout(self.timeout.max(Duration::from_secs(1)))
-                .response_timeout(self.timeout)
-                .items_refresh(None)
-                .metrics(&metrics)
-                .build()?,
-            (None, Some(path)) => {
-                let config = CacheConfig::from_path(path)?;
-                if config.kind != "redis" {
-                    bail!(
-                        "{}: locks across processes need a redis cache config",
-                        path.display()
-                    );
-                }
-                keel_cache::redis_from_config(&config, &metrics)?
-            }
-            (None, None) => bail!("give --url or --config"),
-        };
-        keel_cache::Cache::connect(&cache)
-            .await
-            .context("connecting to Redis")?;
-        Ok(Locker::with_metrics(cache, &metrics))
-    }
+/// Connects to the lock store named by `target`: for `--url`, keys under `keel:`.
+pub async fn locker(target: &Target) -> Result<Locker> {
+    let metrics = MetricsService::new("keel")?;
+    let cache = target.redis("keel", "keel:", &metrics)?;
+    keel_cache::Cache::connect(&cache)
+        .await
+        .context("connecting to Redis")?;
+    Ok(Locker::with_metrics(cache, &metrics))
 }
 
 /// Arguments of `keel lock`.
 #[derive(clap::Args)]
 pub struct LockArgs {
     #[command(flatten)]
-    store: Store,
+    store: Target,
     /// The lock's name.
     name: String,
     /// Lock TTL; the lock is renewed every TTL/3 while the command runs.
@@ -97,7 +61,7 @@ pub fn backstop(deadline: tokio::time::Instant, timing: Timing) -> tokio::time::
 
 /// `keel lock`: returns the process exit code.
 pub async fn lock(args: LockArgs) -> Result<i32> {
-    let locker = args.store.locker().await?;
+    let locker = locker(&args.store).await?;
     let guard = locker
         .lock_with(&args.name, args.ttl, args.wait, LockOptions::watchdog())
         .await?;
