@@ -26,6 +26,9 @@ pub const FLUSH_ON_EXIT: Duration = Duration::from_secs(5);
 pub struct Manager {
     loggers: RwLock<BTreeMap<String, Logger>>,
     default: RwLock<Option<String>>,
+    /// The console logger handed out while no default is set (built on first use, shut down
+    /// and forgotten by `close_all`).
+    fallback: RwLock<Option<Logger>>,
     drop_timeout: Duration,
 }
 
@@ -52,6 +55,7 @@ impl Manager {
         Self {
             loggers: RwLock::default(),
             default: RwLock::default(),
+            fallback: RwLock::default(),
             drop_timeout: timeout,
         }
     }
@@ -68,6 +72,32 @@ impl Manager {
         }
         loggers.insert(name, logger);
         Ok(())
+    }
+
+    /// Removes the logger called `name` and returns it (its sinks keep running until it and
+    /// its clones are shut down or dropped); if it was the default, no default is set
+    /// afterwards.
+    pub fn remove(&self, name: &str) -> Option<Logger> {
+        let removed = self
+            .loggers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        let mut default = self.default.write().unwrap_or_else(PoisonError::into_inner);
+        if default.as_deref() == Some(name) {
+            *default = None;
+        }
+        removed
+    }
+
+    /// The names of the registered loggers, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.loggers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// The logger called `name`.
@@ -91,16 +121,33 @@ impl Manager {
         Ok(())
     }
 
-    /// The default logger, or — when none is set — a logger that discards everything below
-    /// `Error` and has no sinks (so nothing is written until one is configured).
+    /// The default logger, or — when none is set — a console logger named `default` that
+    /// writes `Info` and above as text to stderr (as the original's default does), so
+    /// records logged before any configuration are not lost. It is built on first use and
+    /// flushed by [`flush_all`](Self::flush_all) and [`close_all`](Self::close_all) with the
+    /// registered loggers.
     pub fn default_logger(&self) -> Logger {
         let name = self
             .default
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        name.and_then(|n| self.get(&n))
-            .unwrap_or_else(|| Logger::new("default", Level::Error, Vec::new()))
+        if let Some(logger) = name.and_then(|n| self.get(&n)) {
+            return logger;
+        }
+        if let Some(logger) = self
+            .fallback
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            return logger.clone();
+        }
+        self.fallback
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(console_default)
+            .clone()
     }
 
     /// Flushes every registered logger's sinks, giving up once `timeout` has passed in total
@@ -111,6 +158,14 @@ impl Manager {
     /// stuck logger does not shorten the others' time.
     pub fn flush_all(&self, timeout: Duration) -> BTreeMap<String, DeliveryStats> {
         self.flush_all_with(None, deadline_after(timeout))
+    }
+
+    /// The fallback default logger, if it was handed out.
+    fn fallback(&self) -> Option<Logger> {
+        self.fallback
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Flushes every registered logger and `extra` (not reported) until `deadline`.
@@ -127,7 +182,9 @@ impl Manager {
             .iter()
             .map(|(name, logger)| (name.clone(), logger.clone()))
             .collect();
-        settle(&loggers, extra, deadline, |s, left| s.flush(left))
+        let fallback = self.fallback();
+        let extras: Vec<&Logger> = extra.into_iter().chain(fallback.as_ref()).collect();
+        settle(&loggers, &extras, deadline, |s, left| s.flush(left))
     }
 
     /// Shuts down every logger's sinks and forgets them, giving up once `timeout` has passed
@@ -143,27 +200,39 @@ impl Manager {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        settle(&loggers, None, deadline, |s, left| s.shutdown(left))
+        // The fallback goes too; the next `default_logger()` builds a new one.
+        let fallback = self
+            .fallback
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let extras: Vec<&Logger> = fallback.iter().collect();
+        settle(&loggers, &extras, deadline, |s, left| s.shutdown(left))
     }
 }
 
-/// Runs `op` on every sink of `loggers` and of `extra` at once against one deadline; sums the
-/// results per logger of `loggers` (`extra` is not reported).
+/// Runs `op` on every sink of `loggers` and of `extras` at once against one deadline; sums the
+/// results per logger of `loggers` (`extras` are not reported).
 fn settle(
     loggers: &[(String, Logger)],
-    extra: Option<&Logger>,
+    extras: &[&Logger],
     deadline: Instant,
     op: impl Fn(&dyn Sink, Duration) -> DeliveryStats + Sync,
 ) -> BTreeMap<String, DeliveryStats> {
     let mut owners = Vec::new();
     let mut sinks = Vec::new();
-    for (index, logger) in loggers.iter().map(|(_, l)| l).chain(extra).enumerate() {
+    for (index, logger) in loggers
+        .iter()
+        .map(|(_, l)| l)
+        .chain(extras.iter().copied())
+        .enumerate()
+    {
         for sink in logger.sink_refs() {
             owners.push(index);
             sinks.push(sink);
         }
     }
-    let mut totals = vec![DeliveryStats::default(); loggers.len() + 1];
+    let mut totals = vec![DeliveryStats::default(); loggers.len() + extras.len()];
     for (index, stats) in owners.into_iter().zip(on_every_sink(&sinks, deadline, op)) {
         totals[index] = totals[index] + stats;
     }
@@ -194,7 +263,8 @@ pub fn global() -> &'static Manager {
 ///
 /// A panic on one of keel-log's own writer threads is not logged through keel-log (its record
 /// could wait forever on the queue that thread drains); the previous hook still reports it.
-/// Without a default logger the record is discarded, but registered loggers are still flushed.
+/// Without a configured default logger the record goes to the console fallback (stderr, see
+/// [`Manager::default_logger`]), and registered loggers are still flushed.
 ///
 /// ```
 /// keel_log::install_panic_hook();
@@ -239,4 +309,14 @@ pub fn install_panic_hook() {
             previous(info);
         }));
     });
+}
+
+/// The default logger while none is configured: console, stderr, text, `Info`.
+fn console_default() -> Logger {
+    let config = crate::config::LogConfig::from_toml(
+        "type = \"console\"\nname = \"default\"\nlevel = \"info\"\noutput = \"stderr\"\n",
+    );
+    config
+        .and_then(|c| crate::config::build(&c))
+        .unwrap_or_else(|_| Logger::new("default", Level::Info, Vec::new()))
 }

@@ -242,6 +242,7 @@ fn manager_registers_defaults_and_closes() {
         Err(Error::UnknownLogger { .. })
     ));
     assert_eq!(m.default_logger().name(), "default");
+    assert_eq!(m.names(), vec!["a".to_owned()]);
     m.set_default("a").unwrap();
     assert_eq!(m.default_logger().name(), "a");
     m.get("a").unwrap().info("x", &[]);
@@ -377,4 +378,60 @@ fn manager_flush_all_reports_each_logger() {
     assert_eq!((stats["a"].written, stats["b"].written), (2, 1));
     assert_eq!(abuf.json_lines().len(), 2);
     assert!(m.get("a").is_some(), "flush_all keeps loggers registered");
+}
+
+/// `remove` hands the logger back and forgets it (and the default, if it was that one);
+/// `names` lists what is registered.
+#[test]
+fn manager_remove_and_names() {
+    let m = Manager::new();
+    let (a, _) = json_logger("a", Level::Info, 10, Overflow::Block);
+    let (b, _) = json_logger("b", Level::Info, 10, Overflow::Block);
+    m.register(a).unwrap();
+    m.register(b).unwrap();
+    m.set_default("b").unwrap();
+    assert_eq!(m.names(), vec!["a".to_owned(), "b".to_owned()]);
+    assert_eq!(m.remove("b").map(|l| l.name().to_owned()), Some("b".into()));
+    assert!(m.remove("b").is_none());
+    assert_eq!(m.names(), vec!["a".to_owned()]);
+    assert_eq!(
+        m.default_logger().name(),
+        "default",
+        "the removed default is not handed out"
+    );
+    m.register(json_logger("b", Level::Info, 10, Overflow::Block).0)
+        .expect("the name is free again");
+}
+
+/// Before any default is set, the default logger writes Info and above to stderr (the
+/// original's default logs to the console); it used to discard everything below Error.
+/// Checked in a child process, whose stderr the test reads.
+#[test]
+fn the_default_logger_writes_info_to_stderr_before_any_configuration() {
+    if std::env::var_os("KEEL_DEFAULT_LOGGER_CHILD").is_some() {
+        let m = Manager::new();
+        let log = m.default_logger();
+        log.debug("not shown", &[]);
+        log.info("started early", &[field("port", 25u64)]);
+        let stats = m.flush_all(Duration::from_secs(5));
+        assert!(stats.is_empty(), "the fallback is not a registered logger");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_default_logger_writes_info_to_stderr_before_any_configuration",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("KEEL_DEFAULT_LOGGER_CHILD", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[INFO] default: started early port=25"),
+        "{err}"
+    );
+    assert!(!err.contains("not shown"), "{err}");
 }
