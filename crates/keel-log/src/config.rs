@@ -411,7 +411,7 @@ fn elastic_sink(
     overflow: Overflow,
     _kind: &str,
 ) -> Result<Arc<dyn Sink>, Error> {
-    use crate::elastic::{Auth, ElasticOptions, ElasticSink};
+    use crate::sink::elastic::{Auth, ElasticOptions, ElasticSink};
     let o = &config.options;
     let url = o
         .url
