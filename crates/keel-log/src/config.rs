@@ -130,6 +130,10 @@ pub struct LogOptions {
     /// Elastic: file for rejected documents (JSON lines with the reason).
     #[serde(default)]
     pub dead_letter: Option<std::path::PathBuf>,
+    /// Elastic: bound of the dead-letter files together (default 100 MiB; rotated at a
+    /// quarter of it, oldest deleted).
+    #[serde(default)]
+    pub dead_letter_max_bytes: Option<u64>,
 }
 
 /// A config secret (password, API key): printed as `[REDACTED]` by `Debug`.
@@ -475,6 +479,9 @@ fn elastic_sink(
     };
     opts.ca_file.clone_from(&o.ca_file);
     opts.dead_letter.clone_from(&o.dead_letter);
+    opts.dead_letter_max_bytes = o
+        .dead_letter_max_bytes
+        .unwrap_or(opts.dead_letter_max_bytes);
     let sink = ElasticSink::start(format!("{}:elastic", config.name), opts)?;
     Ok(Arc::new(sink))
 }

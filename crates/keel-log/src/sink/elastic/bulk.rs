@@ -49,6 +49,12 @@ impl Sender {
             .client
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson");
+        // During shutdown a request ends by the deadline, not only by the request timeout.
+        let deadline = self.shared.lock().deadline;
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            request = request.timeout(left.min(self.shared.opts.timeout));
+        }
         if self.shared.opts.gzip {
             let mut enc = flate2::write::GzEncoder::new(
                 Vec::with_capacity(body.len() / 4),
@@ -84,6 +90,11 @@ impl Sender {
             200..=299 => {}
             413 => return Outcome::TooLarge,
             429 => return Outcome::Retry("throttled", format!("HTTP {status}")),
+            // A proxy or load balancer timed out (408, nginx's 499): the request may have
+            // been applied or not; either way a retry is safe (deterministic ids).
+            408 | 499 => {
+                return Outcome::Retry("network", format!("HTTP {status} (a proxy timed out)"));
+            }
             // Credentials or the URL path are wrong: an outage until someone fixes it, so the
             // documents wait (within the bound) instead of being thrown away.
             401 | 403 | 404 => {

@@ -1,11 +1,34 @@
-//! The dead-letter file: documents the server rejected, as JSON lines with the reason.
+//! The dead-letter file: documents the server rejected (or that exhausted their retries), as
+//! JSON lines with the reason. Bounded: the file rotates at a quarter of
+//! `dead_letter_max_bytes` and rotated files are deleted oldest first to keep the total within
+//! the bound. A dead-lettered document is still an error: it is counted, reported through
+//! `last_error()` and stderr, and in `<ns>_es_dead_letters_total`.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::sender::Sender;
 use super::state::Doc;
+use crate::error::Error;
+use crate::format::JsonFormat;
 use crate::record::{Level, Record, Value, field};
-use crate::sink::Sink as _;
+use crate::sink::file::{FileOptions, FileSink};
+use crate::sink::{Overflow, Sink as _};
+
+/// Starts the dead-letter file sink of the sink `name`.
+pub(super) fn open(name: &str, path: &Path, max_bytes: u64) -> Result<FileSink, Error> {
+    let dl_name = format!("{name}:dead-letter");
+    let mut options = FileOptions::new(path);
+    let live = max_bytes / 4;
+    options.max_bytes = Some(live);
+    options.max_total_bytes = Some(max_bytes - live);
+    FileSink::start(&dl_name, options, 1024, Overflow::Block, Box::new(JsonFormat)).map_err(
+        |source| Error::Sink {
+            sink: dl_name,
+            source,
+        },
+    )
+}
 
 impl Sender {
     pub(super) fn reject_all(&self, batch: &[Doc], status: u16, why: &str) {
@@ -14,29 +37,30 @@ impl Sender {
         }
     }
 
-    /// Writes a rejected document (with why) to the dead-letter file and counts it.
+    /// Counts a document that will not be delivered, reports it, and writes it (with why) to
+    /// the dead-letter file when there is one.
     pub(super) fn dead_letter(&self, doc: &Doc, status: u16, why: &str, outcome: &'static str) {
         if !doc.counted {
             return;
         }
         self.shared.failed.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.documents(outcome, 1);
+        self.shared.note_error(&format!(
+            "a document was not delivered (HTTP {status}): {why}"
+        ));
         let Some(sink) = &self.shared.dead_letter else {
-            self.shared.note_error(&format!(
-                "a document was not delivered (HTTP {status}): {why}"
-            ));
             return;
         };
         let text = String::from_utf8_lossy(&doc.bytes);
         let mut lines = text.lines();
-        let action: serde_json::Value = lines
-            .next()
-            .and_then(|l| serde_json::from_str(l).ok())
-            .unwrap_or_default();
-        let source: serde_json::Value = lines
-            .next()
-            .and_then(|l| serde_json::from_str(l).ok())
-            .unwrap_or_default();
+        let mut next_json = || -> serde_json::Value {
+            lines
+                .next()
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_default()
+        };
+        let action = next_json();
+        let source = next_json();
         let record = Record::new(
             Level::Error,
             self.shared.name.clone(),
@@ -49,5 +73,6 @@ impl Sender {
             field("document", Value::Json(source)),
         ]);
         sink.write(record);
+        self.shared.metrics.dead_letters.inc();
     }
 }

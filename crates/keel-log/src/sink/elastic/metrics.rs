@@ -3,74 +3,71 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::TypedMetric;
+use prometheus_client::encoding::EncodeMetric;
+
+type Labels = Vec<(&'static str, String)>;
 
 /// `<ns>_es_*` metrics in the global registry, labelled by sink.
 pub(super) struct EsMetrics {
-    pub(super) documents: Family<Vec<(&'static str, String)>, Counter>,
-    pub(super) requests: Family<Vec<(&'static str, String)>, Counter>,
+    documents: Family<Labels, Counter>,
+    requests: Family<Labels, Counter>,
     pub(super) buffer: Gauge,
     pub(super) dropped: Counter,
-    pub(super) sink: String,
+    /// Documents written to the dead-letter file.
+    pub(super) dead_letters: Counter,
+    sink: String,
+}
+
+/// The family `name` from the global registry (registered on first use; a second sink with
+/// the same family shares it).
+fn family<M: EncodeMetric + TypedMetric + Clone + Default + Send + Sync + std::fmt::Debug + 'static>(name: &str, help: &str) -> Family<Labels, M> {
+    keel_metrics::MetricsService::global()
+        .get_or_register(name, help, Family::default)
+        .unwrap_or_default()
 }
 
 impl EsMetrics {
     pub(super) fn new(sink: &str) -> Self {
-        let m = keel_metrics::MetricsService::global();
-        let documents: Family<Vec<(&'static str, String)>, Counter> = m
-            .get_or_register(
+        let label = vec![("sink", sink.to_owned())];
+        let one = |name: &str, help: &str| family::<Counter>(name, help).get_or_create_owned(&label);
+        Self {
+            documents: family(
                 "es_documents",
                 "Documents handled by the Elasticsearch sink, by outcome (success, retried, rejected, exhausted)",
-                Family::default,
-            )
-            .unwrap_or_default();
-        let requests: Family<Vec<(&'static str, String)>, Counter> = m
-            .get_or_register(
+            ),
+            requests: family(
                 "es_bulk_requests",
                 "_bulk requests by outcome (success, partial, throttled, server_error, client_error, network)",
-                Family::default,
-            )
-            .unwrap_or_default();
-        let buffer: Family<Vec<(&'static str, String)>, Gauge> = m
-            .get_or_register(
+            ),
+            buffer: family::<Gauge>(
                 "es_buffer_records",
                 "Documents buffered by the Elasticsearch sink (queued, in flight or awaiting retry)",
-                Family::default,
             )
-            .unwrap_or_default();
-        let dropped: Family<Vec<(&'static str, String)>, Counter> = m
-            .get_or_register(
+            .get_or_create_owned(&label),
+            dropped: one(
                 "es_dropped",
                 "Documents the Elasticsearch sink dropped because its buffer was full or it was stopped",
-                Family::default,
-            )
-            .unwrap_or_default();
-        let label = vec![("sink", sink.to_owned())];
-        Self {
-            buffer: buffer.get_or_create_owned(&label),
-            dropped: dropped.get_or_create_owned(&label),
-            documents,
-            requests,
+            ),
+            dead_letters: one(
+                "es_dead_letters",
+                "Documents the Elasticsearch sink wrote to its dead-letter file",
+            ),
             sink: sink.to_owned(),
         }
     }
 
+    fn labels(&self, status: &'static str) -> Labels {
+        vec![("sink", self.sink.clone()), ("status", status.into())]
+    }
+
     pub(super) fn documents(&self, status: &'static str, n: u64) {
         if n > 0 {
-            self.documents
-                .get_or_create(&vec![
-                    ("sink", self.sink.clone()),
-                    ("status", status.into()),
-                ])
-                .inc_by(n);
+            self.documents.get_or_create(&self.labels(status)).inc_by(n);
         }
     }
 
     pub(super) fn request(&self, status: &'static str) {
-        self.requests
-            .get_or_create(&vec![
-                ("sink", self.sink.clone()),
-                ("status", status.into()),
-            ])
-            .inc();
+        self.requests.get_or_create(&self.labels(status)).inc();
     }
 }

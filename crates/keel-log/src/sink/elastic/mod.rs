@@ -39,9 +39,7 @@ use std::time::{Duration, Instant};
 pub use options::{Auth, ElasticOptions};
 
 use crate::error::Error;
-use crate::format::JsonFormat;
 use crate::record::Record;
-use crate::sink::file::{FileOptions, FileSink};
 use crate::sink::{DeliveryStats, Overflow, Sink};
 use bulk::estimate;
 use metrics::EsMetrics;
@@ -139,23 +137,18 @@ impl ElasticSink {
             ));
         }
         let tls = tls_config(options.ca_file.as_deref())?;
+        if options.dead_letter_max_bytes < 4096 {
+            return Err(bad(
+                "options.dead_letter_max_bytes",
+                "must be at least 4096 bytes",
+            ));
+        }
         let dead_letter = match &options.dead_letter {
-            Some(path) => {
-                let dl_name = format!("{name}:dead-letter");
-                Some(
-                    FileSink::start(
-                        &dl_name,
-                        FileOptions::new(path),
-                        1024,
-                        Overflow::Block,
-                        Box::new(JsonFormat),
-                    )
-                    .map_err(|source| Error::Sink {
-                        sink: dl_name,
-                        source,
-                    })?,
-                )
-            }
+            Some(path) => Some(dead_letter::open(
+                &name,
+                path,
+                options.dead_letter_max_bytes,
+            )?),
             None => None,
         };
         let mut prefix = [0u8; 8];
@@ -193,6 +186,7 @@ impl ElasticSink {
                 inflight_min: None,
                 flush_requested: false,
                 closing: false,
+                deadline: None,
                 abandon: false,
                 stopped: false,
             }),
@@ -406,6 +400,7 @@ impl Sink for ElasticSink {
         {
             let mut state = self.shared.lock();
             state.closing = true;
+            state.deadline = Some(deadline);
             state.flush_requested = true;
         }
         self.shared.space.notify_all();

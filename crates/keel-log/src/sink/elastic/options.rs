@@ -40,6 +40,7 @@ impl std::fmt::Debug for Auth {
 
 /// Settings of an [`ElasticSink`]. [`ElasticOptions::new`] gives the defaults.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ElasticOptions {
     /// Base URL of the cluster (`http://127.0.0.1:9200`); `/_bulk` is appended.
     pub url: String,
@@ -80,6 +81,9 @@ pub struct ElasticOptions {
     /// Where rejected documents are written (JSON lines with the reason); without it they are
     /// only counted.
     pub dead_letter: Option<PathBuf>,
+    /// Bound of the dead-letter files together (default 100 MiB): the file rotates at a
+    /// quarter of it and the oldest rotated files are deleted.
+    pub dead_letter_max_bytes: u64,
 }
 
 impl ElasticOptions {
@@ -103,6 +107,7 @@ impl ElasticOptions {
             auth: Auth::None,
             ca_file: None,
             dead_letter: None,
+            dead_letter_max_bytes: 100 << 20,
         }
     }
 }

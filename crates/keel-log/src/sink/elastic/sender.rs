@@ -59,6 +59,9 @@ impl Sender {
         let mut retry: VecDeque<Doc> = VecDeque::new();
         let mut not_before: Option<Instant> = None;
         let mut batch_cap = self.shared.opts.batch_records;
+        // Shutdown makes one attempt at once, whatever the backoff says: the server may be
+        // back, and the deadline may not outlast the delay.
+        let mut final_attempt_made = false;
         loop {
             // Decide whether a batch leaves now.
             let (batch, wait_until) = {
@@ -68,7 +71,8 @@ impl Sender {
                     return;
                 }
                 let now = Instant::now();
-                let backing_off = not_before.is_some_and(|t| now < t);
+                let backing_off =
+                    not_before.is_some_and(|t| now < t) && !(state.closing && !final_attempt_made);
                 let opts = &shared.opts;
                 let urgent = state.flush_requested || state.closing;
                 // Drops not yet reported, and no report already on its way.
@@ -132,6 +136,7 @@ impl Sender {
                         .filter(|d| d.counted)
                         .map(|d| d.seq)
                         .min();
+                    final_attempt_made |= state.closing;
                     (Some(batch), None)
                 }
             };
@@ -204,7 +209,13 @@ impl Sender {
                         if (200..300).contains(&status) || (create && status == 409) {
                             ok += u64::from(doc.counted);
                             finished.push(doc);
-                        } else if status == 429 || status >= 500 {
+                        } else if status == 429 {
+                            // Throttling is the cluster asking for time, not a verdict on the
+                            // document: it waits in the buffer (whose bound is what an
+                            // unending storm can cost) instead of going to the dead letters.
+                            retried += 1;
+                            retry.push_back(doc);
+                        } else if status >= 500 {
                             doc.attempts += 1;
                             if doc.attempts > self.shared.opts.max_retries {
                                 self.dead_letter(

@@ -39,6 +39,8 @@ pub(super) struct State {
     pub(super) inflight_min: Option<u64>,
     pub(super) flush_requested: bool,
     pub(super) closing: bool,
+    /// When `shutdown` gives up: the final attempt's request must end by then.
+    pub(super) deadline: Option<Instant>,
     /// Shutdown gave up waiting: the worker drops what it holds and exits.
     pub(super) abandon: bool,
     pub(super) stopped: bool,
