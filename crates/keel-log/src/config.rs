@@ -134,6 +134,16 @@ pub struct LogOptions {
     /// quarter of it, oldest deleted).
     #[serde(default)]
     pub dead_letter_max_bytes: Option<u64>,
+    /// Elastic: `memory` (the default) or `disk` (a crash-safe buffer in `buffer_path`,
+    /// replayed on the next start; see docs/elasticsearch.md).
+    #[serde(default)]
+    pub buffer: Option<String>,
+    /// Elastic: the disk buffer's directory (with `buffer = "disk"`; one sink per directory).
+    #[serde(default)]
+    pub buffer_path: Option<std::path::PathBuf>,
+    /// Elastic: the disk buffer's bound in bytes (default 256 MiB).
+    #[serde(default)]
+    pub buffer_max_bytes: Option<u64>,
 }
 
 /// A config secret (password, API key): printed as `[REDACTED]` by `Debug`.
@@ -482,6 +492,29 @@ fn elastic_sink(
     opts.dead_letter_max_bytes = o
         .dead_letter_max_bytes
         .unwrap_or(opts.dead_letter_max_bytes);
+    opts.disk_buffer = match (o.buffer.as_deref(), &o.buffer_path) {
+        (None | Some("memory"), None) => None,
+        (Some("disk"), Some(path)) => Some(path.clone()),
+        (Some("disk"), None) => {
+            return Err(bad(
+                "options.buffer_path",
+                "buffer = \"disk\" needs buffer_path (a directory for this sink alone)",
+            ));
+        }
+        (None | Some("memory"), Some(_)) => {
+            return Err(bad(
+                "options.buffer_path",
+                "buffer_path is only used with buffer = \"disk\"",
+            ));
+        }
+        (Some(other), _) => {
+            return Err(bad(
+                "options.buffer",
+                format!("{other:?}: use \"memory\" or \"disk\""),
+            ));
+        }
+    };
+    opts.disk_buffer_max_bytes = o.buffer_max_bytes.unwrap_or(opts.disk_buffer_max_bytes);
     let sink = ElasticSink::start(format!("{}:elastic", config.name), opts)?;
     Ok(Arc::new(sink))
 }

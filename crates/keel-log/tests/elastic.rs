@@ -3,61 +3,15 @@
 #![cfg(feature = "elastic")]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use keel_log::{
-    Auth, ElasticOptions, ElasticSink, Error, Level, LogConfig, Logger, Overflow, Sink, field,
-};
+use keel_log::{Auth, Error, Level, LogConfig, Overflow, Sink, field};
 use keel_testkit::osmem::OsmemServer;
 use keel_testkit::proxy::{Fault, FaultProxy, Select};
 use keel_testkit::redis::{TlsFiles, wait_until};
 
-const LONG: Duration = Duration::from_secs(60);
-
-/// Small batches and a short interval: osmem is slow with big bulks, and tests should not
-/// wait for the 1 s default.
-fn options(url: &str, index: &str) -> ElasticOptions {
-    let mut o = ElasticOptions::new(url);
-    o.index = format!("{index}-%Y.%m.%d");
-    o.batch_records = 50;
-    o.flush_interval = Duration::from_millis(50);
-    o.backoff = Duration::from_millis(20);
-    o.max_backoff = Duration::from_millis(200);
-    o.timeout = Duration::from_secs(5);
-    o
-}
-
-fn start(name: &str, o: ElasticOptions) -> (Arc<ElasticSink>, Logger) {
-    let sink = Arc::new(ElasticSink::start(name, o).expect("sink starts"));
-    let logger = Logger::new(
-        name.to_owned(),
-        Level::Debug,
-        vec![sink.clone() as Arc<dyn Sink>],
-    );
-    (sink, logger)
-}
-
-/// The `seq` field of every document, with how often each occurs.
-fn seqs(server: &OsmemServer, index: &str, size: usize) -> BTreeMap<u64, usize> {
-    let mut seen = BTreeMap::new();
-    for doc in server.documents(&format!("{index}-*"), size) {
-        if let Some(n) = doc["fields"]["seq"].as_u64() {
-            *seen.entry(n).or_default() += 1;
-        }
-    }
-    seen
-}
-
-fn exactly_once(seen: &BTreeMap<u64, usize>, range: std::ops::Range<u64>) {
-    let expected: BTreeMap<u64, usize> = range.map(|n| (n, 1)).collect();
-    assert_eq!(seen, &expected, "every record exactly once");
-}
-
-fn metric(name: &str, labels: &str) -> Option<f64> {
-    let text = keel_metrics::MetricsService::global().render();
-    keel_testkit::prometheus::sample(&text, &format!("keel_{name}{{{labels}}}"))
-}
+mod common;
+use common::*;
 
 #[test]
 fn every_record_arrives_once_with_its_fields_from_children_and_threads() {
@@ -778,7 +732,10 @@ fn dead_letters_are_bounded_rotated_and_counted() {
     let (sink, logger) = start("es-dlbound", o);
     let filler = "x".repeat(1000);
     for i in 0..400u64 {
-        logger.info("rejected", &[field("seq", i), field("filler", filler.clone())]);
+        logger.info(
+            "rejected",
+            &[field("seq", i), field("filler", filler.clone())],
+        );
     }
     let stats = logger.shutdown(LONG);
     assert_eq!((stats.written, stats.failed, stats.pending), (0, 400, 0));

@@ -22,12 +22,17 @@ pub(super) fn open(name: &str, path: &Path, max_bytes: u64) -> Result<FileSink, 
     let live = max_bytes / 4;
     options.max_bytes = Some(live);
     options.max_total_bytes = Some(max_bytes - live);
-    FileSink::start(&dl_name, options, 1024, Overflow::Block, Box::new(JsonFormat)).map_err(
-        |source| Error::Sink {
-            sink: dl_name,
-            source,
-        },
+    FileSink::start(
+        &dl_name,
+        options,
+        1024,
+        Overflow::Block,
+        Box::new(JsonFormat),
     )
+    .map_err(|source| Error::Sink {
+        sink: dl_name,
+        source,
+    })
 }
 
 impl Sender {

@@ -1,10 +1,10 @@
 //! The `<ns>_es_*` metric families.
 
+use prometheus_client::encoding::EncodeMetric;
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::TypedMetric;
-use prometheus_client::encoding::EncodeMetric;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -16,12 +16,19 @@ pub(super) struct EsMetrics {
     pub(super) dropped: Counter,
     /// Documents written to the dead-letter file.
     pub(super) dead_letters: Counter,
+    /// Damaged regions of the disk buffer skipped.
+    pub(super) disk_corrupt: Counter,
     sink: String,
 }
 
 /// The family `name` from the global registry (registered on first use; a second sink with
 /// the same family shares it).
-fn family<M: EncodeMetric + TypedMetric + Clone + Default + Send + Sync + std::fmt::Debug + 'static>(name: &str, help: &str) -> Family<Labels, M> {
+fn family<
+    M: EncodeMetric + TypedMetric + Clone + Default + Send + Sync + std::fmt::Debug + 'static,
+>(
+    name: &str,
+    help: &str,
+) -> Family<Labels, M> {
     keel_metrics::MetricsService::global()
         .get_or_register(name, help, Family::default)
         .unwrap_or_default()
@@ -30,7 +37,8 @@ fn family<M: EncodeMetric + TypedMetric + Clone + Default + Send + Sync + std::f
 impl EsMetrics {
     pub(super) fn new(sink: &str) -> Self {
         let label = vec![("sink", sink.to_owned())];
-        let one = |name: &str, help: &str| family::<Counter>(name, help).get_or_create_owned(&label);
+        let one =
+            |name: &str, help: &str| family::<Counter>(name, help).get_or_create_owned(&label);
         Self {
             documents: family(
                 "es_documents",
@@ -52,6 +60,10 @@ impl EsMetrics {
             dead_letters: one(
                 "es_dead_letters",
                 "Documents the Elasticsearch sink wrote to its dead-letter file",
+            ),
+            disk_corrupt: one(
+                "es_disk_buffer_corrupt",
+                "Damaged regions (torn or failing their checksum) skipped in the Elasticsearch sink's disk buffer",
             ),
             sink: sink.to_owned(),
         }

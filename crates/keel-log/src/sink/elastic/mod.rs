@@ -26,13 +26,14 @@
 
 mod bulk;
 mod dead_letter;
+mod disk_buffer;
 mod metrics;
 mod options;
 mod sender;
 mod state;
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,7 @@ use crate::error::Error;
 use crate::record::Record;
 use crate::sink::{DeliveryStats, Overflow, Sink};
 use bulk::estimate;
+use disk_buffer::{DiskBuffer, HEADER};
 use metrics::EsMetrics;
 use options::{bad, bulk_url, check_index_chars, parse_pattern, tls_config};
 use sender::Sender;
@@ -108,6 +110,10 @@ impl ElasticSink {
             ("options.batch_bytes", options.batch_bytes),
             ("options.queue", options.max_records),
             ("options.max_buffer_bytes", options.max_bytes),
+            (
+                "options.buffer_max_bytes",
+                usize::try_from(options.disk_buffer_max_bytes).unwrap_or(usize::MAX),
+            ),
         ] {
             if v == 0 {
                 return Err(bad(field, "must be at least 1"));
@@ -169,6 +175,13 @@ impl ElasticSink {
                 sink: name.clone(),
                 source: std::io::Error::other(e.to_string()),
             })?;
+        let (disk, replay) = match &options.disk_buffer {
+            Some(dir) => {
+                let (disk, replay) = DiskBuffer::open(&name, dir, options.disk_buffer_max_bytes)?;
+                (Some(disk), replay)
+            }
+            None => (None, disk_buffer::Replay::default()),
+        };
         let index_len = options
             .data_stream
             .as_ref()
@@ -180,9 +193,13 @@ impl ElasticSink {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
-                records: 0,
-                bytes: 0,
-                next_seq: 0,
+                // What an earlier run left unfinished is sent first, read from disk.
+                records: replay.records,
+                bytes: replay.bytes,
+                next_seq: replay.records as u64,
+                spilled: replay.records,
+                spilled_bytes: replay.bytes,
+                disk,
                 inflight_min: None,
                 flush_requested: false,
                 closing: false,
@@ -204,6 +221,13 @@ impl ElasticSink {
             dead_letter,
             last_error: Mutex::new((None, None)),
         });
+        if replay.corrupt > 0 {
+            shared.metrics.disk_corrupt.inc_by(replay.corrupt);
+            shared.note_error(&format!(
+                "disk buffer: skipped {} damaged region(s), {} bytes (a torn write at a crash, or damage)",
+                replay.corrupt, replay.corrupt_bytes
+            ));
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -233,6 +257,7 @@ impl ElasticSink {
                     url,
                     failures: 0,
                     rng: u64::from_le_bytes(prefix) | 1,
+                    last_checkpoint: Instant::now(),
                 };
                 runtime.block_on(sender.run());
             })
@@ -300,8 +325,16 @@ impl ElasticSink {
         }
 
         let shared = &self.shared;
-        let len = estimate(&record, shared.index_len);
-        if len > shared.opts.max_bytes {
+        // With a disk buffer the caller encodes: the log holds the document as it is sent.
+        let (len, encoded) = if shared.opts.disk_buffer.is_some() {
+            let mut bytes = Vec::new();
+            shared.encode(&record, &mut bytes);
+            (bytes.len() + HEADER as usize, Some(bytes))
+        } else {
+            (estimate(&record, shared.index_len), None)
+        };
+        let (max_records, max_bytes) = shared.bounds();
+        if len > max_bytes {
             shared.drop_one();
             return false;
         }
@@ -312,8 +345,7 @@ impl ElasticSink {
                 shared.drop_one();
                 return false;
             }
-            if state.records < shared.opts.max_records && state.bytes + len <= shared.opts.max_bytes
-            {
+            if state.records < max_records && state.bytes + len <= max_bytes {
                 break;
             }
             match shared.opts.overflow {
@@ -346,21 +378,52 @@ impl ElasticSink {
             }
         }
         let seq = state.next_seq;
-        state.next_seq += 1;
-        state.records += 1;
-        state.bytes += len;
-        state.queued_bytes += len;
-        state.queue.push_back((
-            Instant::now(),
-            Doc {
+        let doc = match encoded {
+            None => Doc {
                 seq,
                 record: Some(record),
                 bytes: Vec::new(),
                 size: len,
                 attempts: 0,
                 counted: true,
+                pos: None,
             },
-        ));
+            Some(bytes) => {
+                let appended = match state.disk.as_mut() {
+                    Some(disk) => disk.append(&bytes),
+                    None => Err(std::io::Error::other("the disk buffer is closed")),
+                };
+                match appended {
+                    Ok(pos) => Doc::encoded(seq, bytes, Some(pos)),
+                    Err(e) => {
+                        drop(state);
+                        shared.failed.fetch_add(1, Ordering::Relaxed);
+                        shared.note_error(&format!("disk buffer: a write failed: {e}"));
+                        return false;
+                    }
+                }
+            }
+        };
+        state.next_seq += 1;
+        state.records += 1;
+        state.bytes += len;
+        // Memory holds two batches of a disk buffer; the rest waits on disk, in order.
+        let opts = &shared.opts;
+        if doc.pos.is_some()
+            && (state.spilled > 0
+                || state.queue.len() >= 2 * opts.batch_records
+                || state.queued_bytes >= 2 * opts.batch_bytes)
+        {
+            state.spilled += 1;
+            state.spilled_bytes += len;
+        } else {
+            if let Some(disk) = state.disk.as_mut() {
+                // In memory already: the disk reader goes on after it.
+                disk.read = disk.end();
+            }
+            state.queued_bytes += len;
+            state.queue.push_back((Instant::now(), doc));
+        }
         let full = state.queue.len() >= shared.opts.batch_records
             || state.queued_bytes >= shared.opts.batch_bytes;
         let first = state.queue.len() == 1;
@@ -388,6 +451,16 @@ impl Sink for ElasticSink {
     fn flush(&self, timeout: Duration) -> DeliveryStats {
         let deadline = crate::sink::deadline_after(timeout);
         let done = self.wait_finished(deadline);
+        // What the disk buffer accepted survives a power loss from here on.
+        let segment = self
+            .shared
+            .lock()
+            .disk
+            .as_ref()
+            .map(DiskBuffer::sync_handle);
+        if let Some(Ok(file)) = segment {
+            let _ = file.sync_data();
+        }
         if let Some(dl) = &self.shared.dead_letter {
             let _ = dl.flush(deadline.saturating_duration_since(Instant::now()));
         }

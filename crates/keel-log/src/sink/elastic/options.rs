@@ -84,6 +84,15 @@ pub struct ElasticOptions {
     /// Bound of the dead-letter files together (default 100 MiB): the file rotates at a
     /// quarter of it and the oldest rotated files are deleted.
     pub dead_letter_max_bytes: u64,
+    /// Keep the buffer on disk in this directory (config `buffer = "disk"` and
+    /// `buffer_path`): documents are appended to a checksummed log before `write` returns,
+    /// survive a crash or restart, and are replayed on the next start. `None` (the default)
+    /// buffers in memory only.
+    pub disk_buffer: Option<PathBuf>,
+    /// Bound of the disk buffer in bytes of documents not yet finished (config
+    /// `buffer_max_bytes`, default 256 MiB); at the bound `overflow` applies. With a disk
+    /// buffer this replaces `max_records` and `max_bytes`.
+    pub disk_buffer_max_bytes: u64,
 }
 
 impl ElasticOptions {
@@ -108,6 +117,8 @@ impl ElasticOptions {
             ca_file: None,
             dead_letter: None,
             dead_letter_max_bytes: 100 << 20,
+            disk_buffer: None,
+            disk_buffer_max_bytes: 256 << 20,
         }
     }
 }

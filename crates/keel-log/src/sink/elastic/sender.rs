@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::bulk::Outcome;
+use super::disk_buffer::SYNC_EVERY;
 use super::state::{Doc, Shared};
 use crate::record::{Level, Record, field};
 use crate::sink::Sink as _;
@@ -18,6 +19,8 @@ pub(super) struct Sender {
     /// Consecutive failed rounds (drives the backoff).
     pub(super) failures: u32,
     pub(super) rng: u64,
+    /// When the disk buffer was last synced and acknowledged.
+    pub(super) last_checkpoint: Instant,
 }
 
 impl Sender {
@@ -50,6 +53,8 @@ impl Sender {
 
     pub(super) async fn run(mut self) {
         self.deliver().await;
+        // Releases the disk buffer's lock (what is left in it waits for the next start).
+        self.shared.lock().disk = None;
         if let Some(dl) = &self.shared.dead_letter {
             let _ = dl.shutdown(Duration::from_secs(5));
         }
@@ -63,16 +68,23 @@ impl Sender {
         // back, and the deadline may not outlast the delay.
         let mut final_attempt_made = false;
         loop {
+            // The disk buffer's active segment, when it is due for a sync (done unlocked).
+            let to_sync;
             // Decide whether a batch leaves now.
             let (batch, wait_until) = {
                 let shared = self.shared.clone();
                 let mut state = shared.lock();
                 if state.abandon {
+                    let _ = self
+                        .checkpoint(&mut state, &retry, true)
+                        .map(|f| f.sync_data());
                     return;
                 }
+                self.refill(&mut state);
+                to_sync = self.checkpoint(&mut state, &retry, false);
                 let now = Instant::now();
                 let backing_off =
-                    not_before.is_some_and(|t| now < t) && !(state.closing && !final_attempt_made);
+                    (final_attempt_made || !state.closing) && not_before.is_some_and(|t| now < t);
                 let opts = &shared.opts;
                 let urgent = state.flush_requested || state.closing;
                 // Drops not yet reported, and no report already on its way.
@@ -88,6 +100,9 @@ impl Sender {
                     || !retry.is_empty();
                 let nothing = state.queue.is_empty() && retry.is_empty() && !(urgent && report_due);
                 if state.closing && nothing {
+                    let _ = self
+                        .checkpoint(&mut state, &retry, true)
+                        .map(|f| f.sync_data());
                     return;
                 }
                 if state.queue.is_empty() {
@@ -99,6 +114,11 @@ impl Sender {
                         (true, Some(t), _) => Some(t),
                         (_, _, Some(t)) => Some(t),
                         _ => Some(now + opts.flush_interval),
+                    };
+                    // With a disk buffer, wake for its syncs and acknowledgements too.
+                    let until = match (&state.disk, until) {
+                        (Some(_), Some(t)) => Some(t.min(self.last_checkpoint + SYNC_EVERY)),
+                        (_, until) => until,
                     };
                     (None, until)
                 } else {
@@ -140,6 +160,9 @@ impl Sender {
                     (Some(batch), None)
                 }
             };
+            if let Some(file) = to_sync {
+                let _ = file.sync_data();
+            }
             let Some(mut batch) = batch else {
                 self.sleep(wait_until).await;
                 continue;
@@ -285,6 +308,7 @@ impl Sender {
             bytes,
             attempts: 0,
             counted: false,
+            pos: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::disk_buffer::{DiskBuffer, HEADER, Pos};
 use super::metrics::EsMetrics;
 use super::options::{ElasticOptions, Piece, expand};
 use crate::format::{rfc3339_millis, write_json_fields};
@@ -26,6 +27,23 @@ pub(super) struct Doc {
     pub(super) attempts: u32,
     /// Whether it counts against the buffer bound (the in-band drop report does not).
     pub(super) counted: bool,
+    /// Where it is in the disk buffer (with one).
+    pub(super) pos: Option<Pos>,
+}
+
+impl Doc {
+    /// A document already encoded (read from the disk buffer, or encoded at `write`).
+    pub(super) fn encoded(seq: u64, bytes: Vec<u8>, pos: Option<Pos>) -> Self {
+        Self {
+            seq,
+            record: None,
+            size: bytes.len() + HEADER as usize,
+            bytes,
+            attempts: 0,
+            counted: true,
+            pos,
+        }
+    }
 }
 
 pub(super) struct State {
@@ -44,12 +62,21 @@ pub(super) struct State {
     /// Shutdown gave up waiting: the worker drops what it holds and exits.
     pub(super) abandon: bool,
     pub(super) stopped: bool,
+    /// The disk buffer, when configured (dropped, releasing its lock, when the sender ends).
+    pub(super) disk: Option<DiskBuffer>,
+    /// Documents on disk not yet read into `queue` (they follow it in sequence order).
+    pub(super) spilled: usize,
+    /// Their bytes (frame headers included).
+    pub(super) spilled_bytes: usize,
 }
 
 impl State {
     /// Every document with a smaller sequence number is finished.
     pub(super) fn finished_below(&self) -> u64 {
-        let queued = self.queue.front().map_or(self.next_seq, |(_, d)| d.seq);
+        let queued = self
+            .queue
+            .front()
+            .map_or(self.next_seq - self.spilled as u64, |(_, d)| d.seq);
         self.inflight_min.map_or(queued, |m| m.min(queued))
     }
 }
@@ -108,6 +135,17 @@ impl Shared {
                 self.name,
                 ERROR_PRINT_EVERY.as_secs()
             );
+        }
+    }
+
+    /// The buffer bound: in documents and bytes (with a disk buffer only its bytes).
+    pub(super) fn bounds(&self) -> (usize, usize) {
+        match self.opts.disk_buffer {
+            Some(_) => (
+                usize::MAX,
+                usize::try_from(self.opts.disk_buffer_max_bytes).unwrap_or(usize::MAX),
+            ),
+            None => (self.opts.max_records, self.opts.max_bytes),
         }
     }
 
