@@ -86,6 +86,9 @@ pub struct LogOptions {
     /// Elastic: the cluster's base URL (or give it as `output`).
     #[serde(default)]
     pub url: Option<String>,
+    /// Elastic: several endpoints of the cluster, used round-robin (instead of `url`).
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
     /// Elastic: index name pattern (default `logs-%Y.%m.%d`, UTC).
     #[serde(default)]
     pub index: Option<String>,
@@ -431,10 +434,11 @@ fn elastic_sink(
         .url
         .clone()
         .or_else(|| config.output.clone())
+        .or_else(|| o.urls.as_ref().and_then(|u| u.first().cloned()))
         .ok_or_else(|| {
             bad(
                 "options.url",
-                "an elastic logger needs the cluster URL (options.url or output)",
+                "an elastic logger needs the cluster URL (options.url, options.urls or output)",
             )
         })?;
     let duration = |field: &str,
@@ -445,6 +449,18 @@ fn elastic_sink(
             .transpose()
     };
     let mut opts = ElasticOptions::new(url);
+    if let Some(urls) = &o.urls {
+        if urls.is_empty() {
+            return Err(bad("options.urls", "give at least one URL"));
+        }
+        if o.url.is_some() || config.output.is_some() {
+            return Err(bad(
+                "options.urls",
+                "give either urls or url (output), not both",
+            ));
+        }
+        opts.urls.clone_from(urls);
+    }
     if let Some(index) = &o.index {
         opts.index.clone_from(index);
     }

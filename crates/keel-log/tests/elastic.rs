@@ -759,3 +759,61 @@ fn dead_letters_are_bounded_rotated_and_counted() {
     let last: serde_json::Value = serde_json::from_str(live.lines().last().unwrap()).unwrap();
     assert_eq!(last["document"]["fields"]["seq"], 399);
 }
+
+#[test]
+fn one_of_two_endpoints_failing_mid_run_loses_nothing_and_is_checked_back_in() {
+    let server = OsmemServer::start();
+    let a = FaultProxy::start(server.addr());
+    let b = FaultProxy::start(server.addr());
+    let mut o = options(&a.url(), "multi");
+    o.urls = vec![a.url(), b.url()];
+    let (_sink, logger) = start("es-multi", o);
+    let up = |p: &FaultProxy| {
+        metric(
+            "es_endpoint_up",
+            &format!("sink=\"es-multi\",endpoint=\"{}\"", p.url()),
+        )
+    };
+    let mut n = 0u64;
+    for _ in 0..300 {
+        logger.info("spread", &[field("seq", n)]);
+        n += 1;
+    }
+    assert_eq!(logger.flush(LONG).written, 300);
+    assert!(a.requests() > 0 && b.requests() > 0, "round-robin");
+    // b fails mid-run: every connection to it is cut without an answer.
+    b.set_always(Some(Fault::Hangup));
+    for _ in 0..300 {
+        logger.info("spread", &[field("seq", n)]);
+        n += 1;
+    }
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (600, 0, 0));
+    assert_eq!(up(&b), Some(0.0), "b is out of rotation");
+    assert_eq!(up(&a), Some(1.0));
+    assert!(
+        metric(
+            "es_endpoint_requests_total",
+            &format!(
+                "sink=\"es-multi\",endpoint=\"{}\",status=\"failed\"",
+                b.url()
+            )
+        ) >= Some(1.0)
+    );
+    // b is back: a health check puts it back in rotation while records keep coming.
+    b.set_always(None);
+    let before = b.requests();
+    wait_until("b back in rotation", LONG, || {
+        logger.info("spread", &[field("seq", n)]);
+        n += 1;
+        up(&b) == Some(1.0)
+    });
+    for _ in 0..200 {
+        logger.info("spread", &[field("seq", n)]);
+        n += 1;
+    }
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (n, 0, 0));
+    assert!(b.requests() > before + 1, "b gets requests again");
+    exactly_once(&seqs(&server, "multi", 5000), 0..n);
+}

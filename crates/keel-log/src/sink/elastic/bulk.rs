@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 
-use super::Auth;
+use super::endpoints::authorize;
 use super::sender::Sender;
 use super::state::Doc;
 use crate::record::{Record, Value};
@@ -40,14 +40,14 @@ pub(super) struct BulkItem {
 }
 
 impl Sender {
-    pub(super) async fn send(&self, batch: &[Doc]) -> Outcome {
+    pub(super) async fn send(&self, batch: &[Doc], url: reqwest::Url) -> Outcome {
         let mut body = Vec::with_capacity(batch.iter().map(|d| d.bytes.len()).sum());
         for doc in batch {
             body.extend_from_slice(&doc.bytes);
         }
         let mut request = self
             .client
-            .post(self.url.clone())
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson");
         // During shutdown a request ends by the deadline, not only by the request timeout.
         let deadline = self.shared.lock().deadline;
@@ -67,16 +67,7 @@ impl Sender {
                 request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
             }
         }
-        request = match &self.shared.opts.auth {
-            Auth::None => request,
-            Auth::Basic { username, password } => request.basic_auth(username, Some(password)),
-            Auth::ApiKey(key) => {
-                let mut value = reqwest::header::HeaderValue::from_str(&format!("ApiKey {key}"))
-                    .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
-                value.set_sensitive(true);
-                request.header(reqwest::header::AUTHORIZATION, value)
-            }
-        };
+        request = authorize(request, &self.shared.opts.auth);
         let response = match request.body(body).send().await {
             Ok(r) => r,
             Err(e) => return Outcome::Retry("network", e.to_string()),

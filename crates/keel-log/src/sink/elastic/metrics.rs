@@ -69,6 +69,31 @@ impl EsMetrics {
         }
     }
 
+    /// The `up` gauge and the ok/failed request counters of one endpoint.
+    pub(super) fn endpoint(&self, url: &str) -> (Gauge, Counter, Counter) {
+        let requests: Family<Labels, Counter> = family(
+            "es_endpoint_requests",
+            "_bulk requests per endpoint: ok (answered) or failed (connection or server error)",
+        );
+        let label = |status: &str| {
+            vec![
+                ("sink", self.sink.clone()),
+                ("endpoint", url.to_owned()),
+                ("status", status.to_owned()),
+            ]
+        };
+        let up = family::<Gauge>(
+            "es_endpoint_up",
+            "1 while an Elasticsearch endpoint is in rotation, 0 while it is out and health-checked",
+        )
+        .get_or_create_owned(&vec![("sink", self.sink.clone()), ("endpoint", url.to_owned())]);
+        (
+            up,
+            requests.get_or_create_owned(&label("ok")),
+            requests.get_or_create_owned(&label("failed")),
+        )
+    }
+
     fn labels(&self, status: &'static str) -> Labels {
         vec![("sink", self.sink.clone()), ("status", status.into())]
     }

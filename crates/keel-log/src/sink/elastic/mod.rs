@@ -27,6 +27,7 @@
 mod bulk;
 mod dead_letter;
 mod disk_buffer;
+mod endpoints;
 mod metrics;
 mod options;
 mod sender;
@@ -97,7 +98,14 @@ impl ElasticSink {
     /// zero bound; [`Error::Sink`] when the thread or the dead-letter file cannot start.
     pub fn start(name: impl Into<String>, options: ElasticOptions) -> Result<Self, Error> {
         let name = name.into();
-        let url = bulk_url(&options.url)?;
+        let urls = if options.urls.is_empty() {
+            vec![options.url.clone()]
+        } else {
+            options.urls.clone()
+        };
+        for url in &urls {
+            bulk_url(url)?;
+        }
         let pattern = parse_pattern(&options.index)?;
         if let Some(ds) = &options.data_stream {
             if ds.is_empty() {
@@ -228,6 +236,7 @@ impl ElasticSink {
                 replay.corrupt, replay.corrupt_bytes
             ));
         }
+        let endpoints = endpoints::Endpoints::new(&urls, &shared.metrics)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -254,7 +263,7 @@ impl ElasticSink {
                 let sender = Sender {
                     shared: worker_shared.clone(),
                     client,
-                    url,
+                    endpoints,
                     failures: 0,
                     rng: u64::from_le_bytes(prefix) | 1,
                     last_checkpoint: Instant::now(),

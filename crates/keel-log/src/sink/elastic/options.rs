@@ -44,6 +44,9 @@ impl std::fmt::Debug for Auth {
 pub struct ElasticOptions {
     /// Base URL of the cluster (`http://127.0.0.1:9200`); `/_bulk` is appended.
     pub url: String,
+    /// Several endpoints of the cluster (config `urls`), used round-robin, a failing one taken
+    /// out and health-checked back in; when not empty, `url` is not used.
+    pub urls: Vec<String>,
     /// Index name pattern, expanded with the event's UTC time: `%Y`, `%m`, `%d`, `%H`, `%%`
     /// (default `logs-%Y.%m.%d`).
     pub index: String,
@@ -100,6 +103,7 @@ impl ElasticOptions {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            urls: Vec::new(),
             index: "logs-%Y.%m.%d".into(),
             data_stream: None,
             batch_records: 500,

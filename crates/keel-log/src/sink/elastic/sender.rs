@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::bulk::Outcome;
 use super::disk_buffer::SYNC_EVERY;
+use super::endpoints::Endpoints;
 use super::state::{Doc, Shared};
 use crate::record::{Level, Record, field};
 use crate::sink::Sink as _;
@@ -15,7 +16,7 @@ use crate::sink::Sink as _;
 pub(super) struct Sender {
     pub(super) shared: Arc<Shared>,
     pub(super) client: reqwest::Client,
-    pub(super) url: reqwest::Url,
+    pub(super) endpoints: Endpoints,
     /// Consecutive failed rounds (drives the backoff).
     pub(super) failures: u32,
     pub(super) rng: u64,
@@ -179,7 +180,14 @@ impl Sender {
                     batch.insert(0, self.drop_report(lost));
                 }
             }
-            let outcome = self.send(&batch).await;
+            self.endpoints
+                .check(&self.client, &self.shared.opts.auth)
+                .await;
+            let endpoint = self.endpoints.pick();
+            let outcome = self.send(&batch, self.endpoints.bulk(endpoint)).await;
+            // A connection or server failure takes the endpoint out of rotation; with another
+            // one up the batch goes there at once instead of waiting out the backoff.
+            let endpoint_failed = matches!(outcome, Outcome::Retry("network" | "server_error", _));
             let mut finished: Vec<Doc> = Vec::new();
             let requeue = |retry: &mut VecDeque<Doc>, batch: Vec<Doc>| {
                 for doc in batch.into_iter().rev() {
@@ -276,6 +284,14 @@ impl Sender {
                         not_before = Some(Instant::now() + self.backoff());
                     }
                 }
+            }
+            if endpoint_failed {
+                self.endpoints.failed(endpoint);
+                if self.endpoints.any_up() {
+                    not_before = None;
+                }
+            } else {
+                self.endpoints.succeeded(endpoint);
             }
             let shared = self.shared.clone();
             let mut state = shared.lock();
