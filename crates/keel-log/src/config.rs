@@ -430,6 +430,9 @@ fn elastic_sink(
 ) -> Result<Arc<dyn Sink>, Error> {
     use crate::sink::elastic::{Auth, ElasticOptions, ElasticSink};
     let o = &config.options;
+    if o.urls.as_ref().is_some_and(Vec::is_empty) {
+        return Err(bad("options.urls", "give at least one URL"));
+    }
     let url = o
         .url
         .clone()
@@ -450,9 +453,6 @@ fn elastic_sink(
     };
     let mut opts = ElasticOptions::new(url);
     if let Some(urls) = &o.urls {
-        if urls.is_empty() {
-            return Err(bad("options.urls", "give at least one URL"));
-        }
         if o.url.is_some() || config.output.is_some() {
             return Err(bad(
                 "options.urls",

@@ -271,3 +271,61 @@ fn two_sinks_on_one_buffer_path_is_a_clear_error() {
     let second = start_when_released("es-locked-2", &o);
     assert_eq!(second.buffered(), 0);
 }
+
+#[test]
+fn config_keys_for_the_disk_buffer_endpoints_and_dead_letters() {
+    let port = keel_testkit::process::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = keel_log::LogConfig::from_toml(&format!(
+        r#"
+type = "elastic"
+name = "es-disk-config"
+[options]
+urls = ["http://127.0.0.1:{port}", "http://127.0.0.1:{port}/"]
+buffer = "disk"
+buffer_path = "{}"
+buffer_max_bytes = 1048576
+dead_letter = "{}"
+dead_letter_max_bytes = 65536
+flush_interval = "50ms"
+"#,
+        dir.path().join("buffer").display(),
+        dir.path().join("dead.jsonl").display()
+    ))
+    .unwrap();
+    let logger = keel_log::build(&config).expect("builds while the server is down");
+    logger.info("waiting on disk", &[]);
+    assert_eq!(logger.flush(Duration::from_millis(200)).pending, 1);
+    assert!(segment_bytes(&dir.path().join("buffer")) > 0);
+
+    let bad = |extra: &str| {
+        let text = format!("type = \"elastic\"\nname = \"x\"\n[options]\n{extra}\n");
+        keel_log::build(&keel_log::LogConfig::from_toml(&text).unwrap()).unwrap_err()
+    };
+    for (extra, field) in [
+        (
+            "url = \"http://h:1\"\nbuffer = \"disk\"",
+            "options.buffer_path",
+        ),
+        ("url = \"http://h:1\"\nbuffer = \"tape\"", "options.buffer"),
+        (
+            "url = \"http://h:1\"\nbuffer_path = \"/tmp/x\"",
+            "options.buffer_path",
+        ),
+        ("urls = []", "options.urls"),
+        (
+            "url = \"http://h:1\"\nurls = [\"http://h:2\"]",
+            "options.urls",
+        ),
+        ("urls = [\"http://h:1\", \"ftp://h\"]", "options.url"),
+        (
+            "url = \"http://h:1\"\ndead_letter_max_bytes = 10",
+            "options.dead_letter_max_bytes",
+        ),
+    ] {
+        match bad(extra) {
+            Error::InvalidConfig { field: f, .. } => assert_eq!(f, field, "{extra}"),
+            other => panic!("{extra}: {other}"),
+        }
+    }
+}
