@@ -116,7 +116,7 @@ impl Endpoints {
         }
         let now = Instant::now();
         for i in 0..self.list.len() {
-            if !self.list[i].down_until.is_some_and(|t| t <= now) {
+            if self.list[i].down_until.is_none_or(|t| t > now) {
                 continue;
             }
             let request = authorize(

@@ -38,7 +38,7 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// Settings of an [`ElasticSink`]. [`ElasticOptions::new`] gives the defaults.
+/// Settings of an [`ElasticSink`](super::ElasticSink). [`ElasticOptions::new`] gives the defaults.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ElasticOptions {
