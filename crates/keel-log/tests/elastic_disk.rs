@@ -176,17 +176,39 @@ fn a_damaged_segment_tail_is_skipped_and_counted_and_the_rest_arrives() {
     exactly_once(&seqs(&server, "torn", 500), 0..99);
 }
 
-#[test]
-fn the_disk_bound_drops_what_does_not_fit_and_delivers_the_rest() {
+/// The disk bound of the bound tests.
+const BOUND: u64 = 64 * 1024;
+
+fn assert_within_bound(dir: &Path) {
+    let bytes = segment_bytes(dir);
+    assert!(bytes <= BOUND, "{bytes} bytes of segments");
+}
+
+/// A disk-buffered sink bounded at [`BOUND`] behind a proxy that answers 503 to everything.
+fn bounded(
+    index: &str,
+    overflow: Overflow,
+) -> (
+    OsmemServer,
+    FaultProxy,
+    tempfile::TempDir,
+    std::sync::Arc<ElasticSink>,
+    keel_log::Logger,
+) {
     let server = OsmemServer::start();
     let proxy = FaultProxy::start(server.addr());
     proxy.set_always(Some(Fault::Status(503)));
     let dir = tempfile::tempdir().unwrap();
-    let bound = 64 * 1024;
-    let mut o = disk_options(&proxy.url(), "diskdrop", dir.path());
-    o.disk_buffer_max_bytes = bound;
-    o.overflow = Overflow::DropNewest;
-    let (sink, logger) = start("es-diskdrop", o);
+    let mut o = disk_options(&proxy.url(), index, dir.path());
+    o.disk_buffer_max_bytes = BOUND;
+    o.overflow = overflow;
+    let (sink, logger) = start(&format!("es-{index}"), o);
+    (server, proxy, dir, sink, logger)
+}
+
+#[test]
+fn the_disk_bound_drops_what_does_not_fit_and_delivers_the_rest() {
+    let (server, proxy, dir, sink, logger) = bounded("diskdrop", Overflow::DropNewest);
     let filler = "y".repeat(200);
     for i in 0..1000u64 {
         logger.info(
@@ -198,11 +220,7 @@ fn the_disk_bound_drops_what_does_not_fit_and_delivers_the_rest() {
     let kept = sink.buffered() as u64;
     assert!(dropped > 0 && kept > 0, "dropped {dropped}, kept {kept}");
     assert_eq!(dropped + kept, 1000);
-    assert!(
-        segment_bytes(dir.path()) <= bound,
-        "{}",
-        segment_bytes(dir.path())
-    );
+    assert_within_bound(dir.path());
     proxy.set_always(None);
     let stats = logger.flush(LONG);
     assert_eq!((stats.written, stats.pending, stats.failed), (kept, 0, 0));
@@ -211,15 +229,7 @@ fn the_disk_bound_drops_what_does_not_fit_and_delivers_the_rest() {
 
 #[test]
 fn the_disk_bound_blocks_writers_until_delivery_makes_room() {
-    let server = OsmemServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    proxy.set_always(Some(Fault::Status(503)));
-    let dir = tempfile::tempdir().unwrap();
-    let bound = 64 * 1024;
-    let mut o = disk_options(&proxy.url(), "diskblock", dir.path());
-    o.disk_buffer_max_bytes = bound;
-    o.overflow = Overflow::Block;
-    let (sink, logger) = start("es-diskblock", o);
+    let (server, proxy, dir, sink, logger) = bounded("diskblock", Overflow::Block);
     let done = AtomicU64::new(0);
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -237,11 +247,7 @@ fn the_disk_bound_blocks_writers_until_delivery_makes_room() {
         });
         std::thread::sleep(Duration::from_millis(500));
         assert!(done.load(Ordering::Relaxed) < 1000, "the writer waits");
-        assert!(
-            segment_bytes(dir.path()) <= bound,
-            "{}",
-            segment_bytes(dir.path())
-        );
+        assert_within_bound(dir.path());
         proxy.set_always(None);
     });
     let stats = logger.flush(LONG);

@@ -1,7 +1,7 @@
 //! The dead-letter file: documents the server rejected (or that exhausted their retries), as
 //! JSON lines with the reason. Bounded: the file rotates at a quarter of
-//! `dead_letter_max_bytes` and rotated files are deleted oldest first to keep the total within
-//! the bound. A dead-lettered document is still an error: it is counted, reported through
+//! `dead_letter_max_bytes` and rotated files are deleted oldest first (by the file sink's
+//! retention, on its background thread) to keep them within half of it. A dead-lettered document is still an error: it is counted, reported through
 //! `last_error()` and stderr, and in `<ns>_es_dead_letters_total`.
 
 use std::path::Path;
@@ -19,9 +19,10 @@ use crate::sink::{Overflow, Sink as _};
 pub(super) fn open(name: &str, path: &Path, max_bytes: u64) -> Result<FileSink, Error> {
     let dl_name = format!("{name}:dead-letter");
     let mut options = FileOptions::new(path);
-    let live = max_bytes / 4;
-    options.max_bytes = Some(live);
-    options.max_total_bytes = Some(max_bytes - live);
+    // The live file a quarter, rotated files half: the last quarter is room for rotations
+    // the background retention (which deletes the oldest) has not pruned yet.
+    options.max_bytes = Some(max_bytes / 4);
+    options.max_total_bytes = Some(max_bytes / 2);
     FileSink::start(
         &dl_name,
         options,

@@ -50,6 +50,13 @@ pub(super) struct Pos {
     pub(super) offset: u64,
 }
 
+impl Pos {
+    /// The start of segment `segment`.
+    fn start(segment: u64) -> Self {
+        Self { segment, offset: 0 }
+    }
+}
+
 /// A segment and where its readable part ends.
 #[derive(Debug)]
 struct Segment {
@@ -179,10 +186,7 @@ impl DiskBuffer {
         }
         let read = match segments.front() {
             Some(s) if s.id == acked.segment => acked,
-            Some(s) => Pos {
-                segment: s.id,
-                offset: 0,
-            },
+            Some(s) => Pos::start(s.id),
             None => acked,
         };
         // Never append after what an earlier process wrote (its tail may be torn).
@@ -263,31 +267,20 @@ impl DiskBuffer {
     /// fails its checksum now (damage after the start) ends its segment's readable part.
     pub(super) fn read_next(&mut self) -> io::Result<Option<(Pos, Vec<u8>)>> {
         loop {
-            let Some(index) = self.segments.iter().position(|s| s.id == self.read.segment) else {
-                // The read position's segment is gone (deleted as acknowledged): go on.
-                match self.segments.iter().find(|s| s.id > self.read.segment) {
-                    Some(s) => {
-                        self.read = Pos {
-                            segment: s.id,
-                            offset: 0,
-                        };
-                        continue;
-                    }
-                    None => return Ok(None),
-                }
+            // The first segment at or after the read position (earlier ones are deleted).
+            let Some(index) = self.segments.iter().position(|s| s.id >= self.read.segment) else {
+                return Ok(None);
             };
+            if self.segments[index].id > self.read.segment {
+                self.read = Pos::start(self.segments[index].id);
+            }
             let end = self.segments[index].end;
             if self.read.offset >= end {
                 match self.segments.get(index + 1) {
-                    Some(next) => {
-                        self.read = Pos {
-                            segment: next.id,
-                            offset: 0,
-                        };
-                        continue;
-                    }
+                    Some(next) => self.read = Pos::start(next.id),
                     None => return Ok(None),
                 }
+                continue;
             }
             if self
                 .reader
@@ -421,10 +414,7 @@ fn read_ack(dir: &Path) -> Pos {
     let mut parts = text.split_whitespace().map(str::parse::<u64>);
     match (parts.next(), parts.next()) {
         (Some(Ok(segment)), Some(Ok(offset))) => Pos { segment, offset },
-        _ => Pos {
-            segment: 0,
-            offset: 0,
-        },
+        _ => Pos::start(0),
     }
 }
 
