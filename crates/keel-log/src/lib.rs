@@ -30,7 +30,7 @@
 //!   `sink::queue` ([`QueueSink`]); `sink::file` ([`FileSink`]: `rotation` with
 //!   [`FileWriter`] and [`Period`], `retention`, `zone` with [`Zone`]).
 //!   `sink::elastic` (feature `elastic`: `ElasticSink`: `options`, `state`, `sender`, `bulk`,
-//!   `dead_letter`, `metrics`).
+//!   `endpoints`, `disk_buffer`, `dead_letter`, `metrics`).
 //! - `bridge` (features `log`, `tracing`).
 //!
 //! ```

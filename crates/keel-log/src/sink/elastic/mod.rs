@@ -6,12 +6,16 @@
 //! - `write` only queues the record; the sender thread encodes it. The bound counts every
 //!   document not yet finished, including those in flight or waiting for a retry, in documents
 //!   and in estimated encoded bytes. A full buffer applies the sink's [`Overflow`] policy.
+//!   With a disk buffer `write` encodes the record and appends it to the buffer's log before
+//!   it returns; the bound is the log's bytes; a restart replays what was not finished.
 //! - A batch leaves when it reaches `batch_records` or `batch_bytes`, when the oldest queued
 //!   document is `flush_interval` old, or on `flush`/`shutdown`.
-//! - Whole-request failures (network errors, timeouts, HTTP 429 and 5xx, unreadable answers)
-//!   retry the whole batch, without limit, with exponential backoff and jitter: the bound, not a
-//!   retry count, limits what an outage can cost. Items answered 429 or 5xx retry up to
-//!   `max_retries` times. Other 4xx items (mapping errors) go to the dead-letter file.
+//! - Whole-request failures (network errors, timeouts, HTTP 408, 429, 499 and 5xx, unreadable
+//!   answers) retry the whole batch, without limit, with exponential backoff and jitter (or at
+//!   once on another endpoint that is up): the bound, not a retry count, limits what an outage
+//!   can cost. Items answered 429 retry without limit, 5xx up to `max_retries` times. Other
+//!   4xx items (mapping errors) go to the dead-letter file. `shutdown` makes one attempt at
+//!   once, whatever the backoff says.
 //! - Every document carries an `_id` made of a per-sink random prefix and a sequence number,
 //!   so a retried batch overwrites (`index`) or conflicts (`create`, 409 = already delivered)
 //!   instead of duplicating.
@@ -21,7 +25,9 @@
 //! - `state`: the buffer shared by writers and the sender thread.
 //! - `sender`: the sender thread's loop (batches, retries, backoff).
 //! - `bulk`: the `_bulk` request and its answer, the size estimate.
-//! - `dead_letter`: rejected documents.
+//! - `endpoints`: several endpoints, round-robin, health checks.
+//! - `disk_buffer`: the optional crash-safe buffer (segments, checksums, ack, replay, lock).
+//! - `dead_letter`: rejected documents, in a bounded, rotated file.
 //! - `metrics`: the `<ns>_es_*` families.
 
 mod bulk;
