@@ -8,6 +8,11 @@
 //! room and nothing is dropped); the clock runs from the first log call until `flush` has
 //! seen every document acknowledged. Prints the median docs/s and the caller-side ns per
 //! record (time inside the logging calls, summed over threads).
+//!
+//! `cargo bench -p keel-log --features elastic --bench elastic -- disk-vs-memory` runs only
+//! the disk buffer against the memory buffer (1 thread): 9 pairs of rounds, alternating which
+//! goes first (the machine is shared and noisy), and prints each contender's median docs/s
+//! and the median of the per-pair ratios disk/memory.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +30,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// One round: (docs/s including delivery, caller ns per record).
 fn round(url: &str, threads: u64, gzip: bool) -> (f64, f64) {
+    round_with(url, threads, gzip, None)
+}
+
+/// A round with the disk buffer in `disk` when given.
+fn round_with(url: &str, threads: u64, gzip: bool, disk: Option<&std::path::Path>) -> (f64, f64) {
     let mut o = ElasticOptions::new(url);
+    if let Some(dir) = disk {
+        o.disk_buffer = Some(dir.to_owned());
+        o.disk_buffer_max_bytes = 1 << 30;
+    }
     o.overflow = Overflow::Block;
     // Room for the whole round: the caller's figure is its own cost, not waiting for room.
     o.max_records = RECORDS as usize + 1;
@@ -73,6 +87,10 @@ fn main() {
     }
     let endpoint = AcceptAll::start();
     let url = endpoint.url();
+    if std::env::args().any(|a| a == "disk-vs-memory") {
+        disk_vs_memory(&url);
+        return;
+    }
     println!(
         "{:<28} {:>12} {:>18}",
         "configuration", "docs/s", "caller ns/record"
@@ -97,4 +115,38 @@ fn main() {
             median(callers)
         );
     }
+}
+
+fn disk_vs_memory(url: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = || {
+        // A fresh directory per round: each round starts with an empty buffer.
+        let d = tempfile::tempdir_in(dir.path()).expect("tempdir");
+        round_with(url, 1, false, Some(d.path())).0
+    };
+    let memory = || round(url, 1, false).0;
+    let _ = (disk(), memory());
+    let (mut disks, mut memories, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..9 {
+        let (d, m) = if pair % 2 == 0 {
+            let d = disk();
+            (d, memory())
+        } else {
+            let m = memory();
+            (disk(), m)
+        };
+        println!(
+            "pair {pair}: disk {d:.0} docs/s, memory {m:.0} docs/s, ratio {:.2}",
+            d / m
+        );
+        disks.push(d);
+        memories.push(m);
+        ratios.push(d / m);
+    }
+    println!(
+        "median: disk {:.0} docs/s, memory {:.0} docs/s, median per-pair ratio disk/memory {:.2}",
+        median(disks),
+        median(memories),
+        median(ratios)
+    );
 }

@@ -86,6 +86,9 @@ pub struct LogOptions {
     /// Elastic: the cluster's base URL (or give it as `output`).
     #[serde(default)]
     pub url: Option<String>,
+    /// Elastic: several endpoints of the cluster, used round-robin (instead of `url`).
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
     /// Elastic: index name pattern (default `logs-%Y.%m.%d`, UTC).
     #[serde(default)]
     pub index: Option<String>,
@@ -130,6 +133,20 @@ pub struct LogOptions {
     /// Elastic: file for rejected documents (JSON lines with the reason).
     #[serde(default)]
     pub dead_letter: Option<std::path::PathBuf>,
+    /// Elastic: bound of the dead-letter files together (default 100 MiB; rotated at a
+    /// quarter of it, oldest deleted).
+    #[serde(default)]
+    pub dead_letter_max_bytes: Option<u64>,
+    /// Elastic: `memory` (the default) or `disk` (a crash-safe buffer in `buffer_path`,
+    /// replayed on the next start; see docs/elasticsearch.md).
+    #[serde(default)]
+    pub buffer: Option<String>,
+    /// Elastic: the disk buffer's directory (with `buffer = "disk"`; one sink per directory).
+    #[serde(default)]
+    pub buffer_path: Option<std::path::PathBuf>,
+    /// Elastic: the disk buffer's bound in bytes (default 256 MiB).
+    #[serde(default)]
+    pub buffer_max_bytes: Option<u64>,
 }
 
 /// A config secret (password, API key): printed as `[REDACTED]` by `Debug`.
@@ -418,16 +435,20 @@ fn elastic_sink(
     overflow: Overflow,
     _kind: &str,
 ) -> Result<Arc<dyn Sink>, Error> {
-    use crate::elastic::{Auth, ElasticOptions, ElasticSink};
+    use crate::sink::elastic::{Auth, ElasticOptions, ElasticSink};
     let o = &config.options;
+    if o.urls.as_ref().is_some_and(Vec::is_empty) {
+        return Err(bad("options.urls", "give at least one URL"));
+    }
     let url = o
         .url
         .clone()
         .or_else(|| config.output.clone())
+        .or_else(|| o.urls.as_ref().and_then(|u| u.first().cloned()))
         .ok_or_else(|| {
             bad(
                 "options.url",
-                "an elastic logger needs the cluster URL (options.url or output)",
+                "an elastic logger needs the cluster URL (options.url, options.urls or output)",
             )
         })?;
     let duration = |field: &str,
@@ -438,6 +459,15 @@ fn elastic_sink(
             .transpose()
     };
     let mut opts = ElasticOptions::new(url);
+    if let Some(urls) = &o.urls {
+        if o.url.is_some() || config.output.is_some() {
+            return Err(bad(
+                "options.urls",
+                "give either urls or url (output), not both",
+            ));
+        }
+        opts.urls.clone_from(urls);
+    }
     if let Some(index) = &o.index {
         opts.index.clone_from(index);
     }
@@ -482,6 +512,32 @@ fn elastic_sink(
     };
     opts.ca_file.clone_from(&o.ca_file);
     opts.dead_letter.clone_from(&o.dead_letter);
+    opts.dead_letter_max_bytes = o
+        .dead_letter_max_bytes
+        .unwrap_or(opts.dead_letter_max_bytes);
+    opts.disk_buffer = match (o.buffer.as_deref(), &o.buffer_path) {
+        (None | Some("memory"), None) => None,
+        (Some("disk"), Some(path)) => Some(path.clone()),
+        (Some("disk"), None) => {
+            return Err(bad(
+                "options.buffer_path",
+                "buffer = \"disk\" needs buffer_path (a directory for this sink alone)",
+            ));
+        }
+        (None | Some("memory"), Some(_)) => {
+            return Err(bad(
+                "options.buffer_path",
+                "buffer_path is only used with buffer = \"disk\"",
+            ));
+        }
+        (Some(other), _) => {
+            return Err(bad(
+                "options.buffer",
+                format!("{other:?}: use \"memory\" or \"disk\""),
+            ));
+        }
+    };
+    opts.disk_buffer_max_bytes = o.buffer_max_bytes.unwrap_or(opts.disk_buffer_max_bytes);
     let sink = ElasticSink::start(format!("{}:elastic", config.name), opts)?;
     Ok(Arc::new(sink))
 }

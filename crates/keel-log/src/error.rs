@@ -58,6 +58,16 @@ pub enum Error {
         /// Why it could not be loaded.
         reason: String,
     },
+    /// A disk buffer directory is already used by another sink, in this process or another.
+    #[error(
+        "cannot start sink {sink:?}: its disk buffer {path} is in use by another sink or process (its lock file is held); give each sink its own buffer_path"
+    )]
+    BufferLocked {
+        /// The sink.
+        sink: String,
+        /// The buffer directory.
+        path: String,
+    },
     /// A sink could not start (thread or I/O).
     #[error("cannot start sink {sink:?}: {source}")]
     Sink {

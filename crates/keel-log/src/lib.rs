@@ -29,7 +29,9 @@
 //! - `sink`: the [`Sink`] trait, [`DeliveryStats`], [`Overflow`], [`FlushPolicy`];
 //!   `sink::queue` ([`QueueSink`]); `sink::file` ([`FileSink`]: `rotation` with
 //!   [`FileWriter`] and [`Period`], `retention`, `zone` with [`Zone`]).
-//! - `elastic` (feature `elastic`), `bridge` (features `log`, `tracing`).
+//!   `sink::elastic` (feature `elastic`: `ElasticSink`: `options`, `state`, `sender`, `bulk`,
+//!   `endpoints`, `disk_buffer`, `dead_letter`, `metrics`).
+//! - `bridge` (features `log`, `tracing`).
 //!
 //! ```
 //! use keel_log::{Format, JsonFormat, Level, Record, field};
@@ -48,8 +50,6 @@
 #[cfg(any(feature = "log", feature = "tracing"))]
 pub mod bridge;
 mod config;
-#[cfg(feature = "elastic")]
-mod elastic;
 mod error;
 mod format;
 mod logger;
@@ -58,13 +58,13 @@ mod record;
 mod sink;
 
 pub use config::{LOGGER_TYPES, LogConfig, LogOptions, Secret, build};
-#[cfg(feature = "elastic")]
-pub use elastic::{Auth, ElasticOptions, ElasticSink};
 pub use error::Error;
 pub use format::{Format, JsonFormat, REDACTED, TextFormat, is_secret_key};
 pub use logger::{Logger, set_fatal_hook};
 pub use manager::{FLUSH_ON_EXIT, Manager, global, install_panic_hook};
 pub use record::{Field, Fields, Level, ParseLevelError, Record, Value, field};
+#[cfg(feature = "elastic")]
+pub use sink::elastic::{Auth, ElasticOptions, ElasticSink};
 pub use sink::file::{
     FileOptions, FileSink, FileWriter, Period, ReopenHandle, Zone, rotated_files,
 };

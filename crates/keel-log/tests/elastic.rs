@@ -3,61 +3,15 @@
 #![cfg(feature = "elastic")]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use keel_log::{
-    Auth, ElasticOptions, ElasticSink, Error, Level, LogConfig, Logger, Overflow, Sink, field,
-};
+use keel_log::{Auth, Error, Level, LogConfig, Overflow, Sink, field};
 use keel_testkit::osmem::OsmemServer;
 use keel_testkit::proxy::{Fault, FaultProxy, Select};
 use keel_testkit::redis::{TlsFiles, wait_until};
 
-const LONG: Duration = Duration::from_secs(60);
-
-/// Small batches and a short interval: osmem is slow with big bulks, and tests should not
-/// wait for the 1 s default.
-fn options(url: &str, index: &str) -> ElasticOptions {
-    let mut o = ElasticOptions::new(url);
-    o.index = format!("{index}-%Y.%m.%d");
-    o.batch_records = 50;
-    o.flush_interval = Duration::from_millis(50);
-    o.backoff = Duration::from_millis(20);
-    o.max_backoff = Duration::from_millis(200);
-    o.timeout = Duration::from_secs(5);
-    o
-}
-
-fn start(name: &str, o: ElasticOptions) -> (Arc<ElasticSink>, Logger) {
-    let sink = Arc::new(ElasticSink::start(name, o).expect("sink starts"));
-    let logger = Logger::new(
-        name.to_owned(),
-        Level::Debug,
-        vec![sink.clone() as Arc<dyn Sink>],
-    );
-    (sink, logger)
-}
-
-/// The `seq` field of every document, with how often each occurs.
-fn seqs(server: &OsmemServer, index: &str, size: usize) -> BTreeMap<u64, usize> {
-    let mut seen = BTreeMap::new();
-    for doc in server.documents(&format!("{index}-*"), size) {
-        if let Some(n) = doc["fields"]["seq"].as_u64() {
-            *seen.entry(n).or_default() += 1;
-        }
-    }
-    seen
-}
-
-fn exactly_once(seen: &BTreeMap<u64, usize>, range: std::ops::Range<u64>) {
-    let expected: BTreeMap<u64, usize> = range.map(|n| (n, 1)).collect();
-    assert_eq!(seen, &expected, "every record exactly once");
-}
-
-fn metric(name: &str, labels: &str) -> Option<f64> {
-    let text = keel_metrics::MetricsService::global().render();
-    keel_testkit::prometheus::sample(&text, &format!("keel_{name}{{{labels}}}"))
-}
+mod common;
+use common::*;
 
 #[test]
 fn every_record_arrives_once_with_its_fields_from_children_and_threads() {
@@ -671,4 +625,202 @@ fn the_byte_bound_drops_what_does_not_fit() {
     let stats = logger.flush(LONG);
     assert_eq!((stats.written, stats.pending), (kept, 0));
     exactly_once(&seqs(&server, "bytes", 100), 0..kept);
+}
+
+#[test]
+fn shutdown_right_after_recovery_ships_the_buffer_despite_a_long_backoff() {
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    proxy.set_always(Some(Fault::Status(503)));
+    let mut o = options(&proxy.url(), "recover");
+    // The first failure already backs off 10–20 s.
+    o.backoff = Duration::from_secs(20);
+    o.max_backoff = Duration::from_secs(30);
+    let (sink, logger) = start("es-recover", o);
+    for i in 0..120u64 {
+        logger.info("held during the outage", &[field("seq", i)]);
+    }
+    wait_until("a failed request", LONG, || sink.last_error().is_some());
+    proxy.set_always(None);
+    let stats = sink.shutdown(Duration::from_secs(5));
+    assert_eq!((stats.written, stats.pending, stats.failed), (120, 0, 0));
+    exactly_once(&seqs(&server, "recover", 500), 0..120);
+}
+
+#[test]
+fn proxy_timeouts_408_and_499_are_retried_not_dead_lettered() {
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    proxy.push(Fault::Status(408));
+    proxy.push(Fault::Status(499));
+    // The server has the batch, the proxy says it timed out: the retry must not duplicate.
+    proxy.push(Fault::ForwardThenStatus(408));
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let mut o = options(&proxy.url(), "timeouts");
+    o.dead_letter = Some(dead.clone());
+    let (_sink, logger) = start("es-timeouts", o);
+    for i in 0..100u64 {
+        logger.info("retried", &[field("seq", i)]);
+    }
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (100, 0, 0));
+    exactly_once(&seqs(&server, "timeouts", 500), 0..100);
+    let dead_text = std::fs::read_to_string(&dead).unwrap_or_default();
+    assert_eq!(dead_text, "", "nothing dead-lettered");
+}
+
+#[test]
+fn rejections_with_a_dead_letter_file_still_reach_last_error() {
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    proxy.push(Fault::Items {
+        select: Select::Every(2),
+        status: 400,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&proxy.url(), "dlreport");
+    o.dead_letter = Some(dir.path().join("dead.jsonl"));
+    let (sink, logger) = start("es-dlreport", o);
+    for i in 0..10u64 {
+        logger.info("half rejected", &[field("seq", i)]);
+    }
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (5, 5, 0));
+    let error = sink.last_error().expect("the rejection is reported");
+    assert!(error.contains("400"), "{error}");
+}
+
+#[test]
+fn a_429_storm_longer_than_30_seconds_loses_nothing() {
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    proxy.set_always(Some(Fault::Items {
+        select: Select::Every(1),
+        status: 429,
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&proxy.url(), "storm");
+    o.max_backoff = Duration::from_secs(2);
+    o.dead_letter = Some(dir.path().join("dead.jsonl"));
+    let (sink, logger) = start("es-storm", o);
+    for i in 0..200u64 {
+        logger.info("throttled", &[field("seq", i)]);
+    }
+    std::thread::sleep(Duration::from_secs(31));
+    assert!(proxy.items() > 200, "retried during the storm");
+    assert_eq!(sink.flush(Duration::ZERO).failed, 0, "nothing given up");
+    proxy.set_always(None);
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (200, 0, 0));
+    exactly_once(&seqs(&server, "storm", 500), 0..200);
+}
+
+#[test]
+fn dead_letters_are_bounded_rotated_and_counted() {
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    proxy.set_always(Some(Fault::Items {
+        select: Select::Every(1),
+        status: 400,
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let bound = 64 * 1024;
+    let mut o = options(&proxy.url(), "dlbound");
+    o.dead_letter = Some(dir.path().join("dead.jsonl"));
+    o.dead_letter_max_bytes = bound;
+    let (sink, logger) = start("es-dlbound", o);
+    let filler = "x".repeat(1000);
+    for i in 0..400u64 {
+        logger.info(
+            "rejected",
+            &[field("seq", i), field("filler", filler.clone())],
+        );
+    }
+    let stats = logger.shutdown(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (0, 400, 0));
+    assert!(sink.last_error().is_some_and(|e| e.contains("400")));
+    assert_eq!(
+        metric("es_dead_letters_total", "sink=\"es-dlbound\""),
+        Some(400.0)
+    );
+    let files = || -> Vec<_> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    assert!(files().len() >= 2, "rotated: {:?}", files());
+    let total = || -> u64 {
+        files()
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum()
+    };
+    // Retention deletes the oldest rotated files on the file sink's own thread.
+    wait_until("the dead letters within their bound", LONG, || {
+        total() <= bound
+    });
+    // The newest rejections are kept.
+    let live = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(live.lines().last().unwrap()).unwrap();
+    assert_eq!(last["document"]["fields"]["seq"], 399);
+}
+
+#[test]
+fn one_of_two_endpoints_failing_mid_run_loses_nothing_and_is_checked_back_in() {
+    let server = OsmemServer::start();
+    let a = FaultProxy::start(server.addr());
+    let b = FaultProxy::start(server.addr());
+    let mut o = options(&a.url(), "multi");
+    o.urls = vec![a.url(), b.url()];
+    let (_sink, logger) = start("es-multi", o);
+    let up = |p: &FaultProxy| {
+        metric(
+            "es_endpoint_up",
+            &format!("sink=\"es-multi\",endpoint=\"{}\"", p.url()),
+        )
+    };
+    let mut n = 0u64;
+    for _ in 0..300 {
+        logger.info("spread", &[field("seq", n)]);
+        n += 1;
+    }
+    assert_eq!(logger.flush(LONG).written, 300);
+    assert!(a.requests() > 0 && b.requests() > 0, "round-robin");
+    // b fails mid-run: every connection to it is cut without an answer.
+    b.set_always(Some(Fault::Hangup));
+    for _ in 0..300 {
+        logger.info("spread", &[field("seq", n)]);
+        n += 1;
+    }
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (600, 0, 0));
+    assert_eq!(up(&b), Some(0.0), "b is out of rotation");
+    assert_eq!(up(&a), Some(1.0));
+    assert!(
+        metric(
+            "es_endpoint_requests_total",
+            &format!(
+                "sink=\"es-multi\",endpoint=\"{}\",status=\"failed\"",
+                b.url()
+            )
+        ) >= Some(1.0)
+    );
+    // b is back: a health check puts it back in rotation while records keep coming.
+    b.set_always(None);
+    let before = b.requests();
+    wait_until("b back in rotation", LONG, || {
+        logger.info("spread", &[field("seq", n)]);
+        n += 1;
+        up(&b) == Some(1.0)
+    });
+    for _ in 0..200 {
+        logger.info("spread", &[field("seq", n)]);
+        n += 1;
+    }
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed, stats.pending), (n, 0, 0));
+    assert!(b.requests() > before + 1, "b gets requests again");
+    exactly_once(&seqs(&server, "multi", 5000), 0..n);
 }

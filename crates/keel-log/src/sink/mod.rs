@@ -5,7 +5,10 @@
 //! - `queue`: [`QueueSink`], a bounded queue in front of a writer thread (console sinks are
 //!   a queue sink writing to stdout or stderr).
 //! - `file`: [`FileSink`](file::FileSink), a queue sink whose writer rotates files.
+//! - `elastic` (feature `elastic`): the Elasticsearch / OpenSearch sink.
 
+#[cfg(feature = "elastic")]
+pub mod elastic;
 pub mod file;
 mod queue;
 
