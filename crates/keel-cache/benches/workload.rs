@@ -68,6 +68,26 @@ impl Contender for RawMoka {
     }
 }
 
+struct RawQuick(quick_cache::sync::Cache<String, Bytes>);
+
+impl Contender for RawQuick {
+    fn run(&self, keys: &[String], ops: &[(usize, bool)], n: u64, value: &Bytes) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 0..n as usize {
+                let (k, write) = ops[i % ops.len()];
+                if write {
+                    self.0.insert(keys[k].clone(), value.clone());
+                } else {
+                    black_box(self.0.get(keys[k].as_str()));
+                }
+            }
+        });
+    }
+}
+
 struct Keel(Arc<dyn Cache>);
 
 impl Contender for Keel {
@@ -92,7 +112,8 @@ impl Contender for Keel {
 pub struct Workload {
     keys: Arc<Vec<String>>,
     ops: Vec<Arc<Vec<(usize, bool)>>>,
-    /// `(name, contender)`; the anchor `raw_moka` comes first.
+    /// `(name, contender)`; the anchor `raw_moka` comes first, then `raw_quick_cache`
+    /// (`quick_cache::sync::Cache<String, Bytes>` bounded at the same entry count).
     pub contenders: Vec<(&'static str, Arc<dyn Contender>)>,
 }
 
@@ -116,12 +137,14 @@ impl Workload {
                 .build()
         };
         let (keel, keel_fast) = (keel(true), keel(false));
+        let quick = quick_cache::sync::Cache::new(KEYS);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         rt.block_on(async {
             for k in keys.iter() {
                 raw.insert(k.clone(), Bytes::copy_from_slice(&value));
+                quick.insert(k.clone(), Bytes::copy_from_slice(&value));
                 for c in [&keel, &keel_fast] {
                     c.set(k, Bytes::copy_from_slice(&value), Ttl::Never)
                         .await
@@ -131,6 +154,7 @@ impl Workload {
         });
         let mut contenders: Vec<(&'static str, Arc<dyn Contender>)> = vec![
             ("raw_moka", Arc::new(RawMoka(raw))),
+            ("raw_quick_cache", Arc::new(RawQuick(quick))),
             ("keel_memory", Arc::new(Keel(Arc::new(keel)))),
             (
                 "keel_memory_no_eviction_count",
