@@ -128,15 +128,16 @@ impl Workload {
         let raw = moka::sync::Cache::builder()
             .max_capacity(KEYS as u64)
             .build();
-        let keel = |count_evictions| {
+        let keel = |count_evictions, time_one_in| {
             let metrics = MetricsService::new("bench").unwrap();
             MemoryCache::builder("bench")
                 .capacity(Capacity::Entries(KEYS as u64))
                 .count_evictions(count_evictions)
+                .time_one_in(time_one_in)
                 .metrics(&metrics)
                 .build()
         };
-        let (keel, keel_fast) = (keel(true), keel(false));
+        let (keel, keel_fast, keel_timed) = (keel(true, 8), keel(false, 8), keel(true, 1));
         let quick = quick_cache::sync::Cache::new(KEYS);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -145,7 +146,7 @@ impl Workload {
             for k in keys.iter() {
                 raw.insert(k.clone(), Bytes::copy_from_slice(&value));
                 quick.insert(k.clone(), Bytes::copy_from_slice(&value));
-                for c in [&keel, &keel_fast] {
+                for c in [&keel, &keel_fast, &keel_timed] {
                     c.set(k, Bytes::copy_from_slice(&value), Ttl::Never)
                         .await
                         .unwrap();
@@ -159,6 +160,10 @@ impl Workload {
             (
                 "keel_memory_no_eviction_count",
                 Arc::new(Keel(Arc::new(keel_fast))),
+            ),
+            (
+                "keel_memory_time_every_call",
+                Arc::new(Keel(Arc::new(keel_timed))),
             ),
         ];
         if variants {
