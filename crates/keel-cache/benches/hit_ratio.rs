@@ -24,36 +24,25 @@ fn ready<T>(f: impl std::future::Future<Output = T>) -> T {
     }
 }
 
-const KEYS: usize = 100_000;
+// The trace's key distribution is the memory benches' (shared code, not shared contenders).
+#[path = "workload.rs"]
+#[allow(dead_code)]
+mod workload;
+
+const KEYS: usize = workload::KEYS;
 const CAPACITY: usize = KEYS / 10;
 const ACCESSES: usize = 2_000_000;
 
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// `(key, is_one_shot)` per access.
 fn trace(scan: bool) -> Vec<(String, bool)> {
-    let total: f64 = (1..=KEYS).map(|k| 1.0 / k as f64).sum();
-    let mut acc = 0.0;
-    let cdf: Vec<f64> = (1..=KEYS)
-        .map(|k| {
-            acc += 1.0 / k as f64 / total;
-            acc
-        })
-        .collect();
+    let cdf = workload::zipf_cdf();
     let mut state = 7;
     (0..ACCESSES)
         .map(|i| {
             if scan && i % 3 == 2 {
                 (format!("scan:{i}"), true)
             } else {
-                let u = (next(&mut state) >> 11) as f64 / (1u64 << 53) as f64;
-                let k = cdf.partition_point(|&c| c < u).min(KEYS - 1);
+                let k = workload::zipf_key(&cdf, &mut state);
                 (format!("key:{k:08}"), false)
             }
         })

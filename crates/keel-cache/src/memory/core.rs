@@ -143,18 +143,43 @@ impl Stripes {
 /// request counts stay exact. See docs/metrics.md.
 pub(super) const TIME_ONE_IN: u32 = 8;
 
-/// A per-thread tick choosing which calls are timed: every `one_in`-th call of the thread.
+/// Per-thread, per-operation ticks choosing which calls are timed: the first call of each
+/// operation on a thread, then every `one_in`-th (so even a short-lived thread or a rare
+/// operation has its latency in the histogram).
 #[inline]
-fn sampled(one_in: u32) -> bool {
+fn sampled(one_in: u32, op: Operation) -> bool {
     thread_local! {
-        static TICK: Cell<u32> = const { Cell::new(0) };
+        static TICKS: [Cell<u32>; OPS] = const { [const { Cell::new(0) }; OPS] };
     }
     one_in <= 1
-        || TICK.with(|t| {
-            let n = t.get().wrapping_add(1);
-            t.set(n);
+        || TICKS.with(|ticks| {
+            let t = &ticks[op_slot(op)];
+            let n = t.get();
+            t.set(n.wrapping_add(1));
             n.is_multiple_of(one_in)
         })
+}
+
+/// Operations with a tick of their own.
+const OPS: usize = 13;
+
+#[inline]
+fn op_slot(op: Operation) -> usize {
+    match op {
+        Operation::Get => 0,
+        Operation::GetMany => 1,
+        Operation::Set => 2,
+        Operation::SetMany => 3,
+        Operation::SetNx => 4,
+        Operation::Cas => 5,
+        Operation::Delete => 6,
+        Operation::DeleteMany => 7,
+        Operation::Exists => 8,
+        Operation::Expire => 9,
+        Operation::Ttl => 10,
+        Operation::Incr => 11,
+        _ => 12,
+    }
 }
 
 /// The start of a call: a clock reading for the sampled calls.
@@ -163,8 +188,8 @@ struct Timer(Option<Instant>);
 
 impl Timer {
     #[inline]
-    fn start(one_in: u32) -> Self {
-        Timer(sampled(one_in).then(Instant::now))
+    fn start(one_in: u32, op: Operation) -> Self {
+        Timer(sampled(one_in, op).then(Instant::now))
     }
 
     /// Nanoseconds since the epoch for deadlines: the timer's reading when it has one.
@@ -432,7 +457,7 @@ impl Shared {
 
     #[inline]
     pub(super) fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::Get);
         let checked = self.limits.check_key(key).and_then(|()| self.ensure_open());
         if let Err(e) = checked {
             self.record(Operation::Get, Status::Error, timer);
@@ -452,7 +477,7 @@ impl Shared {
 
     #[inline]
     pub(super) fn set(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<()> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::Set);
         let result = (|| {
             self.limits.check_entry(key, &value)?;
             self.ensure_open()?;
@@ -473,7 +498,7 @@ impl Shared {
     }
 
     pub(super) fn delete(&self, key: &str) -> Result<bool> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::Delete);
         let result = self.limits.check_key(key).and_then(|()| {
             self.ensure_open()?;
             self.remove(key)
@@ -482,7 +507,7 @@ impl Shared {
     }
 
     pub(super) fn exists(&self, key: &str) -> Result<bool> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::Exists);
         let result = self.limits.check_key(key).and_then(|()| {
             self.ensure_open()?;
             Ok(self.live(key).is_some())
@@ -491,7 +516,7 @@ impl Shared {
     }
 
     pub(super) fn expire(&self, key: &str, ttl: Ttl) -> Result<bool> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::Expire);
         let result = (|| {
             self.limits.check_key(key)?;
             self.ensure_open()?;
@@ -513,7 +538,7 @@ impl Shared {
     }
 
     pub(super) fn ttl(&self, key: &str) -> Result<KeyTtl> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::Ttl);
         let result = self.limits.check_key(key).and_then(|()| {
             self.ensure_open()?;
             Ok(match self.live(key) {
@@ -530,7 +555,7 @@ impl Shared {
     }
 
     pub(super) fn set_nx(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<bool> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::SetNx);
         let result = (|| {
             self.limits.check_entry(key, &value)?;
             self.ensure_open()?;
@@ -558,7 +583,7 @@ impl Shared {
         expected: &[u8],
         ttl: Ttl,
     ) -> Result<bool> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::Cas);
         let result = (|| {
             self.limits.check_entry(key, &value)?;
             self.ensure_open()?;
@@ -580,7 +605,7 @@ impl Shared {
     }
 
     pub(super) fn incr_by(&self, key: &str, delta: i64) -> Result<i64> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::Incr);
         let result = self.limits.check_key(key).and_then(|()| {
             self.ensure_open()?;
             self.compute(key, |current| {
@@ -607,7 +632,7 @@ impl Shared {
     }
 
     pub(super) fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::GetMany);
         let result = (|| {
             self.limits.check_keys(keys)?;
             self.ensure_open()?;
@@ -625,7 +650,7 @@ impl Shared {
     }
 
     pub(super) fn set_many(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::SetMany);
         let result = (|| {
             self.limits.check_entries(items)?;
             self.ensure_open()?;
@@ -646,7 +671,7 @@ impl Shared {
     }
 
     pub(super) fn delete_many(&self, keys: &[&str]) -> Result<u64> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::DeleteMany);
         let result = (|| {
             self.limits.check_keys(keys)?;
             self.ensure_open()?;
@@ -660,7 +685,7 @@ impl Shared {
     }
 
     pub(super) fn clear(&self) -> Result<()> {
-        let timer = Timer::start(self.time_one_in);
+        let timer = Timer::start(self.time_one_in, Operation::Clear);
         let result = {
             // Under every stripe, like `close`: a read-modify-write that read a key before
             // the clear cannot write its result back after it.

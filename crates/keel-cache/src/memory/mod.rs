@@ -25,9 +25,9 @@
 //! `<ns>_cache_items` gauge is brought up to date (expired entries swept first) on every
 //! render of the metrics registry.
 //!
-//! Metrics: every call is counted in `<ns>_cache_requests_total`; one call in
-//! eight per thread is timed for `<ns>_cache_operation_duration_seconds` (see
-//! docs/metrics.md).
+//! Metrics: every call is counted in `<ns>_cache_requests_total`; one call in eight per
+//! thread and operation (the first included) is timed for
+//! `<ns>_cache_operation_duration_seconds` (see docs/metrics.md).
 
 mod builder;
 mod core;
