@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p keel-cache --bench memory` — groups `get_heavy_90_10` and
 //! `write_heavy_20_80`; contenders `raw_moka` (the anchor: `moka::sync::Cache<String, Bytes>`),
-//! `keel_memory` (through `dyn Cache`, all metrics on) and `keel_memory_no_eviction_count`;
+//! `raw_quick_cache`, `keel_memory` (through `dyn Cache`, all metrics on),
+//! `keel_memory_no_eviction_count` and `keel_memory_time_every_call`;
 //! 1 and 2 threads; wall time per operation across all threads. With
 //! `KEEL_BENCH_MOKA_VARIANTS=1` it adds raw moka with an expiry policy and with an eviction
 //! listener. `scripts/bench-ratios.py` prints the ratios; `--bench memory_paired` measures the

@@ -21,22 +21,32 @@ fn next(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `OPS` (key index, is_write) pairs: keys Zipf(s = 1.0) over `KEYS`, writes with
-/// probability `write_pct`/100.
-fn ops(write_pct: u64, seed: u64) -> Vec<(usize, bool)> {
+/// The cumulative distribution of Zipf(s = 1.0) over `KEYS` keys.
+pub fn zipf_cdf() -> Vec<f64> {
     let total: f64 = (1..=KEYS).map(|k| 1.0 / k as f64).sum();
     let mut acc = 0.0;
-    let cdf: Vec<f64> = (1..=KEYS)
+    (1..=KEYS)
         .map(|k| {
             acc += 1.0 / k as f64 / total;
             acc
         })
-        .collect();
+        .collect()
+}
+
+/// The next key index drawn from `cdf`.
+pub fn zipf_key(cdf: &[f64], state: &mut u64) -> usize {
+    let u = (next(state) >> 11) as f64 / (1u64 << 53) as f64;
+    cdf.partition_point(|&c| c < u).min(KEYS - 1)
+}
+
+/// `OPS` (key index, is_write) pairs: keys Zipf(s = 1.0) over `KEYS`, writes with
+/// probability `write_pct`/100.
+fn ops(write_pct: u64, seed: u64) -> Vec<(usize, bool)> {
+    let cdf = zipf_cdf();
     let mut state = seed;
     (0..OPS)
         .map(|_| {
-            let u = (next(&mut state) >> 11) as f64 / (1u64 << 53) as f64;
-            let key = cdf.partition_point(|&c| c < u).min(KEYS - 1);
+            let key = zipf_key(&cdf, &mut state);
             (key, next(&mut state) % 100 < write_pct)
         })
         .collect()
@@ -48,9 +58,34 @@ pub trait Contender: Send + Sync + 'static {
     fn run(&self, keys: &[String], ops: &[(usize, bool)], n: u64, value: &Bytes);
 }
 
-struct RawMoka(moka::sync::Cache<String, Bytes>);
+/// A bare cache library: `insert` and `get` by `&str`.
+trait RawCache: Send + Sync + 'static {
+    fn put(&self, key: String, value: Bytes);
+    fn fetch(&self, key: &str) -> Option<Bytes>;
+}
 
-impl Contender for RawMoka {
+impl RawCache for moka::sync::Cache<String, Bytes> {
+    fn put(&self, key: String, value: Bytes) {
+        self.insert(key, value);
+    }
+    fn fetch(&self, key: &str) -> Option<Bytes> {
+        self.get(key)
+    }
+}
+
+impl RawCache for quick_cache::sync::Cache<String, Bytes> {
+    fn put(&self, key: String, value: Bytes) {
+        self.insert(key, value);
+    }
+    fn fetch(&self, key: &str) -> Option<Bytes> {
+        self.get(key)
+    }
+}
+
+/// Raw moka or raw quick_cache, on the same loop as Keel (on a current-thread runtime).
+struct Raw<C>(C);
+
+impl<C: RawCache> Contender for Raw<C> {
     fn run(&self, keys: &[String], ops: &[(usize, bool)], n: u64, value: &Bytes) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -59,9 +94,9 @@ impl Contender for RawMoka {
             for i in 0..n as usize {
                 let (k, write) = ops[i % ops.len()];
                 if write {
-                    self.0.insert(keys[k].clone(), value.clone());
+                    self.0.put(keys[k].clone(), value.clone());
                 } else {
-                    black_box(self.0.get(keys[k].as_str()));
+                    black_box(self.0.fetch(keys[k].as_str()));
                 }
             }
         });
@@ -92,7 +127,8 @@ impl Contender for Keel {
 pub struct Workload {
     keys: Arc<Vec<String>>,
     ops: Vec<Arc<Vec<(usize, bool)>>>,
-    /// `(name, contender)`; the anchor `raw_moka` comes first.
+    /// `(name, contender)`; the anchor `raw_moka` comes first, then `raw_quick_cache`
+    /// (`quick_cache::sync::Cache<String, Bytes>` bounded at the same entry count).
     pub contenders: Vec<(&'static str, Arc<dyn Contender>)>,
 }
 
@@ -107,22 +143,25 @@ impl Workload {
         let raw = moka::sync::Cache::builder()
             .max_capacity(KEYS as u64)
             .build();
-        let keel = |count_evictions| {
+        let keel = |count_evictions, time_one_in| {
             let metrics = MetricsService::new("bench").unwrap();
             MemoryCache::builder("bench")
                 .capacity(Capacity::Entries(KEYS as u64))
                 .count_evictions(count_evictions)
+                .time_one_in(time_one_in)
                 .metrics(&metrics)
                 .build()
         };
-        let (keel, keel_fast) = (keel(true), keel(false));
+        let (keel, keel_fast, keel_timed) = (keel(true, 8), keel(false, 8), keel(true, 1));
+        let quick = quick_cache::sync::Cache::new(KEYS);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         rt.block_on(async {
             for k in keys.iter() {
                 raw.insert(k.clone(), Bytes::copy_from_slice(&value));
-                for c in [&keel, &keel_fast] {
+                quick.insert(k.clone(), Bytes::copy_from_slice(&value));
+                for c in [&keel, &keel_fast, &keel_timed] {
                     c.set(k, Bytes::copy_from_slice(&value), Ttl::Never)
                         .await
                         .unwrap();
@@ -130,11 +169,16 @@ impl Workload {
             }
         });
         let mut contenders: Vec<(&'static str, Arc<dyn Contender>)> = vec![
-            ("raw_moka", Arc::new(RawMoka(raw))),
+            ("raw_moka", Arc::new(Raw(raw))),
+            ("raw_quick_cache", Arc::new(Raw(quick))),
             ("keel_memory", Arc::new(Keel(Arc::new(keel)))),
             (
                 "keel_memory_no_eviction_count",
                 Arc::new(Keel(Arc::new(keel_fast))),
+            ),
+            (
+                "keel_memory_time_every_call",
+                Arc::new(Keel(Arc::new(keel_timed))),
             ),
         ];
         if variants {
@@ -152,8 +196,8 @@ impl Workload {
                 expiry.insert(k.clone(), Bytes::copy_from_slice(&value));
                 listener.insert(k.clone(), Bytes::copy_from_slice(&value));
             }
-            contenders.push(("moka_with_expiry", Arc::new(RawMoka(expiry))));
-            contenders.push(("moka_with_listener", Arc::new(RawMoka(listener))));
+            contenders.push(("moka_with_expiry", Arc::new(Raw(expiry))));
+            contenders.push(("moka_with_listener", Arc::new(Raw(listener))));
         }
         Self {
             keys,

@@ -9,7 +9,8 @@
 //! callgrind_annotate --inclusive=yes callgrind.out.<pid> | grep l1_hit_profile::reads
 //! ```
 //!
-//! Modes: `mem` (the memory backend, entries without TTL, as in the bench), `tiered` (L1 built
+//! Modes: `quick` (raw quick_cache, the memory core's library), `mem` (the memory backend,
+//! entries without TTL, as in the bench), `mem-timed` (the same, every call timed), `tiered` (L1 built
 //! with `max_ttl = l1_ttl`, as the config factory does) and `tiered-per-entry` (L1 built without
 //! it, so moka keeps a per-entry expiry timer).
 use keel_cache::{Bytes, Cache, Endpoint, MemoryCache, RedisCache, Secret, TieredCache, Ttl};
@@ -32,9 +33,28 @@ fn reads<'a>(
     })
 }
 
+/// The same loop on a raw `quick_cache::sync::Cache<String, Bytes>` (the memory core's
+/// library without Keel around it).
+#[inline(never)]
+fn quick_reads(cache: &quick_cache::sync::Cache<String, Bytes>, keys: &[String]) {
+    for i in 0..GETS {
+        let k = &keys[(i.wrapping_mul(7919)) % keys.len()];
+        std::hint::black_box(cache.get(k.as_str()));
+    }
+}
+
 fn main() {
-    // Usage: l1_hit_profile mem|tiered|tiered-per-entry REDIS_URL
+    // Usage: l1_hit_profile mem|mem-timed|quick|tiered|tiered-per-entry REDIS_URL
     let mode = std::env::args().nth(1).unwrap();
+    if mode == "quick" {
+        let keys: Vec<String> = (0..KEYS).map(|i| format!("key:{i}")).collect();
+        let cache = quick_cache::sync::Cache::new(100_000);
+        for k in &keys {
+            cache.insert(k.clone(), Bytes::from(vec![b'v'; 64]));
+        }
+        quick_reads(&cache, &keys);
+        return;
+    }
     let url = std::env::args().nth(2).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -45,6 +65,8 @@ fn main() {
         let l1_ttl = Duration::from_secs(600);
         let cache: Box<dyn Cache> = if mode == "mem" {
             Box::new(MemoryCache::builder("m").build())
+        } else if mode == "mem-timed" {
+            Box::new(MemoryCache::builder("m").time_one_in(1).build())
         } else {
             let l2 = RedisCache::builder("t", Endpoint::Url(Secret::new(url)))
                 .items_refresh(None)

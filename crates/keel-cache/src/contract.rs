@@ -17,7 +17,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CacheKind {
-    /// In-process, on moka.
+    /// In-process, on quick_cache.
     Memory,
     /// A Redis server.
     Redis,
@@ -65,7 +65,19 @@ impl Limits {
     ///
     /// # Errors
     /// [`Error::InvalidKey`].
+    #[inline]
     pub fn check_key(&self, key: &str) -> Result<()> {
+        // The common case inline (it is on every call's path); the errors out of line.
+        if !key.is_empty() && key.len() <= self.max_key_bytes {
+            Ok(())
+        } else {
+            self.key_error(key)
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn key_error(&self, key: &str) -> Result<()> {
         if key.is_empty() {
             return Err(Error::InvalidKey {
                 key: String::new(),
@@ -101,6 +113,7 @@ impl Limits {
     ///
     /// # Errors
     /// [`Error::InvalidKey`], [`Error::ValueTooLarge`].
+    #[inline]
     pub fn check_entry(&self, key: &str, value: &[u8]) -> Result<()> {
         self.check_key(key)?;
         if value.len() > self.max_value_bytes {

@@ -169,3 +169,89 @@ async fn a_set_racing_close_never_survives_it() {
         "sets that landed after close emptied the cache"
     );
 }
+
+/// `clear` racing each single-key write: a read-modify-write that read a key before the clear
+/// never writes its result back after it (the clear takes every key's stripe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clear_races_are_linearizable() {
+    let factory = |spec: Spec| async move {
+        Arc::new(
+            MemoryCache::builder(spec.name)
+                .default_ttl(spec.default_ttl)
+                .build(),
+        ) as Arc<dyn Cache>
+    };
+    keel_testkit::conformance::with_deadline(
+        "clear_races_are_linearizable",
+        keel_testkit::conformance::clear_races_are_linearizable(&factory),
+    )
+    .await;
+}
+
+/// Each expired entry is counted once as an expiry eviction, whoever removes it (the read
+/// that finds it, a `delete`, the sweep on render, `len`); one overwritten by `set` is replaced,
+/// not evicted.
+#[tokio::test]
+async fn expired_entries_are_counted_once() {
+    let metrics = MetricsService::new("lab").unwrap();
+    let cache = MemoryCache::builder("expiring").metrics(&metrics).build();
+    let short = Ttl::After(Duration::from_millis(30));
+    for i in 0..10 {
+        cache
+            .set(&format!("t{i}"), "v".into(), short)
+            .await
+            .unwrap();
+    }
+    cache.set("kept", "v".into(), Ttl::Never).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Found expired by reads: t0, t1 (twice: counted once).
+    for key in ["t0", "t1", "t1"] {
+        assert_eq!(cache.get(key).await.unwrap(), None);
+    }
+    // Deleted after expiry: counted by the delete (which reports no key); overwritten: not.
+    assert!(!cache.delete("t2").await.unwrap());
+    cache.set("t3", "new".into(), Ttl::Never).await.unwrap();
+    let expired = |text: &str| {
+        keel_testkit::prometheus::sample(
+            text,
+            "lab_cache_evictions_total{cache=\"expiring\",cause=\"expired\"}",
+        )
+        .unwrap_or_else(|| panic!("no expiry series in\n{text}"))
+    };
+    // The render sweeps the other six (t4..t9): 2 + 1 + 6, plus t3 if the background sweep
+    // reached it before the overwrite.
+    let text = metrics.render();
+    let counted = expired(&text);
+    assert!(counted == 9.0 || counted == 10.0, "{text}");
+    assert!(
+        text.contains("lab_cache_items{cache=\"expiring\"} 2"),
+        "{text}"
+    );
+    assert_eq!(cache.get("t0").await.unwrap(), None);
+    assert_eq!(cache.len(), 2);
+    assert_eq!(expired(&metrics.render()), counted, "counted twice");
+}
+
+/// By default one call in eight is timed for the duration histogram; every call is counted.
+#[tokio::test]
+async fn sampled_timing_keeps_request_counts_exact() {
+    let metrics = MetricsService::new("lab").unwrap();
+    let cache = MemoryCache::builder("sampled").metrics(&metrics).build();
+    cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+    for _ in 0..800 {
+        assert!(cache.get("k").await.unwrap().is_some());
+    }
+    let text = metrics.render();
+    let sample = |name: &str| {
+        keel_testkit::prometheus::sample(&text, name).unwrap_or_else(|| panic!("{name} in\n{text}"))
+    };
+    assert_eq!(
+        sample("lab_cache_requests_total{cache=\"sampled\",operation=\"get\",status=\"hit\"}"),
+        800.0
+    );
+    assert_eq!(sample("lab_cache_hits_total{cache=\"sampled\"}"), 800.0);
+    let timed =
+        sample("lab_cache_operation_duration_seconds_count{cache=\"sampled\",operation=\"get\"}");
+    // One in eight of this thread's calls (its tick is shared with other caches on it).
+    assert!((99.0..=101.0).contains(&timed), "timed {timed}");
+}

@@ -10,6 +10,8 @@ use keel_testkit::prometheus::{Prometheus, parse_openmetrics};
 async fn exercised_cache(metrics: &MetricsService) -> MemoryCache {
     let cache = MemoryCache::builder("exp")
         .capacity(Capacity::Entries(10))
+        // Every call timed, so the histogram's count is every call (the default samples).
+        .time_one_in(1)
         .metrics(metrics)
         .build();
     for i in 0..20 {

@@ -147,8 +147,12 @@ const fn cell_index(op: Operation, status: Status) -> Option<usize> {
     None
 }
 
-/// Slots per cell: the histogram buckets, then the sum in nanoseconds.
-const CELL_SLOTS: usize = BUCKETS + 1;
+/// Slots per cell: the histogram buckets, the sum in nanoseconds, then the calls counted
+/// without a duration ([`CacheInstruments::count`]).
+const CELL_SLOTS: usize = BUCKETS + 2;
+
+/// Offset of the untimed count within a cell.
+const UNTIMED: usize = BUCKETS + 1;
 
 /// One thread stripe of a cache's statistics: every cell's buckets and sum, contiguous, padded
 /// so two stripes never share a cache line.
@@ -189,10 +193,10 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    /// Every call of the cell: the timed ones (in the buckets) and the untimed ones.
     fn count(&self, cell: usize) -> u64 {
-        self.slots[cell * CELL_SLOTS..cell * CELL_SLOTS + BUCKETS]
-            .iter()
-            .sum()
+        let base = cell * CELL_SLOTS;
+        self.slots[base..base + BUCKETS].iter().sum::<u64>() + self.slots[base + UNTIMED]
     }
 }
 
@@ -315,6 +319,19 @@ impl CacheInstruments {
         let s = self.stripe();
         s.slots[base + bucket_index(nanos)].fetch_add(1, Ordering::Relaxed);
         s.slots[base + BUCKETS].fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Counts one request of `op` with `status` without a duration: it counts in
+    /// `requests_total` (and `hits_total`/`misses_total`) but not in the duration histogram,
+    /// whose count is then that of the timed calls. For backends that time a sample of their
+    /// calls (see docs/metrics.md): one relaxed atomic add.
+    #[inline]
+    pub fn count(&self, op: Operation, status: Status) {
+        let cell = cell_index(op, status)
+            .or_else(|| cell_index(op, Status::Ok))
+            .or_else(|| cell_index(op, Status::Error))
+            .unwrap_or(0);
+        self.stripe().slots[cell * CELL_SLOTS + UNTIMED].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A `get` that found its key (also counts towards `hits_total`).

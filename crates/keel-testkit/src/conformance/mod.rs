@@ -22,7 +22,7 @@ use bytes::Bytes;
 use keel_cache::{Cache, CacheExt, Error, KeyTtl, Ttl};
 
 mod race;
-pub use race::single_key_races_are_linearizable;
+pub use race::{clear_races_are_linearizable, single_key_races_are_linearizable};
 
 /// How long any single conformance test may take.
 pub const DEADLINE: Duration = Duration::from_secs(60);

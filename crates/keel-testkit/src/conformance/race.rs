@@ -8,6 +8,9 @@
 //! the same instant (a spinning barrier), from each of three starting states (absent, a
 //! persistent value, a value with a TTL), for many rounds. Each round uses fresh keys and
 //! deletes them afterwards.
+//!
+//! [`clear_races_are_linearizable`] races `clear` against each of those operations (and
+//! itself) the same way; per key, `clear` is one more write (the key is gone after it).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +44,7 @@ enum Op {
     Cas,
     SetMany,
     DeleteMany,
+    Clear,
 }
 
 const OPS: [Op; 8] = [
@@ -78,7 +82,7 @@ fn value(op: Op) -> Bytes {
 impl Op {
     /// Whether the operation touches the second key too (the batches).
     fn is_batch(self) -> bool {
-        matches!(self, Op::SetMany | Op::DeleteMany)
+        matches!(self, Op::SetMany | Op::DeleteMany | Op::Clear)
     }
 
     /// The operation's effect on one key of the model, and what that key contributes to its
@@ -105,6 +109,7 @@ impl Op {
             Op::SetNx | Op::Cas => (slot.clone(), Outcome::Flag(false)),
             Op::SetMany => (Some((value(self), false)), Outcome::Done),
             Op::DeleteMany => (None, Outcome::Number(i64::from(slot.is_some()))),
+            Op::Clear => (None, Outcome::Done),
         }
     }
 
@@ -174,6 +179,7 @@ impl Op {
                 Ok(n) => Outcome::Number(i64::try_from(n).unwrap_or(i64::MAX)),
                 Err(e) => Outcome::Error(e.to_string()),
             },
+            Op::Clear => done(c.clear().await),
         }
     }
 }
@@ -268,15 +274,37 @@ fn rounds(kind: CacheKind) -> usize {
 /// Every pair of single-key writes (batches included) raced from two threads, many rounds:
 /// each round's two results and final state match one of the two serial orders.
 pub async fn single_key_races_are_linearizable(f: &impl Factory) {
-    let c = cache(f).await;
-    let rounds = rounds(c.kind());
-    let mut plan = Vec::new();
+    let mut pairs = Vec::new();
     for (i, &a) in OPS.iter().enumerate() {
         for &b in &OPS[i..] {
-            for start in 0..3 {
-                for r in 0..rounds {
-                    plan.push((a, b, start, r % 2 == 1));
-                }
+            pairs.push((a, b));
+        }
+    }
+    race_pairs(f, &pairs, 1).await;
+}
+
+/// `clear` raced against every single-key write (and against itself) from two threads, many
+/// rounds: a read-modify-write that read a key before the `clear` never writes it back after
+/// it, and each round matches one of the serial orders. Not part of [`cache_conformance!`]
+/// (yet): run by the memory backend's tests.
+///
+/// [`cache_conformance!`]: crate::cache_conformance
+pub async fn clear_races_are_linearizable(f: &impl Factory) {
+    let mut pairs: Vec<(Op, Op)> = OPS.iter().map(|&b| (Op::Clear, b)).collect();
+    pairs.push((Op::Clear, Op::Clear));
+    // Fewer pairs than the single-key test, so more rounds each: the window (between a
+    // read-modify-write's read and its write) is nanoseconds wide in process.
+    race_pairs(f, &pairs, 5).await;
+}
+
+async fn race_pairs(f: &impl Factory, pairs: &[(Op, Op)], rounds_factor: usize) {
+    let c = cache(f).await;
+    let rounds = rounds(c.kind()) * rounds_factor;
+    let mut plan = Vec::new();
+    for &(a, b) in pairs {
+        for start in 0..3 {
+            for r in 0..rounds {
+                plan.push((a, b, start, r % 2 == 1));
             }
         }
     }
