@@ -93,6 +93,9 @@ pub(super) struct DiskBuffer {
     reader: Option<(u64, File)>,
     /// The last position written to the `ack` file.
     acked: Pos,
+    /// The active segment's file no longer matches its recorded end (a failed write that
+    /// could not be undone, or damage found in it): appends refuse until a roll succeeds.
+    poisoned: bool,
 }
 
 fn seg_path(dir: &Path, id: u64) -> PathBuf {
@@ -210,6 +213,7 @@ impl DiskBuffer {
             read,
             reader: None,
             acked: read,
+            poisoned: false,
         };
         Ok((buffer, replay))
     }
@@ -221,6 +225,9 @@ impl DiskBuffer {
             .ok()
             .filter(|&l| l <= MAX_FRAME)
             .ok_or_else(|| io::Error::other("document too large for the disk buffer"))?;
+        if self.poisoned {
+            self.roll()?;
+        }
         let active = self.segments.back().map_or(0, |s| s.end);
         if active > 0 && active + HEADER + u64::from(len) > self.segment_size {
             self.roll()?;
@@ -251,6 +258,7 @@ impl DiskBuffer {
             .append(true)
             .open(seg_path(&self.dir, id))?;
         self.segments.push_back(Segment { id, end: 0 });
+        self.poisoned = false;
         Ok(())
     }
 
@@ -282,34 +290,53 @@ impl DiskBuffer {
                 }
                 continue;
             }
-            if self
-                .reader
-                .as_ref()
-                .is_none_or(|(id, _)| *id != self.read.segment)
-            {
-                let mut file = File::open(seg_path(&self.dir, self.read.segment))?;
-                file.seek(SeekFrom::Start(self.read.offset))?;
-                self.reader = Some((self.read.segment, file));
-            }
-            let (_, file) = self.reader.as_mut().expect("opened above");
-            match read_frame(file, end, self.read.offset)? {
-                Some(body) => {
+            let read = self.read_frame_at(end);
+            match read {
+                Ok(Some(body)) => {
                     let at = self.read;
                     self.read.offset += HEADER + body.len() as u64;
                     return Ok(Some((at, body)));
                 }
-                None => {
+                other => {
+                    // Damage, or a read error (the file removed or cut short by someone
+                    // else, EMFILE, EIO): the segment's readable part ends here either way,
+                    // so the next call goes on with the next segment instead of failing at
+                    // the same place forever.
+                    let err = other.err().unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidData, "a damaged frame")
+                    });
+                    let path = seg_path(&self.dir, self.read.segment);
+                    self.reader = None;
                     self.segments[index].end = self.read.offset;
+                    if index + 1 == self.segments.len() {
+                        // The active segment: later frames must not go after the unreadable
+                        // part (their positions would not match the file).
+                        self.poisoned = true;
+                        let _ = self.roll();
+                    }
                     return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "a damaged frame in {}",
-                            seg_path(&self.dir, self.read.segment).display()
-                        ),
+                        err.kind(),
+                        format!("reading {}: {err}", path.display()),
                     ));
                 }
             }
         }
+    }
+
+    /// Reads the frame at the read position (opening the segment when needed).
+    fn read_frame_at(&mut self, end: u64) -> io::Result<Option<Vec<u8>>> {
+        if self
+            .reader
+            .as_ref()
+            .is_none_or(|(id, _)| *id != self.read.segment)
+        {
+            self.reader = None;
+            let mut file = File::open(seg_path(&self.dir, self.read.segment))?;
+            file.seek(SeekFrom::Start(self.read.offset))?;
+            self.reader = Some((self.read.segment, file));
+        }
+        let (_, file) = self.reader.as_mut().expect("opened above");
+        read_frame(file, end, self.read.offset)
     }
 
     /// A handle to sync the active segment without holding the buffer's lock.
@@ -371,10 +398,13 @@ impl Sender {
                     ));
                 }
                 Err(e) => {
+                    // The reader has moved past the unreadable part: go on at the next tick
+                    // (never spin here, the state lock is held).
                     self.shared.metrics.disk_corrupt.inc();
                     self.shared.note_error(&format!(
                         "disk buffer: {e}; the rest of that segment is skipped"
                     ));
+                    break;
                 }
             }
         }
@@ -498,5 +528,70 @@ mod tests {
         drop(buf);
         let (_, replay) = DiskBuffer::open("t", dir.path(), 64 << 10).unwrap();
         assert_eq!(replay.records, 10);
+    }
+
+    /// Reads every frame left, calling `read_next` at most `limit` times (a reader that never
+    /// moves on fails here instead of hanging): the bodies read and the errors met.
+    fn drain(buf: &mut DiskBuffer, limit: usize) -> (Vec<Vec<u8>>, usize) {
+        let (mut bodies, mut errors) = (Vec::new(), 0);
+        for _ in 0..limit {
+            match buf.read_next() {
+                Ok(Some((_, body))) => bodies.push(body),
+                Ok(None) => return (bodies, errors),
+                Err(_) => errors += 1,
+            }
+        }
+        panic!("the reader did not reach the end in {limit} calls ({errors} errors)");
+    }
+
+    #[test]
+    fn a_segment_removed_under_the_reader_is_skipped_not_retried_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut buf, _) = DiskBuffer::open("t", dir.path(), 64 << 10).unwrap();
+        let big = vec![b'x'; 4000];
+        let positions: Vec<Pos> = (0..40).map(|_| buf.append(&big).unwrap()).collect();
+        let first = positions[0].segment;
+        assert!(positions[39].segment > first + 1, "three segments at least");
+        std::fs::remove_file(seg_path(dir.path(), first)).unwrap();
+        let (bodies, errors) = drain(&mut buf, 100);
+        let later = positions.iter().filter(|p| p.segment > first).count();
+        assert_eq!((bodies.len(), errors), (later, 1));
+    }
+
+    #[test]
+    fn a_segment_cut_short_under_the_reader_loses_only_its_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut buf, _) = DiskBuffer::open("t", dir.path(), 64 << 10).unwrap();
+        let big = vec![b'x'; 4000];
+        let positions: Vec<Pos> = (0..40).map(|_| buf.append(&big).unwrap()).collect();
+        let first = positions[0].segment;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(seg_path(dir.path(), first))
+            .unwrap();
+        f.set_len(positions[3].offset + 10).unwrap();
+        let (bodies, errors) = drain(&mut buf, 100);
+        let later = positions.iter().filter(|p| p.segment > first).count();
+        assert_eq!((bodies.len(), errors), (3 + later, 1));
+    }
+
+    #[test]
+    fn damage_in_the_active_segment_sends_later_appends_to_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut buf, _) = DiskBuffer::open("t", dir.path(), 1 << 20).unwrap();
+        let positions: Vec<Pos> = (0..5)
+            .map(|i| buf.append(format!("doc {i}\n").as_bytes()).unwrap())
+            .collect();
+        // Flip a byte of the third frame's body.
+        let path = seg_path(dir.path(), positions[2].segment);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(positions[2].offset + HEADER) as usize] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let (bodies, errors) = drain(&mut buf, 100);
+        assert_eq!((bodies.len(), errors), (2, 1));
+        let at = buf.append(b"after\n").unwrap();
+        assert!(at.segment > positions[0].segment, "{at:?}");
+        let (bodies, errors) = drain(&mut buf, 100);
+        assert_eq!((bodies, errors), (vec![b"after\n".to_vec()], 0));
     }
 }
