@@ -431,7 +431,13 @@ impl Sender {
         let spilled = state.spilled > 0;
         let disk = state.disk.as_mut()?;
         let pos = held.unwrap_or(if spilled { disk.read } else { disk.end() });
-        if let Err(e) = disk.acknowledge(pos) {
+        // Dead letters not yet written by their sink (its flush timed out): acknowledging
+        // now could lose them from both; they are acknowledged once they are written.
+        if self.dead_letters_unflushed.get() {
+            self.shared.note_error(
+                "disk buffer: the dead-letter file is behind; the ack position waits for it",
+            );
+        } else if let Err(e) = disk.acknowledge(pos) {
             self.shared
                 .note_error(&format!("disk buffer: cannot write its ack file: {e}"));
         }

@@ -273,6 +273,7 @@ impl ElasticSink {
                     failures: 0,
                     rng: u64::from_le_bytes(prefix) | 1,
                     last_checkpoint: Instant::now(),
+                    dead_letters_unflushed: std::cell::Cell::new(false),
                 };
                 runtime.block_on(sender.run());
             })
