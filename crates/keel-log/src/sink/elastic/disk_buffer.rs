@@ -242,8 +242,13 @@ impl DiskBuffer {
             offset: segment.end,
         };
         if let Err(e) = self.writer.write_all(&frame) {
-            // A partial frame would hide every later one: start a fresh segment.
-            let _ = self.roll();
+            // A partial frame would hide every later one and put them at offsets that do
+            // not match the recorded ones: cut it off, or when that fails too, refuse
+            // appends until a new segment is started.
+            if self.writer.set_len(at.offset).is_err() {
+                self.poisoned = true;
+                let _ = self.roll();
+            }
             return Err(e);
         }
         segment.end += frame.len() as u64;
@@ -251,7 +256,12 @@ impl DiskBuffer {
     }
 
     fn roll(&mut self) -> io::Result<()> {
-        self.writer.sync_data()?;
+        // A poisoned segment is left behind whatever its sync says.
+        if let Err(e) = self.writer.sync_data()
+            && !self.poisoned
+        {
+            return Err(e);
+        }
         let id = self.segments.back().map_or(0, |s| s.id) + 1;
         self.writer = OpenOptions::new()
             .create(true)
@@ -599,5 +609,26 @@ mod tests {
         assert!(at.segment > positions[0].segment, "{at:?}");
         let (bodies, errors) = drain(&mut buf, 100);
         assert_eq!((bodies, errors), (vec![b"after\n".to_vec()], 0));
+    }
+
+    #[test]
+    fn after_a_failed_write_later_frames_are_where_their_positions_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut buf, _) = DiskBuffer::open("t", dir.path(), 1 << 20).unwrap();
+        buf.append(b"before\n").unwrap();
+        // A device that fails every write (and cannot be truncated).
+        let good = std::mem::replace(
+            &mut buf.writer,
+            OpenOptions::new().write(true).open("/dev/full").unwrap(),
+        );
+        assert!(buf.append(b"lost\n").is_err());
+        drop(good);
+        let at = buf.append(b"after\n").unwrap();
+        let (bodies, errors) = drain(&mut buf, 100);
+        assert_eq!(
+            (bodies, errors),
+            (vec![b"before\n".to_vec(), b"after\n".to_vec()], 0)
+        );
+        assert!(at.segment > 0 && at.offset == 0, "{at:?}");
     }
 }
