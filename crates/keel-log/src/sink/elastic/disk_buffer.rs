@@ -13,9 +13,10 @@
 //!
 //! Writes reach the kernel before `write` returns (one `write` call per frame, no user-space
 //! buffer), so a killed process loses nothing it accepted; the segment is `fdatasync`ed every
-//! [`SYNC_EVERY`] and on `flush`/`shutdown`, which bounds what a power loss can take. The
-//! `ack` file is written at the same times, so a crash replays at most what was finished in
-//! the last interval (at-least-once; the deterministic `_id` makes those replays overwrite).
+//! [`SYNC_EVERY`] (by a thread of its own, so a slow request does not delay it) and on
+//! `flush`/`shutdown`, which bounds what a power loss can take. The `ack` file is written by
+//! the sender every [`SYNC_EVERY`] between requests and at shutdown, so a crash replays at
+//! most what was finished since (documents are finished only between requests too) (at-least-once; the deterministic `_id` makes those replays overwrite).
 //!
 //! On start every segment from the `ack` position is read and each frame's checksum checked;
 //! a frame that is cut short or does not match ends that segment's readable part: the rest
@@ -31,7 +32,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::sender::Sender;
-use super::state::{Doc, State};
+use super::state::{Doc, Shared, State};
+use std::sync::Weak;
 use crate::error::Error;
 
 /// How often the sender syncs the active segment and writes the `ack` file.
@@ -453,6 +455,34 @@ impl Sender {
         }
         disk.sync_handle().ok()
     }
+}
+
+/// Starts the thread that syncs the active segment every [`SYNC_EVERY`], whatever the sender
+/// is doing (a `_bulk` request can take up to its timeout). It holds the state lock only to
+/// take a handle to the segment, and ends once the sink is gone or its buffer closed.
+pub(super) fn spawn_syncer(name: &str, shared: Weak<Shared>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("keel-es-sync-{name}"))
+        .spawn(move || {
+            loop {
+                std::thread::sleep(SYNC_EVERY);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let handle = {
+                    let state = shared.lock();
+                    match state.disk.as_ref() {
+                        Some(disk) => disk.sync_handle(),
+                        None => return,
+                    }
+                };
+                drop(shared);
+                if let Ok(file) = handle {
+                    let _ = file.sync_data();
+                }
+            }
+        })
+        .map(drop)
 }
 
 fn read_ack(dir: &Path) -> Pos {

@@ -250,6 +250,14 @@ impl ElasticSink {
                 sink: name.clone(),
                 source,
             })?;
+        if shared.opts.disk_buffer.is_some() {
+            disk_buffer::spawn_syncer(&name, Arc::downgrade(&shared)).map_err(|source| {
+                Error::Sink {
+                    sink: name.clone(),
+                    source,
+                }
+            })?;
+        }
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name(format!("keel-es-{name}"))
