@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use keel_log::{ElasticOptions, ElasticSink, Error, Overflow, Sink, field};
 use keel_testkit::osmem::OsmemServer;
-use keel_testkit::proxy::{Fault, FaultProxy};
+use keel_testkit::proxy::{Fault, FaultProxy, Select};
 use keel_testkit::redis::wait_until;
 
 mod common;
@@ -259,6 +259,45 @@ fn the_disk_bound_blocks_writers_until_delivery_makes_room() {
         (1000, 0, 0, 0)
     );
     exactly_once(&seqs(&server, "diskblock", 2000), 0..1000);
+}
+
+#[test]
+fn one_document_stuck_in_retry_cannot_keep_more_than_the_bound_on_disk() {
+    const STUCK_BOUND: u64 = 512 * 1024;
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    // Throttled forever: retried, never finished, so the ack position stays before it.
+    proxy.set_always(Some(Fault::Items {
+        select: Select::Containing("held-in-retry".into()),
+        status: 429,
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = disk_options(&proxy.url(), "diskstuck", dir.path());
+    o.disk_buffer_max_bytes = STUCK_BOUND;
+    let (sink, logger) = start("es-diskstuck", o);
+    logger.info("held-in-retry", &[]);
+    let filler = "s".repeat(2000);
+    // Three times the bound, in rounds each delivered (all but the stuck one) before the
+    // next: the unfinished documents alone never come near the bound.
+    for round in 0..30u64 {
+        for i in 0..25u64 {
+            logger.info(
+                "delivered",
+                &[field("seq", round * 25 + i), field("filler", filler.clone())],
+            );
+        }
+        wait_until("all but the stuck document to be delivered", LONG, || {
+            sink.buffered() == 1
+        });
+    }
+    let bytes = segment_bytes(dir.path());
+    assert!(bytes <= STUCK_BOUND, "{bytes} bytes of segments");
+    let dropped = sink.flush(Duration::ZERO).dropped;
+    assert!(dropped > 0, "the bound applied");
+    proxy.set_always(None);
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.pending, stats.failed), (0, 0));
+    assert_eq!(stats.written + stats.dropped, 751);
 }
 
 #[test]

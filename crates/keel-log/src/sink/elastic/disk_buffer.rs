@@ -283,6 +283,24 @@ impl DiskBuffer {
         }
     }
 
+    /// The bytes of the segments from the `ack` position to the end: what the files hold
+    /// beyond the finished part of the segment holding the `ack` position (and regions
+    /// skipped as damaged). The disk bound counts these, so one document stuck in retry
+    /// cannot keep an unbounded number of later, finished segments on disk.
+    pub(super) fn live_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter(|s| s.id >= self.acked.segment)
+            .map(|s| {
+                if s.id == self.acked.segment {
+                    s.end.saturating_sub(self.acked.offset)
+                } else {
+                    s.end
+                }
+            })
+            .sum()
+    }
+
     /// The next not yet read frame with its position, or `None` at the end. A frame that
     /// fails its checksum now (damage after the start) ends its segment's readable part.
     pub(super) fn read_next(&mut self) -> io::Result<Option<(Pos, Vec<u8>)>> {
@@ -431,10 +449,19 @@ impl Sender {
         retry: &VecDeque<Doc>,
         force: bool,
     ) -> Option<File> {
-        if state.disk.is_none() || !(force || self.last_checkpoint.elapsed() >= SYNC_EVERY) {
+        let Some(live) = state.disk.as_ref().map(DiskBuffer::live_bytes) else {
+            return None;
+        };
+        // Near the bound the disk bound counts from the ack position: move it every round
+        // (writers wait or drop until it moves), not only every SYNC_EVERY.
+        let bound = self.shared.bounds().1 as u64;
+        let timed = force || self.last_checkpoint.elapsed() >= SYNC_EVERY;
+        if !timed && live < bound / 2 {
             return None;
         }
-        self.last_checkpoint = Instant::now();
+        if timed {
+            self.last_checkpoint = Instant::now();
+        }
         let held = retry
             .iter()
             .chain(state.queue.iter().map(|(_, d)| d))
@@ -452,8 +479,11 @@ impl Sender {
         } else if let Err(e) = disk.acknowledge(pos) {
             self.shared
                 .note_error(&format!("disk buffer: cannot write its ack file: {e}"));
+        } else {
+            // Room under the disk bound for writers waiting on it.
+            self.shared.space.notify_all();
         }
-        disk.sync_handle().ok()
+        if timed { disk.sync_handle().ok() } else { None }
     }
 }
 

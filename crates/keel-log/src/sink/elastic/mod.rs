@@ -369,7 +369,14 @@ impl ElasticSink {
                 shared.drop_one();
                 return false;
             }
-            if state.records < max_records && state.bytes + len <= max_bytes {
+            // With a disk buffer the bound counts the files from the ack position (what a
+            // document stuck in retry keeps on disk), at least the unfinished documents.
+            let used = state.disk.as_ref().map_or(state.bytes, |d| {
+                usize::try_from(d.live_bytes())
+                    .unwrap_or(usize::MAX)
+                    .max(state.bytes)
+            });
+            if state.records < max_records && used.saturating_add(len) <= max_bytes {
                 break;
             }
             match shared.opts.overflow {
