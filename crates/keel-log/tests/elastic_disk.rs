@@ -71,6 +71,17 @@ fn crash_child(spec: &str) -> ! {
     }
 }
 
+/// Kills and reaps the child when dropped: a test that panics before its own `kill` must
+/// not leave the child sleeping forever.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_sigkilled_process_buffer_is_delivered_once_by_the_next_start() {
     if let Ok(spec) = std::env::var(CHILD) {
@@ -81,19 +92,21 @@ fn a_sigkilled_process_buffer_is_delivered_once_by_the_next_start() {
     server.kill();
     let dir = tempfile::tempdir().unwrap();
     let buffer = dir.path().join("buffer");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_sigkilled_process_buffer_is_delivered_once_by_the_next_start",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, format!("{url}\n{}", buffer.display()))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_sigkilled_process_buffer_is_delivered_once_by_the_next_start",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, format!("{url}\n{}", buffer.display()))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut prefix = None;
-    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+    for line in std::io::BufReader::new(child.0.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         // libtest's "test … ... " may precede it on the same line.
         let marker = format!("accepted {CRASH_RECORDS} prefix=");
@@ -103,8 +116,8 @@ fn a_sigkilled_process_buffer_is_delivered_once_by_the_next_start() {
         }
     }
     let prefix = prefix.expect("the child accepted every record");
-    child.kill().unwrap(); // SIGKILL: no shutdown, no flush, no final sync.
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL: no shutdown, no flush, no final sync.
+    child.0.wait().unwrap();
     server.restart();
 
     let mut o = disk_options(&url, "crash", &buffer);
@@ -283,7 +296,10 @@ fn one_document_stuck_in_retry_cannot_keep_more_than_the_bound_on_disk() {
         for i in 0..25u64 {
             logger.info(
                 "delivered",
-                &[field("seq", round * 25 + i), field("filler", filler.clone())],
+                &[
+                    field("seq", round * 25 + i),
+                    field("filler", filler.clone()),
+                ],
             );
         }
         wait_until("all but the stuck document to be delivered", LONG, || {

@@ -33,8 +33,8 @@ use std::time::Instant;
 
 use super::sender::Sender;
 use super::state::{Doc, Shared, State};
-use std::sync::Weak;
 use crate::error::Error;
+use std::sync::Weak;
 
 /// How often the sender syncs the active segment and writes the `ack` file.
 pub(super) const SYNC_EVERY: Duration = Duration::from_millis(500);
