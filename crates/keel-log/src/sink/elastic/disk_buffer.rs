@@ -449,9 +449,7 @@ impl Sender {
         retry: &VecDeque<Doc>,
         force: bool,
     ) -> Option<File> {
-        let Some(live) = state.disk.as_ref().map(DiskBuffer::live_bytes) else {
-            return None;
-        };
+        let live = state.disk.as_ref().map(DiskBuffer::live_bytes)?;
         // Near the bound the disk bound counts from the ack position: move it every round
         // (writers wait or drop until it moves), not only every SYNC_EVERY.
         let bound = self.shared.bounds().1 as u64;
