@@ -192,6 +192,53 @@ fn a_damaged_segment_tail_is_skipped_and_counted_and_the_rest_arrives() {
     exactly_once(&seqs(&server, "torn", 500), 0..99);
 }
 
+#[test]
+fn a_segment_cut_short_under_a_running_sink_is_counted_and_does_not_hang_writers() {
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    proxy.set_always(Some(Fault::Status(503)));
+    let dir = tempfile::tempdir().unwrap();
+    let o = disk_options(&proxy.url(), "cutshort", dir.path());
+    let (sink, logger) = start("es-cutshort", o);
+    // Memory holds two batches (and the one retried); the rest waits on disk.
+    for i in 0..1000u64 {
+        logger.info("spilled", &[field("seq", i)]);
+    }
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let len = std::fs::metadata(&segment).unwrap().len();
+    // Cut in the middle: the documents held in memory come before it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    proxy.set_always(None);
+    // Another record once the reader has hit the cut: a writer must not hang on the lock.
+    wait_until("the cut to be found", LONG, || {
+        metric("es_disk_buffer_corrupt_total", "sink=\"es-cutshort\"").is_some_and(|v| v >= 1.0)
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let late = logger.clone();
+    std::thread::spawn(move || {
+        late.info("after the cut", &[field("seq", 1000u64)]);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(LONG).expect("the writer returned");
+    let stats = sink.flush(LONG);
+    assert_eq!(stats.pending, 0);
+    assert!(
+        stats.failed > 0,
+        "the lost documents are counted: {stats:?}"
+    );
+    assert_eq!(stats.written + stats.failed, 1001, "{stats:?}");
+}
+
 /// The disk bound of the bound tests.
 const BOUND: u64 = 64 * 1024;
 
