@@ -92,7 +92,8 @@ pub(super) struct DiskBuffer {
     /// The next frame to read into memory (documents written while nothing waited on disk
     /// went to memory directly and are skipped).
     pub(super) read: Pos,
-    reader: Option<(u64, File)>,
+    /// An open segment: its id, the offset its file position is at, the file.
+    reader: Option<(u64, u64, File)>,
     /// The last position written to the `ack` file.
     acked: Pos,
     /// The active segment's file no longer matches its recorded end (a failed write that
@@ -353,20 +354,30 @@ impl DiskBuffer {
         }
     }
 
-    /// Reads the frame at the read position (opening the segment when needed).
+    /// Reads the frame at the read position (opening the segment when needed, seeking when
+    /// the read position was moved past documents that went to memory directly).
     fn read_frame_at(&mut self, end: u64) -> io::Result<Option<Vec<u8>>> {
-        if self
-            .reader
-            .as_ref()
-            .is_none_or(|(id, _)| *id != self.read.segment)
-        {
-            self.reader = None;
-            let mut file = File::open(seg_path(&self.dir, self.read.segment))?;
-            file.seek(SeekFrom::Start(self.read.offset))?;
-            self.reader = Some((self.read.segment, file));
+        let at = self.read;
+        match &mut self.reader {
+            Some((id, offset, file)) if *id == at.segment => {
+                if *offset != at.offset {
+                    *offset = at.offset;
+                    file.seek(SeekFrom::Start(at.offset))?;
+                }
+            }
+            _ => {
+                self.reader = None;
+                let mut file = File::open(seg_path(&self.dir, at.segment))?;
+                file.seek(SeekFrom::Start(at.offset))?;
+                self.reader = Some((at.segment, at.offset, file));
+            }
         }
-        let (_, file) = self.reader.as_mut().expect("opened above");
-        read_frame(file, end, self.read.offset)
+        let (_, offset, file) = self.reader.as_mut().expect("opened above");
+        let body = read_frame(file, end, at.offset)?;
+        if let Some(body) = &body {
+            *offset = at.offset + HEADER + body.len() as u64;
+        }
+        Ok(body)
     }
 
     /// A handle to sync the active segment without holding the buffer's lock.
@@ -688,5 +699,19 @@ mod tests {
             (vec![b"before\n".to_vec(), b"after\n".to_vec()], 0)
         );
         assert!(at.segment > 0 && at.offset == 0, "{at:?}");
+    }
+
+    #[test]
+    fn the_reader_follows_a_read_position_moved_past_documents_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut buf, _) = DiskBuffer::open("t", dir.path(), 1 << 20).unwrap();
+        buf.append(b"read 0\n").unwrap();
+        assert_eq!(buf.read_next().unwrap().unwrap().1, b"read 0\n");
+        // Went to memory directly: the reader goes on after it.
+        buf.append(b"in memory\n").unwrap();
+        buf.read = buf.end();
+        buf.append(b"spilled\n").unwrap();
+        let (bodies, errors) = drain(&mut buf, 100);
+        assert_eq!((bodies, errors), (vec![b"spilled\n".to_vec()], 0));
     }
 }
