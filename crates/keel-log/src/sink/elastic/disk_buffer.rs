@@ -16,11 +16,16 @@
 //! [`SYNC_EVERY`] (by a thread of its own, so a slow request does not delay it) and on
 //! `flush`/`shutdown`, which bounds what a power loss can take. The `ack` file is written by
 //! the sender every [`SYNC_EVERY`] between requests and at shutdown, so a crash replays at
-//! most what was finished since (documents are finished only between requests too) (at-least-once; the deterministic `_id` makes those replays overwrite).
+//! most what was finished since (documents are finished only between requests too):
+//! at-least-once; the deterministic `_id` makes those replays overwrite.
 //!
 //! On start every segment from the `ack` position is read and each frame's checksum checked;
 //! a frame that is cut short or does not match ends that segment's readable part: the rest
-//! of it is skipped and counted (a torn write at a crash, or damage), never a panic.
+//! of it is skipped and counted (a torn write at a crash, or damage), never a panic. The
+//! checksum covers the body, not the length, so intact frames after a bad one in the same
+//! segment are skipped too. While running, any error reading a segment back (damage, the
+//! file cut short or removed, `EIO`, `EMFILE`) is handled the same way, and a damaged active
+//! segment is closed so new frames go to a new one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
