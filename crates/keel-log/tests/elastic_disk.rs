@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use keel_log::{ElasticOptions, ElasticSink, Error, Overflow, Sink, field};
 use keel_testkit::osmem::OsmemServer;
-use keel_testkit::proxy::{Fault, FaultProxy};
+use keel_testkit::proxy::{Fault, FaultProxy, Select};
 use keel_testkit::redis::wait_until;
 
 mod common;
@@ -71,6 +71,17 @@ fn crash_child(spec: &str) -> ! {
     }
 }
 
+/// Kills and reaps the child when dropped: a test that panics before its own `kill` must
+/// not leave the child sleeping forever.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_sigkilled_process_buffer_is_delivered_once_by_the_next_start() {
     if let Ok(spec) = std::env::var(CHILD) {
@@ -81,19 +92,21 @@ fn a_sigkilled_process_buffer_is_delivered_once_by_the_next_start() {
     server.kill();
     let dir = tempfile::tempdir().unwrap();
     let buffer = dir.path().join("buffer");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_sigkilled_process_buffer_is_delivered_once_by_the_next_start",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, format!("{url}\n{}", buffer.display()))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_sigkilled_process_buffer_is_delivered_once_by_the_next_start",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, format!("{url}\n{}", buffer.display()))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut prefix = None;
-    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+    for line in std::io::BufReader::new(child.0.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         // libtest's "test … ... " may precede it on the same line.
         let marker = format!("accepted {CRASH_RECORDS} prefix=");
@@ -103,8 +116,8 @@ fn a_sigkilled_process_buffer_is_delivered_once_by_the_next_start() {
         }
     }
     let prefix = prefix.expect("the child accepted every record");
-    child.kill().unwrap(); // SIGKILL: no shutdown, no flush, no final sync.
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL: no shutdown, no flush, no final sync.
+    child.0.wait().unwrap();
     server.restart();
 
     let mut o = disk_options(&url, "crash", &buffer);
@@ -177,6 +190,53 @@ fn a_damaged_segment_tail_is_skipped_and_counted_and_the_rest_arrives() {
     let stats = sink.flush(LONG);
     assert_eq!((stats.written, stats.failed, stats.pending), (99, 0, 0));
     exactly_once(&seqs(&server, "torn", 500), 0..99);
+}
+
+#[test]
+fn a_segment_cut_short_under_a_running_sink_is_counted_and_does_not_hang_writers() {
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    proxy.set_always(Some(Fault::Status(503)));
+    let dir = tempfile::tempdir().unwrap();
+    let o = disk_options(&proxy.url(), "cutshort", dir.path());
+    let (sink, logger) = start("es-cutshort", o);
+    // Memory holds two batches (and the one retried); the rest waits on disk.
+    for i in 0..1000u64 {
+        logger.info("spilled", &[field("seq", i)]);
+    }
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let len = std::fs::metadata(&segment).unwrap().len();
+    // Cut in the middle: the documents held in memory come before it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    proxy.set_always(None);
+    // Another record once the reader has hit the cut: a writer must not hang on the lock.
+    wait_until("the cut to be found", LONG, || {
+        metric("es_disk_buffer_corrupt_total", "sink=\"es-cutshort\"").is_some_and(|v| v >= 1.0)
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let late = logger.clone();
+    std::thread::spawn(move || {
+        late.info("after the cut", &[field("seq", 1000u64)]);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(LONG).expect("the writer returned");
+    let stats = sink.flush(LONG);
+    assert_eq!(stats.pending, 0);
+    assert!(
+        stats.failed > 0,
+        "the lost documents are counted: {stats:?}"
+    );
+    assert_eq!(stats.written + stats.failed, 1001, "{stats:?}");
 }
 
 /// The disk bound of the bound tests.
@@ -259,6 +319,48 @@ fn the_disk_bound_blocks_writers_until_delivery_makes_room() {
         (1000, 0, 0, 0)
     );
     exactly_once(&seqs(&server, "diskblock", 2000), 0..1000);
+}
+
+#[test]
+fn one_document_stuck_in_retry_cannot_keep_more_than_the_bound_on_disk() {
+    const STUCK_BOUND: u64 = 512 * 1024;
+    let server = OsmemServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    // Throttled forever: retried, never finished, so the ack position stays before it.
+    proxy.set_always(Some(Fault::Items {
+        select: Select::Containing("held-in-retry".into()),
+        status: 429,
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = disk_options(&proxy.url(), "diskstuck", dir.path());
+    o.disk_buffer_max_bytes = STUCK_BOUND;
+    let (sink, logger) = start("es-diskstuck", o);
+    logger.info("held-in-retry", &[]);
+    let filler = "s".repeat(2000);
+    // Three times the bound, in rounds each delivered (all but the stuck one) before the
+    // next: the unfinished documents alone never come near the bound.
+    for round in 0..30u64 {
+        for i in 0..25u64 {
+            logger.info(
+                "delivered",
+                &[
+                    field("seq", round * 25 + i),
+                    field("filler", filler.clone()),
+                ],
+            );
+        }
+        wait_until("all but the stuck document to be delivered", LONG, || {
+            sink.buffered() == 1
+        });
+    }
+    let bytes = segment_bytes(dir.path());
+    assert!(bytes <= STUCK_BOUND, "{bytes} bytes of segments");
+    let dropped = sink.flush(Duration::ZERO).dropped;
+    assert!(dropped > 0, "the bound applied");
+    proxy.set_always(None);
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.pending, stats.failed), (0, 0));
+    assert_eq!(stats.written + stats.dropped, 751);
 }
 
 #[test]

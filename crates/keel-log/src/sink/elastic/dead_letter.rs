@@ -79,6 +79,7 @@ impl Sender {
             field("document", Value::Json(source)),
         ]);
         sink.write(record);
+        self.dead_letters_unflushed.set(true);
         self.shared.metrics.dead_letters.inc();
     }
 }

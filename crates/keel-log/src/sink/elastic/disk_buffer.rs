@@ -13,13 +13,19 @@
 //!
 //! Writes reach the kernel before `write` returns (one `write` call per frame, no user-space
 //! buffer), so a killed process loses nothing it accepted; the segment is `fdatasync`ed every
-//! [`SYNC_EVERY`] and on `flush`/`shutdown`, which bounds what a power loss can take. The
-//! `ack` file is written at the same times, so a crash replays at most what was finished in
-//! the last interval (at-least-once; the deterministic `_id` makes those replays overwrite).
+//! [`SYNC_EVERY`] (by a thread of its own, so a slow request does not delay it) and on
+//! `flush`/`shutdown`, which bounds what a power loss can take. The `ack` file is written by
+//! the sender every [`SYNC_EVERY`] between requests and at shutdown, so a crash replays at
+//! most what was finished since (documents are finished only between requests too):
+//! at-least-once; the deterministic `_id` makes those replays overwrite.
 //!
 //! On start every segment from the `ack` position is read and each frame's checksum checked;
 //! a frame that is cut short or does not match ends that segment's readable part: the rest
-//! of it is skipped and counted (a torn write at a crash, or damage), never a panic.
+//! of it is skipped and counted (a torn write at a crash, or damage), never a panic. The
+//! checksum covers the body, not the length, so intact frames after a bad one in the same
+//! segment are skipped too. While running, any error reading a segment back (damage, the
+//! file cut short or removed, `EIO`, `EMFILE`) is handled the same way, and a damaged active
+//! segment is closed so new frames go to a new one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -31,8 +37,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::sender::Sender;
-use super::state::{Doc, State};
+use super::state::{Doc, Shared, State};
 use crate::error::Error;
+use std::sync::Weak;
 
 /// How often the sender syncs the active segment and writes the `ack` file.
 pub(super) const SYNC_EVERY: Duration = Duration::from_millis(500);
@@ -90,9 +97,13 @@ pub(super) struct DiskBuffer {
     /// The next frame to read into memory (documents written while nothing waited on disk
     /// went to memory directly and are skipped).
     pub(super) read: Pos,
-    reader: Option<(u64, File)>,
+    /// An open segment: its id, the offset its file position is at, the file.
+    reader: Option<(u64, u64, File)>,
     /// The last position written to the `ack` file.
     acked: Pos,
+    /// The active segment's file no longer matches its recorded end (a failed write that
+    /// could not be undone, or damage found in it): appends refuse until a roll succeeds.
+    poisoned: bool,
 }
 
 fn seg_path(dir: &Path, id: u64) -> PathBuf {
@@ -210,6 +221,7 @@ impl DiskBuffer {
             read,
             reader: None,
             acked: read,
+            poisoned: false,
         };
         Ok((buffer, replay))
     }
@@ -221,6 +233,9 @@ impl DiskBuffer {
             .ok()
             .filter(|&l| l <= MAX_FRAME)
             .ok_or_else(|| io::Error::other("document too large for the disk buffer"))?;
+        if self.poisoned {
+            self.roll()?;
+        }
         let active = self.segments.back().map_or(0, |s| s.end);
         if active > 0 && active + HEADER + u64::from(len) > self.segment_size {
             self.roll()?;
@@ -235,8 +250,13 @@ impl DiskBuffer {
             offset: segment.end,
         };
         if let Err(e) = self.writer.write_all(&frame) {
-            // A partial frame would hide every later one: start a fresh segment.
-            let _ = self.roll();
+            // A partial frame would hide every later one and put them at offsets that do
+            // not match the recorded ones: cut it off, or when that fails too, refuse
+            // appends until a new segment is started.
+            if self.writer.set_len(at.offset).is_err() {
+                self.poisoned = true;
+                let _ = self.roll();
+            }
             return Err(e);
         }
         segment.end += frame.len() as u64;
@@ -244,13 +264,19 @@ impl DiskBuffer {
     }
 
     fn roll(&mut self) -> io::Result<()> {
-        self.writer.sync_data()?;
+        // A poisoned segment is left behind whatever its sync says.
+        if let Err(e) = self.writer.sync_data()
+            && !self.poisoned
+        {
+            return Err(e);
+        }
         let id = self.segments.back().map_or(0, |s| s.id) + 1;
         self.writer = OpenOptions::new()
             .create(true)
             .append(true)
             .open(seg_path(&self.dir, id))?;
         self.segments.push_back(Segment { id, end: 0 });
+        self.poisoned = false;
         Ok(())
     }
 
@@ -261,6 +287,24 @@ impl DiskBuffer {
             segment: s.id,
             offset: s.end,
         }
+    }
+
+    /// The bytes of the segments from the `ack` position to the end: what the files hold
+    /// beyond the finished part of the segment holding the `ack` position (and regions
+    /// skipped as damaged). The disk bound counts these, so one document stuck in retry
+    /// cannot keep an unbounded number of later, finished segments on disk.
+    pub(super) fn live_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter(|s| s.id >= self.acked.segment)
+            .map(|s| {
+                if s.id == self.acked.segment {
+                    s.end.saturating_sub(self.acked.offset)
+                } else {
+                    s.end
+                }
+            })
+            .sum()
     }
 
     /// The next not yet read frame with its position, or `None` at the end. A frame that
@@ -282,34 +326,63 @@ impl DiskBuffer {
                 }
                 continue;
             }
-            if self
-                .reader
-                .as_ref()
-                .is_none_or(|(id, _)| *id != self.read.segment)
-            {
-                let mut file = File::open(seg_path(&self.dir, self.read.segment))?;
-                file.seek(SeekFrom::Start(self.read.offset))?;
-                self.reader = Some((self.read.segment, file));
-            }
-            let (_, file) = self.reader.as_mut().expect("opened above");
-            match read_frame(file, end, self.read.offset)? {
-                Some(body) => {
+            let read = self.read_frame_at(end);
+            match read {
+                Ok(Some(body)) => {
                     let at = self.read;
                     self.read.offset += HEADER + body.len() as u64;
                     return Ok(Some((at, body)));
                 }
-                None => {
+                other => {
+                    // Damage, or a read error (the file removed or cut short by someone
+                    // else, EMFILE, EIO): the segment's readable part ends here either way,
+                    // so the next call goes on with the next segment instead of failing at
+                    // the same place forever.
+                    let err = other.err().unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidData, "a damaged frame")
+                    });
+                    let path = seg_path(&self.dir, self.read.segment);
+                    self.reader = None;
                     self.segments[index].end = self.read.offset;
+                    if index + 1 == self.segments.len() {
+                        // The active segment: later frames must not go after the unreadable
+                        // part (their positions would not match the file).
+                        self.poisoned = true;
+                        let _ = self.roll();
+                    }
                     return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "a damaged frame in {}",
-                            seg_path(&self.dir, self.read.segment).display()
-                        ),
+                        err.kind(),
+                        format!("reading {}: {err}", path.display()),
                     ));
                 }
             }
         }
+    }
+
+    /// Reads the frame at the read position (opening the segment when needed, seeking when
+    /// the read position was moved past documents that went to memory directly).
+    fn read_frame_at(&mut self, end: u64) -> io::Result<Option<Vec<u8>>> {
+        let at = self.read;
+        match &mut self.reader {
+            Some((id, offset, file)) if *id == at.segment => {
+                if *offset != at.offset {
+                    *offset = at.offset;
+                    file.seek(SeekFrom::Start(at.offset))?;
+                }
+            }
+            _ => {
+                self.reader = None;
+                let mut file = File::open(seg_path(&self.dir, at.segment))?;
+                file.seek(SeekFrom::Start(at.offset))?;
+                self.reader = Some((at.segment, at.offset, file));
+            }
+        }
+        let (_, offset, file) = self.reader.as_mut().expect("opened above");
+        let body = read_frame(file, end, at.offset)?;
+        if let Some(body) = &body {
+            *offset = at.offset + HEADER + body.len() as u64;
+        }
+        Ok(body)
     }
 
     /// A handle to sync the active segment without holding the buffer's lock.
@@ -371,10 +444,13 @@ impl Sender {
                     ));
                 }
                 Err(e) => {
+                    // The reader has moved past the unreadable part: go on at the next tick
+                    // (never spin here, the state lock is held).
                     self.shared.metrics.disk_corrupt.inc();
                     self.shared.note_error(&format!(
                         "disk buffer: {e}; the rest of that segment is skipped"
                     ));
+                    break;
                 }
             }
         }
@@ -389,10 +465,17 @@ impl Sender {
         retry: &VecDeque<Doc>,
         force: bool,
     ) -> Option<File> {
-        if state.disk.is_none() || !(force || self.last_checkpoint.elapsed() >= SYNC_EVERY) {
+        let live = state.disk.as_ref().map(DiskBuffer::live_bytes)?;
+        // Near the bound the disk bound counts from the ack position: move it every round
+        // (writers wait or drop until it moves), not only every SYNC_EVERY.
+        let bound = self.shared.bounds().1 as u64;
+        let timed = force || self.last_checkpoint.elapsed() >= SYNC_EVERY;
+        if !timed && live < bound / 2 {
             return None;
         }
-        self.last_checkpoint = Instant::now();
+        if timed {
+            self.last_checkpoint = Instant::now();
+        }
         let held = retry
             .iter()
             .chain(state.queue.iter().map(|(_, d)| d))
@@ -401,12 +484,49 @@ impl Sender {
         let spilled = state.spilled > 0;
         let disk = state.disk.as_mut()?;
         let pos = held.unwrap_or(if spilled { disk.read } else { disk.end() });
-        if let Err(e) = disk.acknowledge(pos) {
+        // Dead letters not yet written by their sink (its flush timed out): acknowledging
+        // now could lose them from both; they are acknowledged once they are written.
+        if self.dead_letters_unflushed.get() {
+            self.shared.note_error(
+                "disk buffer: the dead-letter file is behind; the ack position waits for it",
+            );
+        } else if let Err(e) = disk.acknowledge(pos) {
             self.shared
                 .note_error(&format!("disk buffer: cannot write its ack file: {e}"));
+        } else {
+            // Room under the disk bound for writers waiting on it.
+            self.shared.space.notify_all();
         }
-        disk.sync_handle().ok()
+        if timed { disk.sync_handle().ok() } else { None }
     }
+}
+
+/// Starts the thread that syncs the active segment every [`SYNC_EVERY`], whatever the sender
+/// is doing (a `_bulk` request can take up to its timeout). It holds the state lock only to
+/// take a handle to the segment, and ends once the sink is gone or its buffer closed.
+pub(super) fn spawn_syncer(name: &str, shared: Weak<Shared>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("keel-es-sync-{name}"))
+        .spawn(move || {
+            loop {
+                std::thread::sleep(SYNC_EVERY);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let handle = {
+                    let state = shared.lock();
+                    match state.disk.as_ref() {
+                        Some(disk) => disk.sync_handle(),
+                        None => return,
+                    }
+                };
+                drop(shared);
+                if let Ok(file) = handle {
+                    let _ = file.sync_data();
+                }
+            }
+        })
+        .map(drop)
 }
 
 fn read_ack(dir: &Path) -> Pos {
@@ -498,5 +618,105 @@ mod tests {
         drop(buf);
         let (_, replay) = DiskBuffer::open("t", dir.path(), 64 << 10).unwrap();
         assert_eq!(replay.records, 10);
+    }
+
+    /// Reads every frame left, calling `read_next` at most `limit` times (a reader that never
+    /// moves on fails here instead of hanging): the bodies read and the errors met.
+    fn drain(buf: &mut DiskBuffer, limit: usize) -> (Vec<Vec<u8>>, usize) {
+        let (mut bodies, mut errors) = (Vec::new(), 0);
+        for _ in 0..limit {
+            match buf.read_next() {
+                Ok(Some((_, body))) => bodies.push(body),
+                Ok(None) => return (bodies, errors),
+                Err(_) => errors += 1,
+            }
+        }
+        panic!("the reader did not reach the end in {limit} calls ({errors} errors)");
+    }
+
+    #[test]
+    fn a_segment_removed_under_the_reader_is_skipped_not_retried_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut buf, _) = DiskBuffer::open("t", dir.path(), 64 << 10).unwrap();
+        let big = vec![b'x'; 4000];
+        let positions: Vec<Pos> = (0..40).map(|_| buf.append(&big).unwrap()).collect();
+        let first = positions[0].segment;
+        assert!(positions[39].segment > first + 1, "three segments at least");
+        std::fs::remove_file(seg_path(dir.path(), first)).unwrap();
+        let (bodies, errors) = drain(&mut buf, 100);
+        let later = positions.iter().filter(|p| p.segment > first).count();
+        assert_eq!((bodies.len(), errors), (later, 1));
+    }
+
+    #[test]
+    fn a_segment_cut_short_under_the_reader_loses_only_its_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut buf, _) = DiskBuffer::open("t", dir.path(), 64 << 10).unwrap();
+        let big = vec![b'x'; 4000];
+        let positions: Vec<Pos> = (0..40).map(|_| buf.append(&big).unwrap()).collect();
+        let first = positions[0].segment;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(seg_path(dir.path(), first))
+            .unwrap();
+        f.set_len(positions[3].offset + 10).unwrap();
+        let (bodies, errors) = drain(&mut buf, 100);
+        let later = positions.iter().filter(|p| p.segment > first).count();
+        assert_eq!((bodies.len(), errors), (3 + later, 1));
+    }
+
+    #[test]
+    fn damage_in_the_active_segment_sends_later_appends_to_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut buf, _) = DiskBuffer::open("t", dir.path(), 1 << 20).unwrap();
+        let positions: Vec<Pos> = (0..5)
+            .map(|i| buf.append(format!("doc {i}\n").as_bytes()).unwrap())
+            .collect();
+        // Flip a byte of the third frame's body.
+        let path = seg_path(dir.path(), positions[2].segment);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(positions[2].offset + HEADER) as usize] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let (bodies, errors) = drain(&mut buf, 100);
+        assert_eq!((bodies.len(), errors), (2, 1));
+        let at = buf.append(b"after\n").unwrap();
+        assert!(at.segment > positions[0].segment, "{at:?}");
+        let (bodies, errors) = drain(&mut buf, 100);
+        assert_eq!((bodies, errors), (vec![b"after\n".to_vec()], 0));
+    }
+
+    #[test]
+    fn after_a_failed_write_later_frames_are_where_their_positions_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut buf, _) = DiskBuffer::open("t", dir.path(), 1 << 20).unwrap();
+        buf.append(b"before\n").unwrap();
+        // A device that fails every write (and cannot be truncated).
+        let good = std::mem::replace(
+            &mut buf.writer,
+            OpenOptions::new().write(true).open("/dev/full").unwrap(),
+        );
+        assert!(buf.append(b"lost\n").is_err());
+        drop(good);
+        let at = buf.append(b"after\n").unwrap();
+        let (bodies, errors) = drain(&mut buf, 100);
+        assert_eq!(
+            (bodies, errors),
+            (vec![b"before\n".to_vec(), b"after\n".to_vec()], 0)
+        );
+        assert!(at.segment > 0 && at.offset == 0, "{at:?}");
+    }
+
+    #[test]
+    fn the_reader_follows_a_read_position_moved_past_documents_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut buf, _) = DiskBuffer::open("t", dir.path(), 1 << 20).unwrap();
+        buf.append(b"read 0\n").unwrap();
+        assert_eq!(buf.read_next().unwrap().unwrap().1, b"read 0\n");
+        // Went to memory directly: the reader goes on after it.
+        buf.append(b"in memory\n").unwrap();
+        buf.read = buf.end();
+        buf.append(b"spilled\n").unwrap();
+        let (bodies, errors) = drain(&mut buf, 100);
+        assert_eq!((bodies, errors), (vec![b"spilled\n".to_vec()], 0));
     }
 }

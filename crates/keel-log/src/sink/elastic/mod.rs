@@ -250,6 +250,14 @@ impl ElasticSink {
                 sink: name.clone(),
                 source,
             })?;
+        if shared.opts.disk_buffer.is_some() {
+            disk_buffer::spawn_syncer(&name, Arc::downgrade(&shared)).map_err(|source| {
+                Error::Sink {
+                    sink: name.clone(),
+                    source,
+                }
+            })?;
+        }
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name(format!("keel-es-{name}"))
@@ -273,6 +281,7 @@ impl ElasticSink {
                     failures: 0,
                     rng: u64::from_le_bytes(prefix) | 1,
                     last_checkpoint: Instant::now(),
+                    dead_letters_unflushed: std::cell::Cell::new(false),
                 };
                 runtime.block_on(sender.run());
             })
@@ -360,7 +369,14 @@ impl ElasticSink {
                 shared.drop_one();
                 return false;
             }
-            if state.records < max_records && state.bytes + len <= max_bytes {
+            // With a disk buffer the bound counts the files from the ack position (what a
+            // document stuck in retry keeps on disk), at least the unfinished documents.
+            let used = state.disk.as_ref().map_or(state.bytes, |d| {
+                usize::try_from(d.live_bytes())
+                    .unwrap_or(usize::MAX)
+                    .max(state.bytes)
+            });
+            if state.records < max_records && used.saturating_add(len) <= max_bytes {
                 break;
             }
             match shared.opts.overflow {

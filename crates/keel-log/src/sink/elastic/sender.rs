@@ -22,7 +22,13 @@ pub(super) struct Sender {
     pub(super) rng: u64,
     /// When the disk buffer was last synced and acknowledged.
     pub(super) last_checkpoint: Instant,
+    /// Documents went to the dead-letter sink and may still be in its queue: the disk
+    /// buffer's `ack` must not move past them until that sink has written them.
+    pub(super) dead_letters_unflushed: std::cell::Cell<bool>,
 }
+
+/// How long the sender waits for the dead-letter sink to write what it was given.
+const DEAD_LETTER_FLUSH: Duration = Duration::from_secs(5);
 
 impl Sender {
     pub(super) fn backoff(&mut self) -> Duration {
@@ -52,6 +58,22 @@ impl Sender {
         }
     }
 
+    /// Waits (bounded) for the dead-letter sink to write the documents given to it; `true`
+    /// when nothing given to it is left unwritten.
+    pub(super) fn flush_dead_letters(&self) -> bool {
+        if !self.dead_letters_unflushed.get() {
+            return true;
+        }
+        let Some(sink) = &self.shared.dead_letter else {
+            self.dead_letters_unflushed.set(false);
+            return true;
+        };
+        if sink.flush(DEAD_LETTER_FLUSH).pending == 0 {
+            self.dead_letters_unflushed.set(false);
+        }
+        !self.dead_letters_unflushed.get()
+    }
+
     pub(super) async fn run(mut self) {
         self.deliver().await;
         // Releases the disk buffer's lock (what is left in it waits for the next start).
@@ -69,6 +91,8 @@ impl Sender {
         // back, and the deadline may not outlast the delay.
         let mut final_attempt_made = false;
         loop {
+            // A dead-letter flush that timed out is tried again (unlocked) before a checkpoint.
+            self.flush_dead_letters();
             // The disk buffer's active segment, when it is due for a sync (done unlocked).
             let to_sync;
             // Decide whether a batch leaves now.
@@ -293,6 +317,10 @@ impl Sender {
             } else {
                 self.endpoints.succeeded(endpoint);
             }
+            // Dead-lettered documents are finished, and the next checkpoint may acknowledge
+            // them in the disk buffer: they must be in the dead-letter file first (written
+            // before the `ack` file, so a kill in between loses them from neither).
+            self.flush_dead_letters();
             let shared = self.shared.clone();
             let mut state = shared.lock();
             for doc in finished.iter().filter(|d| d.counted) {
