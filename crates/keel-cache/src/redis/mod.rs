@@ -499,6 +499,11 @@ impl RedisCache {
         }
     }
 
+    /// Whether this cache talks to a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.shared.target, Target::Cluster { .. })
+    }
+
     /// A builder for a cache called `name` on `endpoint`.
     pub fn builder(name: impl Into<String>, endpoint: Endpoint) -> RedisCacheBuilder {
         RedisCacheBuilder {
