@@ -673,11 +673,39 @@ impl TieredCache {
             .boxed())
     }
 
-    /// One RESP3 connection subscribed to Keel's channel with client tracking on
-    /// (`CLIENT TRACKING ON BCAST PREFIX <prefix>`): the server pushes an invalidation for
-    /// every change to a key under the prefix, whoever made it. `Ok(None)`: the server
-    /// refused tracking (or RESP3), use Keel's messages alone.
+    /// RESP3 connections with client tracking on (`CLIENT TRACKING ON BCAST PREFIX
+    /// <prefix>`), one per server holding keys (every master in Cluster mode; tracking is per
+    /// server), the first also subscribed to Keel's channel: the servers push an invalidation
+    /// for every change to a key under the prefix, whoever made it. The stream ends when any
+    /// of the connections drops. `Ok(None)`: a server refused tracking (or RESP3), use Keel's
+    /// messages alone.
     async fn subscribe_tracking(i: &Inner) -> Result<Option<BoxStream<'static, Event>>> {
+        let clients = i.l2.tracking_clients().await?;
+        let mut streams = Vec::with_capacity(clients.len());
+        for (n, client) in clients.into_iter().enumerate() {
+            match Self::track(i, &client, n == 0).await? {
+                Some(stream) => streams.push(stream),
+                None => return Ok(None),
+            }
+        }
+        // Each stream yields `None` once, when its connection drops: the merged stream ends
+        // at the first one.
+        Ok(Some(
+            futures_util::stream::select_all(streams)
+                .take_while(|event| std::future::ready(event.is_some()))
+                .filter_map(std::future::ready)
+                .boxed(),
+        ))
+    }
+
+    /// One tracking connection to the server `client` names (see
+    /// [`subscribe_tracking`](Self::subscribe_tracking)); `subscribe`: also subscribed to
+    /// Keel's channel. Yields `Some(event)`, then one `None` when the connection drops.
+    async fn track(
+        i: &Inner,
+        client: &redis::Client,
+        subscribe: bool,
+    ) -> Result<Option<BoxStream<'static, Option<Event>>>> {
         let unavailable = |e: redis::RedisError| Error::Unavailable {
             cache: i.name.clone(),
             operation: "subscribe",
@@ -685,7 +713,6 @@ impl TieredCache {
         };
         // A server error answer (not an I/O failure) means "not supported here".
         let refused = |e: &redis::RedisError| e.code().is_some() && !e.is_io_error();
-        let client = i.l2.pubsub_client().await?;
         let info = client.get_connection_info().clone();
         let settings = info
             .redis_settings()
@@ -717,7 +744,9 @@ impl TieredCache {
             Err(e) if refused(&e) => return Ok(None),
             Err(e) => return Err(unavailable(e)),
         }
-        conn.subscribe(&i.channel).await.map_err(unavailable)?;
+        if subscribe {
+            conn.subscribe(&i.channel).await.map_err(unavailable)?;
+        }
         let prefix = i.l2.prefix().to_owned();
         // The stream owns the connection: dropping it closes the connection.
         let pushes = futures_util::stream::poll_fn(move |cx| {
@@ -727,7 +756,10 @@ impl TieredCache {
         Ok(Some(
             pushes
                 .take_while(|push| std::future::ready(push.kind != redis::PushKind::Disconnection))
-                .filter_map(move |push| std::future::ready(Event::from_push(push, &prefix)))
+                .filter_map(move |push| {
+                    std::future::ready(Event::from_push(push, &prefix).map(Some))
+                })
+                .chain(futures_util::stream::once(std::future::ready(None)))
                 .boxed(),
         ))
     }
@@ -737,7 +769,6 @@ impl TieredCache {
         loop {
             let Some(i) = inner.upgrade() else { return };
             let track = i.invalidation == Invalidation::Tracking
-                && !i.l2.is_cluster()
                 && !i.tracking_refused.load(Ordering::Acquire);
             let subscribed = if track {
                 match Self::subscribe_tracking(&i).await {

@@ -780,8 +780,20 @@ async fn changes_made_behind_keels_back_reach_l1_through_client_tracking() {
         .await
         .unwrap();
     assert_eq!(node.get("e").await.unwrap().as_deref(), Some(&b"v"[..]));
+    let tracked = || {
+        series(
+            &metrics.render(),
+            "t_tiered_invalidations_received_total{cache=\"app\",source=\"tracking\"}",
+        )
+    };
+    let before = tracked();
     let d = served_after(&node, "e", None).await;
     eprintln!("a server-side expiry (TTL 400 ms) reached the node after {d:?}");
+    // (L1 held it for its remaining TTL anyway:) the server announced the expiry too.
+    eventually("the server to announce the expiry", async || {
+        tracked() > before
+    })
+    .await;
 
     let text = metrics.render();
     assert!(
@@ -906,4 +918,74 @@ async fn the_invalidation_mode_is_configurable() {
     let bad = "type = \"tiered\"\nname = \"s\"\n[options]\ninvalidation = \"psychic\"\n\
                [l2]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n";
     assert!(keel_cache::CacheConfig::from_toml(bad).is_err());
+}
+
+/// On a 3-master Cluster, tracking runs on every master: a redis-cli `SET`, `DEL` and
+/// `PEXPIRE` on whichever master holds the key reach the node's L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_changes_made_behind_keels_back_reach_l1_through_client_tracking() {
+    let cluster = keel_testkit::redis::RedisCluster::start();
+    let metrics = MetricsService::new("t").unwrap();
+    let l2 = RedisCache::builder(
+        "app",
+        Endpoint::Cluster {
+            nodes: cluster.urls(),
+            username: None,
+            password: None,
+        },
+    )
+    .items_refresh(None)
+    .metrics(&metrics)
+    .build()
+    .unwrap();
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(60))
+        .metrics(&metrics)
+        .build();
+    let node = TieredCache::builder("app", l1, l2)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    node.connect().await.unwrap();
+    assert!(node.is_tracking());
+    // Keys spread over the masters: every master must announce its own keys.
+    let mut masters = std::collections::BTreeSet::new();
+    for n in 0..12 {
+        let key = format!("k{n}");
+        let full = format!("app:{key}");
+        cached_in_l1(&node, &key).await;
+        let master = &cluster.nodes()[cluster.master_of(&full)];
+        masters.insert(master.port());
+        match n % 3 {
+            0 => {
+                master.cli(&["SET", &full, "new"]);
+                let d = served_after(&node, &key, Some(b"new")).await;
+                eprintln!(
+                    "Cluster: redis-cli SET on port {} reached L1 after {d:?}",
+                    master.port()
+                );
+            }
+            1 => {
+                master.cli(&["DEL", &full]);
+                let d = served_after(&node, &key, None).await;
+                eprintln!(
+                    "Cluster: redis-cli DEL on port {} reached L1 after {d:?}",
+                    master.port()
+                );
+            }
+            _ => {
+                master.cli(&["PEXPIRE", &full, "200"]);
+                eventually("PEXPIRE to drop the key from L1", async || {
+                    node.l1().get(&key).await.unwrap().is_none()
+                })
+                .await;
+                let d = served_after(&node, &key, None).await;
+                eprintln!(
+                    "Cluster: redis-cli PEXPIRE 200 ms on port {}: gone after {d:?}",
+                    master.port()
+                );
+            }
+        }
+    }
+    assert_eq!(masters.len(), 3, "the keys should cover every master");
 }

@@ -18,7 +18,8 @@
 //! - `connect.rs`: connections per mode, and `write` (never re-sends a write whose fate is
 //!   unknown); `errors.rs`: redis-rs errors to [`Error`];
 //! - `ops.rs`: the [`Cache`] operations; `scripts.rs`: the Lua scripts; `scan.rs`: `clear` and
-//!   the items count; `lock.rs`: the lock store.
+//!   the items count; `lock.rs`: the lock store; `tracking.rs`: the servers to run client
+//!   tracking on (the tiered cache's server-assisted invalidation).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
@@ -46,6 +47,7 @@ mod ops;
 mod scan;
 mod scripts;
 mod tls;
+mod tracking;
 
 use self::{connect::*, endpoint::*, errors::*, scan::*, scripts::*, tls::*};
 pub use self::{endpoint::Endpoint, tls::TlsOptions};
