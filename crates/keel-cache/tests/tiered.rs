@@ -989,3 +989,38 @@ async fn cluster_changes_made_behind_keels_back_reach_l1_through_client_tracking
     }
     assert_eq!(masters.len(), 3, "the keys should cover every master");
 }
+
+/// Through Sentinel, tracking runs on the master: a redis-cli `SET` there reaches L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_changes_made_behind_keels_back_reach_l1_through_client_tracking() {
+    let s = keel_testkit::redis::RedisSentinel::start();
+    let text = format!(
+        "type = \"redis\"\nname = \"app\"\nmode = \"sentinel\"\nmaster_name = \"{}\"\nsentinels = [{}]\n",
+        keel_testkit::redis::RedisSentinel::MASTER,
+        s.sentinel_addrs()
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let metrics = MetricsService::new("t").unwrap();
+    let config = keel_cache::CacheConfig::from_toml(&text).unwrap();
+    let l2 = keel_cache::redis_from_config(&config, &metrics).unwrap();
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(60))
+        .metrics(&metrics)
+        .build();
+    let node = TieredCache::builder("app", l1, l2)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    node.connect().await.unwrap();
+    assert!(node.is_tracking());
+    cached_in_l1(&node, "k").await;
+    s.servers[0].cli(&["SET", "app:k", "new"]);
+    let d = served_after(&node, "k", Some(b"new")).await;
+    eprintln!("Sentinel: redis-cli SET on the master reached L1 after {d:?}");
+    s.servers[0].cli(&["DEL", "app:k"]);
+    let d = served_after(&node, "k", None).await;
+    eprintln!("Sentinel: redis-cli DEL on the master reached L1 after {d:?}");
+}
