@@ -496,7 +496,10 @@ async fn errors_say_whether_they_are_transient() {
     assert!(!e.is_transient(), "{e:?}");
     server.cli(&["ACL", "SETUSER", "default", "-get"]);
     let e = cache.get("k").await.unwrap_err();
-    assert!(matches!(e, Error::Denied { .. }) && !e.is_transient(), "{e:?}");
+    assert!(
+        matches!(e, Error::Denied { .. }) && !e.is_transient(),
+        "{e:?}"
+    );
     server.cli(&["ACL", "SETUSER", "default", "+get"]);
     drop(server);
     let e = cache.get("k").await.unwrap_err();
