@@ -5,9 +5,9 @@
 //!
 //! `cargo bench -p keel-cache --bench redis_paired` — starts its own redis-server on a free
 //! port; for each workload (50 and 500 tasks × GET, SET, 90/10) it runs interleaved rounds of
-//! `OPS` requests per contender (who goes first alternates), and prints the median ops/s of
+//! `OPS` requests per contender (default 40 000) (who goes first alternates), and prints the median ops/s of
 //! each and the median per-round ratio keel / raw (1.0 = no tax). `ROUNDS=n` overrides the
-//! number of rounds. Raw redis-rs gets its keys already prefixed (Keel prefixes them itself).
+//! number of rounds, `OPS=n` the requests per turn. Raw redis-rs gets its keys already prefixed (Keel prefixes them itself).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,6 @@ use keel_testkit::redis::RedisServer;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-const OPS: usize = 40_000;
 const KEYS: u64 = 10_000;
 
 #[derive(Clone, Copy)]
@@ -46,6 +45,14 @@ impl Op {
     }
 }
 
+/// Requests per turn (env `OPS`, default 40 000).
+fn ops() -> usize {
+    std::env::var("OPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(40_000)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -60,7 +67,7 @@ fn next(state: &mut u64) -> u64 {
 
 /// `tasks` tasks doing `OPS` requests in all through Keel; ops/s.
 async fn keel_turn(cache: &Arc<dyn Cache>, keys: &Arc<Vec<String>>, tasks: usize, op: Op) -> f64 {
-    let per = OPS / tasks;
+    let per = ops() / tasks;
     let value = Bytes::from(vec![b'x'; 64]);
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
@@ -88,7 +95,7 @@ async fn keel_turn(cache: &Arc<dyn Cache>, keys: &Arc<Vec<String>>, tasks: usize
 
 /// The same with raw redis-rs on one `ConnectionManager`.
 async fn raw_turn(conn: &ConnectionManager, keys: &Arc<Vec<String>>, tasks: usize, op: Op) -> f64 {
-    let per = OPS / tasks;
+    let per = ops() / tasks;
     let value = Bytes::from(vec![b'x'; 64]);
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)

@@ -1,5 +1,8 @@
 //! A two-tier cache: in-process memory (L1) in front of Redis (L2), kept coherent across
-//! nodes by invalidation messages over Redis pub/sub.
+//! nodes by Redis client tracking (the server announces every change to a key under the
+//! prefix, whoever made it; [`Invalidation::Tracking`], the default) and by Keel's own
+//! invalidation messages over Redis pub/sub (alone with [`Invalidation::PubSub`], or where the
+//! server refuses tracking).
 //!
 //! - Reads try L1, then L2; an L2 hit fills L1 with `min(l1_ttl, remaining L2 TTL)`.
 //! - Writes and deletes drop the key from this node's L1, go to L2, drop it again whatever L2
