@@ -40,7 +40,7 @@ impl Op {
         match self {
             Op::Get => false,
             Op::Set => true,
-            Op::Mix => r % 10 == 0,
+            Op::Mix => r.is_multiple_of(10),
         }
     }
 }
