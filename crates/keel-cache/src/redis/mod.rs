@@ -604,7 +604,11 @@ impl Shared {
         let elapsed = start.elapsed();
         match &result {
             Ok(v) => {
-                self.healthy.store(true, Ordering::Relaxed);
+                // Read first: a store on every request would bounce this shared cache line
+                // between the cores of every worker thread.
+                if !self.healthy.load(Ordering::Relaxed) {
+                    self.healthy.store(true, Ordering::Relaxed);
+                }
                 self.metrics.record(op, status(v), elapsed);
             }
             Err(_) => self.metrics.record(op, Status::Error, elapsed),
