@@ -718,6 +718,23 @@ async fn unsettled_writes_past_the_cap_fall_back_to_one_flush() {
     t.0.resume();
 }
 
+/// A tiered cache `app` over `l2` (not connected), L1 as the config factory builds it.
+fn tiered_over(
+    l2: RedisCache,
+    mode: keel_cache::Invalidation,
+    metrics: &MetricsService,
+) -> TieredCache {
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(60))
+        .metrics(metrics)
+        .build();
+    TieredCache::builder("app", l1, l2)
+        .invalidation(mode)
+        .metrics(metrics)
+        .build()
+        .unwrap()
+}
+
 /// Caches `k = old` in `node`'s L1 (written through the node, read until L1 holds it).
 async fn cached_in_l1(node: &TieredCache, key: &str) {
     node.set(key, "old".into(), Ttl::Never).await.unwrap();
@@ -810,15 +827,7 @@ async fn changes_made_behind_keels_back_reach_l1_through_client_tracking() {
         .metrics(&metrics)
         .build()
         .unwrap();
-    let l1 = MemoryCache::builder("app:l1")
-        .max_ttl(Duration::from_secs(60))
-        .metrics(&metrics)
-        .build();
-    let pubsub = TieredCache::builder("app", l1, l2)
-        .invalidation(keel_cache::Invalidation::PubSub)
-        .metrics(&metrics)
-        .build()
-        .unwrap();
+    let pubsub = tiered_over(l2, keel_cache::Invalidation::PubSub, &metrics);
     pubsub.connect().await.unwrap();
     assert!(pubsub.is_subscribed() && !pubsub.is_tracking());
     cached_in_l1(&pubsub, "p").await;
@@ -938,14 +947,7 @@ async fn cluster_changes_made_behind_keels_back_reach_l1_through_client_tracking
     .metrics(&metrics)
     .build()
     .unwrap();
-    let l1 = MemoryCache::builder("app:l1")
-        .max_ttl(Duration::from_secs(60))
-        .metrics(&metrics)
-        .build();
-    let node = TieredCache::builder("app", l1, l2)
-        .metrics(&metrics)
-        .build()
-        .unwrap();
+    let node = tiered_over(l2, keel_cache::Invalidation::Tracking, &metrics);
     node.connect().await.unwrap();
     assert!(node.is_tracking());
     // Keys spread over the masters: every master must announce its own keys.
@@ -1006,14 +1008,7 @@ async fn sentinel_changes_made_behind_keels_back_reach_l1_through_client_trackin
     let metrics = MetricsService::new("t").unwrap();
     let config = keel_cache::CacheConfig::from_toml(&text).unwrap();
     let l2 = keel_cache::redis_from_config(&config, &metrics).unwrap();
-    let l1 = MemoryCache::builder("app:l1")
-        .max_ttl(Duration::from_secs(60))
-        .metrics(&metrics)
-        .build();
-    let node = TieredCache::builder("app", l1, l2)
-        .metrics(&metrics)
-        .build()
-        .unwrap();
+    let node = tiered_over(l2, keel_cache::Invalidation::Tracking, &metrics);
     node.connect().await.unwrap();
     assert!(node.is_tracking());
     cached_in_l1(&node, "k").await;
