@@ -309,6 +309,10 @@ pub struct CacheOptions {
         deserialize_with = "opt_duration_keep_zero"
     )]
     pub l1_ttl: Option<Duration>,
+    /// Tiered: how L1 learns of changes in L2 (default `"tracking"`, falling back to
+    /// `"pubsub"` where the server refuses client tracking).
+    #[serde(default)]
+    pub invalidation: Option<Invalidation>,
     /// Longest key in bytes (default 4096).
     #[serde(default, alias = "maxKeyBytes")]
     pub max_key_bytes: Option<usize>,
@@ -600,4 +604,22 @@ mod tests {
                 .to_string();
         assert!(!e.contains("hunter2"), "{e}");
     }
+}
+
+/// How a tiered cache learns that L2 changed (config `options.invalidation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// Redis client tracking (`CLIENT TRACKING ON BCAST PREFIX <prefix>`, RESP3 push
+    /// messages), plus Keel's own messages: every change to a key under the prefix (any
+    /// client, Lua scripts, expiry, eviction) drops it from L1. Where the server refuses
+    /// tracking (Redis before 6, a managed service that disables it), and in Cluster mode for
+    /// now, Keel's messages alone are used, as with [`Invalidation::PubSub`].
+    #[default]
+    #[serde(rename = "tracking")]
+    Tracking,
+    /// Keel's own invalidation messages over pub/sub only: only writes made through Keel
+    /// reach other nodes' L1; other changes are bounded by `l1_ttl`.
+    #[serde(rename = "pubsub")]
+    PubSub,
 }

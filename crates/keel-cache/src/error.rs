@@ -194,6 +194,19 @@ impl Error {
         matches!(self, Error::OutcomeUnknown { .. } | Error::Timeout { .. })
     }
 
+    /// Whether this is a failure of the connection or the server that may pass by itself
+    /// ([`Timeout`](Error::Timeout), [`Unavailable`](Error::Unavailable),
+    /// [`OutcomeUnknown`](Error::OutcomeUnknown)): the same request may succeed later. Every
+    /// other error is permanent for that request (bad input, configuration, permissions, a
+    /// closed cache). A transient write error may still have been applied: check
+    /// [`is_outcome_unknown`](Self::is_outcome_unknown) before re-sending a write.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. } | Error::Unavailable { .. } | Error::OutcomeUnknown { .. }
+        )
+    }
+
     /// Whether a write that failed with this error may still have been applied by the server
     /// (a timeout, a dropped connection, an answer this crate could not interpret): the caller
     /// cannot tell, so anything cached from before the write must be dropped. Validation

@@ -107,6 +107,7 @@ fn check_fields(config: &CacheConfig, kind: &str) -> Result<()> {
         set("l1", config.l1.is_some()),
         set("l2", config.l2.is_some()),
         set("options.l1_ttl", o.l1_ttl.is_some()),
+        set("options.invalidation", o.invalidation.is_some()),
     ];
     let limits = [
         set("options.max_key_bytes", o.max_key_bytes.is_some()),
@@ -242,6 +243,7 @@ fn tiered_from_config(
         redis_from_config(&l2, metrics)?,
     )
     .l1_ttl(l1_ttl)
+    .invalidation(config.options.invalidation.unwrap_or_default())
     .metrics(metrics)
     .build()
 }

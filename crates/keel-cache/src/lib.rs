@@ -49,7 +49,7 @@ pub mod tiered;
 mod ttl;
 
 pub use bytes::Bytes;
-pub use config::{CacheConfig, CacheOptions, Secret, parse_duration};
+pub use config::{CacheConfig, CacheOptions, Invalidation, Secret, parse_duration};
 pub use contract::{Cache, CacheExt, CacheFuture, CacheKind, Limits, parse_counter};
 pub use error::Error;
 #[cfg(feature = "redis")]

@@ -1,5 +1,8 @@
 //! A two-tier cache: in-process memory (L1) in front of Redis (L2), kept coherent across
-//! nodes by invalidation messages over Redis pub/sub.
+//! nodes by Redis client tracking (the server announces every change to a key under the
+//! prefix, whoever made it; [`Invalidation::Tracking`], the default) and by Keel's own
+//! invalidation messages over Redis pub/sub (alone with [`Invalidation::PubSub`], or where the
+//! server refuses tracking).
 //!
 //! - Reads try L1, then L2; an L2 hit fills L1 with `min(l1_ttl, remaining L2 TTL)`.
 //! - Writes and deletes drop the key from this node's L1, go to L2, drop it again whatever L2
@@ -19,12 +22,14 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use keel_metrics::{MetricsService, StripedCounter};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::task::JoinHandle;
 
+pub use crate::config::Invalidation;
 use crate::contract::{Cache, CacheFuture, CacheKind};
 use crate::memory::MemoryCache;
 use crate::redis::RedisCache;
@@ -57,6 +62,12 @@ struct DirectionLabels {
     direction: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct SourceLabels {
+    cache: String,
+    source: &'static str,
+}
+
 /// Hits and misses are on every read, from every thread: they are striped per thread (like the
 /// cache operation counters), so L1 hits on different threads rarely share a cache line.
 #[derive(Clone)]
@@ -67,6 +78,9 @@ struct TierMetrics {
     l2_misses: StripedCounter,
     sent: Counter,
     received: Counter,
+    /// Received by source: Keel's messages, or the server's client tracking.
+    received_keel: Counter,
+    received_tracking: Counter,
     flushes: Counter,
     publish_failures: Counter,
     subscribe_failures: Counter,
@@ -112,6 +126,18 @@ impl TierMetrics {
                 Family::default,
             )
             .unwrap_or_default();
+        let by_source: Family<SourceLabels, Counter> = service
+            .get_or_register(
+                "tiered_invalidations_received",
+                "L1 invalidations received, by source (keel: Keel's messages; tracking: the \
+                 server's client tracking, one per push, which may name several keys)",
+                Family::default,
+            )
+            .unwrap_or_default();
+        let source = |s| SourceLabels {
+            cache: cache.to_owned(),
+            source: s,
+        };
         let tier = |t| TierLabels {
             cache: cache.to_owned(),
             tier: t,
@@ -127,6 +153,8 @@ impl TierMetrics {
             l2_misses: misses.get_or_create_owned(&tier("l2")),
             sent: inval.get_or_create_owned(&dir("sent")),
             received: inval.get_or_create_owned(&dir("received")),
+            received_keel: by_source.get_or_create_owned(&source("keel")),
+            received_tracking: by_source.get_or_create_owned(&source("tracking")),
             flushes: flushes.get_or_create_owned(&tier("l1")),
             publish_failures: failures.get_or_create_owned(&CacheLabel {
                 cache: cache.to_owned(),
@@ -260,6 +288,11 @@ struct Inner {
     l1_ttl: Duration,
     node: String,
     channel: String,
+    invalidation: Invalidation,
+    /// Whether the live subscription also carries the server's tracking invalidations.
+    tracking: AtomicBool,
+    /// The server refused client tracking once: Keel's messages alone from then on.
+    tracking_refused: AtomicBool,
     /// Whether the invalidation subscription is live; L1 is bypassed while it is not.
     subscribed: AtomicBool,
     /// When the last invalidation that could not be published failed; `Some` while a task
@@ -282,6 +315,7 @@ pub struct TieredCacheBuilder {
     l1: MemoryCache,
     l2: RedisCache,
     l1_ttl: Duration,
+    invalidation: Invalidation,
     metrics: Option<MetricsService>,
 }
 
@@ -290,6 +324,12 @@ impl TieredCacheBuilder {
     /// invalidation is lost without the connection dropping.
     pub fn l1_ttl(mut self, d: Duration) -> Self {
         self.l1_ttl = d;
+        self
+    }
+
+    /// How L1 learns of changes in L2 (default [`Invalidation::Tracking`]).
+    pub fn invalidation(mut self, mode: Invalidation) -> Self {
+        self.invalidation = mode;
         self
     }
 
@@ -318,6 +358,9 @@ impl TieredCacheBuilder {
                 l1_ttl: crate::ttl::round_up_to_millis(self.l1_ttl),
                 node: crate::lock::new_token()?,
                 channel,
+                invalidation: self.invalidation,
+                tracking: AtomicBool::new(false),
+                tracking_refused: AtomicBool::new(false),
                 subscribed: AtomicBool::new(false),
                 subscribe_error: std::sync::Mutex::new(None),
                 undelivered: std::sync::Mutex::new(None),
@@ -357,6 +400,7 @@ impl TieredCache {
             l1,
             l2,
             l1_ttl: DEFAULT_L1_TTL,
+            invalidation: Invalidation::default(),
             metrics: None,
         }
     }
@@ -364,6 +408,12 @@ impl TieredCache {
     /// Whether the invalidation subscription is live (L1 is only used while it is).
     pub fn is_subscribed(&self) -> bool {
         self.inner.subscribed.load(Ordering::Acquire)
+    }
+
+    /// Whether the live invalidation subscription carries Redis client-tracking
+    /// invalidations (see [`Invalidation::Tracking`]); `false` with Keel's messages alone.
+    pub fn is_tracking(&self) -> bool {
+        self.is_subscribed() && self.inner.tracking.load(Ordering::Acquire)
     }
 
     /// The L1 (for inspection).
@@ -610,34 +660,135 @@ impl TieredCache {
         self.announce(&touched).await;
     }
 
+    /// A pub/sub connection subscribed to Keel's channel only.
+    async fn subscribe_pubsub(i: &Inner) -> Result<BoxStream<'static, Event>> {
+        let unavailable = |e: redis::RedisError| Error::Unavailable {
+            cache: i.name.clone(),
+            operation: "subscribe",
+            reason: crate::config::redact_urls(&e.to_string()),
+        };
+        let client = i.l2.pubsub_client().await?;
+        let mut pubsub = client.get_async_pubsub().await.map_err(unavailable)?;
+        pubsub.subscribe(&i.channel).await.map_err(unavailable)?;
+        Ok(pubsub
+            .into_on_message()
+            .map(|msg| Event::Keel(msg.get_payload_bytes().to_vec()))
+            .boxed())
+    }
+
+    /// RESP3 connections with client tracking on (`CLIENT TRACKING ON BCAST PREFIX
+    /// <prefix>`), one per server holding keys (every master in Cluster mode; tracking is per
+    /// server), the first also subscribed to Keel's channel: the servers push an invalidation
+    /// for every change to a key under the prefix, whoever made it. The stream ends when any
+    /// of the connections drops. `Ok(None)`: a server refused tracking (or RESP3), use Keel's
+    /// messages alone.
+    async fn subscribe_tracking(i: &Inner) -> Result<Option<BoxStream<'static, Event>>> {
+        let clients = i.l2.tracking_clients().await?;
+        let mut streams = Vec::with_capacity(clients.len());
+        for (n, client) in clients.into_iter().enumerate() {
+            match Self::track(i, &client, n == 0).await? {
+                Some(stream) => streams.push(stream),
+                None => return Ok(None),
+            }
+        }
+        // Each stream yields `None` once, when its connection drops: the merged stream ends
+        // at the first one.
+        Ok(Some(
+            futures_util::stream::select_all(streams)
+                .take_while(|event| std::future::ready(event.is_some()))
+                .filter_map(std::future::ready)
+                .boxed(),
+        ))
+    }
+
+    /// One tracking connection to the server `client` names (see
+    /// [`subscribe_tracking`](Self::subscribe_tracking)); `subscribe`: also subscribed to
+    /// Keel's channel. Yields `Some(event)`, then one `None` when the connection drops.
+    async fn track(
+        i: &Inner,
+        client: &redis::Client,
+        subscribe: bool,
+    ) -> Result<Option<BoxStream<'static, Option<Event>>>> {
+        let unavailable = |e: redis::RedisError| Error::Unavailable {
+            cache: i.name.clone(),
+            operation: "subscribe",
+            reason: crate::config::redact_urls(&e.to_string()),
+        };
+        // A server error answer (not an I/O failure) means "not supported here".
+        let refused = |e: &redis::RedisError| e.code().is_some() && !e.is_io_error();
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(unavailable)?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
+        let config = redis::AsyncConnectionConfig::new()
+            .set_push_sender(tx)
+            .set_connection_timeout(Some(i.l2.connect_timeout()))
+            .set_response_timeout(Some(i.l2.response_timeout()));
+        let mut conn = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(conn) => conn,
+            Err(e) if refused(&e) => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let mut tracking = redis::cmd("CLIENT");
+        tracking
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg(i.l2.prefix());
+        match tracking.query_async::<()>(&mut conn).await {
+            Ok(()) => {}
+            Err(e) if refused(&e) => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        }
+        if subscribe {
+            conn.subscribe(&i.channel).await.map_err(unavailable)?;
+        }
+        let prefix = i.l2.prefix().to_owned();
+        // The stream owns the connection: dropping it closes the connection.
+        let pushes = futures_util::stream::poll_fn(move |cx| {
+            let _owned = &conn;
+            rx.poll_recv(cx)
+        });
+        Ok(Some(
+            pushes
+                .take_while(|push| std::future::ready(push.kind != redis::PushKind::Disconnection))
+                .filter_map(move |push| {
+                    std::future::ready(Event::from_push(push, &prefix).map(Some))
+                })
+                .chain(futures_util::stream::once(std::future::ready(None)))
+                .boxed(),
+        ))
+    }
+
     async fn listen(inner: std::sync::Weak<Inner>) {
         let mut backoff = Duration::from_millis(50);
         loop {
             let Some(i) = inner.upgrade() else { return };
-            let subscribed = async {
-                let client = i.l2.pubsub_client().await?;
-                let mut pubsub =
-                    client
-                        .get_async_pubsub()
-                        .await
-                        .map_err(|e| Error::Unavailable {
-                            cache: i.name.clone(),
-                            operation: "subscribe",
-                            reason: crate::config::redact_urls(&e.to_string()),
-                        })?;
-                pubsub
-                    .subscribe(&i.channel)
+            let track = i.invalidation == Invalidation::Tracking
+                && !i.tracking_refused.load(Ordering::Acquire);
+            let subscribed = if track {
+                match Self::subscribe_tracking(&i).await {
+                    Ok(Some(events)) => Ok((events, true)),
+                    Ok(None) => {
+                        i.tracking_refused.store(true, Ordering::Release);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                Self::subscribe_pubsub(&i)
                     .await
-                    .map_err(|e| Error::Unavailable {
-                        cache: i.name.clone(),
-                        operation: "subscribe",
-                        reason: crate::config::redact_urls(&e.to_string()),
-                    })?;
-                Ok::<_, Error>(pubsub)
-            }
-            .await;
-            let pubsub = match subscribed {
-                Ok(pubsub) => pubsub,
+                    .map(|events| (events, false))
+            };
+            let (mut events, tracking) = match subscribed {
+                Ok(up) => up,
                 Err(e) => {
                     i.metrics.subscribe_failures.inc();
                     *i.subscribe_error
@@ -654,50 +805,26 @@ impl TieredCache {
             i.generations.bump_all();
             let _ = i.l1.clear().await;
             i.metrics.flushes.inc();
+            i.tracking.store(tracking, Ordering::Release);
             i.subscribed.store(true, Ordering::Release);
             let node = i.node.clone();
             drop(i);
-            let mut messages = pubsub.into_on_message();
-            while let Some(msg) = messages.next().await {
+            while let Some(event) = events.next().await {
                 let Some(i) = inner.upgrade() else { return };
-                let payload = msg.get_payload_bytes();
-                let Some(split) = payload.iter().position(|&b| b == b'\n') else {
-                    continue;
-                };
-                let (from, rest) = (&payload[..split], &payload[split + 1..]);
-                if from == node.as_bytes() {
-                    continue; // our own write: L1 was already dropped locally
-                }
-                i.metrics.received.inc();
-                match rest.split_first() {
-                    Some((&KIND_FLUSH, _)) => {
+                match event {
+                    Event::Keel(payload) => Self::on_keel_message(&i, &node, &payload).await,
+                    Event::Server(None) => {
+                        i.metrics.received_tracking.inc();
                         i.generations.bump_all();
                         let _ = i.l1.clear().await;
                         i.metrics.flushes.inc();
                     }
-                    Some((&KIND_KEY, key)) => {
-                        let key = String::from_utf8_lossy(key);
-                        i.generations.bump(&key);
-                        let _ = i.l1.delete(&key).await;
-                    }
-                    Some((&KIND_KEYS, mut rest)) => {
-                        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-                            let len = u32::from_le_bytes(*len) as usize;
-                            let Some((key, tail)) = tail.split_at_checked(len) else {
-                                break;
-                            };
-                            let key = String::from_utf8_lossy(key);
+                    Event::Server(Some(keys)) => {
+                        i.metrics.received_tracking.inc();
+                        for key in keys {
                             i.generations.bump(&key);
                             let _ = i.l1.delete(&key).await;
-                            rest = tail;
                         }
-                    }
-                    // A kind this version does not know (a newer node): forget everything
-                    // rather than serve something stale.
-                    _ => {
-                        i.generations.bump_all();
-                        let _ = i.l1.clear().await;
-                        i.metrics.flushes.inc();
                     }
                 }
             }
@@ -707,6 +834,50 @@ impl TieredCache {
             i.generations.bump_all();
             let _ = i.l1.clear().await;
             i.metrics.flushes.inc();
+        }
+    }
+
+    /// One of Keel's own invalidation messages (see the `KIND_*` constants).
+    async fn on_keel_message(i: &Inner, node: &str, payload: &[u8]) {
+        let Some(split) = payload.iter().position(|&b| b == b'\n') else {
+            return;
+        };
+        let (from, rest) = (&payload[..split], &payload[split + 1..]);
+        if from == node.as_bytes() {
+            return; // our own write: L1 was already dropped locally
+        }
+        i.metrics.received.inc();
+        i.metrics.received_keel.inc();
+        match rest.split_first() {
+            Some((&KIND_FLUSH, _)) => {
+                i.generations.bump_all();
+                let _ = i.l1.clear().await;
+                i.metrics.flushes.inc();
+            }
+            Some((&KIND_KEY, key)) => {
+                let key = String::from_utf8_lossy(key);
+                i.generations.bump(&key);
+                let _ = i.l1.delete(&key).await;
+            }
+            Some((&KIND_KEYS, mut rest)) => {
+                while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+                    let len = u32::from_le_bytes(*len) as usize;
+                    let Some((key, tail)) = tail.split_at_checked(len) else {
+                        break;
+                    };
+                    let key = String::from_utf8_lossy(key);
+                    i.generations.bump(&key);
+                    let _ = i.l1.delete(&key).await;
+                    rest = tail;
+                }
+            }
+            // A kind this version does not know (a newer node): forget everything
+            // rather than serve something stale.
+            _ => {
+                i.generations.bump_all();
+                let _ = i.l1.clear().await;
+                i.metrics.flushes.inc();
+            }
         }
     }
 
@@ -932,6 +1103,46 @@ impl Cache for TieredCache {
 
     fn clear<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
         CacheFuture::boxed(self.write(Touched::All, self.inner.l2.clear(), always))
+    }
+}
+
+/// What the invalidation connection delivers.
+enum Event {
+    /// One of Keel's messages (payload).
+    Keel(Vec<u8>),
+    /// A client-tracking invalidation: the cache keys (prefix removed), or `None` for "all"
+    /// (`FLUSHDB`/`FLUSHALL`, or a message this version cannot read).
+    Server(Option<Vec<String>>),
+}
+
+impl Event {
+    /// Reads a RESP3 push: `message` on Keel's channel, or `invalidate` (an array of keys, or
+    /// null for a flush). Subscription confirmations and the like are `None`.
+    fn from_push(push: redis::PushInfo, prefix: &str) -> Option<Event> {
+        use redis::Value;
+        match push.kind {
+            redis::PushKind::Message => match push.data.into_iter().nth(1) {
+                Some(Value::BulkString(payload)) => Some(Event::Keel(payload)),
+                _ => None,
+            },
+            redis::PushKind::Invalidate => match push.data.into_iter().next() {
+                Some(Value::Array(keys)) => {
+                    let mut out = Vec::with_capacity(keys.len());
+                    for key in keys {
+                        let Value::BulkString(key) = key else {
+                            return Some(Event::Server(None));
+                        };
+                        // BCAST sends only keys under the prefix; anything else is not ours.
+                        if let Some(key) = key.strip_prefix(prefix.as_bytes()) {
+                            out.push(String::from_utf8_lossy(key).into_owned());
+                        }
+                    }
+                    Some(Event::Server(Some(out)))
+                }
+                _ => Some(Event::Server(None)),
+            },
+            _ => None,
+        }
     }
 }
 

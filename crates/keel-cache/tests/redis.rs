@@ -477,3 +477,31 @@ async fn a_lock_acquire_whose_reply_is_lost_says_the_outcome_is_unknown() {
         }
     }
 }
+
+/// `Error::is_transient` classifies what may pass by itself (a server down, a timeout) apart
+/// from what never will (bad input, a denied permission).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_say_whether_they_are_transient() {
+    let server = RedisServer::start();
+    let metrics = MetricsService::new("t").unwrap();
+    let cache = RedisCache::builder("app", Endpoint::Url(Secret::new(server.url())))
+        .response_timeout(Duration::from_millis(300))
+        .items_refresh(None)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    let long = "k".repeat(10_000);
+    let e = cache.get(&long).await.unwrap_err();
+    assert!(!e.is_transient(), "{e:?}");
+    server.cli(&["ACL", "SETUSER", "default", "-get"]);
+    let e = cache.get("k").await.unwrap_err();
+    assert!(
+        matches!(e, Error::Denied { .. }) && !e.is_transient(),
+        "{e:?}"
+    );
+    server.cli(&["ACL", "SETUSER", "default", "+get"]);
+    drop(server);
+    let e = cache.get("k").await.unwrap_err();
+    assert!(e.is_transient(), "{e:?}");
+}

@@ -717,3 +717,305 @@ async fn unsettled_writes_past_the_cap_fall_back_to_one_flush() {
     eventually("the stand-in whole-L1 flush", async || flushes() > before).await;
     t.0.resume();
 }
+
+/// A tiered cache `app` over `l2` (not connected), L1 as the config factory builds it.
+fn tiered_over(
+    l2: RedisCache,
+    mode: keel_cache::Invalidation,
+    metrics: &MetricsService,
+) -> TieredCache {
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(60))
+        .metrics(metrics)
+        .build();
+    TieredCache::builder("app", l1, l2)
+        .invalidation(mode)
+        .metrics(metrics)
+        .build()
+        .unwrap()
+}
+
+/// Caches `k = old` in `node`'s L1 (written through the node, read until L1 holds it).
+async fn cached_in_l1(node: &TieredCache, key: &str) {
+    node.set(key, "old".into(), Ttl::Never).await.unwrap();
+    eventually("the node to cache the value in L1", async || {
+        node.get(key).await.unwrap();
+        node.l1().get(key).await.unwrap().is_some()
+    })
+    .await;
+}
+
+/// Waits until `node` serves `want` for `key`, and returns how long that took (printed: the
+/// invalidation delay; only liveness is asserted, within `eventually`'s 5 s).
+async fn served_after(node: &TieredCache, key: &str, want: Option<&[u8]>) -> Duration {
+    let start = Instant::now();
+    eventually("the node to serve the server's value", async || {
+        node.get(key).await.unwrap().as_deref() == want
+    })
+    .await;
+    start.elapsed()
+}
+
+/// With client tracking (the default), changes made on the server by anyone but Keel — a
+/// redis-cli `SET`, `DEL`, `EXPIRE`, a Lua script, a key expiring — reach the node's L1.
+/// With Keel's messages alone (`Invalidation::PubSub`), the same `SET` is served stale from L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_behind_keels_back_reach_l1_through_client_tracking() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let node = t.node("app", None, &metrics).await;
+    assert!(node.is_tracking(), "tracking is the default on Redis 6+");
+
+    cached_in_l1(&node, "k").await;
+    t.0.cli(&["SET", "app:k", "new"]);
+    let d = served_after(&node, "k", Some(b"new")).await;
+    eprintln!("redis-cli SET reached L1 after {d:?}");
+
+    cached_in_l1(&node, "k").await;
+    t.0.cli(&["DEL", "app:k"]);
+    let d = served_after(&node, "k", None).await;
+    eprintln!("redis-cli DEL reached L1 after {d:?}");
+
+    cached_in_l1(&node, "k").await;
+    t.0.cli(&["EVAL", "redis.call('SET', KEYS[1], 'lua')", "1", "app:k"]);
+    let d = served_after(&node, "k", Some(b"lua")).await;
+    eprintln!("a Lua script's SET reached L1 after {d:?}");
+
+    // EXPIRE changes the key: L1 drops it, and the next fill respects the new TTL.
+    cached_in_l1(&node, "k").await;
+    t.0.cli(&["PEXPIRE", "app:k", "300"]);
+    eventually("EXPIRE to drop the key from L1", async || {
+        node.l1().get("k").await.unwrap().is_none()
+    })
+    .await;
+    let d = served_after(&node, "k", None).await;
+    eprintln!("redis-cli PEXPIRE 300 ms: the key gone from the node after {d:?}");
+
+    // A key that expires on the server (its TTL set when Keel wrote it, longer than the first
+    // read) is dropped from L1 when Redis expires it.
+    node.set("e", "v".into(), Ttl::After(Duration::from_millis(400)))
+        .await
+        .unwrap();
+    assert_eq!(node.get("e").await.unwrap().as_deref(), Some(&b"v"[..]));
+    let tracked = || {
+        series(
+            &metrics.render(),
+            "t_tiered_invalidations_received_total{cache=\"app\",source=\"tracking\"}",
+        )
+    };
+    let before = tracked();
+    let d = served_after(&node, "e", None).await;
+    eprintln!("a server-side expiry (TTL 400 ms) reached the node after {d:?}");
+    // (L1 held it for its remaining TTL anyway:) the server announced the expiry too.
+    eventually("the server to announce the expiry", async || {
+        tracked() > before
+    })
+    .await;
+
+    let text = metrics.render();
+    assert!(
+        series(
+            &text,
+            "t_tiered_invalidations_received_total{cache=\"app\",source=\"tracking\"}"
+        ) >= 4.0,
+        "{text}"
+    );
+
+    // Keel's messages alone: a redis-cli SET is not seen (bounded by l1_ttl only).
+    let l2 = RedisCache::builder("app", Endpoint::Url(Secret::new(t.0.url())))
+        .items_refresh(None)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    let pubsub = tiered_over(l2, keel_cache::Invalidation::PubSub, &metrics);
+    pubsub.connect().await.unwrap();
+    assert!(pubsub.is_subscribed() && !pubsub.is_tracking());
+    cached_in_l1(&pubsub, "p").await;
+    t.0.cli(&["SET", "app:p", "new"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pubsub.get("p").await.unwrap().as_deref(), Some(&b"old"[..]));
+}
+
+/// The id of the client whose `CLIENT LIST` flags include tracking (`t`).
+fn tracking_client_id(server: &RedisServer) -> String {
+    let list = server.cli(&["CLIENT", "LIST"]);
+    list.lines()
+        .find(|line| {
+            line.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+        })
+        .and_then(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .unwrap_or_else(|| panic!("no tracking client in {list}"))
+        .to_owned()
+}
+
+/// Killing the tracking connection (`CLIENT KILL ID`) flushes L1 when it is back: a change
+/// made while it was down is not served stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tracking_connection_flushes_l1() {
+    let t = Tiered(RedisServer::start());
+    let metrics = MetricsService::new("t").unwrap();
+    let node = t.node("app", None, &metrics).await;
+    assert!(node.is_tracking());
+    cached_in_l1(&node, "k").await;
+    let id = tracking_client_id(&t.0);
+    let flushes = || {
+        series(
+            &metrics.render(),
+            "t_tiered_l1_flushes_total{cache=\"app\",tier=\"l1\"}",
+        )
+    };
+    let before = flushes();
+    t.0.cli(&["CLIENT", "KILL", "ID", &id]);
+    eventually(
+        "the node to reconnect with tracking and flush L1",
+        async || node.is_tracking() && flushes() >= before + 2.0,
+    )
+    .await;
+    assert!(node.l1().get("k").await.unwrap().is_none());
+    assert_ne!(tracking_client_id(&t.0), id);
+    t.0.cli(&["SET", "app:k", "new"]);
+    served_after(&node, "k", Some(b"new")).await;
+}
+
+/// A server that refuses client tracking (here an ACL without `CLIENT`, as on managed services
+/// that disable it) leaves Keel's messages: the cache connects, L1 is used, and writes through
+/// Keel still invalidate other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_tracking_falls_back_to_keels_messages() {
+    let t = Tiered(RedisServer::start());
+    t.0.cli(&[
+        "ACL", "SETUSER", "notrack", "on", ">pw", "~*", "&*", "+@all", "-client",
+    ]);
+    let metrics = MetricsService::new("t").unwrap();
+    let url = format!("redis://notrack:pw@127.0.0.1:{}", t.0.port());
+    let (a, b) = (
+        t.node_at(&url, "app", None, &metrics).await,
+        t.node_at(&url, "app", None, &metrics).await,
+    );
+    assert!(!a.is_tracking() && !b.is_tracking());
+    cached_in_l1(&b, "k").await;
+    a.set("k", "new".into(), Ttl::Never).await.unwrap();
+    served_after(&b, "k", Some(b"new")).await;
+}
+
+/// `options.invalidation` in a config file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invalidation_mode_is_configurable() {
+    for (mode, tracking) in [("tracking", true), ("pubsub", false)] {
+        let server = RedisServer::start();
+        let text = format!(
+            "type = \"tiered\"\nname = \"sessions\"\n[options]\ninvalidation = \"{mode}\"\n\
+             [l2]\ntype = \"redis\"\nurl = \"{}\"\n",
+            server.url()
+        );
+        let config = keel_cache::CacheConfig::from_toml(&text).unwrap();
+        let metrics = MetricsService::new("t").unwrap();
+        let cache = keel_cache::open_with_metrics(&config, &metrics)
+            .await
+            .unwrap();
+        cache.set("k", "v".into(), Ttl::Never).await.unwrap();
+        // Tracking shows in CLIENT LIST (flag `t`) only in tracking mode.
+        let list = server.cli(&["CLIENT", "LIST"]);
+        let tracked = list.lines().any(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+        });
+        assert_eq!(tracked, tracking, "{mode}: {list}");
+        cache.close().await.unwrap();
+    }
+    let bad = "type = \"tiered\"\nname = \"s\"\n[options]\ninvalidation = \"psychic\"\n\
+               [l2]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n";
+    assert!(keel_cache::CacheConfig::from_toml(bad).is_err());
+}
+
+/// On a 3-master Cluster, tracking runs on every master: a redis-cli `SET`, `DEL` and
+/// `PEXPIRE` on whichever master holds the key reach the node's L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_changes_made_behind_keels_back_reach_l1_through_client_tracking() {
+    let cluster = keel_testkit::redis::RedisCluster::start();
+    let metrics = MetricsService::new("t").unwrap();
+    let l2 = RedisCache::builder(
+        "app",
+        Endpoint::Cluster {
+            nodes: cluster.urls(),
+            username: None,
+            password: None,
+        },
+    )
+    .items_refresh(None)
+    .metrics(&metrics)
+    .build()
+    .unwrap();
+    let node = tiered_over(l2, keel_cache::Invalidation::Tracking, &metrics);
+    node.connect().await.unwrap();
+    assert!(node.is_tracking());
+    // Keys spread over the masters: every master must announce its own keys.
+    let mut masters = std::collections::BTreeSet::new();
+    for n in 0..12 {
+        let key = format!("k{n}");
+        let full = format!("app:{key}");
+        cached_in_l1(&node, &key).await;
+        let master = &cluster.nodes()[cluster.master_of(&full)];
+        masters.insert(master.port());
+        match n % 3 {
+            0 => {
+                master.cli(&["SET", &full, "new"]);
+                let d = served_after(&node, &key, Some(b"new")).await;
+                eprintln!(
+                    "Cluster: redis-cli SET on port {} reached L1 after {d:?}",
+                    master.port()
+                );
+            }
+            1 => {
+                master.cli(&["DEL", &full]);
+                let d = served_after(&node, &key, None).await;
+                eprintln!(
+                    "Cluster: redis-cli DEL on port {} reached L1 after {d:?}",
+                    master.port()
+                );
+            }
+            _ => {
+                master.cli(&["PEXPIRE", &full, "200"]);
+                eventually("PEXPIRE to drop the key from L1", async || {
+                    node.l1().get(&key).await.unwrap().is_none()
+                })
+                .await;
+                let d = served_after(&node, &key, None).await;
+                eprintln!(
+                    "Cluster: redis-cli PEXPIRE 200 ms on port {}: gone after {d:?}",
+                    master.port()
+                );
+            }
+        }
+    }
+    assert_eq!(masters.len(), 3, "the keys should cover every master");
+}
+
+/// Through Sentinel, tracking runs on the master: a redis-cli `SET` there reaches L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_changes_made_behind_keels_back_reach_l1_through_client_tracking() {
+    let s = keel_testkit::redis::RedisSentinel::start();
+    let text = format!(
+        "type = \"redis\"\nname = \"app\"\nmode = \"sentinel\"\nmaster_name = \"{}\"\nsentinels = [{}]\n",
+        keel_testkit::redis::RedisSentinel::MASTER,
+        s.sentinel_addrs()
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let metrics = MetricsService::new("t").unwrap();
+    let config = keel_cache::CacheConfig::from_toml(&text).unwrap();
+    let l2 = keel_cache::redis_from_config(&config, &metrics).unwrap();
+    let node = tiered_over(l2, keel_cache::Invalidation::Tracking, &metrics);
+    node.connect().await.unwrap();
+    assert!(node.is_tracking());
+    cached_in_l1(&node, "k").await;
+    s.servers[0].cli(&["SET", "app:k", "new"]);
+    let d = served_after(&node, "k", Some(b"new")).await;
+    eprintln!("Sentinel: redis-cli SET on the master reached L1 after {d:?}");
+    s.servers[0].cli(&["DEL", "app:k"]);
+    let d = served_after(&node, "k", None).await;
+    eprintln!("Sentinel: redis-cli DEL on the master reached L1 after {d:?}");
+}

@@ -18,7 +18,8 @@
 //! - `connect.rs`: connections per mode, and `write` (never re-sends a write whose fate is
 //!   unknown); `errors.rs`: redis-rs errors to [`Error`];
 //! - `ops.rs`: the [`Cache`] operations; `scripts.rs`: the Lua scripts; `scan.rs`: `clear` and
-//!   the items count; `lock.rs`: the lock store.
+//!   the items count; `lock.rs`: the lock store; `tracking.rs`: the servers to run client
+//!   tracking on (the tiered cache's server-assisted invalidation).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
@@ -46,6 +47,7 @@ mod ops;
 mod scan;
 mod scripts;
 mod tls;
+mod tracking;
 
 use self::{connect::*, endpoint::*, errors::*, scan::*, scripts::*, tls::*};
 pub use self::{endpoint::Endpoint, tls::TlsOptions};
@@ -499,6 +501,11 @@ impl RedisCache {
         }
     }
 
+    /// Whether this cache talks to a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.shared.target, Target::Cluster { .. })
+    }
+
     /// A builder for a cache called `name` on `endpoint`.
     pub fn builder(name: impl Into<String>, endpoint: Endpoint) -> RedisCacheBuilder {
         RedisCacheBuilder {
@@ -597,7 +604,11 @@ impl Shared {
         let elapsed = start.elapsed();
         match &result {
             Ok(v) => {
-                self.healthy.store(true, Ordering::Relaxed);
+                // Read first: a store on every request would bounce this shared cache line
+                // between the cores of every worker thread.
+                if !self.healthy.load(Ordering::Relaxed) {
+                    self.healthy.store(true, Ordering::Relaxed);
+                }
                 self.metrics.record(op, status(v), elapsed);
             }
             Err(_) => self.metrics.record(op, Status::Error, elapsed),
