@@ -19,7 +19,8 @@ use keel_metrics::MetricsService;
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["url", "config"])))]
 pub struct Target {
-    /// Server URL: redis://[user:password@]host:port[/db], or rediss://… for TLS.
+    /// Server URL: redis://host:port, optionally with user:password@ before the host and /db
+    /// after the port, or rediss://… for TLS.
     #[arg(long, env = "KEEL_REDIS_URL")]
     pub url: Option<String>,
     /// A cache config file (TOML, YAML or JSON): any topology (Cluster, Sentinel), TLS files,
