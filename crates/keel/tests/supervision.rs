@@ -239,6 +239,21 @@ fn assert_gone_by(timeline: &Timeline, first: &Life, fault: &Fault, context: &st
     );
 }
 
+/// Freezes Redis (SIGSTOP) for three 1 s holds. No renewal succeeds after the freeze begins,
+/// so the command must be gone before its hold could expire (freeze + TTL at the earliest);
+/// takeover is measured from the resume.
+fn frozen_redis(redis: &RedisServer) -> Fault {
+    let at = now();
+    redis.pause();
+    std::thread::sleep(Duration::from_secs(3));
+    let resumed = now();
+    redis.resume();
+    Fault {
+        at: resumed,
+        gone_by: Some(at + 1.0),
+    }
+}
+
 /// SIGKILLs keel alone; its command and grandchild must die at once, long before the
 /// guard's deadline-based kill (with a 6 s hold renewed every 2 s: at least 3.25 s later).
 /// Returns the kill time.
@@ -447,19 +462,7 @@ fn lock_redis_frozen_stops_the_command_before_the_lock_expires() {
         "1s",
         false,
         &[],
-        |redis, _, _| {
-            let at = now();
-            redis.pause();
-            std::thread::sleep(Duration::from_secs(3));
-            let resumed = now();
-            redis.resume();
-            // No renewal succeeded after the freeze began: the command had to be gone before
-            // the lock could expire (at + TTL at the earliest).
-            Fault {
-                at: resumed,
-                gone_by: Some(at + 1.0),
-            }
-        },
+        |redis, _, _| frozen_redis(redis),
         75,
         POLL_CAP + SLACK,
     );
@@ -690,17 +693,7 @@ fn elect_redis_frozen_stops_the_command_before_the_lease_expires() {
         "1s",
         false,
         &[],
-        |redis, _, _, _| {
-            let at = now();
-            redis.pause();
-            std::thread::sleep(Duration::from_secs(3));
-            let resumed = now();
-            redis.resume();
-            Fault {
-                at: resumed,
-                gone_by: Some(at + 1.0),
-            }
-        },
+        |redis, _, _, _| frozen_redis(redis),
         1.0 + SLACK,
     );
 }
