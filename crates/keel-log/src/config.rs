@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::format::{Format, JsonFormat, TextFormat};
+use crate::format::{EcsFormat, Format, JsonFormat, TextFormat};
 use crate::logger::Logger;
 use crate::record::Level;
 use crate::sink::file::{FileOptions, FileSink, Period, Zone};
@@ -28,7 +28,8 @@ pub struct LogConfig {
     /// Minimum level (default `info`).
     #[serde(default)]
     pub level: Option<String>,
-    /// `text` (default) or `json`.
+    /// `text` (default), `json` or `ecs` (Elastic Common Schema; the `service_name`,
+    /// `service_node_name` and `hostname` options fill its service and host fields).
     #[serde(default)]
     pub formatter: Option<String>,
     /// Console: `stdout` (default) or `stderr`.
@@ -147,6 +148,16 @@ pub struct LogOptions {
     /// Elastic: the disk buffer's bound in bytes (default 256 MiB).
     #[serde(default)]
     pub buffer_max_bytes: Option<u64>,
+    /// `formatter = "ecs"`: `service.name`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// `formatter = "ecs"`: `service.node.name`.
+    #[serde(default)]
+    pub service_node_name: Option<String>,
+    /// `formatter = "ecs"`: `host.hostname` (default: this machine's name). Syslog: the
+    /// HOSTNAME header field (same default).
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// A config secret (password, API key): printed as `[REDACTED]` by `Debug`.
@@ -222,6 +233,21 @@ impl LogConfig {
     pub fn from_yaml(text: &str) -> Result<Self, Error> {
         serde_norway::from_str(text).map_err(|e| Error::Parse(e.to_string()))
     }
+}
+
+/// The ECS formatter the options describe.
+fn ecs_format(o: &LogOptions) -> EcsFormat {
+    let mut ecs = EcsFormat::new();
+    if let Some(name) = &o.service_name {
+        ecs = ecs.service_name(name);
+    }
+    if let Some(name) = &o.service_node_name {
+        ecs = ecs.service_node_name(name);
+    }
+    if let Some(name) = &o.hostname {
+        ecs = ecs.hostname(name);
+    }
+    ecs
 }
 
 fn bad(field: &str, reason: impl Into<String>) -> Error {
@@ -303,8 +329,12 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
             let format: Box<dyn Format> = match config.formatter.as_deref() {
                 None | Some("text") => Box::new(TextFormat::for_output(is_tty)),
                 Some("json") => Box::new(JsonFormat),
+                Some("ecs") => Box::new(ecs_format(&config.options)),
                 Some(other) => {
-                    return Err(bad("formatter", format!("{other:?}; use text or json")));
+                    return Err(bad(
+                        "formatter",
+                        format!("{other:?}; use text, json or ecs"),
+                    ));
                 }
             };
             let sink_name = format!("{}:console", config.name);
@@ -370,8 +400,12 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
             let format: Box<dyn Format> = match config.formatter.as_deref() {
                 None | Some("text") => Box::new(TextFormat::default()),
                 Some("json") => Box::new(JsonFormat),
+                Some("ecs") => Box::new(ecs_format(&config.options)),
                 Some(other) => {
-                    return Err(bad("formatter", format!("{other:?}; use text or json")));
+                    return Err(bad(
+                        "formatter",
+                        format!("{other:?}; use text, json or ecs"),
+                    ));
                 }
             };
             let zone = match o.timezone.as_deref() {
@@ -538,6 +572,17 @@ fn elastic_sink(
         }
     };
     opts.disk_buffer_max_bytes = o.buffer_max_bytes.unwrap_or(opts.disk_buffer_max_bytes);
+    opts.ecs = match config.formatter.as_deref() {
+        // `text` was accepted (and ignored) before `ecs` existed.
+        None | Some("json" | "text") => None,
+        Some("ecs") => Some(ecs_format(o)),
+        Some(other) => {
+            return Err(bad(
+                "formatter",
+                format!("{other:?}: an elastic logger writes json (the default) or ecs"),
+            ));
+        }
+    };
     let sink = ElasticSink::start(format!("{}:elastic", config.name), opts)?;
     Ok(Arc::new(sink))
 }

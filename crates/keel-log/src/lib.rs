@@ -22,7 +22,8 @@
 //!
 //! # Layout
 //! - `record`: [`Level`], [`Field`], [`Value`], [`Record`].
-//! - `format`: [`TextFormat`], [`JsonFormat`], redaction, escaping.
+//! - `format`: [`TextFormat`], [`JsonFormat`], [`EcsFormat`] (Elastic Common Schema),
+//!   redaction, escaping.
 //! - `logger`: [`Logger`], children, `fatal` and its hook.
 //! - `manager`: [`Manager`], [`global`], [`install_panic_hook`].
 //! - `config`: [`LogConfig`] and [`build`].
@@ -59,6 +60,7 @@ mod sink;
 
 pub use config::{LOGGER_TYPES, LogConfig, LogOptions, Secret, build};
 pub use error::Error;
+pub use format::{ECS_VERSION, EcsFormat, ecs_error_fields};
 pub use format::{Format, JsonFormat, REDACTED, TextFormat, is_secret_key};
 pub use logger::{Logger, set_fatal_hook};
 pub use manager::{FLUSH_ON_EXIT, Manager, global, install_panic_hook};
