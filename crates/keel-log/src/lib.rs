@@ -32,6 +32,9 @@
 //!   [`FileWriter`] and [`Period`], `retention`, `zone` with [`Zone`]).
 //!   `sink::elastic` (feature `elastic`: `ElasticSink`: `options`, `state`, `sender`, `bulk`,
 //!   `endpoints`, `disk_buffer`, `dead_letter`, `metrics`).
+//!   `sink::syslog` ([`SyslogSink`]: RFC 5424 over `/dev/log`, UDP, TCP with octet
+//!   counting), `sink::journald` ([`JournaldSink`]: the journal's native protocol),
+//!   `sink::transport` (their datagram/TCP writer with reconnects).
 //! - `bridge` (features `log`, `tracing`).
 //!
 //! ```
@@ -70,6 +73,8 @@ pub use sink::elastic::{Auth, ElasticOptions, ElasticSink};
 pub use sink::file::{
     FileOptions, FileSink, FileWriter, Period, ReopenHandle, Zone, rotated_files,
 };
+pub use sink::journald::{JOURNAL_SOCKET, JournaldOptions, JournaldSink};
+pub use sink::syslog::{Facility, SyslogOptions, SyslogSink, SyslogTransport, syslog_severity};
 pub use sink::{
     DEFAULT_FLUSH_INTERVAL, DeliveryStats, FlushPolicy, Overflow, QueueSink, RecordWriter, Sink,
 };

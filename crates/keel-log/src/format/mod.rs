@@ -15,8 +15,10 @@ pub(crate) use ecs::hostname;
 pub use ecs::{ECS_VERSION, EcsFormat, ecs_error_fields};
 pub use json::JsonFormat;
 pub(crate) use json::write_json_fields;
+pub(crate) use redact::redact_json;
 pub use redact::{REDACTED, is_secret_key};
 pub use text::TextFormat;
+pub(crate) use text::escape_into;
 
 use crate::record::Record;
 
