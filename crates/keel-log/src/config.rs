@@ -13,14 +13,21 @@ use crate::sink::file::{FileOptions, FileSink, Period, Zone};
 use crate::sink::{FlushPolicy, Overflow, QueueSink, Sink};
 
 /// The types a config may name.
-pub const LOGGER_TYPES: &[&str] = &["console", "file", "elastic", "elasticsearch"];
+pub const LOGGER_TYPES: &[&str] = &[
+    "console",
+    "file",
+    "elastic",
+    "elasticsearch",
+    "syslog",
+    "journald",
+];
 
 /// A logger's config: `type`, `name`, `level`, `formatter` (`text`/`json`), `output`
 /// (`stdout`/`stderr` for console) and sink `options`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// `console`, `file`, `elastic` or `elasticsearch`.
+    /// `console`, `file`, `elastic`, `elasticsearch`, `syslog` or `journald`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The logger's name.
@@ -158,6 +165,27 @@ pub struct LogOptions {
     /// HOSTNAME header field (same default).
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Syslog: `unix` (default, the socket at `path`, default `/dev/log`), `udp` or `tcp`
+    /// (octet counting) to `address`.
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// Syslog: `host:port` of the receiver for `udp` and `tcp` (or give it as `output`).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Syslog and journald: the facility (`user`, `daemon`, `local0` … `local7`, or 0-23;
+    /// syslog default `user`, journald default none).
+    #[serde(default)]
+    pub facility: Option<String>,
+    /// Syslog: APP-NAME; journald: `SYSLOG_IDENTIFIER` (default: the program's file name).
+    #[serde(default)]
+    pub app_name: Option<String>,
+    /// Syslog: the SD-ID of the fields' element (default `keel@32473`).
+    #[serde(default)]
+    pub sd_id: Option<String>,
+    /// Syslog: the longest message (default 8192, at least 480); journald: the largest
+    /// entry (default 131072, at least 1024). Longer ones are cut (see docs/logging.md).
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
 }
 
 /// A config secret (password, API key): printed as `[REDACTED]` by `Debug`.
@@ -438,6 +466,14 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
                 vec![Arc::new(sink) as Arc<dyn Sink>],
             ))
         }
+        "syslog" => {
+            let sink = syslog_sink(config, queue, overflow, flush)?;
+            Ok(Logger::new(config.name.clone(), level, vec![sink]))
+        }
+        "journald" => {
+            let sink = journald_sink(config, queue, overflow, flush)?;
+            Ok(Logger::new(config.name.clone(), level, vec![sink]))
+        }
         kind @ ("elastic" | "elasticsearch") => {
             let sink = elastic_sink(config, queue, overflow, kind)?;
             Ok(Logger::new(config.name.clone(), level, vec![sink]))
@@ -447,6 +483,135 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
             valid: LOGGER_TYPES.join(", "),
         }),
     }
+}
+
+/// `options.timeout` as a duration, when given.
+fn timeout_option(o: &LogOptions) -> Result<Option<Duration>, Error> {
+    o.timeout
+        .as_deref()
+        .map(|t| {
+            humantime::parse_duration(t).map_err(|e| bad("options.timeout", format!("{t:?}: {e}")))
+        })
+        .transpose()
+}
+
+fn syslog_sink(
+    config: &LogConfig,
+    queue: usize,
+    overflow: Overflow,
+    flush: FlushPolicy,
+) -> Result<Arc<dyn Sink>, Error> {
+    use crate::sink::syslog::{SyslogBody, SyslogOptions, SyslogSink, SyslogTransport};
+    let o = &config.options;
+    let address = || -> Result<std::net::SocketAddr, Error> {
+        let text = o
+            .address
+            .as_deref()
+            .or(config.output.as_deref())
+            .ok_or_else(|| {
+                bad(
+                    "options.address",
+                    "udp and tcp need the receiver's host:port (options.address or output)",
+                )
+            })?;
+        std::net::ToSocketAddrs::to_socket_addrs(text)
+            .map_err(|e| bad("options.address", format!("{text:?}: {e}")))?
+            .next()
+            .ok_or_else(|| bad("options.address", format!("{text:?}: no address")))
+    };
+    let transport = match o.transport.as_deref() {
+        None | Some("unix") => SyslogTransport::Unix(
+            o.path
+                .clone()
+                .or_else(|| config.output.as_ref().map(std::path::PathBuf::from))
+                .unwrap_or_else(|| "/dev/log".into()),
+        ),
+        Some("udp") => SyslogTransport::Udp(address()?),
+        Some("tcp") => SyslogTransport::Tcp(address()?),
+        Some(other) => {
+            return Err(bad(
+                "options.transport",
+                format!("{other:?}; use unix, udp or tcp"),
+            ));
+        }
+    };
+    let mut opts = SyslogOptions::new(transport);
+    if let Some(f) = &o.facility {
+        opts.facility = f.parse()?;
+    }
+    if let Some(name) = &o.app_name {
+        opts.app_name.clone_from(name);
+    }
+    if let Some(name) = &o.hostname {
+        opts.hostname.clone_from(name);
+    }
+    if let Some(id) = &o.sd_id {
+        opts.sd_id.clone_from(id);
+    }
+    if let Some(max) = o.max_message_bytes {
+        opts.max_message_bytes = max;
+    }
+    if let Some(t) = timeout_option(o)? {
+        opts.timeout = t;
+    }
+    opts.body = match config.formatter.as_deref() {
+        None | Some("text") => SyslogBody::StructuredData,
+        Some("json") => SyslogBody::Json,
+        Some("ecs") => SyslogBody::Ecs(ecs_format(o)),
+        Some(other) => {
+            return Err(bad(
+                "formatter",
+                format!("{other:?}; use text (structured data), json or ecs"),
+            ));
+        }
+    };
+    opts.flush = flush;
+    let sink = SyslogSink::start(format!("{}:syslog", config.name), opts, queue, overflow)?;
+    Ok(Arc::new(sink))
+}
+
+fn journald_sink(
+    config: &LogConfig,
+    queue: usize,
+    overflow: Overflow,
+    flush: FlushPolicy,
+) -> Result<Arc<dyn Sink>, Error> {
+    use crate::sink::journald::{JournaldOptions, JournaldSink};
+    let o = &config.options;
+    let mut opts = JournaldOptions::new();
+    if let Some(path) = o
+        .path
+        .clone()
+        .or_else(|| config.output.as_ref().map(std::path::PathBuf::from))
+    {
+        opts.path = path;
+    }
+    if let Some(f) = &o.facility {
+        opts.facility = Some(f.parse()?);
+    }
+    if let Some(name) = &o.app_name {
+        opts.identifier.clone_from(name);
+    }
+    if let Some(max) = o.max_message_bytes {
+        opts.max_entry_bytes = max;
+    }
+    if let Some(t) = timeout_option(o)? {
+        opts.timeout = t;
+    }
+    match config.formatter.as_deref() {
+        None | Some("text") => {}
+        Some(other) => {
+            return Err(bad(
+                "formatter",
+                format!(
+                    "{other:?}: journald entries carry their fields natively; leave formatter unset"
+                ),
+            ));
+        }
+    }
+    opts.flush = flush;
+    let sink = JournaldSink::start(format!("{}:journald", config.name), opts, queue, overflow)?;
+    Ok(Arc::new(sink))
 }
 
 #[cfg(not(feature = "elastic"))]

@@ -144,6 +144,21 @@ pub const fn syslog_severity(level: Level) -> u8 {
     }
 }
 
+/// What a syslog message carries after its header.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum SyslogBody {
+    /// The fields as structured data, the message as MSG (the default).
+    #[default]
+    StructuredData,
+    /// No structured data (`-`); MSG is the record as one [`JsonFormat`](crate::JsonFormat)
+    /// object (config `formatter = "json"`).
+    Json,
+    /// No structured data (`-`); MSG is the record as one [`EcsFormat`](crate::EcsFormat)
+    /// object (config `formatter = "ecs"`), for receivers that forward to Elasticsearch.
+    Ecs(crate::format::EcsFormat),
+}
+
 /// Settings of a [`SyslogSink`]. [`SyslogOptions::new`] gives the defaults.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -158,6 +173,8 @@ pub struct SyslogOptions {
     pub hostname: String,
     /// The SD-ID of the fields' SD-ELEMENT (default `keel@32473`).
     pub sd_id: String,
+    /// Structured data and message (the default), or a JSON or ECS object as MSG.
+    pub body: SyslogBody,
     /// Longest message in bytes (default 8192, at least 480); longer ones are cut.
     pub max_message_bytes: usize,
     /// Bound of one connect and one send (default 5 s).
@@ -188,6 +205,7 @@ impl SyslogOptions {
             app_name: program_name(),
             hostname: crate::format::hostname().unwrap_or_else(|| "-".into()),
             sd_id: "keel@32473".into(),
+            body: SyslogBody::StructuredData,
             max_message_bytes: 8192,
             timeout: Duration::from_secs(5),
             backoff: Duration::from_millis(100),
@@ -204,6 +222,7 @@ pub(crate) struct SyslogFormat {
     /// `HOSTNAME APP-NAME PROCID -`, sanitized once.
     header: String,
     sd_id: String,
+    body: SyslogBody,
     max: usize,
 }
 
@@ -308,11 +327,13 @@ impl SyslogFormat {
                 std::process::id()
             ),
             sd_id: o.sd_id.clone(),
+            body: o.body.clone(),
             max: o.max_message_bytes.max(480),
         })
     }
 
-    fn head(&self, record: &Record, out: &mut Vec<u8>) {
+    /// `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID -`.
+    fn head_only(&self, record: &Record, out: &mut Vec<u8>) {
         let pri = u32::from(self.facility) * 8 + u32::from(syslog_severity(record.level));
         out.push(b'<');
         out.extend_from_slice(pri.to_string().as_bytes());
@@ -320,6 +341,11 @@ impl SyslogFormat {
         out.extend_from_slice(crate::format::rfc3339_millis(record.time).as_bytes());
         out.push(b' ');
         out.extend_from_slice(self.header.as_bytes());
+    }
+
+    /// The header and the start of the SD-ELEMENT, up to `logger`.
+    fn head(&self, record: &Record, out: &mut Vec<u8>) {
+        self.head_only(record, out);
         out.extend_from_slice(b" [");
         out.extend_from_slice(self.sd_id.as_bytes());
         out.extend_from_slice(b" logger=");
@@ -329,6 +355,28 @@ impl SyslogFormat {
 
 impl Format for SyslogFormat {
     fn format(&self, record: &Record, out: &mut Vec<u8>) {
+        let start = out.len();
+        let inner: &dyn Format = match &self.body {
+            SyslogBody::StructuredData => return self.format_sd(record, out),
+            SyslogBody::Json => &crate::format::JsonFormat,
+            SyslogBody::Ecs(ecs) => ecs,
+        };
+        let body = |msg: &mut Vec<u8>| {
+            inner.format(record, msg);
+            if msg.last() == Some(&b'\n') {
+                msg.pop();
+            }
+        };
+        self.head_only(record, out);
+        out.extend_from_slice(b" - ");
+        body(out);
+        self.fit(record, out, start, body);
+    }
+}
+
+impl SyslogFormat {
+    /// The fields as structured data, the message as MSG.
+    fn format_sd(&self, record: &Record, out: &mut Vec<u8>) {
         let start = out.len();
         self.head(record, out);
         let fields: smallvec::SmallVec<[&Field; 16]> = record.all_fields().collect();
@@ -344,13 +392,18 @@ impl Format for SyslogFormat {
         }
         out.extend_from_slice(b"] ");
         escape_into(out, &record.message);
+        self.fit(record, out, start, |msg| escape_into(msg, &record.message));
+    }
+
+    /// Rewrites a message longer than the bound: the header, `logger`, the original length,
+    /// and as much of the MSG `body` writes as fits.
+    fn fit(&self, record: &Record, out: &mut Vec<u8>, start: usize, body: impl Fn(&mut Vec<u8>)) {
         if out.len() - start <= self.max {
             return;
         }
-        // Too long: the header, `logger`, the original length, and as much MSG as fits.
         let full = out.len() - start;
         let mut msg = Vec::new();
-        escape_into(&mut msg, &record.message);
+        body(&mut msg);
         out.truncate(start);
         self.head(record, out);
         out.extend_from_slice(format!(" truncated=\"{full}\"] ").as_bytes());
