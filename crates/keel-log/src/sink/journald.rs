@@ -186,7 +186,7 @@ impl Format for JournalFormat {
         self.head(record, out);
         put(out, "KEEL_TRUNCATED", full.to_string().as_bytes());
         // `MESSAGE\n`, 8 length bytes, the value, `\n`.
-        let room = self.max.saturating_sub(out.len() - start + 7 + 8 + 1);
+        let room = self.max.saturating_sub(out.len() - start + 8 + 8 + 1);
         let message = record.message.as_bytes();
         let mut end = room.min(message.len());
         while end > 0 && end < message.len() && message[end] & 0xc0 == 0x80 {
