@@ -12,7 +12,10 @@
 //! [`LogConfig`] into a logger. Sinks: console, a rotating [`FileSink`] (size and
 //! hourly/daily rotation on a UTC, local or named-zone clock), and (feature `elastic`) an
 //! `ElasticSink` for Elasticsearch and OpenSearch (docs/elasticsearch.md); `tracing`/`log`
-//! bridges in `bridge` (features `tracing`, `log`).
+//! bridges in `bridge` (features `tracing`, `log`). [`EcsFormat`] writes Elastic Common
+//! Schema objects (also as the ES sink's documents); [`SyslogSink`] sends RFC 5424 messages
+//! to `/dev/log`, UDP or TCP (octet counting) and [`JournaldSink`] native journal entries
+//! (docs/syslog-journald.md).
 //!
 //! Records reach their files when they should: a sink's writer flushes when its queue drains
 //! and at least every [`FlushPolicy::interval`] (1 s by default; `sync` adds fsync), counts
