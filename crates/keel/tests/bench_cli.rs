@@ -279,8 +279,8 @@ fn log_text_output_and_bad_configs() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown extension"));
     let unknown = bench_log(
         &dir,
-        "syslog.toml",
-        "type = \"syslog\"\nname = \"x\"\n",
+        "kafka.toml",
+        "type = \"kafka\"\nname = \"x\"\n",
         &[],
     );
     assert!(!unknown.status.success());
