@@ -312,3 +312,41 @@ fn a_missing_socket_fails_records_without_blocking() {
     let stats = sink.shutdown(LONG);
     assert_eq!((stats.written, stats.failed, stats.pending), (0, 20, 0));
 }
+
+#[test]
+fn a_receiver_that_stops_reading_costs_failed_records_not_a_hung_caller() {
+    let server = OctetCountingServer::stalled();
+    let mut o = SyslogOptions::new(SyslogTransport::Tcp(server.addr()));
+    o.timeout = Duration::from_millis(200);
+    o.backoff = Duration::from_millis(20);
+    o.max_backoff = Duration::from_millis(100);
+    o.max_message_bytes = 100_000;
+    let (sink, log) = logger(SyslogSink::start("stalled", o, 64, Overflow::DropNewest).unwrap());
+    let payload = "y".repeat(16 << 10);
+    let mut given = 0u64;
+    let deadline = std::time::Instant::now() + LONG;
+    // The socket buffers fill, a write times out, its records fail; the caller goes on
+    // (drop policy) until that has happened.
+    loop {
+        for _ in 0..100 {
+            log.info(payload.clone(), &[]);
+            given += 1;
+        }
+        let stats = log.flush(Duration::from_millis(100));
+        if stats.failed > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no write ever timed out: {stats:?}"
+        );
+    }
+    let stats = sink.shutdown(LONG);
+    assert_eq!(stats.pending, 0, "{stats:?}");
+    assert_eq!(
+        stats.written + stats.dropped + stats.failed,
+        given,
+        "{stats:?}"
+    );
+    assert!(server.connections() >= 1);
+}

@@ -219,6 +219,16 @@ impl OctetCountingServer {
 
     /// Listens on `addr` (a port a previous server used, to play a restart).
     pub fn on(addr: SocketAddr) -> Self {
+        Self::start(addr, true)
+    }
+
+    /// Accepts connections and never reads from them: a receiver that stalled (the
+    /// sender's writes block once the socket buffers are full).
+    pub fn stalled() -> Self {
+        Self::start("127.0.0.1:0".parse().expect("addr"), false)
+    }
+
+    fn start(addr: SocketAddr, read: bool) -> Self {
         let listener = TcpListener::bind(addr).expect("bind TCP");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local addr");
@@ -247,8 +257,10 @@ impl OctetCountingServer {
                         if let Ok(clone) = stream.try_clone() {
                             streams.lock().expect("streams").push(clone);
                         }
-                        let (inbox, errors) = (inbox.clone(), errors.clone());
-                        std::thread::spawn(move || read_frames(stream, &inbox, &errors));
+                        if read {
+                            let (inbox, errors) = (inbox.clone(), errors.clone());
+                            std::thread::spawn(move || read_frames(stream, &inbox, &errors));
+                        }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
