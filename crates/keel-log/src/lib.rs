@@ -77,7 +77,9 @@ pub use sink::file::{
     FileOptions, FileSink, FileWriter, Period, ReopenHandle, Zone, rotated_files,
 };
 pub use sink::journald::{JOURNAL_SOCKET, JournaldOptions, JournaldSink};
-pub use sink::syslog::{Facility, SyslogOptions, SyslogSink, SyslogTransport, syslog_severity};
+pub use sink::syslog::{
+    Facility, SyslogBody, SyslogOptions, SyslogSink, SyslogTransport, syslog_severity,
+};
 pub use sink::{
     DEFAULT_FLUSH_INTERVAL, DeliveryStats, FlushPolicy, Overflow, QueueSink, RecordWriter, Sink,
 };

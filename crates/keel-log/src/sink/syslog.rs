@@ -21,6 +21,8 @@
 //!   them (`\n`, `\u{1b}`); secret-looking keys are `[REDACTED]`.
 //! - MSG is the message, control characters escaped like the text format (so a message is
 //!   one line for receivers that split on newlines), without a BOM (RFC 5424's `MSG-ANY`).
+//! - With [`SyslogBody::Json`] or [`SyslogBody::Ecs`] (config `formatter = "json"` or
+//!   `"ecs"`) there is no structured data (`-`) and MSG is the record as one JSON object.
 //! - A message longer than `max_message_bytes` (default 8 KiB; at least 480, the size every
 //!   receiver must accept) keeps only `logger` and `truncated="<original length>"` in its
 //!   structured data and has its MSG cut at a character boundary to fit.
