@@ -14,6 +14,7 @@ mod text;
 pub(crate) use ecs::hostname;
 pub use ecs::{ECS_VERSION, EcsFormat, ecs_error_fields};
 pub use json::JsonFormat;
+#[cfg(feature = "elastic")]
 pub(crate) use json::write_json_fields;
 pub(crate) use redact::redact_json;
 pub use redact::{REDACTED, is_secret_key};
