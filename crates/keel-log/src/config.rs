@@ -63,7 +63,9 @@ pub struct LogOptions {
     /// `block` (default) or `drop` when the queue is full.
     #[serde(default)]
     pub overflow: Option<String>,
-    /// File: the live file's path (or give it as `output`).
+    /// File: the live file's path (or give it as `output`). Syslog (`unix`): the socket
+    /// (default `/dev/log`); journald: the journal's socket (default
+    /// `/run/systemd/journal/socket`).
     #[serde(default)]
     pub path: Option<std::path::PathBuf>,
     /// File: rotate past this many bytes.
@@ -123,7 +125,8 @@ pub struct LogOptions {
     /// Elastic: retries of an item answered 429/5xx (default 8).
     #[serde(default)]
     pub max_retries: Option<u32>,
-    /// Elastic: timeout of one `_bulk` request (`"10s"`).
+    /// Elastic: timeout of one `_bulk` request (`"10s"`). Syslog and journald: bound of one
+    /// connect or send (default `"5s"`).
     #[serde(default)]
     pub timeout: Option<String>,
     /// Elastic: basic-auth user.
@@ -519,6 +522,12 @@ fn syslog_sink(
             .next()
             .ok_or_else(|| bad("options.address", format!("{text:?}: no address")))
     };
+    if o.transport.is_none() && o.address.is_some() {
+        return Err(bad(
+            "options.transport",
+            "options.address is for udp or tcp: set transport = \"udp\" or \"tcp\"",
+        ));
+    }
     let transport = match o.transport.as_deref() {
         None | Some("unix") => SyslogTransport::Unix(
             o.path

@@ -350,3 +350,27 @@ fn a_receiver_that_stops_reading_costs_failed_records_not_a_hung_caller() {
     );
     assert!(server.connections() >= 1);
 }
+
+#[test]
+fn config_mistakes_are_typed_errors_naming_the_field() {
+    let field_of = |options: &str| {
+        let config = LogConfig::from_toml(&format!(
+            "type = \"syslog\"\nname = \"x\"\n[options]\n{options}"
+        ))
+        .unwrap();
+        match build(&config) {
+            Err(keel_log::Error::InvalidConfig { field, .. }) => field,
+            other => panic!("{options}: {other:?}"),
+        }
+    };
+    assert_eq!(field_of("transport = \"tls\""), "options.transport");
+    assert_eq!(field_of("address = \"127.0.0.1:514\""), "options.transport");
+    assert_eq!(field_of("transport = \"udp\""), "options.address");
+    assert_eq!(
+        field_of("transport = \"tcp\"\naddress = \"nowhere\""),
+        "options.address"
+    );
+    assert_eq!(field_of("facility = \"local9\""), "options.facility");
+    assert_eq!(field_of("sd_id = \"bad id\""), "options.sd_id");
+    assert_eq!(field_of("timeout = \"soon\""), "options.timeout");
+}
