@@ -29,7 +29,7 @@
 //!   redaction, escaping.
 //! - `logger`: [`Logger`], children, `fatal` and its hook.
 //! - `manager`: [`Manager`], [`global`], [`install_panic_hook`].
-//! - `config`: [`LogConfig`] and [`build`].
+//! - `config`: [`LogConfig`] and [`build`]; `config_net`: its syslog and journald part.
 //! - `sink`: the [`Sink`] trait, [`DeliveryStats`], [`Overflow`], [`FlushPolicy`];
 //!   `sink::queue` ([`QueueSink`]); `sink::file` ([`FileSink`]: `rotation` with
 //!   [`FileWriter`] and [`Period`], `retention`, `zone` with [`Zone`]).
@@ -57,6 +57,7 @@
 #[cfg(any(feature = "log", feature = "tracing"))]
 pub mod bridge;
 mod config;
+mod config_net;
 mod error;
 mod format;
 mod logger;

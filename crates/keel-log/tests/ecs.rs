@@ -2,14 +2,9 @@
 //! and host fields from the config, `error.*` from error values and `trace.id`/`span.id` from
 //! the tracing bridge.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use keel_log::{
-    ECS_VERSION, EcsFormat, Level, LogConfig, Logger, Overflow, QueueSink, Sink, build,
-    ecs_error_fields, field,
-};
-use keel_testkit::writer::SharedBuffer;
+use keel_log::{ECS_VERSION, LogConfig, build, ecs_error_fields, field};
 
 /// The spec's required keys (top level, dotted as written), in the spec's order, and their
 /// JSON types: all strings; `@timestamp` RFC 3339 UTC with milliseconds.
@@ -98,6 +93,10 @@ fn unknown_formatters_name_ecs() {
 #[cfg(feature = "tracing")]
 #[test]
 fn tracing_errors_and_trace_ids_become_ecs_fields() {
+    use std::sync::Arc;
+
+    use keel_log::{EcsFormat, Level, Logger, Overflow, QueueSink, Sink};
+    use keel_testkit::writer::SharedBuffer;
     use tracing_subscriber::layer::SubscriberExt;
 
     let buf = SharedBuffer::default();
