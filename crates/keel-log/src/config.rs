@@ -6,21 +6,28 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::format::{Format, JsonFormat, TextFormat};
+use crate::format::{EcsFormat, Format, JsonFormat, TextFormat};
 use crate::logger::Logger;
 use crate::record::Level;
 use crate::sink::file::{FileOptions, FileSink, Period, Zone};
 use crate::sink::{FlushPolicy, Overflow, QueueSink, Sink};
 
 /// The types a config may name.
-pub const LOGGER_TYPES: &[&str] = &["console", "file", "elastic", "elasticsearch"];
+pub const LOGGER_TYPES: &[&str] = &[
+    "console",
+    "file",
+    "elastic",
+    "elasticsearch",
+    "syslog",
+    "journald",
+];
 
 /// A logger's config: `type`, `name`, `level`, `formatter` (`text`/`json`), `output`
 /// (`stdout`/`stderr` for console) and sink `options`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// `console`, `file`, `elastic` or `elasticsearch`.
+    /// `console`, `file`, `elastic`, `elasticsearch`, `syslog` or `journald`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The logger's name.
@@ -28,7 +35,8 @@ pub struct LogConfig {
     /// Minimum level (default `info`).
     #[serde(default)]
     pub level: Option<String>,
-    /// `text` (default) or `json`.
+    /// `text` (default), `json` or `ecs` (Elastic Common Schema; the `service_name`,
+    /// `service_node_name` and `hostname` options fill its service and host fields).
     #[serde(default)]
     pub formatter: Option<String>,
     /// Console: `stdout` (default) or `stderr`.
@@ -55,7 +63,9 @@ pub struct LogOptions {
     /// `block` (default) or `drop` when the queue is full.
     #[serde(default)]
     pub overflow: Option<String>,
-    /// File: the live file's path (or give it as `output`).
+    /// File: the live file's path (or give it as `output`). Syslog (`unix`): the socket
+    /// (default `/dev/log`); journald: the journal's socket (default
+    /// `/run/systemd/journal/socket`).
     #[serde(default)]
     pub path: Option<std::path::PathBuf>,
     /// File: rotate past this many bytes.
@@ -115,7 +125,8 @@ pub struct LogOptions {
     /// Elastic: retries of an item answered 429/5xx (default 8).
     #[serde(default)]
     pub max_retries: Option<u32>,
-    /// Elastic: timeout of one `_bulk` request (`"10s"`).
+    /// Elastic: timeout of one `_bulk` request (`"10s"`). Syslog and journald: bound of one
+    /// connect or send (default `"5s"`).
     #[serde(default)]
     pub timeout: Option<String>,
     /// Elastic: basic-auth user.
@@ -147,6 +158,37 @@ pub struct LogOptions {
     /// Elastic: the disk buffer's bound in bytes (default 256 MiB).
     #[serde(default)]
     pub buffer_max_bytes: Option<u64>,
+    /// `formatter = "ecs"`: `service.name`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// `formatter = "ecs"`: `service.node.name`.
+    #[serde(default)]
+    pub service_node_name: Option<String>,
+    /// `formatter = "ecs"`: `host.hostname` (default: this machine's name). Syslog: the
+    /// HOSTNAME header field (same default).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Syslog: `unix` (default, the socket at `path`, default `/dev/log`), `udp` or `tcp`
+    /// (octet counting) to `address`.
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// Syslog: `host:port` of the receiver for `udp` and `tcp` (or give it as `output`).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Syslog and journald: the facility (`user`, `daemon`, `local0` … `local7`, or 0-23;
+    /// syslog default `user`, journald default none).
+    #[serde(default)]
+    pub facility: Option<String>,
+    /// Syslog: APP-NAME; journald: `SYSLOG_IDENTIFIER` (default: the program's file name).
+    #[serde(default)]
+    pub app_name: Option<String>,
+    /// Syslog: the SD-ID of the fields' element (default `keel@32473`).
+    #[serde(default)]
+    pub sd_id: Option<String>,
+    /// Syslog: the longest message (default 8192, at least 480); journald: the largest
+    /// entry (default 131072, at least 1024). Longer ones are cut (see docs/logging.md).
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
 }
 
 /// A config secret (password, API key): printed as `[REDACTED]` by `Debug`.
@@ -224,7 +266,22 @@ impl LogConfig {
     }
 }
 
-fn bad(field: &str, reason: impl Into<String>) -> Error {
+/// The ECS formatter the options describe.
+pub(crate) fn ecs_format(o: &LogOptions) -> EcsFormat {
+    let mut ecs = EcsFormat::new();
+    if let Some(name) = &o.service_name {
+        ecs = ecs.service_name(name);
+    }
+    if let Some(name) = &o.service_node_name {
+        ecs = ecs.service_node_name(name);
+    }
+    if let Some(name) = &o.hostname {
+        ecs = ecs.hostname(name);
+    }
+    ecs
+}
+
+pub(crate) fn bad(field: &str, reason: impl Into<String>) -> Error {
     Error::InvalidConfig {
         field: field.into(),
         reason: reason.into(),
@@ -303,8 +360,12 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
             let format: Box<dyn Format> = match config.formatter.as_deref() {
                 None | Some("text") => Box::new(TextFormat::for_output(is_tty)),
                 Some("json") => Box::new(JsonFormat),
+                Some("ecs") => Box::new(ecs_format(&config.options)),
                 Some(other) => {
-                    return Err(bad("formatter", format!("{other:?}; use text or json")));
+                    return Err(bad(
+                        "formatter",
+                        format!("{other:?}; use text, json or ecs"),
+                    ));
                 }
             };
             let sink_name = format!("{}:console", config.name);
@@ -370,8 +431,12 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
             let format: Box<dyn Format> = match config.formatter.as_deref() {
                 None | Some("text") => Box::new(TextFormat::default()),
                 Some("json") => Box::new(JsonFormat),
+                Some("ecs") => Box::new(ecs_format(&config.options)),
                 Some(other) => {
-                    return Err(bad("formatter", format!("{other:?}; use text or json")));
+                    return Err(bad(
+                        "formatter",
+                        format!("{other:?}; use text, json or ecs"),
+                    ));
                 }
             };
             let zone = match o.timezone.as_deref() {
@@ -403,6 +468,14 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
                 level,
                 vec![Arc::new(sink) as Arc<dyn Sink>],
             ))
+        }
+        "syslog" => {
+            let sink = crate::config_net::syslog_sink(config, queue, overflow, flush)?;
+            Ok(Logger::new(config.name.clone(), level, vec![sink]))
+        }
+        "journald" => {
+            let sink = crate::config_net::journald_sink(config, queue, overflow, flush)?;
+            Ok(Logger::new(config.name.clone(), level, vec![sink]))
         }
         kind @ ("elastic" | "elasticsearch") => {
             let sink = elastic_sink(config, queue, overflow, kind)?;
@@ -538,6 +611,17 @@ fn elastic_sink(
         }
     };
     opts.disk_buffer_max_bytes = o.buffer_max_bytes.unwrap_or(opts.disk_buffer_max_bytes);
+    opts.ecs = match config.formatter.as_deref() {
+        // `text` was accepted (and ignored) before `ecs` existed.
+        None | Some("json" | "text") => None,
+        Some("ecs") => Some(ecs_format(o)),
+        Some(other) => {
+            return Err(bad(
+                "formatter",
+                format!("{other:?}: an elastic logger writes json (the default) or ecs"),
+            ));
+        }
+    };
     let sink = ElasticSink::start(format!("{}:elastic", config.name), opts)?;
     Ok(Arc::new(sink))
 }

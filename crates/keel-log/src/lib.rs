@@ -12,7 +12,10 @@
 //! [`LogConfig`] into a logger. Sinks: console, a rotating [`FileSink`] (size and
 //! hourly/daily rotation on a UTC, local or named-zone clock), and (feature `elastic`) an
 //! `ElasticSink` for Elasticsearch and OpenSearch (docs/elasticsearch.md); `tracing`/`log`
-//! bridges in `bridge` (features `tracing`, `log`).
+//! bridges in `bridge` (features `tracing`, `log`). [`EcsFormat`] writes Elastic Common
+//! Schema objects (also as the ES sink's documents); [`SyslogSink`] sends RFC 5424 messages
+//! to `/dev/log`, UDP or TCP (octet counting) and [`JournaldSink`] native journal entries
+//! (docs/syslog-journald.md).
 //!
 //! Records reach their files when they should: a sink's writer flushes when its queue drains
 //! and at least every [`FlushPolicy::interval`] (1 s by default; `sync` adds fsync), counts
@@ -22,15 +25,19 @@
 //!
 //! # Layout
 //! - `record`: [`Level`], [`Field`], [`Value`], [`Record`].
-//! - `format`: [`TextFormat`], [`JsonFormat`], redaction, escaping.
+//! - `format`: [`TextFormat`], [`JsonFormat`], [`EcsFormat`] (Elastic Common Schema),
+//!   redaction, escaping.
 //! - `logger`: [`Logger`], children, `fatal` and its hook.
 //! - `manager`: [`Manager`], [`global`], [`install_panic_hook`].
-//! - `config`: [`LogConfig`] and [`build`].
+//! - `config`: [`LogConfig`] and [`build`]; `config_net`: its syslog and journald part.
 //! - `sink`: the [`Sink`] trait, [`DeliveryStats`], [`Overflow`], [`FlushPolicy`];
 //!   `sink::queue` ([`QueueSink`]); `sink::file` ([`FileSink`]: `rotation` with
 //!   [`FileWriter`] and [`Period`], `retention`, `zone` with [`Zone`]).
 //!   `sink::elastic` (feature `elastic`: `ElasticSink`: `options`, `state`, `sender`, `bulk`,
 //!   `endpoints`, `disk_buffer`, `dead_letter`, `metrics`).
+//!   `sink::syslog` ([`SyslogSink`]: RFC 5424 over `/dev/log`, UDP, TCP with octet
+//!   counting), `sink::journald` ([`JournaldSink`]: the journal's native protocol),
+//!   `sink::transport` (their datagram/TCP writer with reconnects).
 //! - `bridge` (features `log`, `tracing`).
 //!
 //! ```
@@ -50,6 +57,7 @@
 #[cfg(any(feature = "log", feature = "tracing"))]
 pub mod bridge;
 mod config;
+mod config_net;
 mod error;
 mod format;
 mod logger;
@@ -59,6 +67,7 @@ mod sink;
 
 pub use config::{LOGGER_TYPES, LogConfig, LogOptions, Secret, build};
 pub use error::Error;
+pub use format::{ECS_VERSION, EcsFormat, ecs_error_fields};
 pub use format::{Format, JsonFormat, REDACTED, TextFormat, is_secret_key};
 pub use logger::{Logger, set_fatal_hook};
 pub use manager::{FLUSH_ON_EXIT, Manager, global, install_panic_hook};
@@ -67,6 +76,10 @@ pub use record::{Field, Fields, Level, ParseLevelError, Record, Value, field};
 pub use sink::elastic::{Auth, ElasticOptions, ElasticSink};
 pub use sink::file::{
     FileOptions, FileSink, FileWriter, Period, ReopenHandle, Zone, rotated_files,
+};
+pub use sink::journald::{JOURNAL_SOCKET, JournaldOptions, JournaldSink};
+pub use sink::syslog::{
+    Facility, SyslogBody, SyslogOptions, SyslogSink, SyslogTransport, syslog_severity,
 };
 pub use sink::{
     DEFAULT_FLUSH_INTERVAL, DeliveryStats, FlushPolicy, Overflow, QueueSink, RecordWriter, Sink,

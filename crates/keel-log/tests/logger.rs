@@ -261,11 +261,11 @@ fn config_and_factory() {
     assert_eq!(log.name(), "app-logger");
     assert_eq!(log.level(), Level::Debug);
     log.shutdown(Duration::from_secs(1));
-    let err = keel_log::build(&LogConfig::from_json(r#"{"type":"syslog","name":"x"}"#).unwrap())
+    let err = keel_log::build(&LogConfig::from_json(r#"{"type":"kafka","name":"x"}"#).unwrap())
         .unwrap_err();
     assert!(
         err.to_string()
-            .contains("valid types are: console, file, elastic, elasticsearch"),
+            .contains("valid types are: console, file, elastic, elasticsearch, syslog, journald"),
         "{err}"
     );
     let file = keel_log::build(&LogConfig::from_json(r#"{"type":"file","name":"x"}"#).unwrap())

@@ -12,6 +12,8 @@
 //! - [`redis_proxy`]: a TCP proxy in front of Redis that cuts a connection right after
 //!   forwarding a chosen command (the command runs, its reply is lost).
 //! - [`writer`]: in-memory `Write` destinations for log sink tests.
+//! - [`listener`]: Unix datagram, UDP and octet-counting TCP receivers and a journal
+//!   datagram parser, for the syslog and journald sink tests.
 //!
 //! Servers are never assumed to be running: helpers start them and fail with a message that
 //! names the missing program (`scripts/test.sh` installs them).
@@ -20,6 +22,7 @@
 
 pub mod conformance;
 pub mod http;
+pub mod listener;
 pub mod osmem;
 pub mod process;
 pub mod prometheus;

@@ -277,12 +277,7 @@ fn log_text_output_and_bad_configs() {
     let bad = bench_log(&dir, "log.ini", "type = file", &["--records", "1"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown extension"));
-    let unknown = bench_log(
-        &dir,
-        "syslog.toml",
-        "type = \"syslog\"\nname = \"x\"\n",
-        &[],
-    );
+    let unknown = bench_log(&dir, "kafka.toml", "type = \"kafka\"\nname = \"x\"\n", &[]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("valid types are"));
     std::fs::remove_dir_all(&dir).unwrap();

@@ -56,7 +56,8 @@ pub(crate) fn write_json_fields<'a>(
     }
 }
 
-fn write_json_value(out: &mut Vec<u8>, key: &str, value: &Value) {
+/// Writes one value as JSON: redacted when `key` is secret, non-finite floats as strings.
+pub(crate) fn write_json_value(out: &mut Vec<u8>, key: &str, value: &Value) {
     if is_secret_key(key) {
         let _ = serde_json::to_writer(&mut *out, REDACTED);
         return;

@@ -3,16 +3,23 @@
 //!
 //! - `text`: [`TextFormat`], `<time> [<LEVEL>] <logger>: <message> k=v`;
 //! - `json`: [`JsonFormat`], one flat object per line;
+//! - `ecs`: [`EcsFormat`], one Elastic Common Schema (ecs-logging) object per line;
 //! - `redact`: [`is_secret_key`] and [`REDACTED`].
 
+mod ecs;
 mod json;
 mod redact;
 mod text;
 
+pub(crate) use ecs::hostname;
+pub use ecs::{ECS_VERSION, EcsFormat, ecs_error_fields};
 pub use json::JsonFormat;
+#[cfg(feature = "elastic")]
 pub(crate) use json::write_json_fields;
+pub(crate) use redact::redact_json;
 pub use redact::{REDACTED, is_secret_key};
 pub use text::TextFormat;
+pub(crate) use text::escape_into;
 
 use crate::record::Record;
 

@@ -25,7 +25,8 @@ impl TextFormat {
     }
 }
 
-fn escape_into(out: &mut Vec<u8>, s: &str) {
+/// Appends `s` with `\n`, `\r`, `\t` and the other hidden characters escaped.
+pub(crate) fn escape_into(out: &mut Vec<u8>, s: &str) {
     for c in s.chars() {
         match c {
             '\n' => out.extend_from_slice(b"\\n"),

@@ -6,11 +6,18 @@
 //!   a queue sink writing to stdout or stderr).
 //! - `file`: [`FileSink`](file::FileSink), a queue sink whose writer rotates files.
 //! - `elastic` (feature `elastic`): the Elasticsearch / OpenSearch sink.
+//! - `syslog`: [`SyslogSink`](syslog::SyslogSink), RFC 5424 over `/dev/log`, UDP or TCP.
+//! - `journald`: [`JournaldSink`](journald::JournaldSink), the journal's native protocol.
+//! - `transport`: the datagram and octet-counted TCP writer both of them use, with
+//!   reconnects and backoff.
 
 #[cfg(feature = "elastic")]
 pub mod elastic;
 pub mod file;
+pub mod journald;
 mod queue;
+pub mod syslog;
+mod transport;
 
 use std::io::Write;
 use std::time::{Duration, Instant};

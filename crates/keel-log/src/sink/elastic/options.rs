@@ -96,6 +96,10 @@ pub struct ElasticOptions {
     /// `buffer_max_bytes`, default 256 MiB); at the bound `overflow` applies. With a disk
     /// buffer this replaces `max_records` and `max_bytes`.
     pub disk_buffer_max_bytes: u64,
+    /// Write each document as an Elastic Common Schema object ([`EcsFormat`](crate::EcsFormat),
+    /// config `formatter = "ecs"`) instead of the default `{@timestamp, level, logger,
+    /// message, fields: {…}}` shape. `None` by default.
+    pub ecs: Option<crate::format::EcsFormat>,
 }
 
 impl ElasticOptions {
@@ -123,6 +127,7 @@ impl ElasticOptions {
             dead_letter_max_bytes: 100 << 20,
             disk_buffer: None,
             disk_buffer_max_bytes: 256 << 20,
+            ecs: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::disk_buffer::{DiskBuffer, HEADER, Pos};
 use super::metrics::EsMetrics;
 use super::options::{ElasticOptions, Piece, expand};
-use crate::format::{rfc3339_millis, write_json_fields};
+use crate::format::{Format, rfc3339_millis, write_json_fields};
 use crate::record::Record;
 use crate::sink::DeliveryStats;
 use crate::sink::file::FileSink;
@@ -179,6 +179,16 @@ impl Shared {
                 "index"
             }
         };
+        if let Some(ecs) = &self.opts.ecs {
+            let _ = writeln!(
+                out,
+                "{{\"{action}\":{{\"_index\":\"{index}\",\"_id\":\"{}-{id}\"}}}}",
+                self.id_prefix
+            );
+            // One object and its newline: the bulk request's source line.
+            ecs.format(record, out);
+            return;
+        }
         let _ = write!(
             out,
             "{{\"{action}\":{{\"_index\":\"{index}\",\"_id\":\"{}-{id}\"}}}}\n{{\"@timestamp\":\"{stamp}\",\"level\":\"{}\",\"logger\":",
