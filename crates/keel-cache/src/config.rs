@@ -14,121 +14,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{Error, Result};
+#[cfg(any(doc, test))]
+use crate::Error;
+use crate::Result;
 
-/// A string that never shows in `Debug` output (passwords, URLs with credentials).
-///
-/// In a config file it is a string; a whole number (`password = 123456`) is taken as its
-/// decimal text (so quote a YAML secret written as `0x1f`, `0o17` or `+12`: YAML reads those
-/// as numbers). Anything else is an error whose message never shows the value (serde's own
-/// message would: "invalid type: integer `123456`").
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        deserializer.deserialize_any(SecretVisitor)
-    }
-}
-
-/// Reads a [`Secret`]; every refusal uses [`SecretVisitor::refuse`], which names no value.
-struct SecretVisitor;
-
-impl SecretVisitor {
-    fn refuse<T, E: serde::de::Error>(&self) -> std::result::Result<T, E> {
-        Err(E::custom(
-            "a secret (password, url) must be a string; the value is not shown",
-        ))
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for SecretVisitor {
-    type Value = Secret;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a secret string")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Secret, E> {
-        Ok(Secret(v.to_owned()))
-    }
-
-    fn visit_string<E: serde::de::Error>(self, v: String) -> std::result::Result<Secret, E> {
-        Ok(Secret(v))
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-
-    fn visit_i128<E: serde::de::Error>(self, v: i128) -> std::result::Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-
-    fn visit_u128<E: serde::de::Error>(self, v: u128) -> std::result::Result<Secret, E> {
-        Ok(Secret(v.to_string()))
-    }
-
-    // A float's text is not what was written (`1e3`, `0.10`): refused, not guessed.
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<Secret, E> {
-        self.refuse()
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<Secret, E> {
-        self.refuse()
-    }
-
-    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> std::result::Result<Secret, E> {
-        self.refuse()
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Secret, E> {
-        self.refuse()
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-        self,
-        _: A,
-    ) -> std::result::Result<Secret, A::Error> {
-        self.refuse()
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
-        _: A,
-    ) -> std::result::Result<Secret, A::Error> {
-        self.refuse()
-    }
-
-    fn visit_enum<A: serde::de::EnumAccess<'de>>(
-        self,
-        _: A,
-    ) -> std::result::Result<Secret, A::Error> {
-        self.refuse()
-    }
-}
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    /// The secret itself; keep it out of logs.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
+pub use keel_config::Secret;
 
 /// One cache's config. Field names follow the seeds (`type`, `name`, `host`, `port`,
 /// `password`, `database`, `options` or `config` with `defaultTTL`); unknown fields are errors,
@@ -190,8 +80,8 @@ pub struct CacheConfig {
     pub options: CacheOptions,
 }
 
-/// Prints every field, with passwords as `***` and the credentials inside URLs (`url`,
-/// `nodes`, `sentinels`) as `***`.
+/// Prints every field, with passwords and `url` as `[REDACTED]` and the credentials inside
+/// the `nodes` and `sentinels` addresses as `***`.
 impl fmt::Debug for CacheConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let redacted = |list: &[String]| list.iter().map(|u| redact_urls(u)).collect::<Vec<_>>();
@@ -216,39 +106,7 @@ impl fmt::Debug for CacheConfig {
     }
 }
 
-/// `text` with the user-info part of every URL or address in it replaced by `***`:
-/// `scheme://user:pass@host` becomes `scheme://***@host`, and a Cluster or Sentinel address
-/// written without a scheme (`user:pass@host:port`) becomes `***@host:port`. For Debug output
-/// and error messages. Words are split at whitespace and quotes; in each, the user-info is
-/// what comes before the last `@` of the authority (after `://` if any, up to the first `/`).
-/// Any other word with an `@` (an e-mail address) is redacted too: better too much than a
-/// password.
-pub(crate) fn redact_urls(text: &str) -> String {
-    let boundary = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`');
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(c) = rest.chars().next() {
-        if boundary(c) {
-            out.push(c);
-            rest = &rest[c.len_utf8()..];
-            continue;
-        }
-        let end = rest.find(boundary).unwrap_or(rest.len());
-        let (word, tail) = rest.split_at(end);
-        let start = word.find("://").map_or(0, |i| i + 3);
-        let authority = word[start..].find('/').map_or(word.len(), |i| start + i);
-        match word[start..authority].rfind('@') {
-            Some(at) => {
-                out.push_str(&word[..start]);
-                out.push_str("***");
-                out.push_str(&word[start + at..]);
-            }
-            None => out.push_str(word),
-        }
-        rest = tail;
-    }
-    out
-}
+pub(crate) use keel_config::redact_urls;
 
 /// Backend options.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -313,11 +171,19 @@ pub struct CacheOptions {
     /// `"pubsub"` where the server refuses client tracking).
     #[serde(default)]
     pub invalidation: Option<Invalidation>,
-    /// Longest key in bytes (default 4096).
-    #[serde(default, alias = "maxKeyBytes")]
+    /// Longest key in bytes (default 4096); a number or a size such as `"4KiB"`.
+    #[serde(
+        default,
+        alias = "maxKeyBytes",
+        deserialize_with = "keel_config::de::opt_size_usize"
+    )]
     pub max_key_bytes: Option<usize>,
-    /// Largest value in bytes (default 32 MiB).
-    #[serde(default, alias = "maxValueBytes")]
+    /// Largest value in bytes (default 32 MiB); a number or a size such as `"8MiB"`.
+    #[serde(
+        default,
+        alias = "maxValueBytes",
+        deserialize_with = "keel_config::de::opt_size_usize"
+    )]
     pub max_value_bytes: Option<usize>,
 }
 
@@ -326,34 +192,13 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     Ok(opt_duration_keep_zero(d)?.filter(|d| !d.is_zero()))
 }
 
-/// Like `opt_duration`, but zero stays zero (it means "off" there).
+/// Like `opt_duration`, but zero stays zero (it means "off" there). The syntax is the one of
+/// every Keel config ([`keel_config::de::opt_duration`]).
 fn opt_duration_keep_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(u64),
-        Text(String),
-    }
-    Ok(match Option::<Raw>::deserialize(d)? {
-        None => None,
-        Some(Raw::Seconds(s)) => Some(Duration::from_secs(s)),
-        Some(Raw::Text(t)) => Some(parse_duration(&t).map_err(serde::de::Error::custom)?),
-    })
+    keel_config::de::opt_duration(d)
 }
 
-/// Parses `"5m"`, `"250ms"`, `"1h30m"`, `"90s"` (humantime syntax) or a bare number of seconds.
-///
-/// # Errors
-/// A message naming the bad input.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let t = text.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(t).map_err(|e| {
-        format!("invalid duration {text:?} ({e}); use e.g. \"250ms\", \"30s\", \"5m\"")
-    })
-}
+pub use keel_config::parse_duration;
 
 impl CacheConfig {
     /// A config of `kind` named `name` with default options.
@@ -381,44 +226,25 @@ impl CacheConfig {
     /// Parses TOML.
     ///
     /// # Errors
-    /// [`Error::Parse`].
+    /// [`Error::Parse`] (credentials in URLs masked).
     pub fn from_toml(text: &str) -> Result<Self> {
-        // toml's Display quotes the offending source line, which may hold a password: use
-        // its message and position only.
-        toml::from_str(text).map_err(|e: toml::de::Error| {
-            let at = e.span().map(|span| {
-                let before = &text[..span.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!(" at line {line}, column {column}")
-            });
-            Error::Parse {
-                format: "toml",
-                message: redact_urls(&format!("{}{}", e.message(), at.unwrap_or_default())),
-            }
-        })
+        Ok(keel_config::from_str(keel_config::Format::Toml, text)?)
     }
 
     /// Parses YAML.
     ///
     /// # Errors
-    /// [`Error::Parse`].
+    /// [`Error::Parse`] (credentials in URLs masked).
     pub fn from_yaml(text: &str) -> Result<Self> {
-        serde_norway::from_str(text).map_err(|e| Error::Parse {
-            format: "yaml",
-            message: redact_urls(&e.to_string()),
-        })
+        Ok(keel_config::from_str(keel_config::Format::Yaml, text)?)
     }
 
     /// Parses JSON.
     ///
     /// # Errors
-    /// [`Error::Parse`].
+    /// [`Error::Parse`] (credentials in URLs masked).
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::Parse {
-            format: "json",
-            message: redact_urls(&e.to_string()),
-        })
+        Ok(keel_config::from_str(keel_config::Format::Json, text)?)
     }
 
     /// Reads a file, choosing the format by extension (`.toml`, `.yaml`/`.yml`, `.json`).
@@ -427,23 +253,7 @@ impl CacheConfig {
     /// [`Error::ConfigFile`], [`Error::InvalidConfig`] for an unknown extension,
     /// [`Error::Parse`].
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
-            path: path.display().to_string(),
-            source,
-        })?;
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("toml") => Self::from_toml(&text),
-            Some("yaml" | "yml") => Self::from_yaml(&text),
-            Some("json") => Self::from_json(&text),
-            _ => Err(Error::InvalidConfig {
-                field: "path".into(),
-                reason: format!(
-                    "{}: unknown extension; use .toml, .yaml, .yml or .json",
-                    path.display()
-                ),
-            }),
-        }
+        Ok(keel_config::from_path(path)?)
     }
 }
 
@@ -499,7 +309,7 @@ mod tests {
         assert_eq!(cfg.options.default_ttl, Some(Duration::from_secs(300)));
         let debug = format!("{cfg:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
-        assert!(debug.contains("***"));
+        assert!(debug.contains("[REDACTED]"), "{debug}");
     }
 
     #[test]
@@ -622,4 +432,25 @@ pub enum Invalidation {
     /// reach other nodes' L1; other changes are bounded by `l1_ttl`.
     #[serde(rename = "pubsub")]
     PubSub,
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Byte options take the shared size syntax; a bad size is a parse error naming it.
+    #[test]
+    fn byte_options_take_sizes() {
+        let cfg = CacheConfig::from_toml(
+            "type = \"memory\"\n[options]\nmaxKeyBytes = \"1KiB\"\nmax_value_bytes = \"8MB\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.options.max_key_bytes, Some(1024));
+        assert_eq!(cfg.options.max_value_bytes, Some(8_000_000));
+        let bad = CacheConfig::from_yaml("type: memory\noptions:\n  max_value_bytes: 8 parsecs\n");
+        assert!(
+            matches!(&bad, Err(Error::Parse { message, .. }) if message.contains("8 parsecs")),
+            "{bad:?}"
+        );
+    }
 }

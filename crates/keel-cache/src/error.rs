@@ -242,3 +242,16 @@ pub(crate) fn key_for_error(key: &str) -> String {
     }
     format!("{}…", &key[..end])
 }
+
+impl From<keel_config::Error> for Error {
+    fn from(e: keel_config::Error) -> Self {
+        match e {
+            keel_config::Error::Parse { format, message } => Self::Parse { format, message },
+            keel_config::Error::File { path, source } => Self::ConfigFile { path, source },
+            other => Self::InvalidConfig {
+                field: "path".into(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}

@@ -42,6 +42,7 @@ pub mod load;
 pub mod lock;
 mod manager;
 pub mod memory;
+pub mod metrics;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "redis")]

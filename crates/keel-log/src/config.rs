@@ -1,7 +1,6 @@
 //! Logger config (the seed's fields) and the factory.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -69,7 +68,12 @@ pub struct LogOptions {
     #[serde(default)]
     pub path: Option<std::path::PathBuf>,
     /// File: rotate past this many bytes.
-    #[serde(default, alias = "maxSize", alias = "max_size")]
+    #[serde(
+        default,
+        alias = "maxSize",
+        alias = "max_size",
+        deserialize_with = "keel_config::de::opt_size"
+    )]
     pub max_bytes: Option<u64>,
     /// File: `hourly` or `daily` rotation, at boundaries of `timezone`.
     #[serde(default)]
@@ -85,7 +89,7 @@ pub struct LogOptions {
     #[serde(default, alias = "maxAge")]
     pub max_age: Option<String>,
     /// File: keep rotated files within this many bytes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "keel_config::de::opt_size")]
     pub max_total_bytes: Option<u64>,
     /// File: gzip rotated files.
     #[serde(default)]
@@ -109,7 +113,7 @@ pub struct LogOptions {
     #[serde(default)]
     pub batch_size: Option<usize>,
     /// Elastic: bytes per `_bulk` request (default 5 MiB).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "keel_config::de::opt_size_usize")]
     pub batch_bytes: Option<usize>,
     /// File and console: the writer flushes when its queue drains and at least this often
     /// (`"1s"` by default, `"250ms"`, `"0"` = after every record). Elastic: the longest a
@@ -117,7 +121,7 @@ pub struct LogOptions {
     #[serde(default)]
     pub flush_interval: Option<String>,
     /// Elastic: buffer bound in bytes (default 32 MiB); `queue` bounds the documents.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "keel_config::de::opt_size_usize")]
     pub max_buffer_bytes: Option<usize>,
     /// Elastic: gzip request bodies.
     #[serde(default)]
@@ -146,7 +150,7 @@ pub struct LogOptions {
     pub dead_letter: Option<std::path::PathBuf>,
     /// Elastic: bound of the dead-letter files together (default 100 MiB; rotated at a
     /// quarter of it, oldest deleted).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "keel_config::de::opt_size")]
     pub dead_letter_max_bytes: Option<u64>,
     /// Elastic: `memory` (the default) or `disk` (a crash-safe buffer in `buffer_path`,
     /// replayed on the next start; see docs/elasticsearch.md).
@@ -156,7 +160,7 @@ pub struct LogOptions {
     #[serde(default)]
     pub buffer_path: Option<std::path::PathBuf>,
     /// Elastic: the disk buffer's bound in bytes (default 256 MiB).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "keel_config::de::opt_size")]
     pub buffer_max_bytes: Option<u64>,
     /// `formatter = "ecs"`: `service.name`.
     #[serde(default)]
@@ -187,32 +191,11 @@ pub struct LogOptions {
     pub sd_id: Option<String>,
     /// Syslog: the longest message (default 8192, at least 480); journald: the largest
     /// entry (default 131072, at least 1024). Longer ones are cut (see docs/logging.md).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "keel_config::de::opt_size_usize")]
     pub max_message_bytes: Option<usize>,
 }
 
-/// A config secret (password, API key): printed as `[REDACTED]` by `Debug`.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(crate::REDACTED)
-    }
-}
+pub use keel_config::Secret;
 
 impl LogConfig {
     /// Parses TOML.
@@ -220,7 +203,7 @@ impl LogConfig {
     /// # Errors
     /// [`Error::Parse`].
     pub fn from_toml(text: &str) -> Result<Self, Error> {
-        toml::from_str(text).map_err(|e| Error::Parse(e.to_string()))
+        Ok(keel_config::from_str(keel_config::Format::Toml, text)?)
     }
 
     /// Parses JSON.
@@ -228,7 +211,7 @@ impl LogConfig {
     /// # Errors
     /// [`Error::Parse`].
     pub fn from_json(text: &str) -> Result<Self, Error> {
-        serde_json::from_str(text).map_err(|e| Error::Parse(e.to_string()))
+        Ok(keel_config::from_str(keel_config::Format::Json, text)?)
     }
 
     /// Reads a config file, choosing the syntax by its extension: `.toml`, `.yaml`/`.yml` or
@@ -238,23 +221,7 @@ impl LogConfig {
     /// [`Error::ConfigFile`] when it cannot be read, [`Error::InvalidConfig`] for another
     /// extension, [`Error::Parse`].
     pub fn from_path(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
-            path: path.display().to_string(),
-            source,
-        })?;
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("toml") => Self::from_toml(&text),
-            Some("yaml" | "yml") => Self::from_yaml(&text),
-            Some("json") => Self::from_json(&text),
-            _ => Err(bad(
-                "path",
-                format!(
-                    "{}: unknown extension; use .toml, .yaml, .yml or .json",
-                    path.display()
-                ),
-            )),
-        }
+        Ok(keel_config::from_path(path)?)
     }
 
     /// Parses YAML.
@@ -262,7 +229,7 @@ impl LogConfig {
     /// # Errors
     /// [`Error::Parse`].
     pub fn from_yaml(text: &str) -> Result<Self, Error> {
-        serde_norway::from_str(text).map_err(|e| Error::Parse(e.to_string()))
+        Ok(keel_config::from_str(keel_config::Format::Yaml, text)?)
     }
 }
 
@@ -293,14 +260,8 @@ pub(crate) fn bad(field: &str, reason: impl Into<String>) -> Error {
 fn flush_policy(options: &LogOptions) -> Result<FlushPolicy, Error> {
     let mut flush = FlushPolicy::default();
     if let Some(text) = &options.flush_interval {
-        flush.interval = humantime::parse_duration(text)
-            .or_else(|e| {
-                text.trim()
-                    .parse::<u64>()
-                    .map(Duration::from_secs)
-                    .map_err(|_| e)
-            })
-            .map_err(|e| bad("options.flush_interval", format!("{text:?}: {e}")))?;
+        flush.interval =
+            keel_config::parse_duration(text).map_err(|e| bad("options.flush_interval", e))?;
     }
     flush.sync = options.sync.unwrap_or(false);
     Ok(flush)
@@ -423,10 +384,9 @@ pub fn build(config: &LogConfig) -> Result<Logger, Error> {
             };
             let max_age = match &o.max_age {
                 None => None,
-                Some(t) => Some(
-                    humantime::parse_duration(t)
-                        .map_err(|e| bad("options.max_age", e.to_string()))?,
-                ),
+                Some(t) => {
+                    Some(keel_config::parse_duration(t).map_err(|e| bad("options.max_age", e))?)
+                }
             };
             let format: Box<dyn Format> = match config.formatter.as_deref() {
                 None | Some("text") => Box::new(TextFormat::default()),
@@ -524,13 +484,12 @@ fn elastic_sink(
                 "an elastic logger needs the cluster URL (options.url, options.urls or output)",
             )
         })?;
-    let duration = |field: &str,
-                    v: &Option<String>|
-     -> Result<Option<std::time::Duration>, Error> {
-        v.as_deref()
-            .map(|t| humantime::parse_duration(t).map_err(|e| bad(field, format!("{t:?}: {e}"))))
-            .transpose()
-    };
+    let duration =
+        |field: &str, v: &Option<String>| -> Result<Option<std::time::Duration>, Error> {
+            v.as_deref()
+                .map(|t| keel_config::parse_duration(t).map_err(|e| bad(field, e)))
+                .transpose()
+        };
     let mut opts = ElasticOptions::new(url);
     if let Some(urls) = &o.urls {
         if o.url.is_some() || config.output.is_some() {
@@ -629,6 +588,7 @@ fn elastic_sink(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn policy(options: &str) -> Result<FlushPolicy, Error> {
         let config = LogConfig::from_toml(&format!(
@@ -674,5 +634,22 @@ mod tests {
             LogConfig::from_toml("type = \"file\"\nname = \"x\"\n[options]\nsync = \"yes\"\n"),
             Err(Error::Parse(_))
         ));
+    }
+
+    /// The shared syntax: sizes for byte options, whole seconds as a duration string.
+    #[test]
+    fn sizes_and_durations_use_the_shared_syntax() {
+        let config = LogConfig::from_toml(
+            "type = \"file\"\nname = \"f\"\n[options]\nmaxSize = \"10MB\"\nmax_total_bytes = \"1GiB\"\nmax_age = \"30\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.options.max_bytes, Some(10_000_000));
+        assert_eq!(config.options.max_total_bytes, Some(1 << 30));
+        assert_eq!(
+            keel_config::parse_duration(config.options.max_age.as_deref().unwrap()),
+            Ok(Duration::from_secs(30))
+        );
+        let bad = LogConfig::from_yaml("type: file\nname: f\noptions:\n  maxSize: 10 parsecs\n");
+        assert!(matches!(&bad, Err(Error::Parse(m)) if m.contains("10 parsecs")), "{bad:?}");
     }
 }

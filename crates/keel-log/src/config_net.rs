@@ -15,9 +15,7 @@ use crate::sink::{FlushPolicy, Overflow, Sink};
 fn timeout_option(o: &LogOptions) -> Result<Option<Duration>, Error> {
     o.timeout
         .as_deref()
-        .map(|t| {
-            humantime::parse_duration(t).map_err(|e| bad("options.timeout", format!("{t:?}: {e}")))
-        })
+        .map(|t| keel_config::parse_duration(t).map_err(|e| bad("options.timeout", e)))
         .transpose()
 }
 

@@ -78,3 +78,16 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+impl From<keel_config::Error> for Error {
+    fn from(e: keel_config::Error) -> Self {
+        match e {
+            keel_config::Error::File { path, source } => Self::ConfigFile { path, source },
+            keel_config::Error::UnknownExtension { path } => Self::InvalidConfig {
+                field: "path".into(),
+                reason: format!("{path}: unknown extension; use .toml, .yaml, .yml or .json"),
+            },
+            other => Self::Parse(other.to_string()),
+        }
+    }
+}

@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
+use prometheus_client::collector::Collector;
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::cache::{CACHE_FAMILY_NAMES, CacheMetrics};
-
-/// Marks a name owned by a built-in collector.
-struct Reserved;
 use crate::{Error, Result};
+
+/// Marks a metric name owned by a collector registered with
+/// [`MetricsService::get_or_register_collector`].
+struct Reserved;
 
 /// The `Content-Type` of [`MetricsService::render`]'s output (OpenMetrics 1.0 text).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -24,7 +25,8 @@ struct Inner {
     /// Families by name, so asking twice returns the registered one instead of a duplicate.
     families: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
     hooks: Mutex<Vec<RenderHook>>,
-    cache: OnceLock<CacheMetrics>,
+    /// Handles of collector-backed family sets, by component key.
+    components: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
 }
 
 /// A Prometheus registry with a namespace; cheap to clone (all clones share one registry).
@@ -76,7 +78,7 @@ impl MetricsService {
                 namespace,
                 families: Mutex::default(),
                 hooks: Mutex::default(),
-                cache: OnceLock::new(),
+                components: Mutex::default(),
             }),
         }
     }
@@ -121,18 +123,51 @@ impl MetricsService {
         Ok(metric)
     }
 
-    /// The cache metric families of this registry (registered on first use).
-    pub fn cache_metrics(&self) -> &CacheMetrics {
-        self.inner.cache.get_or_init(|| {
-            let (metrics, collector) = CacheMetrics::new();
-            let mut families = lock(&self.inner.families);
-            for name in CACHE_FAMILY_NAMES {
-                // Reserve the names so `get_or_register` cannot add a clashing family.
-                families.insert(name.to_owned(), Box::new(Reserved));
-            }
-            lock(&self.inner.registry).register_collector(Box::new(collector));
-            metrics
-        })
+    /// Returns the handle of the family set registered under `key`, registering it first if
+    /// there is none: `make` returns the handle and the [`Collector`] that encodes the families
+    /// at render time, and `names` (without namespace) are reserved for it, so
+    /// [`get_or_register`](Self::get_or_register) cannot add a clashing family later.
+    ///
+    /// This is how a component keeps its hot-path cells in its own layout (keel-cache's cache
+    /// families are one such set) while the registry stays generic.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for a bad name; [`Error::TypeMismatch`] when one of `names` is
+    /// already taken, or `key` holds a handle of another Rust type. Nothing is registered then.
+    pub fn get_or_register_collector<T>(
+        &self,
+        key: &str,
+        names: &[&str],
+        make: impl FnOnce() -> (T, Box<dyn Collector>),
+    ) -> Result<T>
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let mut components = lock(&self.inner.components);
+        if let Some(existing) = components.get(key) {
+            return existing
+                .downcast_ref::<T>()
+                .cloned()
+                .ok_or_else(|| Error::TypeMismatch { name: key.into() });
+        }
+        let mut families = lock(&self.inner.families);
+        if let Some(bad) = names.iter().find(|n| !valid_name(n)) {
+            return Err(Error::InvalidName {
+                name: (*bad).into(),
+            });
+        }
+        if let Some(taken) = names.iter().find(|n| families.contains_key(**n)) {
+            return Err(Error::TypeMismatch {
+                name: (*taken).into(),
+            });
+        }
+        let (handle, collector) = make();
+        for name in names {
+            families.insert((*name).to_owned(), Box::new(Reserved));
+        }
+        lock(&self.inner.registry).register_collector(collector);
+        components.insert(key.to_owned(), Box::new(handle.clone()));
+        Ok(handle)
     }
 
     /// Adds a hook that runs before every [`render`](Self::render), e.g. to refresh a gauge
@@ -192,16 +227,46 @@ mod tests {
         ));
     }
 
+    /// A collector's names are reserved, its handle is shared, and a clash registers nothing.
     #[test]
-    fn cache_family_names_are_reserved() {
+    fn collector_names_are_reserved() {
+        #[derive(Debug)]
+        struct Fixed;
+        impl Collector for Fixed {
+            fn encode(
+                &self,
+                mut encoder: prometheus_client::encoding::DescriptorEncoder,
+            ) -> std::fmt::Result {
+                let mut family = encoder.encode_descriptor(
+                    "fixed",
+                    "A constant",
+                    None,
+                    prometheus_client::metrics::MetricType::Gauge,
+                )?;
+                let no_labels: [(&str, &str); 0] = [];
+                family.encode_family(&no_labels)?.encode_gauge(&7i64)
+            }
+        }
         let m = MetricsService::new("lab").unwrap();
-        m.cache_metrics().for_cache("c");
-        let clash: Result<Counter> = m.get_or_register("cache_hits", "x", Counter::default);
+        let make = || (Arc::new(1u8), Box::new(Fixed) as Box<dyn Collector>);
+        let a = m
+            .get_or_register_collector("part", &["fixed"], make)
+            .unwrap();
+        let b = m
+            .get_or_register_collector("part", &["fixed"], make)
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let clash: Result<Counter> = m.get_or_register("fixed", "x", Counter::default);
         assert!(matches!(clash, Err(Error::TypeMismatch { .. })));
-        assert_eq!(
-            m.render().matches("# TYPE lab_cache_hits counter").count(),
-            1
-        );
+        let taken = m.get_or_register_collector("other", &["fixed"], make);
+        assert!(matches!(taken, Err(Error::TypeMismatch { .. })));
+        let wrong_type = m.get_or_register_collector("part", &["fixed"], || {
+            (1u32, Box::new(Fixed) as Box<dyn Collector>)
+        });
+        assert!(matches!(wrong_type, Err(Error::TypeMismatch { .. })));
+        let text = m.render();
+        assert_eq!(text.matches("# TYPE lab_fixed gauge").count(), 1, "{text}");
+        assert!(text.contains("lab_fixed{} 7"), "{text}");
     }
 
     #[test]

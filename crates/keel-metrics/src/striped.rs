@@ -1,4 +1,6 @@
-//! Lock-free instruments for hot paths.
+//! Lock-free instruments for hot paths, and the striping and bucketing they are built from
+//! (public so that a component's own collector, such as keel-cache's cache families, can
+//! use the same cells).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,14 +11,16 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 
 /// Number of stripes. A power of two comfortably above the core counts Keel targets; threads
 /// beyond that share stripes, which is still correct, only slower.
-pub(crate) const STRIPES: usize = 8;
+pub const STRIPES: usize = 8;
 
 /// One cache line (128 bytes covers adjacent-line prefetching on x86) per stripe.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Padded<T>(T);
 
-pub(crate) fn stripe() -> usize {
+/// The calling thread's stripe, in `0..STRIPES` (assigned round-robin on first use).
+#[inline]
+pub fn stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
@@ -71,7 +75,8 @@ pub const DEFAULT_BOUNDS: [Duration; 16] = [
     Duration::from_secs(1),
     Duration::from_secs(10),
 ];
-pub(crate) const BUCKETS: usize = DEFAULT_BOUNDS.len() + 1;
+/// Number of buckets of [`DEFAULT_BOUNDS`] plus the `+Inf` bucket.
+pub const BUCKETS: usize = DEFAULT_BOUNDS.len() + 1;
 
 /// [`DEFAULT_BOUNDS`] in nanoseconds, for a cheap bucket search.
 const BOUNDS_NANOS: [u64; DEFAULT_BOUNDS.len()] = {
@@ -86,13 +91,13 @@ const BOUNDS_NANOS: [u64; DEFAULT_BOUNDS.len()] = {
 
 /// The bucket of an observation of `nanos` (bounds are inclusive upper bounds).
 #[inline]
-pub(crate) fn bucket_index(nanos: u64) -> usize {
+pub fn bucket_index(nanos: u64) -> usize {
     BOUNDS_NANOS.partition_point(|&b| b < nanos)
 }
 
 /// Per-bucket counts paired with their upper bounds in seconds, as the encoder wants them
 /// (not cumulative: the OpenMetrics encoder accumulates).
-pub(crate) fn bucket_pairs(counts: &[u64; BUCKETS]) -> Vec<(f64, u64)> {
+pub fn bucket_pairs(counts: &[u64; BUCKETS]) -> Vec<(f64, u64)> {
     counts
         .iter()
         .enumerate()

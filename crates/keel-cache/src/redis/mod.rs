@@ -26,7 +26,9 @@ use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use keel_metrics::{CacheInstruments, MetricsService, Operation, Status};
+use keel_metrics::MetricsService;
+
+use crate::metrics::{CacheInstruments, CacheMetrics, Operation, Status};
 use quanta::Instant;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -339,7 +341,7 @@ impl RedisCacheBuilder {
         let service = self
             .metrics
             .unwrap_or_else(|| MetricsService::global().clone());
-        let metrics = service.cache_metrics().for_cache(&self.name);
+        let metrics = CacheMetrics::of(&service).for_cache(&self.name);
         let prefix = self.prefix.unwrap_or_else(|| format!("{}:", self.name));
         Ok(RedisCache {
             shared: Arc::new(Shared {

@@ -285,8 +285,8 @@ pub async fn single_key_races_are_linearizable(f: &impl Factory) {
 
 /// `clear` raced against every single-key write (and against itself) from two threads, many
 /// rounds: a read-modify-write that read a key before the `clear` never writes it back after
-/// it, and each round matches one of the serial orders. Not part of [`cache_conformance!`]
-/// (yet): run by the memory backend's tests.
+/// it, and each round matches one of the serial orders. Not part of [`cache_conformance!`]:
+/// see [`NOT_IN_SUITE`](super::NOT_IN_SUITE) for why.
 ///
 /// [`cache_conformance!`]: crate::cache_conformance
 pub async fn clear_races_are_linearizable(f: &impl Factory) {

@@ -1,17 +1,32 @@
-//! The cache metric families (names are part of the contract: see the crate docs).
+//! The cache metric families, with the seed's exact names (part of the contract):
+//! `<ns>_cache_requests_total{cache,operation,status}`, `<ns>_cache_operation_duration_seconds`,
+//! `<ns>_cache_items`, `<ns>_cache_hits_total`, `<ns>_cache_misses_total`, plus
+//! `<ns>_cache_evictions_total{cache,cause}`. Every backend records through
+//! [`CacheInstruments`]; the families are encoded from its striped cells at render time, by a
+//! collector registered once per [`MetricsService`].
+//!
+//! ```
+//! use keel_cache::metrics::CacheMetrics;
+//! use keel_metrics::MetricsService;
+//!
+//! let metrics = MetricsService::new("lab").unwrap();
+//! let cache = CacheMetrics::of(&metrics).for_cache("sessions");
+//! cache.record_hit(std::time::Duration::from_micros(3));
+//! let text = metrics.render();
+//! assert!(text.contains("lab_cache_requests_total{cache=\"sessions\",operation=\"get\",status=\"hit\"} 1"));
+//! assert!(text.contains("lab_cache_hits_total{cache=\"sessions\"} 1"));
+//! ```
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use keel_metrics::MetricsService;
+use keel_metrics::striped::{BUCKETS, STRIPES, bucket_index, bucket_pairs, stripe};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-
-#[cfg(doc)]
-use crate::service::MetricsService;
-use crate::striped::{BUCKETS, STRIPES, bucket_index, bucket_pairs, stripe};
 
 /// A cache operation, the `operation` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -234,7 +249,7 @@ impl CacheStats {
 type CacheMap = Arc<Mutex<BTreeMap<String, Arc<CacheStats>>>>;
 
 /// The cache metric families of one registry. Obtain it with
-/// [`MetricsService::cache_metrics`], then resolve per-cache instruments with
+/// [`CacheMetrics::of`], then resolve per-cache instruments with
 /// [`for_cache`](Self::for_cache).
 ///
 /// Recording is cheap because nothing is counted twice: each (operation, status) pair keeps
@@ -253,7 +268,7 @@ impl std::fmt::Debug for CacheMetrics {
 }
 
 /// The metric names (without namespace) the cache collector owns.
-pub(crate) const CACHE_FAMILY_NAMES: [&str; 6] = [
+pub const CACHE_FAMILY_NAMES: [&str; 6] = [
     "cache_requests",
     "cache_operation_duration_seconds",
     "cache_items",
@@ -263,7 +278,29 @@ pub(crate) const CACHE_FAMILY_NAMES: [&str; 6] = [
 ];
 
 impl CacheMetrics {
-    pub(crate) fn new() -> (Self, CacheCollector) {
+    /// The cache families of `service`, registered on first use (one collector per registry,
+    /// shared by every cache that records into it).
+    ///
+    /// When the registry already holds a family under one of [`CACHE_FAMILY_NAMES`] (the
+    /// application registered a `cache_hits` metric of its own first), the caches still count
+    /// but their families are not exported from that registry; a debug build panics instead,
+    /// so the clash shows in tests.
+    pub fn of(service: &MetricsService) -> Self {
+        let registered =
+            service.get_or_register_collector("keel_cache", &CACHE_FAMILY_NAMES, || {
+                let (metrics, collector) = Self::new();
+                (metrics, Box::new(collector) as Box<dyn Collector>)
+            });
+        match registered {
+            Ok(metrics) => metrics,
+            Err(e) => {
+                debug_assert!(false, "cache metric families not registered: {e}");
+                Self::new().0
+            }
+        }
+    }
+
+    fn new() -> (Self, CacheCollector) {
         let caches = CacheMap::default();
         (
             Self {
@@ -383,7 +420,7 @@ impl CacheInstruments {
 
 /// Encodes every cache's statistics at render time.
 #[derive(Debug)]
-pub(crate) struct CacheCollector {
+struct CacheCollector {
     caches: CacheMap,
 }
 
@@ -518,12 +555,11 @@ impl Collector for CacheCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MetricsService;
 
     #[test]
     fn seed_names_and_labels() {
         let m = MetricsService::new("lab").unwrap();
-        let c = m.cache_metrics().for_cache("c1");
+        let c = CacheMetrics::of(&m).for_cache("c1");
         c.record_hit(Duration::from_micros(2));
         c.record_miss(Duration::from_micros(2));
         c.record(Operation::Set, Status::Ok, Duration::from_micros(2));
@@ -566,8 +602,8 @@ mod tests {
     #[test]
     fn same_cache_twice_shares_series() {
         let m = MetricsService::new("lab").unwrap();
-        let a = m.cache_metrics().for_cache("c");
-        let b = m.cache_metrics().for_cache("c");
+        let a = CacheMetrics::of(&m).for_cache("c");
+        let b = CacheMetrics::of(&m).for_cache("c");
         a.record_hit(Duration::ZERO);
         assert_eq!(b.requests(Operation::Get, Status::Hit), 1);
         assert_eq!(m.render().matches("status=\"hit\"} 1").count(), 1);
