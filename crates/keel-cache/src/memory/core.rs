@@ -426,6 +426,24 @@ impl Shared {
         }
         Ok(self.live(key).map(|v| v.data))
     }
+
+    /// [`get_uncounted`](Self::get_uncounted) with the entry's remaining lifetime (`None`:
+    /// no expiry).
+    pub(super) fn get_with_ttl_uncounted(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Bytes, Option<Duration>)>> {
+        if let Err(e) = self.limits.check_key(key).and_then(|()| self.ensure_open()) {
+            self.metrics
+                .record(Operation::Get, Status::Error, Duration::ZERO);
+            return Err(e);
+        }
+        Ok(self.live(key).map(|v| {
+            let left = (v.expires_at != NEVER)
+                .then(|| Duration::from_nanos(v.expires_at.saturating_sub(expiry::now_nanos())));
+            (v.data, left)
+        }))
+    }
 }
 
 impl super::expiry::Sweep for Shared {

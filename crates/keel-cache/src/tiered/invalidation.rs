@@ -351,12 +351,16 @@ impl TieredCache {
                     }
                 }
             }
-            // The stream ended: the connection dropped. Bypass L1 until resubscribed.
+            // The stream ended: the connection dropped. Bypass L1 until resubscribed (with
+            // stale-if-error, L1 is kept for reads L2 cannot answer, and flushed on
+            // resubscription like always).
             let Some(i) = inner.upgrade() else { return };
             i.subscribed.store(false, Ordering::Release);
             i.generations.bump_all();
-            let _ = i.l1.clear().await;
-            i.metrics.flushes.inc();
+            if i.stale_if_error.is_none() {
+                let _ = i.l1.clear().await;
+                i.metrics.flushes.inc();
+            }
         }
     }
 

@@ -43,6 +43,12 @@ pub(super) struct TierMetrics {
     pub(super) flushes: Counter,
     pub(super) publish_failures: Counter,
     pub(super) subscribe_failures: Counter,
+    /// Reads answered from L1 past its expiry because L2 was unreachable.
+    pub(super) stale_served: Counter,
+    /// Reads that failed because L2 was unreachable and L1 held nothing within the window.
+    pub(super) stale_missing: Counter,
+    /// L1 fills whose lifetime was jittered.
+    pub(super) jittered_fills: Counter,
 }
 
 impl TierMetrics {
@@ -93,6 +99,30 @@ impl TierMetrics {
                 Family::default,
             )
             .unwrap_or_default();
+        let stale: Family<CacheLabel, Counter> = service
+            .get_or_register(
+                "tiered_stale_served",
+                "Reads answered from L1 past its expiry while L2 was unreachable (stale-if-error)",
+                Family::default,
+            )
+            .unwrap_or_default();
+        let stale_missing: Family<CacheLabel, Counter> = service
+            .get_or_register(
+                "tiered_stale_unavailable",
+                "Reads that failed while L2 was unreachable: no L1 entry within the stale-if-error window",
+                Family::default,
+            )
+            .unwrap_or_default();
+        let jittered: Family<CacheLabel, Counter> = service
+            .get_or_register(
+                "tiered_l1_jittered_fills",
+                "L1 fills whose lifetime was shortened by the TTL jitter",
+                Family::default,
+            )
+            .unwrap_or_default();
+        let label = CacheLabel {
+            cache: cache.to_owned(),
+        };
         let source = |s| SourceLabels {
             cache: cache.to_owned(),
             source: s,
@@ -118,9 +148,10 @@ impl TierMetrics {
             publish_failures: failures.get_or_create_owned(&CacheLabel {
                 cache: cache.to_owned(),
             }),
-            subscribe_failures: subscribe_failures.get_or_create_owned(&CacheLabel {
-                cache: cache.to_owned(),
-            }),
+            subscribe_failures: subscribe_failures.get_or_create_owned(&label),
+            stale_served: stale.get_or_create_owned(&label),
+            stale_missing: stale_missing.get_or_create_owned(&label),
+            jittered_fills: jittered.get_or_create_owned(&label),
         }
     }
 }

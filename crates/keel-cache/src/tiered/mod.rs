@@ -28,6 +28,7 @@
 mod generations;
 mod invalidation;
 mod metrics;
+mod stale;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,7 @@ use tokio::task::JoinHandle;
 
 pub use crate::config::Invalidation;
 use crate::contract::{Cache, CacheFuture, CacheKind};
+use crate::jitter::Jitter;
 use crate::memory::MemoryCache;
 use crate::redis::RedisCache;
 use crate::ttl::{KeyTtl, Ttl};
@@ -136,6 +138,14 @@ struct Inner {
     subscribe_error: std::sync::Mutex<Option<String>>,
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
     metrics: TierMetrics,
+    /// Serve L1 entries this long past their L1 expiry while L2 is unreachable (see
+    /// `stale`); L1 entries are then stored for `fill + window`.
+    stale_if_error: Option<Duration>,
+    /// Shortens every L1 fill by a random fraction.
+    jitter: Option<Jitter>,
+    /// A read was answered from stale L1 since the last successful L2 read: the next one
+    /// flushes L1 (invalidations may have been missed meanwhile).
+    degraded: AtomicBool,
 }
 
 /// Builder for [`TieredCache`].
@@ -147,6 +157,8 @@ pub struct TieredCacheBuilder {
     l1_ttl: Duration,
     invalidation: Invalidation,
     metrics: Option<MetricsService>,
+    stale_if_error: Option<Duration>,
+    jitter: Option<Jitter>,
 }
 
 impl TieredCacheBuilder {
@@ -154,6 +166,25 @@ impl TieredCacheBuilder {
     /// invalidation is lost without the connection dropping.
     pub fn l1_ttl(mut self, d: Duration) -> Self {
         self.l1_ttl = d;
+        self
+    }
+
+    /// Stale-if-error (default: off): while L2 is unreachable (a read fails with a
+    /// [transient](Error::is_transient) error), an L1 entry is served up to `window` past its
+    /// L1 expiry instead of the error (counted in `tiered_stale_served_total`). L1 entries are
+    /// kept `window` longer for this (build L1 with `max_ttl` at least `l1_ttl + window`);
+    /// while L2 answers, an entry past its L1 expiry is a miss as before. The first L2 read
+    /// that succeeds after a stale serve flushes L1, as does a resubscription.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(crate::ttl::round_up_to_millis(window)).filter(|w| !w.is_zero());
+        self
+    }
+
+    /// TTL jitter for L1 fills (default: none): each fill's L1 lifetime is shortened by a
+    /// random fraction below `jitter` (counted in `tiered_l1_jittered_fills_total`), so the
+    /// copies a fleet filled at once do not all expire at once.
+    pub fn ttl_jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = Some(jitter);
         self
     }
 
@@ -197,6 +228,9 @@ impl TieredCacheBuilder {
                 settling: std::sync::atomic::AtomicUsize::new(0),
                 settle_all: AtomicBool::new(false),
                 listener: std::sync::Mutex::new(None),
+                stale_if_error: self.stale_if_error,
+                jitter: self.jitter,
+                degraded: AtomicBool::new(false),
             }),
         })
     }
@@ -222,8 +256,8 @@ impl TieredCache {
     /// A builder for a tiered cache called `name` over `l1` and `l2`.
     ///
     /// Build `l1` with [`MemoryCacheBuilder::max_ttl`](crate::MemoryCacheBuilder::max_ttl) set
-    /// to the `l1_ttl`: no L1 entry lives longer anyway, and L1 hits get cheaper (the config
-    /// factory does this).
+    /// to the `l1_ttl` (plus the [`stale_if_error`](TieredCacheBuilder::stale_if_error)
+    /// window, if any): no L1 entry lives longer anyway (the config factory does this).
     pub fn builder(name: impl Into<String>, l1: MemoryCache, l2: RedisCache) -> TieredCacheBuilder {
         TieredCacheBuilder {
             name: name.into(),
@@ -232,6 +266,8 @@ impl TieredCache {
             l1_ttl: DEFAULT_L1_TTL,
             invalidation: Invalidation::default(),
             metrics: None,
+            stale_if_error: None,
+            jitter: None,
         }
     }
 
@@ -355,6 +391,9 @@ impl TieredCache {
         if !self.is_subscribed() {
             return None;
         }
+        if let Some(window) = i.stale_if_error {
+            return self.read_l1_fresh(key, window);
+        }
         match i.l1.get_uncounted(key) {
             Ok(Some(v)) => {
                 i.metrics.l1_hits.inc();
@@ -380,7 +419,14 @@ impl TieredCache {
         let use_l1 = self.is_subscribed();
         // Read before L2: any invalidation from here on makes the fill below stand down.
         let generation = i.generations.get(key);
-        match i.l2.get_with_ttl(key).await? {
+        let answer = match i.l2.get_with_ttl(key).await {
+            Err(e) if i.stale_if_error.is_some() && e.is_transient() => {
+                return self.serve_stale(key, e);
+            }
+            answer => answer?,
+        };
+        self.recovered();
+        match answer {
             Some((value, ttl)) => {
                 i.metrics.l2_hits.inc();
                 if use_l1 {
@@ -390,6 +436,7 @@ impl TieredCache {
                         // Expired right after the GET: do not keep it in L1.
                         KeyTtl::Missing => Duration::ZERO,
                     };
+                    let fill = self.l1_lifetime(fill);
                     // Skip the fill if the key was invalidated while we read L2, and undo it
                     // if an invalidation slipped in between that check and the fill
                     // (invalidators bump the counter before they delete, so one of the two
