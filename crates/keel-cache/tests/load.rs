@@ -525,3 +525,53 @@ async fn jittered_loads_spread_their_expiries() {
     assert!(distinct.len() >= 8, "expiries not spread: {distinct:?}");
     assert!(max - min >= 50, "expiries not spread: {min}..{max}");
 }
+
+/// Stale-while-revalidate with the cross-process lock: two "processes" (own connections,
+/// loaders and lock connections), 50 callers each, on a value past its refresh age: every
+/// caller gets a value at once, and the loader runs once across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_refresh_runs_once_across_processes() {
+    let server = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seed = Loader::new(Arc::new(redis_cache(&server, "shared").await));
+    let base = swr();
+    seed.get_or_load("report", &base, || async {
+        Ok::<_, std::io::Error>(Some(Bytes::from_static(b"old")))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut tasks = Vec::new();
+    for _node in 0..2 {
+        let loader = Loader::new(Arc::new(redis_cache(&server, "shared").await));
+        let options = base.clone().lock(
+            Locker::new(redis_cache(&server, "locks").await),
+            Duration::from_secs(10),
+        );
+        for _ in 0..50 {
+            let (loader, options, calls) = (loader.clone(), options.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                loader
+                    .get_or_revalidate("report", &options, move || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok::<_, std::io::Error>(Some(Bytes::from_static(b"new")))
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    for t in tasks {
+        let v = t.await.unwrap();
+        assert!(matches!(v.as_deref(), Some(b"old" | b"new")), "{v:?}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seed.cache().get("report").await.unwrap().as_deref() != Some(&b"new"[..]) {
+        assert!(std::time::Instant::now() < deadline, "the refresh never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give a (wrong) second refresh time to run before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one refresh across both processes");
+}
