@@ -568,10 +568,17 @@ async fn a_background_refresh_runs_once_across_processes() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while seed.cache().get("report").await.unwrap().as_deref() != Some(&b"new"[..]) {
-        assert!(std::time::Instant::now() < deadline, "the refresh never landed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh never landed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Give a (wrong) second refresh time to run before counting.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "one refresh across both processes");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one refresh across both processes"
+    );
 }
