@@ -22,6 +22,9 @@ use crate::ttl::{KeyTtl, Ttl};
 /// The longest wait between two refresh attempts of a key whose refreshes keep failing.
 pub const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How many keys' refresh states are kept before those past their backoff are forgotten.
+const MAX_FAILED_KEYS: usize = 10_000;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct ResultLabels {
     cache: String,
@@ -107,6 +110,13 @@ impl Slot {
             return;
         }
         self.refreshes.failed.inc();
+        // Failed keys stay until a refresh of them succeeds; keys that are never read again
+        // would pile up: past a bound, forget those whose backoff is over (a new failure
+        // starts them at the base backoff again).
+        if states.len() > MAX_FAILED_KEYS {
+            let now = Instant::now();
+            states.retain(|_, s| s.running || s.not_before.is_some_and(|t| t > now));
+        }
         if let Some(state) = states.get_mut(&self.key) {
             state.running = false;
             state.not_before = Some(Instant::now() + state.backoff);
