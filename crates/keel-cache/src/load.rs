@@ -82,7 +82,7 @@ pub struct LoadOptions {
     /// Reload a hit whose remaining TTL is below this (default: never).
     pub refresh_ahead: Option<Duration>,
     /// Run the loader under this lock store (cross-process single flight), waiting at most
-    /// this long for the lock (a stale-while-revalidate refresh takes it too). The lock is named `load:` plus a 128-bit hash of the key, so
+    /// this long for the lock. The lock is named `load:` plus a 128-bit hash of the key, so
     /// any key works (hash tags and braces included).
     pub lock: Option<(Locker, Duration)>,
     /// TTL of that lock (default [`DEFAULT_LOAD_LOCK_TTL`]). A watchdog renews it every
@@ -100,6 +100,9 @@ pub struct LoadOptions {
     pub refresh_backoff: Duration,
     /// Shorten the TTL of each loaded value (and negative entry) by a random fraction of
     /// itself, below this jitter (default: none). Applies to `Ttl::After` only.
+    /// With stale-while-revalidate, keep `ttl × jitter` below the refresh age: the age is
+    /// read from the remaining TTL, so a value written up to that much shorter looks that
+    /// much older.
     pub ttl_jitter: Option<Jitter>,
 }
 
