@@ -582,3 +582,33 @@ async fn a_background_refresh_runs_once_across_processes() {
         "one refresh across both processes"
     );
 }
+
+/// Before its refresh age, a hit under stale-while-revalidate reads the key's TTL once and
+/// then remembers when the value falls due: 100 hits cost one `ttl` call, not 100 (on a
+/// tiered cache each is a Redis round trip).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_before_the_refresh_age_do_not_each_read_the_ttl() {
+    let server = RedisServer::start();
+    let metrics = keel_metrics::MetricsService::new("m").unwrap();
+    let cache = RedisCache::builder("swr", Endpoint::Url(Secret::new(server.url())))
+        .items_refresh(None)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    cache.connect().await.unwrap();
+    let loader = Loader::new(Arc::new(cache));
+    let options = LoadOptions::new(Ttl::After(Duration::from_secs(600)))
+        .stale_while_revalidate(Duration::from_secs(300));
+    let load = || async { Ok::<_, std::io::Error>(Some(Bytes::from_static(b"v"))) };
+    loader.get_or_revalidate("k", &options, load).await.unwrap();
+    for _ in 0..100 {
+        let v = loader.get_or_revalidate("k", &options, load).await.unwrap();
+        assert_eq!(v.as_deref(), Some(&b"v"[..]));
+    }
+    let ttl_calls = keel_testkit::prometheus::sample(
+        &metrics.render(),
+        "m_cache_requests_total{cache=\"swr\",operation=\"ttl\",status=\"ok\"}",
+    )
+    .unwrap_or(0.0);
+    assert_eq!(ttl_calls, 1.0);
+}

@@ -41,9 +41,17 @@ struct State {
     backoff: Duration,
 }
 
+/// How many keys' "not due before" times are remembered (see [`Refreshes::due`]).
+const DUE_MEMO_KEYS: usize = 10_000;
+
 /// The per-key refresh states of one [`Loader`] and its refresh metrics.
 pub(super) struct Refreshes {
     states: Mutex<HashMap<String, State>>,
+    /// When a key's value falls due for refresh, as last computed from its remaining TTL:
+    /// until then a hit needs no `ttl` call (on a tiered cache that is a Redis round trip).
+    /// A value replaced meanwhile only falls due later (a fresh write) or is read anyway
+    /// (`get` comes first), so a stale memo at worst delays a refresh, never a value.
+    due: quick_cache::sync::Cache<String, Instant>,
     stale_served: Counter,
     ok: Counter,
     failed: Counter,
@@ -79,6 +87,7 @@ impl Refreshes {
         };
         Self {
             states: Mutex::new(HashMap::new()),
+            due: quick_cache::sync::Cache::new(DUE_MEMO_KEYS),
             stale_served: stale.get_or_create_owned(labels),
             ok: refreshes.get_or_create_owned(&result("ok")),
             failed: refreshes.get_or_create_owned(&result("error")),
@@ -154,6 +163,16 @@ pub(super) fn past_refresh_age(options: &LoadOptions, remaining: KeyTtl) -> bool
         return false;
     };
     ttl.saturating_sub(left) >= after
+}
+
+/// How long until a value with `remaining` TTL (not yet due) falls due.
+fn until_due(options: &LoadOptions, remaining: KeyTtl) -> Option<Duration> {
+    let (Some(after), Ttl::After(ttl), KeyTtl::Expires(left)) =
+        (options.stale_while_revalidate, options.ttl, remaining)
+    else {
+        return None;
+    };
+    Some(left.saturating_sub(ttl.saturating_sub(after)))
 }
 
 impl Loader {
@@ -245,10 +264,23 @@ impl Loader {
     /// now: no slot when it is not due, another refresh of it runs, or a failed one's backoff
     /// has not passed.
     async fn claim_refresh(&self, key: &str, options: &LoadOptions) -> (bool, Option<Slot>) {
+        if self
+            .refreshes
+            .due
+            .get(key)
+            .is_some_and(|at| Instant::now() < at)
+        {
+            return (false, None);
+        }
         let Ok(remaining) = self.cache.ttl(key).await else {
             return (false, None);
         };
         if !past_refresh_age(options, remaining) {
+            if let Some(wait) = until_due(options, remaining) {
+                self.refreshes
+                    .due
+                    .insert(key.to_owned(), Instant::now() + wait);
+            }
             return (false, None);
         }
         let mut states = self
