@@ -46,13 +46,9 @@ async fn node(
     cache
 }
 
-/// Polls `check` every 50 ms for up to 30 s.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits up to 30 s for `check`.
+async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    keel_testkit::eventually(what, Duration::from_secs(30), check).await;
 }
 
 /// Writes `k = v1` through `node` and reads it until L1 holds it; returns when it was
