@@ -143,7 +143,8 @@ fn main() {
             }
             let per = |d: Duration, n: usize| d.as_nanos() as f64 / n as f64;
             let (m, t, r) = (per(m, GETS), per(t, GETS), per(r, REDIS_GETS));
-            eprintln!("round {round}: tiered {t:.0} ns, memory {m:.0} ns, redis {r:.0} ns");
+            let other = if stale_variant { "stale" } else { "memory" };
+            eprintln!("round {round}: tiered {t:.0} ns, {other} {m:.0} ns, redis {r:.0} ns");
             m_ns.push(m);
             t_ns.push(t);
             r_ns.push(r);

@@ -82,14 +82,16 @@ impl MemoryCache {
         self.shared.get_uncounted(key)
     }
 
-    /// [`get_uncounted`](Self::get_uncounted) with the entry's remaining lifetime (`None`:
-    /// no expiry): the tiered cache's stale-if-error tells fresh L1 entries from those kept
+    /// [`get_uncounted`](Self::get_uncounted) that also says whether the entry has more than
+    /// `margin` left: the tiered cache's stale-if-error tells fresh L1 entries from those kept
     /// only for an outage this way.
-    pub(crate) fn get_with_ttl_uncounted(
+    #[inline]
+    pub(crate) fn get_fresh_uncounted(
         &self,
         key: &str,
-    ) -> Result<Option<(Bytes, Option<Duration>)>> {
-        self.shared.get_with_ttl_uncounted(key)
+        margin: Duration,
+    ) -> Result<Option<(Bytes, bool)>> {
+        self.shared.get_fresh_uncounted(key, margin)
     }
 
     /// Whether the cache holds no entries.

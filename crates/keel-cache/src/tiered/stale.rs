@@ -27,8 +27,8 @@ impl TieredCache {
         window: Duration,
     ) -> Option<Result<Option<Bytes>>> {
         let i = &self.inner;
-        match i.l1.get_with_ttl_uncounted(key) {
-            Ok(Some((v, left))) if left.is_none_or(|left| left > window) => {
+        match i.l1.get_fresh_uncounted(key, window) {
+            Ok(Some((v, true))) => {
                 i.metrics.l1_hits.inc();
                 Some(Ok(Some(v)))
             }
