@@ -10,6 +10,10 @@
 //!
 //! Prints median ns per get and the median per-round ratios memory_time / tiered_time
 //! (≥ 0.9 is the target) and redis_time / tiered_time.
+//!
+//! `KEEL_BENCH_STALE=1`: the contender taking turns with the tiered cache is, instead of the
+//! memory backend, a second tiered cache with `stale_if_error = 60s` (its L1 hits also read
+//! the entry's deadline); the ratio is then plain tiered time / stale-if-error tiered time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,8 +67,26 @@ fn main() {
                 .build()
                 .unwrap()
         };
-        let memory: Arc<dyn Cache> =
-            Arc::new(MemoryCache::builder("mem").metrics(&metrics).build());
+        let stale_variant = std::env::var("KEEL_BENCH_STALE").is_ok_and(|v| v == "1");
+        let memory: Arc<dyn Cache> = if stale_variant {
+            let stale = TieredCache::builder(
+                "stale",
+                MemoryCache::builder("stale:l1")
+                    .max_ttl(Duration::from_secs(660))
+                    .metrics(&metrics)
+                    .build(),
+                redis("stale"),
+            )
+            .l1_ttl(Duration::from_secs(600))
+            .stale_if_error(Duration::from_secs(60))
+            .metrics(&metrics)
+            .build()
+            .unwrap();
+            stale.connect().await.unwrap();
+            Arc::new(stale)
+        } else {
+            Arc::new(MemoryCache::builder("mem").metrics(&metrics).build())
+        };
         let plain = redis("plain");
         plain.connect().await.unwrap();
         let plain: Arc<dyn Cache> = Arc::new(plain);
@@ -121,7 +143,8 @@ fn main() {
             }
             let per = |d: Duration, n: usize| d.as_nanos() as f64 / n as f64;
             let (m, t, r) = (per(m, GETS), per(t, GETS), per(r, REDIS_GETS));
-            eprintln!("round {round}: tiered {t:.0} ns, memory {m:.0} ns, redis {r:.0} ns");
+            let other = if stale_variant { "stale" } else { "memory" };
+            eprintln!("round {round}: tiered {t:.0} ns, {other} {m:.0} ns, redis {r:.0} ns");
             m_ns.push(m);
             t_ns.push(t);
             r_ns.push(r);
@@ -132,8 +155,14 @@ fn main() {
         println!("|---|---|---|");
         println!("| tiered (L1 hit) | {:.0} | 1.00x |", median(t_ns));
         println!(
-            "| memory backend | {:.0} | memory/tiered = {:.2}x |",
+            "| {} | {:.0} | {}/tiered = {:.2}x |",
+            if stale_variant {
+                "tiered + stale_if_error (L1 hit)"
+            } else {
+                "memory backend"
+            },
             median(m_ns),
+            if stale_variant { "stale" } else { "memory" },
             median(vs_mem)
         );
         println!(

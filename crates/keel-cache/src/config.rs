@@ -171,6 +171,15 @@ pub struct CacheOptions {
     /// `"pubsub"` where the server refuses client tracking).
     #[serde(default)]
     pub invalidation: Option<Invalidation>,
+    /// Tiered: stale-if-error window (default: off; `"0s"`: off). While Redis is
+    /// unreachable, an L1 entry is served up to this long past its L1 expiry instead of the
+    /// error (see docs/tiered.md).
+    #[serde(default, alias = "staleIfError", deserialize_with = "opt_duration")]
+    pub stale_if_error: Option<Duration>,
+    /// Tiered: TTL jitter for L1 fills as a percentage, e.g. `"10%"` (default: none): each
+    /// fill's L1 lifetime is shortened by a random fraction below it.
+    #[serde(default, alias = "ttlJitter")]
+    pub ttl_jitter: Option<String>,
     /// Longest key in bytes (default 4096); a number or a size such as `"4KiB"`.
     #[serde(
         default,

@@ -108,6 +108,8 @@ fn check_fields(config: &CacheConfig, kind: &str) -> Result<()> {
         set("l2", config.l2.is_some()),
         set("options.l1_ttl", o.l1_ttl.is_some()),
         set("options.invalidation", o.invalidation.is_some()),
+        set("options.stale_if_error", o.stale_if_error.is_some()),
+        set("options.ttl_jitter", o.ttl_jitter.is_some()),
     ];
     let limits = [
         set("options.max_key_bytes", o.max_key_bytes.is_some()),
@@ -173,6 +175,12 @@ fn check_fields(config: &CacheConfig, kind: &str) -> Result<()> {
         }
         _ => {}
     }
+    if o.stale_if_error.is_some_and(|d| d > crate::MAX_TTL) {
+        return Err(invalid("options.stale_if_error", "longer than 100 years"));
+    }
+    if let Some(text) = &o.ttl_jitter {
+        jitter(text)?;
+    }
     Ok(())
 }
 
@@ -236,16 +244,37 @@ fn tiered_from_config(
         .options
         .l1_ttl
         .unwrap_or(crate::tiered::DEFAULT_L1_TTL);
-    // No entry outlives l1_ttl in L1, so L1 can expire by one cache-wide TTL (cheaper hits).
-    crate::tiered::TieredCache::builder(
+    let stale = config.options.stale_if_error;
+    // No entry outlives l1_ttl (plus the stale-if-error window) in L1.
+    let mut builder = crate::tiered::TieredCache::builder(
         &config.name,
-        memory_builder(&l1, metrics)?.max_ttl(l1_ttl).build(),
+        memory_builder(&l1, metrics)?
+            .max_ttl(l1_ttl + stale.unwrap_or_default())
+            .build(),
         redis_from_config(&l2, metrics)?,
-    )
-    .l1_ttl(l1_ttl)
-    .invalidation(config.options.invalidation.unwrap_or_default())
-    .metrics(metrics)
-    .build()
+    );
+    if let Some(window) = stale {
+        builder = builder.stale_if_error(window);
+    }
+    if let Some(text) = &config.options.ttl_jitter {
+        builder = builder.ttl_jitter(jitter(text)?);
+    }
+    builder
+        .l1_ttl(l1_ttl)
+        .invalidation(config.options.invalidation.unwrap_or_default())
+        .metrics(metrics)
+        .build()
+}
+
+/// Parses `options.ttl_jitter`.
+fn jitter(text: &str) -> Result<crate::Jitter> {
+    crate::Jitter::parse(text).map_err(|e| match e {
+        Error::InvalidConfig { reason, .. } => Error::InvalidConfig {
+            field: "options.ttl_jitter".into(),
+            reason,
+        },
+        other => other,
+    })
 }
 
 /// Puts `section.` in front of an `InvalidConfig` field.

@@ -38,6 +38,7 @@ mod contract;
 pub mod election;
 mod error;
 mod factory;
+mod jitter;
 pub mod load;
 pub mod lock;
 mod manager;
@@ -56,6 +57,7 @@ pub use error::Error;
 #[cfg(feature = "redis")]
 pub use factory::redis_from_config;
 pub use factory::{CACHE_TYPES, open, open_with_metrics};
+pub use jitter::Jitter;
 pub use manager::Manager;
 pub use memory::{Capacity, MemoryCache, MemoryCacheBuilder};
 #[cfg(feature = "redis")]

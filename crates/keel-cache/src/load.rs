@@ -7,7 +7,13 @@
 //! - **negative caching**: a loader answer of "none" is remembered for a while;
 //! - **early refresh**: a hit whose remaining TTL is below a threshold is reloaded by one
 //!   caller (inline, others keep getting the cached value), so hot keys do not all expire at
-//!   once.
+//!   once;
+//! - **stale-while-revalidate** ([`LoadOptions::stale_while_revalidate`]): past a refresh
+//!   age the cached value is returned at once and one refresh per key runs — in the
+//!   background with [`Loader::get_or_revalidate`]; a failed refresh keeps the old value, is
+//!   counted and retried with backoff, and never reaches a caller (see `refresh`);
+//! - **TTL jitter** ([`LoadOptions::ttl_jitter`]): loaded values are written with a randomly
+//!   shortened TTL, so a fleet that fills at once does not expire at once.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -38,7 +44,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 
+mod refresh;
+
+pub use self::refresh::MAX_REFRESH_BACKOFF;
 use crate::contract::Cache;
+use crate::jitter::Jitter;
 use crate::lock::{LockOptions, Locker};
 use crate::ttl::{KeyTtl, Ttl};
 use crate::{Error, Result};
@@ -79,7 +89,25 @@ pub struct LoadOptions {
     /// third of this while the loader runs, so a slow loader keeps it; if the process dies,
     /// the lock is free again after at most this long.
     pub lock_ttl: Duration,
+    /// Stale-while-revalidate: a hit older than this (age read as `ttl - remaining TTL`, so
+    /// only with `ttl: Ttl::After`) is returned at once while one refresh of the key runs
+    /// (default: off). The rest of the TTL is the stale window: a value is never served past
+    /// its TTL.
+    pub stale_while_revalidate: Option<Duration>,
+    /// The wait after a failed stale-while-revalidate refresh before the next attempt,
+    /// doubled after each further failure up to [`MAX_REFRESH_BACKOFF`] (default
+    /// [`DEFAULT_REFRESH_BACKOFF`]).
+    pub refresh_backoff: Duration,
+    /// Shorten the TTL of each loaded value (and negative entry) by a random fraction of
+    /// itself, below this jitter (default: none). Applies to `Ttl::After` only.
+    /// With stale-while-revalidate, keep `ttl × jitter` below the refresh age: the age is
+    /// read from the remaining TTL, so a value written up to that much shorter looks that
+    /// much older.
+    pub ttl_jitter: Option<Jitter>,
 }
+
+/// The default [`LoadOptions::refresh_backoff`].
+pub const DEFAULT_REFRESH_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The default [`LoadOptions::lock_ttl`].
 pub const DEFAULT_LOAD_LOCK_TTL: Duration = Duration::from_secs(30);
@@ -105,7 +133,35 @@ impl LoadOptions {
             refresh_ahead: None,
             lock: None,
             lock_ttl: DEFAULT_LOAD_LOCK_TTL,
+            stale_while_revalidate: None,
+            refresh_backoff: DEFAULT_REFRESH_BACKOFF,
+            ttl_jitter: None,
         }
+    }
+
+    /// Stale-while-revalidate past `refresh_after` (default: off; needs `ttl: Ttl::After`
+    /// longer than `refresh_after`): see [`Loader::get_or_revalidate`]. Sets the
+    /// `stale_while_revalidate` field.
+    #[must_use]
+    pub fn stale_while_revalidate(mut self, refresh_after: Duration) -> Self {
+        self.stale_while_revalidate = Some(refresh_after);
+        self
+    }
+
+    /// The first wait after a failed refresh (default [`DEFAULT_REFRESH_BACKOFF`]). Sets the
+    /// `refresh_backoff` field.
+    #[must_use]
+    pub fn refresh_backoff(mut self, backoff: Duration) -> Self {
+        self.refresh_backoff = backoff;
+        self
+    }
+
+    /// Writes loaded values with a TTL shortened by a random fraction below `jitter`
+    /// (default: none). Sets the `ttl_jitter` field.
+    #[must_use]
+    pub fn ttl_jitter(mut self, jitter: Jitter) -> Self {
+        self.ttl_jitter = Some(jitter);
+        self
     }
 
     /// Remembers "none" answers for `ttl` (default: not at all). Sets the
@@ -156,6 +212,7 @@ pub struct Loader {
     flights: Arc<Mutex<HashMap<String, watch::Receiver<Outcome>>>>,
     calls: Counter,
     waits: Counter,
+    refreshes: Arc<refresh::Refreshes>,
 }
 
 impl std::fmt::Debug for Loader {
@@ -213,6 +270,7 @@ impl Loader {
             flights: Arc::default(),
             calls: calls.get_or_create_owned(&labels),
             waits: waits.get_or_create_owned(&labels),
+            refreshes: Arc::new(refresh::Refreshes::new(metrics, &labels)),
         }
     }
 
@@ -223,6 +281,12 @@ impl Loader {
 
     /// The cached value of `key`, or `loader`'s answer (stored with `options.ttl`). `None`
     /// means the loader found nothing.
+    ///
+    /// With [`LoadOptions::stale_while_revalidate`], a hit past its refresh age is returned
+    /// at once to every caller but one per key, who refreshes inline and gets the new value
+    /// (or, if the refresh fails, the old one: a failed refresh is never an error while the
+    /// value lives). [`get_or_revalidate`](Loader::get_or_revalidate) runs that refresh in the
+    /// background instead, so no caller waits.
     ///
     /// # Errors
     /// [`Error::Load`] when the loader (this caller's or the one it waited for) failed;
@@ -242,6 +306,11 @@ impl Loader {
         loop {
             let refresh = match self.cache.get(key).await? {
                 Some(v) if v == NEGATIVE_MARKER => return Ok(None),
+                Some(v) if options.stale_while_revalidate.is_some() => {
+                    return Ok(self
+                        .serve_or_refresh_inline(key, options, v, loader.take())
+                        .await);
+                }
                 Some(v) => {
                     if !self.due_for_refresh(key, options).await {
                         return Ok(Some(v));
@@ -309,10 +378,26 @@ impl Loader {
     }
 
     async fn due_for_refresh(&self, key: &str, options: &LoadOptions) -> bool {
-        let Some(ahead) = options.refresh_ahead else {
+        if options.refresh_ahead.is_none() && options.stale_while_revalidate.is_none() {
+            return false;
+        }
+        let Ok(remaining) = self.cache.ttl(key).await else {
             return false;
         };
-        matches!(self.cache.ttl(key).await, Ok(KeyTtl::Expires(left)) if left < ahead)
+        refresh::past_refresh_age(options, remaining)
+            || matches!((options.refresh_ahead, remaining),
+                (Some(ahead), KeyTtl::Expires(left)) if left < ahead)
+    }
+
+    /// `ttl` with the options' jitter applied (counted when it applies).
+    fn jittered(&self, ttl: Ttl, options: &LoadOptions) -> Ttl {
+        match (options.ttl_jitter, ttl) {
+            (Some(jitter), Ttl::After(d)) => {
+                self.refreshes.jittered.inc();
+                Ttl::After(jitter.apply(d))
+            }
+            _ => ttl,
+        }
     }
 
     async fn lead<F, Fut, E>(
@@ -361,11 +446,15 @@ impl Loader {
             message: e.to_string(),
         })?;
         match &loaded {
-            Some(v) => self.cache.set(key, v.clone(), options.ttl).await?,
+            Some(v) => {
+                let ttl = self.jittered(options.ttl, options);
+                self.cache.set(key, v.clone(), ttl).await?;
+            }
             None => {
                 if let Some(neg) = options.negative_ttl {
+                    let ttl = self.jittered(Ttl::After(neg), options);
                     self.cache
-                        .set(key, Bytes::from_static(NEGATIVE_MARKER), Ttl::After(neg))
+                        .set(key, Bytes::from_static(NEGATIVE_MARKER), ttl)
                         .await?;
                 }
             }

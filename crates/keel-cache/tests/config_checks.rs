@@ -144,9 +144,39 @@ async fn numbers_out_of_range_are_errors_at_load() {
             "type = \"tiered\"\nname = \"a\"\n[options]\nl1_ttl = \"0s\"\n[l2]\ntype = \"redis\"\n",
             "options.l1_ttl",
         ),
+        (
+            "type = \"tiered\"\nname = \"a\"\n[options]\nttl_jitter = \"150%\"\n[l2]\ntype = \"redis\"\n",
+            "options.ttl_jitter",
+        ),
+        (
+            "type = \"tiered\"\nname = \"a\"\n[options]\nttl_jitter = \"10\"\n[l2]\ntype = \"redis\"\n",
+            "options.ttl_jitter",
+        ),
+        (
+            "type = \"tiered\"\nname = \"a\"\n[options]\nstale_if_error = \"200years\"\n[l2]\ntype = \"redis\"\n",
+            "options.stale_if_error",
+        ),
+        (
+            "type = \"redis\"\nname = \"a\"\n[options]\nstale_if_error = \"30s\"\n",
+            "options.stale_if_error",
+        ),
+        (
+            "type = \"memory\"\n[options]\nttl_jitter = \"10%\"\n",
+            "options.ttl_jitter",
+        ),
     ] {
         assert_eq!(rejected(text).await, field, "{text}");
     }
+}
+
+/// A bad duration for `stale_if_error` is a parse error naming the input, not a panic.
+#[test]
+fn a_bad_stale_if_error_duration_is_a_parse_error() {
+    let text = "type = \"tiered\"\nname = \"a\"\n[options]\nstale_if_error = \"soon\"\n[l2]\ntype = \"redis\"\n";
+    assert!(matches!(
+        CacheConfig::from_toml(text),
+        Err(Error::Parse { message, .. }) if message.contains("soon")
+    ));
 }
 
 /// A builder given an absurd response timeout neither panics nor hangs forever: it is cut to

@@ -298,6 +298,20 @@ async fn tiered_config_with_l1_and_l2_sections() {
     for _ in 0..2 {
         assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     }
+    // The resilience options parse and build (their behaviour: tests/tiered_stale.rs).
+    let text = format!(
+        "type = \"tiered\"\nname = \"policies\"\n[options]\nl1_ttl = \"10s\"\n\
+         stale_if_error = \"30s\"\nttl_jitter = \"10%\"\n[l2]\ntype = \"redis\"\nurl = \"{}\"\n",
+        server.url()
+    );
+    let resilient = keel_cache::open(&keel_cache::CacheConfig::from_toml(&text).unwrap())
+        .await
+        .unwrap();
+    resilient.set("k", "v".into(), Ttl::Default).await.unwrap();
+    assert_eq!(
+        resilient.get("k").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
     let mut no_l2 = config.clone();
     no_l2.l2 = None;
     assert!(matches!(

@@ -30,3 +30,21 @@ pub mod proxy;
 pub mod redis;
 pub mod redis_proxy;
 pub mod writer;
+
+/// Polls the async `check` every 50 ms until it returns true, panicking with `what` after
+/// `timeout` (the async twin of [`redis::wait_until`]; give generous timeouts: the test
+/// machines run loaded).
+pub async fn eventually(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -82,6 +82,18 @@ impl MemoryCache {
         self.shared.get_uncounted(key)
     }
 
+    /// [`get_uncounted`](Self::get_uncounted) that also says whether the entry has more than
+    /// `margin` left: the tiered cache's stale-if-error tells fresh L1 entries from those kept
+    /// only for an outage this way.
+    #[inline]
+    pub(crate) fn get_fresh_uncounted(
+        &self,
+        key: &str,
+        margin: Duration,
+    ) -> Result<Option<(Bytes, bool)>> {
+        self.shared.get_fresh_uncounted(key, margin)
+    }
+
     /// Whether the cache holds no entries.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
