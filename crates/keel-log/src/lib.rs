@@ -59,7 +59,9 @@ mod sink;
 
 pub use config::{LOGGER_TYPES, LogConfig, LogOptions, Secret, build};
 pub use error::Error;
-pub use format::{Format, JsonFormat, REDACTED, TextFormat, is_secret_key};
+pub use format::{
+    Format, JsonFormat, REDACTED, TextFormat, add_secret_keys, is_secret_key, mask_url_credentials,
+};
 pub use logger::{Logger, set_fatal_hook};
 pub use manager::{FLUSH_ON_EXIT, Manager, global, install_panic_hook};
 pub use record::{Field, Fields, Level, ParseLevelError, Record, Value, field};
