@@ -26,6 +26,8 @@
 //! - `logger`: [`Logger`], children, `fatal` and its hook.
 //! - `manager`: [`Manager`], [`global`], [`install_panic_hook`].
 //! - `config`: [`LogConfig`] and [`build`].
+//! - `filter`: [`Filter`], level directives in the EnvFilter syntax (`KEEL_LOG`).
+//! - `sampling`: [`Sampling`], zap's sampler per (level, message), counted and reported.
 //! - `sink`: the [`Sink`] trait, [`DeliveryStats`], [`Overflow`], [`FlushPolicy`];
 //!   `sink::queue` ([`QueueSink`]); `sink::file` ([`FileSink`]: `rotation` with
 //!   [`FileWriter`] and [`Period`], `retention`, `zone` with [`Zone`]).
@@ -51,20 +53,24 @@
 pub mod bridge;
 mod config;
 mod error;
+mod filter;
 mod format;
 mod logger;
 mod manager;
 mod record;
+mod sampling;
 mod sink;
 
-pub use config::{LOGGER_TYPES, LogConfig, LogOptions, Secret, build};
+pub use config::{LOGGER_TYPES, LogConfig, LogOptions, SamplingConfig, Secret, build};
 pub use error::Error;
+pub use filter::{FILTER_ENV, Filter};
 pub use format::{
     Format, JsonFormat, REDACTED, TextFormat, add_secret_keys, is_secret_key, mask_url_credentials,
 };
 pub use logger::{Logger, set_fatal_hook};
 pub use manager::{FLUSH_ON_EXIT, Manager, global, install_panic_hook};
 pub use record::{Field, Fields, Level, ParseLevelError, Record, Value, field};
+pub use sampling::Sampling;
 #[cfg(feature = "elastic")]
 pub use sink::elastic::{Auth, ElasticOptions, ElasticSink};
 pub use sink::file::{

@@ -80,7 +80,7 @@ fn fold(key: &str) -> String {
 fn has_secret_word(key: &str) -> bool {
     let mut start = 0;
     let mut prev: Option<char> = None;
-    let mut check = |word: &str| SECRET_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w));
+    let check = |word: &str| SECRET_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w));
     for (i, c) in key.char_indices() {
         let boundary =
             is_separator(c) || (c.is_uppercase() && prev.is_some_and(char::is_lowercase));
