@@ -19,7 +19,7 @@ pub const LOGGER_TYPES: &[&str] = &["console", "file", "elastic", "elasticsearch
 
 /// A logger's config: `type`, `name`, `level`, `formatter` (`text`/`json`), `output`
 /// (`stdout`/`stderr` for console) and sink `options`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `console`, `file`, `elastic` or `elasticsearch`.
@@ -126,7 +126,7 @@ impl Controls {
 const MAX_QUEUE: usize = 1_000_000;
 
 /// Sink options.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogOptions {
     /// Queue bound in records (default 10 000, at most 1 000 000). Console and file sinks
@@ -232,7 +232,7 @@ pub struct LogOptions {
 }
 
 /// A config secret (password, API key): printed as `[REDACTED]` by `Debug`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -283,10 +283,15 @@ impl LogConfig {
             path: path.display().to_string(),
             source,
         })?;
+        Self::from_text_of(path, &text)
+    }
+
+    /// Parses `text`, read from `path`, choosing the syntax by the path's extension.
+    pub(crate) fn from_text_of(path: &std::path::Path, text: &str) -> Result<Self, Error> {
         match path.extension().and_then(|e| e.to_str()) {
-            Some("toml") => Self::from_toml(&text),
-            Some("yaml" | "yml") => Self::from_yaml(&text),
-            Some("json") => Self::from_json(&text),
+            Some("toml") => Self::from_toml(text),
+            Some("yaml" | "yml") => Self::from_yaml(text),
+            Some("json") => Self::from_json(text),
             _ => Err(bad(
                 "path",
                 format!(

@@ -28,6 +28,8 @@
 //! - `config`: [`LogConfig`] and [`build`].
 //! - `filter`: [`Filter`], level directives in the EnvFilter syntax (`KEEL_LOG`).
 //! - `sampling`: [`Sampling`], zap's sampler per (level, message), counted and reported.
+//! - `reload`: [`Reloader`], live reload of a config file (polling, on demand, SIGHUP with
+//!   the `sighup` feature) through [`Manager::reload`].
 //! - `sink`: the [`Sink`] trait, [`DeliveryStats`], [`Overflow`], [`FlushPolicy`];
 //!   `sink::queue` ([`QueueSink`]); `sink::file` ([`FileSink`]: `rotation` with
 //!   [`FileWriter`] and [`Period`], `retention`, `zone` with [`Zone`]).
@@ -58,6 +60,7 @@ mod format;
 mod logger;
 mod manager;
 mod record;
+mod reload;
 mod sampling;
 mod sink;
 
@@ -68,8 +71,9 @@ pub use format::{
     Format, JsonFormat, REDACTED, TextFormat, add_secret_keys, is_secret_key, mask_url_credentials,
 };
 pub use logger::{Logger, set_fatal_hook};
-pub use manager::{FLUSH_ON_EXIT, Manager, global, install_panic_hook};
+pub use manager::{FLUSH_ON_EXIT, Manager, ReloadReport, global, install_panic_hook};
 pub use record::{Field, Fields, Level, ParseLevelError, Record, Value, field};
+pub use reload::Reloader;
 pub use sampling::Sampling;
 #[cfg(feature = "elastic")]
 pub use sink::elastic::{Auth, ElasticOptions, ElasticSink};
