@@ -24,6 +24,8 @@
 //! - `record`: [`Level`], [`Field`], [`Value`], [`Record`].
 //! - `format`: [`TextFormat`], [`JsonFormat`], redaction, escaping.
 //! - `logger`: [`Logger`], children, `fatal` and its hook.
+//! - `macros`: [`log!`], [`debug!`], [`info!`], [`warn!`], [`error!`]: the level is checked
+//!   before the message and fields are built.
 //! - `manager`: [`Manager`], [`global`], [`install_panic_hook`].
 //! - `config`: [`LogConfig`] and [`build`].
 //! - `filter`: [`Filter`], level directives in the EnvFilter syntax (`KEEL_LOG`).
@@ -36,6 +38,8 @@
 //!   `sink::elastic` (feature `elastic`: `ElasticSink`: `options`, `state`, `sender`, `bulk`,
 //!   `endpoints`, `disk_buffer`, `dead_letter`, `metrics`).
 //! - `bridge` (features `log`, `tracing`).
+//! - [`operator_controls`]: the guide to directives, sampling, live reload and redaction
+//!   (docs/log-controls.md, doc-tested).
 //!
 //! ```
 //! use keel_log::{Format, JsonFormat, Level, Record, field};
@@ -53,11 +57,14 @@
 
 #[cfg(any(feature = "log", feature = "tracing"))]
 pub mod bridge;
+#[doc = include_str!("../../../docs/log-controls.md")]
+pub mod operator_controls {}
 mod config;
 mod error;
 mod filter;
 mod format;
 mod logger;
+mod macros;
 mod manager;
 mod record;
 mod reload;

@@ -373,21 +373,25 @@ impl Logger {
     }
 
     /// Logs at `Debug`.
+    #[inline]
     pub fn debug(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Debug, message, fields);
     }
 
     /// Logs at `Info`.
+    #[inline]
     pub fn info(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Info, message, fields);
     }
 
     /// Logs at `Warn`.
+    #[inline]
     pub fn warn(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Warn, message, fields);
     }
 
     /// Logs at `Error`.
+    #[inline]
     pub fn error(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Error, message, fields);
     }
