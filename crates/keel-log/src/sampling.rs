@@ -143,6 +143,9 @@ impl Sampler {
     }
 
     /// Decides about a record of `level` with `message` (call only when active).
+    // A `Cow`, not a `&str`: the first record sampled away keeps a clone, and a `'static`
+    // literal stays borrowed.
+    #[allow(clippy::ptr_arg)]
     pub(crate) fn decide(&self, level: Level, message: &Cow<'static, str>) -> Decision {
         let (Some(slots), true) = (self.slots.get(), level < Level::Fatal) else {
             return Decision::Pass(None);
@@ -165,7 +168,7 @@ impl Sampler {
         };
         let first = self.first.load(Ordering::Relaxed);
         let thereafter = self.thereafter.load(Ordering::Relaxed);
-        let pass = n <= first || (thereafter > 0 && (n - first) % thereafter == 0);
+        let pass = n <= first || (thereafter > 0 && (n - first).is_multiple_of(thereafter));
         if pass {
             if slot.unreported.load(Ordering::Relaxed) == 0 {
                 return Decision::Pass(None);

@@ -105,7 +105,7 @@ pub fn is_secret_key(key: &str) -> bool {
     }
     // The usual key is short ASCII: fold it on the stack.
     let mut buf = [0u8; 64];
-    let found = if key.len() <= buf.len() && key.is_ascii() {
+    if key.len() <= buf.len() && key.is_ascii() {
         let mut n = 0;
         for b in key.bytes() {
             if !is_separator(char::from(b)) {
@@ -125,8 +125,7 @@ pub fn is_secret_key(key: &str) -> bool {
         let folded = fold(key);
         SECRET_FRAGMENTS.iter().any(|f| folded.contains(f))
             || (HAS_EXTRA.load(Ordering::Acquire) && extra_matches(folded.as_bytes()))
-    };
-    found
+    }
 }
 
 fn extra_matches(folded: &[u8]) -> bool {
