@@ -279,6 +279,7 @@ impl Logger {
     }
 
     /// Writes a bridge record of `target` if the filter enables `target` at `level`.
+    #[cfg(any(feature = "log", feature = "tracing"))]
     pub(crate) fn log_target(
         &self,
         target: &str,
