@@ -431,7 +431,12 @@ fn console_default() -> Logger {
     let config = crate::config::LogConfig::from_toml(
         "type = \"console\"\nname = \"default\"\nlevel = \"info\"\noutput = \"stderr\"\n",
     );
+    // A bad KEEL_LOG must not leave the fallback without its console sink.
+    let env = Filter::from_env().unwrap_or_else(|e| {
+        eprintln!("keel-log: {e}; KEEL_LOG is ignored for the default console logger");
+        None
+    });
     config
-        .and_then(|c| crate::config::build(&c))
+        .and_then(|c| crate::config::build_with_env(&c, env.as_ref()))
         .unwrap_or_else(|_| Logger::new("default", Level::Info, Vec::new()))
 }

@@ -265,6 +265,32 @@ mod tests {
     }
 
     #[test]
+    fn a_new_tick_starts_a_new_budget_and_reports_the_last_one() {
+        let s = Sampler::new(Default::default());
+        s.set(Some(Sampling::new(Duration::from_millis(1), 1, 0)));
+        let m: Cow<'static, str> = "tick".into();
+        let (mut passed, mut reported) = (0, 0);
+        // However the calls fall into ticks on a loaded machine, the counts add up.
+        for _ in 0..1000 {
+            if let Decision::Pass(report) = s.decide(Level::Warn, &m) {
+                passed += 1;
+                reported += report.map_or(0, |(n, _)| n);
+            }
+        }
+        assert!(passed >= 1);
+        let dropped = s.sampled[Level::Warn as usize].get();
+        assert_eq!(passed + dropped, 1000);
+        // Sleeping longer than a tick ends the window: the next record passes and carries
+        // the report of what the last window sampled away.
+        std::thread::sleep(Duration::from_millis(20));
+        match s.decide(Level::Warn, &m) {
+            Decision::Pass(report) => reported += report.map_or(0, |(n, _)| n),
+            Decision::Drop => panic!("the first record of a tick passes"),
+        }
+        assert_eq!(reported, dropped);
+    }
+
+    #[test]
     fn thereafter_zero_drops_all_after_first_and_off_passes_everything() {
         let s = sampler(2, 0);
         let m: Cow<'static, str> = "x".into();
