@@ -8,8 +8,9 @@
 //! and for every (level, message) with a count left when the logger is flushed or shut down.
 //! Summed over the in-band reports, after a flush, N equals the metric.
 //!
-//! Messages are hashed into a fixed table of counters per level (no allocation per message,
-//! no lock on the path that decides): two messages that share a slot share its budget, as in
+//! Messages are hashed into a fixed table of counters per level (no allocation per message;
+//! atomics, plus a lock only when the first record after a report is sampled away and leaves
+//! its message): two messages that share a slot share its budget, as in
 //! zap. `Fatal` is never sampled.
 
 use std::borrow::Cow;
@@ -173,14 +174,19 @@ impl Sampler {
             if slot.unreported.load(Ordering::Relaxed) == 0 {
                 return Decision::Pass(None);
             }
-            return Decision::Pass(take(slot));
+            return Decision::Pass(
+                take(slot).map(|(n, kept)| (n, kept.unwrap_or_else(|| message.clone()))),
+            );
         }
         self.sampled[level as usize].inc();
-        let mut kept = slot.message.lock().unwrap_or_else(PoisonError::into_inner);
-        if kept.is_none() {
-            *kept = Some(message.clone());
+        // Only the first record sampled away since the last report takes the lock to leave
+        // its message; the rest of a storm only counts.
+        if slot.unreported.fetch_add(1, Ordering::Relaxed) == 0 {
+            let mut kept = slot.message.lock().unwrap_or_else(PoisonError::into_inner);
+            if kept.is_none() {
+                *kept = Some(message.clone());
+            }
         }
-        slot.unreported.fetch_add(1, Ordering::Relaxed);
         Decision::Drop
     }
 
@@ -194,18 +200,23 @@ impl Sampler {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.unreported.load(Ordering::Relaxed) > 0)
-            .filter_map(|(i, s)| take(s).map(|(n, m)| (levels[i / SLOTS], n, m)))
+            .filter_map(|(i, s)| {
+                take(s).map(|(n, m)| (levels[i / SLOTS], n, m.unwrap_or_default()))
+            })
             .collect()
     }
 }
 
-/// Takes a slot's unreported count and message (under the message lock, so a count is
-/// never separated from its message).
-fn take(slot: &Slot) -> Option<(u64, Cow<'static, str>)> {
+/// Takes a slot's unreported count and the message left with it. The message can be
+/// missing when the first record of the count has not stored it yet (it then stays for the
+/// next report); the caller falls back to the message it has.
+fn take(slot: &Slot) -> Option<(u64, Option<Cow<'static, str>>)> {
     let mut kept = slot.message.lock().unwrap_or_else(PoisonError::into_inner);
     let n = slot.unreported.swap(0, Ordering::Relaxed);
-    let message = kept.take();
-    (n > 0).then(|| (n, message.unwrap_or_default()))
+    if n == 0 {
+        return None;
+    }
+    Some((n, kept.take()))
 }
 
 #[cfg(test)]
