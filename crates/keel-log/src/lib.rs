@@ -14,6 +14,12 @@
 //! `ElasticSink` for Elasticsearch and OpenSearch (docs/elasticsearch.md); `tracing`/`log`
 //! bridges in `bridge` (features `tracing`, `log`).
 //!
+//! Operator controls ([`operator_controls`]): level directives in the EnvFilter syntax per
+//! logger and from `KEEL_LOG` ([`Filter`]), applied to the bridges too; sampling per (level,
+//! message) that counts and reports what it drops ([`Sampling`]); live reload of a config
+//! ([`Manager::reload`], [`Reloader`]); and redaction of URL credentials in messages and
+//! values ([`mask_url_credentials`]) on top of secret keys.
+//!
 //! Records reach their files when they should: a sink's writer flushes when its queue drains
 //! and at least every [`FlushPolicy::interval`] (1 s by default; `sync` adds fsync), counts
 //! every record exactly once as written, dropped or failed, and a file sink recovers from a
@@ -28,6 +34,7 @@
 //!   before the message and fields are built.
 //! - `manager`: [`Manager`], [`global`], [`install_panic_hook`].
 //! - `config`: [`LogConfig`] and [`build`].
+//! - `controls`: what a config sets that a reload changes in place ([`SamplingConfig`]).
 //! - `filter`: [`Filter`], level directives in the EnvFilter syntax (`KEEL_LOG`).
 //! - `sampling`: [`Sampling`], zap's sampler per (level, message), counted and reported.
 //! - `reload`: [`Reloader`], live reload of a config file (polling, on demand, SIGHUP with
@@ -60,6 +67,7 @@ pub mod bridge;
 #[doc = include_str!("../../../docs/log-controls.md")]
 pub mod operator_controls {}
 mod config;
+mod controls;
 mod error;
 mod filter;
 mod format;
@@ -71,7 +79,8 @@ mod reload;
 mod sampling;
 mod sink;
 
-pub use config::{LOGGER_TYPES, LogConfig, LogOptions, SamplingConfig, Secret, build};
+pub use config::{LOGGER_TYPES, LogConfig, LogOptions, Secret, build};
+pub use controls::SamplingConfig;
 pub use error::Error;
 pub use filter::{FILTER_ENV, Filter};
 pub use format::{

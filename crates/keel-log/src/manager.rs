@@ -140,7 +140,7 @@ impl Manager {
         config: &LogConfig,
         env: Option<&Filter>,
     ) -> Result<ReloadReport, Error> {
-        let controls = crate::config::controls(config, env)?;
+        let controls = crate::controls::controls(config, env)?;
         let mut configs = self.configs.write().unwrap_or_else(PoisonError::into_inner);
         let (logger, added, restart_needed) = match self.get(&config.name) {
             Some(logger) => {
@@ -155,7 +155,7 @@ impl Manager {
                 (logger, false, changed)
             }
             None => {
-                let logger = crate::config::build_with_env(config, env)?;
+                let logger = crate::controls::build_with_env(config, env)?;
                 self.register(logger.clone())?;
                 (logger, true, Vec::new())
             }
@@ -437,6 +437,6 @@ fn console_default() -> Logger {
         None
     });
     config
-        .and_then(|c| crate::config::build_with_env(&c, env.as_ref()))
+        .and_then(|c| crate::controls::build_with_env(&c, env.as_ref()))
         .unwrap_or_else(|_| Logger::new("default", Level::Info, Vec::new()))
 }
