@@ -96,6 +96,10 @@ impl Reloader {
     /// application does not handle SIGHUP itself; otherwise call
     /// [`reload_now`](Self::reload_now) from its handler.
     ///
+    /// The handler stays installed for the life of the process (tokio never uninstalls one):
+    /// after the reloader stops, a SIGHUP is ignored rather than terminating the process.
+    /// Calling this twice reloads twice per SIGHUP.
+    ///
     /// # Errors
     /// [`Error::Sink`] when the handler or its thread cannot be set up.
     #[cfg(all(unix, feature = "sighup"))]
