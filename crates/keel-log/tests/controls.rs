@@ -274,15 +274,17 @@ fn an_invalid_reload_keeps_the_old_settings_and_says_why() {
 fn a_watched_file_is_reloaded_on_change_and_on_demand() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log.toml");
-    let write = |level: &str| {
-        let text = format!(
-            "type = \"file\"\nname = \"watched\"\nlevel = \"{level}\"\n[options]\npath = \"{}\"\n",
-            dir.path().join("watched.log").display()
-        );
-        // Written whole, then renamed over: the watcher never reads half a file.
+    // Written whole, then renamed over: the watcher never reads half a file.
+    let replace = |text: &str| {
         let tmp = dir.path().join("log.toml.tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
+    };
+    let write = |level: &str| {
+        replace(&format!(
+            "type = \"file\"\nname = \"watched\"\nlevel = \"{level}\"\n[options]\npath = \"{}\"\n",
+            dir.path().join("watched.log").display()
+        ));
     };
     write("info");
     let manager = Arc::new(Manager::new());
@@ -305,7 +307,7 @@ fn a_watched_file_is_reloaded_on_change_and_on_demand() {
     write("debug");
     assert_eq!(rx.recv_timeout(LONG).unwrap(), Ok("debug".to_owned()));
     assert_eq!(log.level(), Level::Debug);
-    std::fs::write(&path, "type = \"file\"\nname = \"watched\"\nlevel = 3\n").unwrap();
+    replace("type = \"file\"\nname = \"watched\"\nlevel = 3\n");
     let err = rx.recv_timeout(LONG).unwrap().unwrap_err();
     assert!(err.contains("parse"), "{err}");
     assert_eq!(log.level(), Level::Debug, "a bad file changes nothing");
