@@ -9,7 +9,9 @@
 //! A third row repeats the 3-field shape on the default queue (10 000 records) in bursts of
 //! 5 000 with a flush between bursts (not timed), so the queue's slots are reused as in a
 //! long-running service. A fourth row does the same on a 1 024-record queue in bursts of 500:
-//! a ring small enough to stay in the writer core's cache.
+//! a ring small enough to stay in the writer core's cache. A last row times a disabled call
+//! (`debug` with the 3 fields on an `info` logger; tracing: `debug!` under a subscriber whose
+//! max level is INFO), 10 000 000 calls per round.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -88,6 +90,57 @@ fn keel_round(dir: &std::path::Path, shape: Shape) -> f64 {
     caller.as_nanos() as f64 / EVENTS as f64
 }
 
+const DISABLED_CALLS: u64 = 10_000_000;
+
+/// ns per disabled call: the method (`log.debug(msg, &[..])`) and the `debug!` macro.
+fn keel_disabled_round(dir: &std::path::Path) -> (f64, f64) {
+    let sink = FileSink::start(
+        "bench-disabled",
+        FileOptions::new(dir.join("keel-disabled.log")),
+        1_024,
+        Overflow::Block,
+        Box::new(JsonFormat),
+    )
+    .unwrap();
+    let log = Logger::new("bench", Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]);
+    let log = std::hint::black_box(&log);
+    let t = Instant::now();
+    for i in 0..DISABLED_CALLS {
+        log.debug(
+            "request served",
+            &[
+                field("method", "GET"),
+                field("status", 200),
+                field("bytes", i),
+            ],
+        );
+    }
+    let method = t.elapsed().as_nanos() as f64 / DISABLED_CALLS as f64;
+    let t = Instant::now();
+    for i in 0..DISABLED_CALLS {
+        keel_log::debug!(log, "request served"; method = "GET", status = 200, bytes = i);
+    }
+    let ns = t.elapsed().as_nanos() as f64 / DISABLED_CALLS as f64;
+    log.shutdown(Duration::from_secs(60));
+    (method, ns)
+}
+
+fn tracing_disabled_round(dir: &std::path::Path) -> f64 {
+    let file = BufWriter::new(File::create(dir.join("tracing-disabled.log")).unwrap());
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(Mutex::new(file))
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let t = Instant::now();
+        for i in 0..DISABLED_CALLS {
+            tracing::debug!(method = "GET", status = 200, bytes = i, "request served");
+        }
+        t.elapsed().as_nanos() as f64 / DISABLED_CALLS as f64
+    })
+}
+
 fn tracing_round(dir: &std::path::Path, prebound: bool) -> f64 {
     let file = BufWriter::new(File::create(dir.join("tracing.log")).unwrap());
     let layer = tracing_subscriber::fmt::layer()
@@ -164,4 +217,29 @@ fn main() {
             median(r)
         );
     }
+    let (mut k, mut m, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..=ROUNDS {
+        let ((kn, mn), tn) = if round % 2 == 0 {
+            let kn = keel_disabled_round(dir.path());
+            (kn, tracing_disabled_round(dir.path()))
+        } else {
+            let tn = tracing_disabled_round(dir.path());
+            (keel_disabled_round(dir.path()), tn)
+        };
+        if round > 0 {
+            k.push(kn);
+            m.push(mn);
+            t.push(tn);
+        }
+    }
+    // A few cycles each: a ratio would only show noise.
+    let t = median(t);
+    println!(
+        "| disabled call, method (`log.debug(msg, &[3 fields])`, info logger) | {:.1} | {t:.1} | - |",
+        median(k)
+    );
+    println!(
+        "| disabled call, macro (`keel_log::debug!(log, msg; 3 fields)`) | {:.1} | {t:.1} | - |",
+        median(m)
+    );
 }

@@ -12,7 +12,9 @@ mod log_bridge {
 
     /// A `log::Log` that routes records to Keel loggers by target: the route with the longest
     /// matching prefix of the record's target wins (`"smtp"` matches `smtp::queue`), else the
-    /// fallback logger. The target is kept as a `target` field.
+    /// fallback logger. The target is kept as a `target` field. Whether a record is written
+    /// is decided by the receiving logger's [`Filter`](crate::Filter) for the record's
+    /// target (`smtp::session=debug`), before the message is formatted.
     #[derive(Debug, Clone)]
     pub struct LogBridge {
         routes: Vec<(String, Logger)>,
@@ -72,13 +74,19 @@ mod log_bridge {
     impl log::Log for LogBridge {
         fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
             self.logger_for(metadata.target())
-                .enabled(level(metadata.level()))
+                .enabled_for(metadata.target(), level(metadata.level()))
         }
 
         fn log(&self, record: &log::Record<'_>) {
             let logger = self.logger_for(record.target());
-            logger.log(
-                level(record.level()),
+            let lvl = level(record.level());
+            // Checked before the message is formatted.
+            if !logger.enabled_for(record.target(), lvl) {
+                return;
+            }
+            logger.log_target(
+                record.target(),
+                lvl,
                 record.args().to_string(),
                 &[field("target", record.target().to_owned())],
             );
@@ -107,7 +115,9 @@ mod tracing_bridge {
     /// A `tracing_subscriber::Layer` that writes every event to a Keel logger: the event's
     /// `message` becomes the record's message, its other fields and the fields of every
     /// enclosing span (outermost first) become record fields, and the target is a `target`
-    /// field. TRACE maps to Debug.
+    /// field. TRACE maps to Debug. Whether an event is written is decided by the logger's
+    /// [`Filter`](crate::Filter) for the event's target (`keel_cache=debug`), before its
+    /// fields are collected.
     #[derive(Debug, Clone)]
     pub struct KeelLayer {
         logger: Logger,
@@ -206,7 +216,8 @@ mod tracing_bridge {
 
         fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
             let lvl = level(event.metadata().level());
-            if !self.logger.enabled(lvl) {
+            let target = event.metadata().target();
+            if !self.logger.enabled_for(target, lvl) {
                 return;
             }
             let mut fields = Vec::new();
@@ -220,8 +231,9 @@ mod tracing_bridge {
             let mut c = Collect::default();
             event.record(&mut c);
             fields.extend(c.fields);
-            fields.push(field("target", event.metadata().target().to_owned()));
-            self.logger.log(lvl, c.message.unwrap_or_default(), &fields);
+            fields.push(field("target", target.to_owned()));
+            self.logger
+                .log_target(target, lvl, c.message.unwrap_or_default(), &fields);
         }
     }
 }

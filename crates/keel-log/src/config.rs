@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::controls::SamplingConfig;
 use crate::error::Error;
+use crate::filter::Filter;
 use crate::format::{EcsFormat, Format, JsonFormat, TextFormat};
 use crate::logger::Logger;
 use crate::record::Level;
@@ -23,7 +25,7 @@ pub const LOGGER_TYPES: &[&str] = &[
 
 /// A logger's config: `type`, `name`, `level`, `formatter` (`text`/`json`), `output`
 /// (`stdout`/`stderr` for console) and sink `options`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `console`, `file`, `elastic`, `elasticsearch`, `syslog` or `journald`.
@@ -44,6 +46,17 @@ pub struct LogConfig {
     /// Sink options.
     #[serde(default)]
     pub options: LogOptions,
+    /// Level directives in the EnvFilter syntax (`"info,keel_cache=debug"`, see
+    /// [`Filter`]), applied on top of `level`; `KEEL_LOG` is applied on top of both.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Sampling per (level, message) (see [`Sampling`](crate::Sampling)); off when absent.
+    #[serde(default)]
+    pub sampling: Option<SamplingConfig>,
+    /// Extra field keys to redact in every format of the process (see
+    /// [`add_secret_keys`](crate::add_secret_keys)).
+    #[serde(default)]
+    pub redact_keys: Option<Vec<String>>,
 }
 
 /// The largest `options.queue` accepted (the slots of console and file sinks are
@@ -51,7 +64,7 @@ pub struct LogConfig {
 const MAX_QUEUE: usize = 1_000_000;
 
 /// Sink options.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogOptions {
     /// Queue bound in records (default 10 000, at most 1 000 000). Console and file sinks
@@ -221,7 +234,18 @@ impl LogConfig {
     /// [`Error::ConfigFile`] when it cannot be read, [`Error::InvalidConfig`] for another
     /// extension, [`Error::Parse`].
     pub fn from_path(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
-        Ok(keel_config::from_path(path)?)
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_text_of(path, &text)
+    }
+
+    /// Parses `text`, read from `path`, choosing the syntax by the path's extension.
+    pub(crate) fn from_text_of(path: &std::path::Path, text: &str) -> Result<Self, Error> {
+        let format = keel_config::Format::from_path(path)?;
+        Ok(keel_config::from_str(format, text)?)
     }
 
     /// Parses YAML.
@@ -267,12 +291,20 @@ fn flush_policy(options: &LogOptions) -> Result<FlushPolicy, Error> {
     Ok(flush)
 }
 
-/// Builds the logger a config describes.
+/// Builds the logger a config describes: its sinks, its level directives (`level`, then
+/// `filter`, then the `KEEL_LOG` environment variable on top, see [`Filter`]), its sampling,
+/// and its extra redacted keys.
 ///
 /// # Errors
 /// [`Error::UnknownType`] (naming the valid types), [`Error::NotAvailable`] for `elastic`
-/// without the `elastic` feature, [`Error::InvalidConfig`], [`Error::Sink`].
+/// without the `elastic` feature, [`Error::InvalidConfig`], [`Error::InvalidFilter`] (in
+/// `filter` or `KEEL_LOG`), [`Error::Sink`].
 pub fn build(config: &LogConfig) -> Result<Logger, Error> {
+    crate::controls::build_with_env(config, Filter::from_env()?.as_ref())
+}
+
+/// The logger of `config` with its sinks started, at its `level`.
+pub(crate) fn build_sinks(config: &LogConfig) -> Result<Logger, Error> {
     let level: Level = match &config.level {
         Some(l) => l
             .parse()
@@ -650,6 +682,9 @@ mod tests {
             Ok(Duration::from_secs(30))
         );
         let bad = LogConfig::from_yaml("type: file\nname: f\noptions:\n  maxSize: 10 parsecs\n");
-        assert!(matches!(&bad, Err(Error::Parse(m)) if m.contains("10 parsecs")), "{bad:?}");
+        assert!(
+            matches!(&bad, Err(Error::Parse(m)) if m.contains("10 parsecs")),
+            "{bad:?}"
+        );
     }
 }

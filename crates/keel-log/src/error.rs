@@ -35,6 +35,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A level directive (`KEEL_LOG`, a config's `filter`) does not parse.
+    #[error("invalid log filter directive {directive:?}: {reason}")]
+    InvalidFilter {
+        /// The directive.
+        directive: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A config document could not be parsed.
     #[error("cannot parse logger config: {0}")]
     Parse(String),

@@ -17,6 +17,12 @@
 //! to `/dev/log`, UDP or TCP (octet counting) and [`JournaldSink`] native journal entries
 //! (docs/syslog-journald.md).
 //!
+//! Operator controls ([`operator_controls`]): level directives in the EnvFilter syntax per
+//! logger and from `KEEL_LOG` ([`Filter`]), applied to the bridges too; sampling per (level,
+//! message) that counts and reports what it drops ([`Sampling`]); live reload of a config
+//! ([`Manager::reload`], [`Reloader`]); and redaction of URL credentials in messages and
+//! values ([`mask_url_credentials`]) on top of secret keys.
+//!
 //! Records reach their files when they should: a sink's writer flushes when its queue drains
 //! and at least every [`FlushPolicy::interval`] (1 s by default; `sync` adds fsync), counts
 //! every record exactly once as written, dropped or failed, and a file sink recovers from a
@@ -28,8 +34,15 @@
 //! - `format`: [`TextFormat`], [`JsonFormat`], [`EcsFormat`] (Elastic Common Schema),
 //!   redaction, escaping.
 //! - `logger`: [`Logger`], children, `fatal` and its hook.
+//! - `macros`: [`log!`], [`debug!`], [`info!`], [`warn!`], [`error!`]: the level is checked
+//!   before the message and fields are built.
 //! - `manager`: [`Manager`], [`global`], [`install_panic_hook`].
 //! - `config`: [`LogConfig`] and [`build`]; `config_net`: its syslog and journald part.
+//! - `controls`: what a config sets that a reload changes in place ([`SamplingConfig`]).
+//! - `filter`: [`Filter`], level directives in the EnvFilter syntax (`KEEL_LOG`).
+//! - `sampling`: [`Sampling`], zap's sampler per (level, message), counted and reported.
+//! - `reload`: [`Reloader`], live reload of a config file (polling, on demand, SIGHUP with
+//!   the `sighup` feature) through [`Manager::reload`].
 //! - `sink`: the [`Sink`] trait, [`DeliveryStats`], [`Overflow`], [`FlushPolicy`];
 //!   `sink::queue` ([`QueueSink`]); `sink::file` ([`FileSink`]: `rotation` with
 //!   [`FileWriter`] and [`Period`], `retention`, `zone` with [`Zone`]).
@@ -39,6 +52,8 @@
 //!   counting), `sink::journald` ([`JournaldSink`]: the journal's native protocol),
 //!   `sink::transport` (their datagram/TCP writer with reconnects).
 //! - `bridge` (features `log`, `tracing`).
+//! - [`operator_controls`]: the guide to directives, sampling, live reload and redaction
+//!   (docs/log-controls.md, doc-tested).
 //!
 //! ```
 //! use keel_log::{Format, JsonFormat, Level, Record, field};
@@ -56,22 +71,35 @@
 
 #[cfg(any(feature = "log", feature = "tracing"))]
 pub mod bridge;
+#[doc = include_str!("../../../docs/log-controls.md")]
+pub mod operator_controls {}
 mod config;
 mod config_net;
+mod controls;
 mod error;
+mod filter;
 mod format;
 mod logger;
+mod macros;
 mod manager;
 mod record;
+mod reload;
+mod sampling;
 mod sink;
 
 pub use config::{LOGGER_TYPES, LogConfig, LogOptions, Secret, build};
+pub use controls::SamplingConfig;
 pub use error::Error;
+pub use filter::{FILTER_ENV, Filter};
 pub use format::{ECS_VERSION, EcsFormat, ecs_error_fields};
-pub use format::{Format, JsonFormat, REDACTED, TextFormat, is_secret_key};
+pub use format::{
+    Format, JsonFormat, REDACTED, TextFormat, add_secret_keys, is_secret_key, mask_url_credentials,
+};
 pub use logger::{Logger, set_fatal_hook};
-pub use manager::{FLUSH_ON_EXIT, Manager, global, install_panic_hook};
+pub use manager::{FLUSH_ON_EXIT, Manager, ReloadReport, global, install_panic_hook};
 pub use record::{Field, Fields, Level, ParseLevelError, Record, Value, field};
+pub use reload::Reloader;
+pub use sampling::Sampling;
 #[cfg(feature = "elastic")]
 pub use sink::elastic::{Auth, ElasticOptions, ElasticSink};
 pub use sink::file::{

@@ -9,12 +9,21 @@ use keel_metrics::MetricsService;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::record::{Field, Level, Record};
+use crate::filter::{Filter, OFF};
+use crate::record::{Field, Level, Record, Value, field};
+use crate::sampling::{Decision, Sampler, Sampling};
 use crate::sink::{DeliveryStats, Sink, deadline_after, on_every_sink};
 
 struct Core {
     name: &'static str,
+    /// The threshold of the logger's own records (`filter` applied to `name`; `OFF` = 5
+    /// writes nothing): the one load a disabled call costs.
     level: AtomicU8,
+    /// The most verbose threshold of any target in `filter`: a bridge record below it is
+    /// rejected without reading `filter`.
+    most_verbose: AtomicU8,
+    filter: RwLock<Arc<Filter>>,
+    sampler: Sampler,
     sinks: Vec<Arc<dyn Sink>>,
     /// `<ns>_log_records_total{logger,level}`, one counter per level.
     records: [Counter; 5],
@@ -24,6 +33,22 @@ struct Core {
 struct RecordLabels {
     logger: String,
     level: &'static str,
+}
+
+fn sampled_counters(metrics: &MetricsService, logger: &str) -> [Counter; 4] {
+    let family: Family<RecordLabels, Counter> = metrics
+        .get_or_register(
+            "log_sampled",
+            "Log records sampled away (not written), by logger and level",
+            Family::default,
+        )
+        .unwrap_or_default();
+    [Level::Debug, Level::Info, Level::Warn, Level::Error].map(|level| {
+        family.get_or_create_owned(&RecordLabels {
+            logger: logger.to_owned(),
+            level: level.as_str(),
+        })
+    })
 }
 
 fn record_counters(metrics: &MetricsService, logger: &str) -> [Counter; 5] {
@@ -61,13 +86,14 @@ impl std::fmt::Debug for Logger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Logger")
             .field("name", &self.core.name)
-            .field("level", &self.level())
+            .field("filter", &self.filter().to_string())
             .field("fields", &self.fields.len())
             .finish_non_exhaustive()
     }
 }
 
 fn level_from(v: u8) -> Level {
+    debug_assert!(v <= OFF);
     match v {
         0 => Level::Debug,
         1 => Level::Info,
@@ -139,8 +165,11 @@ impl Logger {
         Self {
             core: Arc::new(Core {
                 records: record_counters(metrics, name),
+                sampler: Sampler::new(sampled_counters(metrics, name)),
                 name,
                 level: AtomicU8::new(level as u8),
+                most_verbose: AtomicU8::new(level as u8),
+                filter: RwLock::new(Arc::new(Filter::level(level))),
                 sinks,
             }),
             fields: Arc::from(Vec::new()),
@@ -152,19 +181,75 @@ impl Logger {
         self.core.name
     }
 
-    /// The current minimum level.
+    /// The lowest level written for the logger's own records (its [`filter`](Self::filter)
+    /// applied to its name); `Fatal` also when the filter turns it `off`.
     pub fn level(&self) -> Level {
         level_from(self.core.level.load(Ordering::Relaxed))
     }
 
-    /// Changes the minimum level at runtime (for this logger and all its children).
+    /// Changes the minimum level at runtime (for this logger and all its children): the
+    /// filter becomes just this level, for every target.
     pub fn set_level(&self, level: Level) {
-        self.core.level.store(level as u8, Ordering::Relaxed);
+        self.set_filter(Filter::level(level));
     }
 
-    /// Whether `level` would be written.
+    /// The level directives in force.
+    pub fn filter(&self) -> Arc<Filter> {
+        self.core
+            .filter
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the level directives at runtime (for this logger and all its children, and
+    /// for the bridge records it receives). Records already queued are not affected.
+    pub fn set_filter(&self, filter: Filter) {
+        let mut current = self
+            .core
+            .filter
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.core
+            .level
+            .store(filter.threshold(self.core.name), Ordering::Relaxed);
+        self.core
+            .most_verbose
+            .store(filter.most_verbose(), Ordering::Relaxed);
+        *current = Arc::new(filter);
+    }
+
+    /// The sampling policy in force, if any.
+    pub fn sampling(&self) -> Option<Sampling> {
+        self.core.sampler.get()
+    }
+
+    /// Turns sampling on with `policy` or off (`None`), at runtime, for this logger and all
+    /// its children. See [`Sampling`]: records sampled away are counted in
+    /// `<ns>_log_sampled_total{logger,level}` and reported in-band.
+    pub fn set_sampling(&self, policy: Option<Sampling>) {
+        self.core.sampler.set(policy);
+    }
+
+    /// Whether `level` would be written for the logger's own records.
+    #[inline]
     pub fn enabled(&self, level: Level) -> bool {
-        level >= self.level()
+        level as u8 >= self.core.level.load(Ordering::Relaxed)
+    }
+
+    /// Whether a bridge record of `target` at `level` would be written: the filter's
+    /// directive for `target` decides (the logger's name plays no part).
+    pub fn enabled_for(&self, target: &str, level: Level) -> bool {
+        if (level as u8) < self.core.most_verbose.load(Ordering::Relaxed) {
+            return false;
+        }
+        level as u8
+            >= self
+                .core
+                .filter
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .threshold(target)
     }
 
     /// A child with `fields` bound to every record (after the parent's own bound fields).
@@ -184,17 +269,66 @@ impl Logger {
         self.with_fields(&[field])
     }
 
-    /// Writes a record if `level` is enabled.
+    /// Writes a record if `level` is enabled (a disabled call costs one load and a compare).
+    #[inline]
     pub fn log(&self, level: Level, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         if !self.enabled(level) {
             return;
         }
-        let record = self.record(level, message, fields);
+        self.write_enabled(level, message.into(), fields);
+    }
+
+    /// Writes a bridge record of `target` if the filter enables `target` at `level`.
+    #[cfg(any(feature = "log", feature = "tracing"))]
+    pub(crate) fn log_target(
+        &self,
+        target: &str,
+        level: Level,
+        message: impl Into<Cow<'static, str>>,
+        fields: &[Field],
+    ) {
+        if self.enabled_for(target, level) {
+            self.write_enabled(level, message.into(), fields);
+        }
+    }
+
+    fn write_enabled(&self, level: Level, message: Cow<'static, str>, fields: &[Field]) {
+        if self.core.sampler.is_active() {
+            match self.core.sampler.decide(level, &message) {
+                Decision::Drop => return,
+                Decision::Pass(Some((n, sampled))) => self.write_report(level, n, sampled),
+                Decision::Pass(None) => {}
+            }
+        }
+        self.write_record(self.record(level, message, fields));
+    }
+
+    fn write_record(&self, record: Record) {
         if let Some((last, rest)) = self.core.sinks.split_last() {
             for sink in rest {
                 sink.write(record.clone());
             }
             last.write(record);
+        }
+    }
+
+    /// The in-band report of `n` records of `level` with `message` sampled away.
+    fn write_report(&self, level: Level, n: u64, message: Cow<'static, str>) {
+        let report = format!("{n} similar records sampled");
+        self.write_record(self.record(
+            level,
+            report,
+            &[
+                field("sampled", n),
+                field("sampled_message", Value::Str(message)),
+            ],
+        ));
+    }
+
+    /// Writes the in-band reports of every count the sampler holds (before a flush).
+    fn report_sampled(&self) {
+        for (level, n, message) in self.core.sampler.drain() {
+            self.write_report(level, n, message);
         }
     }
 
@@ -240,21 +374,25 @@ impl Logger {
     }
 
     /// Logs at `Debug`.
+    #[inline]
     pub fn debug(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Debug, message, fields);
     }
 
     /// Logs at `Info`.
+    #[inline]
     pub fn info(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Info, message, fields);
     }
 
     /// Logs at `Warn`.
+    #[inline]
     pub fn warn(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Warn, message, fields);
     }
 
     /// Logs at `Error`.
+    #[inline]
     pub fn error(&self, message: impl Into<Cow<'static, str>>, fields: &[Field]) {
         self.log(Level::Error, message, fields);
     }
@@ -291,7 +429,11 @@ impl Logger {
     /// Waits until every sink has written what was queued, `timeout` bounding the whole call
     /// (all sinks are asked at once and waited for until the deadline, so a stuck sink does
     /// not shorten the others' time); sums their stats.
+    ///
+    /// With sampling on, the in-band reports of the records sampled away so far are written
+    /// first.
     pub fn flush(&self, timeout: Duration) -> DeliveryStats {
+        self.report_sampled();
         on_every_sink(&self.sink_refs(), deadline_after(timeout), |s, left| {
             s.flush(left)
         })
@@ -309,7 +451,10 @@ impl Logger {
 
     /// Flushes and stops every sink, `timeout` bounding the whole call (all sinks are asked
     /// at once and waited for until the deadline); sums their stats.
+    ///
+    /// With sampling on, the in-band reports of the records sampled away are written first.
     pub fn shutdown(&self, timeout: Duration) -> DeliveryStats {
+        self.report_sampled();
         on_every_sink(&self.sink_refs(), deadline_after(timeout), |s, left| {
             s.shutdown(left)
         })

@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::{Once, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::config::LogConfig;
 use crate::error::Error;
+use crate::filter::Filter;
 use crate::logger::Logger;
 use crate::logger::{FATAL_FLUSH, FATAL_RECORD};
 use crate::record::{Level, field};
+use crate::sampling::Sampling;
 use crate::sink::{DeliveryStats, Sink, deadline_after, on_every_sink};
 
 /// How long dropping a manager, or the panic hook, waits for every sink to flush (in total).
@@ -29,7 +32,47 @@ pub struct Manager {
     /// The console logger handed out while no default is set (built on first use, shut down
     /// and forgotten by `close_all`).
     fallback: RwLock<Option<Logger>>,
+    /// The config each logger was last built or reloaded from (by [`Manager::reload`]).
+    configs: RwLock<BTreeMap<String, LogConfig>>,
     drop_timeout: Duration,
+}
+
+/// What [`Manager::reload`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ReloadReport {
+    /// The logger's name.
+    pub logger: String,
+    /// The logger was not registered: it was built from the config and registered.
+    pub added: bool,
+    /// The level directives now in force (with `KEEL_LOG` applied on top).
+    pub filter: String,
+    /// The sampling now in force.
+    pub sampling: Option<Sampling>,
+    /// Sink settings (`type`, `formatter`, `output`, `options`) that differ from the config
+    /// the logger was built from and were NOT applied: sinks are never rebuilt live (a second
+    /// writer on the same file, or a queue swapped under writers, could lose or interleave
+    /// records); they take effect at the next start. Empty when nothing differs or the
+    /// logger's earlier config is unknown (it was registered with [`Manager::register`]).
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// The sink settings of `new` that differ from `old`.
+fn sink_changes(old: &LogConfig, new: &LogConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if !old.kind.eq_ignore_ascii_case(&new.kind) {
+        changed.push("type");
+    }
+    if old.formatter != new.formatter {
+        changed.push("formatter");
+    }
+    if old.output != new.output {
+        changed.push("output");
+    }
+    if old.options != new.options {
+        changed.push("options");
+    }
+    changed
 }
 
 impl Default for Manager {
@@ -56,6 +99,7 @@ impl Manager {
             loggers: RwLock::default(),
             default: RwLock::default(),
             fallback: RwLock::default(),
+            configs: RwLock::default(),
             drop_timeout: timeout,
         }
     }
@@ -74,12 +118,79 @@ impl Manager {
         Ok(())
     }
 
+    /// Applies `config` to the logger of its `name` without dropping a record: the level,
+    /// `filter` (with `KEEL_LOG` on top, as [`build`](crate::build) does), `sampling` and
+    /// `redact_keys` change in place, for every clone and child of the logger, between two
+    /// records; its sinks and what they hold are not touched. A logger of that name that is
+    /// not registered yet is built and registered. Sink settings that changed are reported
+    /// in [`ReloadReport::restart_needed`] and not applied.
+    ///
+    /// The whole config is validated first: on an error nothing changes and the logger keeps
+    /// its old settings.
+    ///
+    /// # Errors
+    /// What [`build`](crate::build) returns for a bad config ([`Error::InvalidConfig`],
+    /// [`Error::InvalidFilter`], [`Error::UnknownType`], …).
+    pub fn reload(&self, config: &LogConfig) -> Result<ReloadReport, Error> {
+        self.reload_with_env(config, Filter::from_env()?.as_ref())
+    }
+
+    pub(crate) fn reload_with_env(
+        &self,
+        config: &LogConfig,
+        env: Option<&Filter>,
+    ) -> Result<ReloadReport, Error> {
+        let controls = crate::controls::controls(config, env)?;
+        let mut configs = self.configs.write().unwrap_or_else(PoisonError::into_inner);
+        let (logger, added, restart_needed) = match self.get(&config.name) {
+            Some(logger) => {
+                let changed = configs
+                    .get(&config.name)
+                    .map(|old| sink_changes(old, config))
+                    .unwrap_or_default();
+                controls.apply(&logger);
+                if let Some(keys) = &config.redact_keys {
+                    crate::format::add_secret_keys(keys);
+                }
+                (logger, false, changed)
+            }
+            None => {
+                let logger = crate::controls::build_with_env(config, env)?;
+                self.register(logger.clone())?;
+                (logger, true, Vec::new())
+            }
+        };
+        // What is remembered is what the sinks were built from: a sink change not applied
+        // stays reported until a restart.
+        if added || restart_needed.is_empty() {
+            configs.insert(config.name.clone(), config.clone());
+        } else if let Some(old) = configs.get_mut(&config.name) {
+            let mut kept = config.clone();
+            kept.kind.clone_from(&old.kind);
+            kept.formatter.clone_from(&old.formatter);
+            kept.output.clone_from(&old.output);
+            kept.options = old.options.clone();
+            *old = kept;
+        }
+        Ok(ReloadReport {
+            logger: config.name.clone(),
+            added,
+            filter: logger.filter().to_string(),
+            sampling: logger.sampling(),
+            restart_needed,
+        })
+    }
+
     /// Removes the logger called `name` and returns it (its sinks keep running until it and
     /// its clones are shut down or dropped); if it was the default, no default is set
     /// afterwards.
     pub fn remove(&self, name: &str) -> Option<Logger> {
         let removed = self
             .loggers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        self.configs
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name);
@@ -196,6 +307,10 @@ impl Manager {
             std::mem::take(&mut *self.loggers.write().unwrap_or_else(PoisonError::into_inner))
                 .into_iter()
                 .collect();
+        self.configs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         self.default
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -316,7 +431,12 @@ fn console_default() -> Logger {
     let config = crate::config::LogConfig::from_toml(
         "type = \"console\"\nname = \"default\"\nlevel = \"info\"\noutput = \"stderr\"\n",
     );
+    // A bad KEEL_LOG must not leave the fallback without its console sink.
+    let env = Filter::from_env().unwrap_or_else(|e| {
+        eprintln!("keel-log: {e}; KEEL_LOG is ignored for the default console logger");
+        None
+    });
     config
-        .and_then(|c| crate::config::build(&c))
+        .and_then(|c| crate::controls::build_with_env(&c, env.as_ref()))
         .unwrap_or_else(|_| Logger::new("default", Level::Info, Vec::new()))
 }

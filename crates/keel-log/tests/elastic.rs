@@ -824,3 +824,36 @@ fn one_of_two_endpoints_failing_mid_run_loses_nothing_and_is_checked_back_in() {
     assert!(b.requests() > before + 1, "b gets requests again");
     exactly_once(&seqs(&server, "multi", 5000), 0..n);
 }
+
+#[test]
+fn url_credentials_and_secret_words_are_redacted_in_documents() {
+    let server = OsmemServer::start();
+    let (_sink, logger) = start("es-redact", options(&server.url(), "redact"));
+    logger.error(
+        "dial redis://app:s3cr3t@127.0.0.1:6379/0 failed",
+        &[
+            field("error", "connect postgres://u:pw1@127.0.0.1/db: refused"),
+            field("db_pass", "pw2"),
+            field("DATABASE_URL", "pw3"),
+            field("seq", 0u64),
+        ],
+    );
+    let stats = logger.flush(LONG);
+    assert_eq!((stats.written, stats.failed), (1, 0));
+    let doc = &server.documents("redact-*", 1)[0];
+    let raw = doc.to_string();
+    for secret in ["s3cr3t", "pw1", "pw2", "pw3"] {
+        assert!(!raw.contains(secret), "{secret} in {raw}");
+    }
+    assert_eq!(
+        doc["message"],
+        "dial redis://[REDACTED]@127.0.0.1:6379/0 failed"
+    );
+    assert_eq!(
+        doc["fields"]["error"],
+        "connect postgres://[REDACTED]@127.0.0.1/db: refused"
+    );
+    assert_eq!(doc["fields"]["db_pass"], "[REDACTED]");
+    assert_eq!(doc["fields"]["DATABASE_URL"], "[REDACTED]");
+    logger.shutdown(LONG);
+}

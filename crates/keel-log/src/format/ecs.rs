@@ -159,7 +159,10 @@ impl Format for EcsFormat {
         out.extend_from_slice(b"\",\"log.level\":\"");
         out.extend_from_slice(level_name(record.level).as_bytes());
         out.extend_from_slice(b"\",\"message\":");
-        let _ = serde_json::to_writer(&mut *out, record.message.as_ref());
+        let _ = serde_json::to_writer(
+            &mut *out,
+            super::mask_url_credentials(&record.message).as_ref(),
+        );
         out.extend_from_slice(b",\"ecs.version\":\"");
         out.extend_from_slice(ECS_VERSION.as_bytes());
         out.extend_from_slice(b"\",\"log.logger\":");
@@ -218,6 +221,18 @@ mod tests {
         assert_eq!(text.matches('\n').count(), 1, "one line: {text}");
         let v = serde_json::from_str(&text).unwrap();
         (text, v)
+    }
+
+    /// URL credentials are masked in the message and in string fields.
+    #[test]
+    fn url_credentials_masked() {
+        let r = Record::new(Level::Error, "api", "down: redis://u:hunter2@h:1")
+            .with(vec![field("cause", "rediss://:pw2@x:2/0")]);
+        let mut out = Vec::new();
+        EcsFormat::new().format(&r, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("hunter2") && !text.contains("pw2"), "{text}");
+        assert!(text.contains("redis://[REDACTED]@h:1"), "{text}");
     }
 
     #[test]

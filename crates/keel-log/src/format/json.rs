@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use super::redact::{REDACTED, is_secret_key, redact_json};
+use super::redact::{REDACTED, is_secret_key, mask_url_credentials, redact_json};
 use super::{Format, is_hidden, timestamp};
 use crate::record::{Field, Record, Value};
 
@@ -63,7 +63,7 @@ pub(crate) fn write_json_value(out: &mut Vec<u8>, key: &str, value: &Value) {
         return;
     }
     let _ = match value {
-        Value::Str(s) => serde_json::to_writer(&mut *out, s.as_ref()),
+        Value::Str(s) => serde_json::to_writer(&mut *out, mask_url_credentials(s).as_ref()),
         Value::I64(v) => write!(out, "{v}").map_err(serde_json::Error::io),
         Value::U64(v) => write!(out, "{v}").map_err(serde_json::Error::io),
         Value::F64(v) if v.is_finite() => serde_json::to_writer(&mut *out, v),
@@ -108,7 +108,7 @@ impl Format for JsonFormat {
         out.extend_from_slice(b"\",\"logger\":");
         let _ = serde_json::to_writer(&mut *out, record.logger.as_ref());
         out.extend_from_slice(b",\"message\":");
-        let _ = serde_json::to_writer(&mut *out, record.message.as_ref());
+        let _ = serde_json::to_writer(&mut *out, mask_url_credentials(&record.message).as_ref());
         write_json_fields(out, record.all_fields(), true, false);
         out.extend_from_slice(b"}\n");
         escape_hidden_json(out, start);

@@ -4,7 +4,8 @@
 //! - `text`: [`TextFormat`], `<time> [<LEVEL>] <logger>: <message> k=v`;
 //! - `json`: [`JsonFormat`], one flat object per line;
 //! - `ecs`: [`EcsFormat`], one Elastic Common Schema (ecs-logging) object per line;
-//! - `redact`: [`is_secret_key`] and [`REDACTED`].
+//! - `redact`: [`is_secret_key`], [`add_secret_keys`], [`mask_url_credentials`] and
+//!   [`REDACTED`].
 
 mod ecs;
 mod json;
@@ -17,7 +18,7 @@ pub use json::JsonFormat;
 #[cfg(feature = "elastic")]
 pub(crate) use json::write_json_fields;
 pub(crate) use redact::redact_json;
-pub use redact::{REDACTED, is_secret_key};
+pub use redact::{REDACTED, add_secret_keys, is_secret_key, mask_url_credentials};
 pub use text::TextFormat;
 pub(crate) use text::escape_into;
 
@@ -81,8 +82,8 @@ pub(crate) fn rfc3339_millis(time: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Level;
     use crate::record::field;
+    use crate::record::{Level, Value};
 
     fn text(record: &Record) -> String {
         let mut out = Vec::new();
@@ -263,6 +264,56 @@ mod tests {
         assert_eq!(v["nested"]["a"][1], 2);
         assert_eq!(v["nested"]["token"], REDACTED);
         assert!(humantime::parse_rfc3339(v["time"].as_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn url_credentials_are_masked_in_messages_values_and_error_chains() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("cannot reach the cache")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let chain = Outer(std::io::Error::other(
+            "connect redis://app:s3cr3t@127.0.0.1:6379/0: refused",
+        ));
+        let r = Record::new(
+            Level::Error,
+            "a",
+            "dial redis://app:s3cr3t@127.0.0.1:6379 failed",
+        )
+        .with(vec![
+            field("error", Value::error(&chain)),
+            field("target", "postgres://u:pw1@db/x"),
+            field("nested", serde_json::json!({"queues": ["amqp://g:pw2@mq"]})),
+        ]);
+        let line = text(&r);
+        let mut raw = Vec::new();
+        JsonFormat.format(&r, &mut raw);
+        let raw = String::from_utf8(raw).unwrap();
+        for out in [&line, &raw] {
+            for secret in ["s3cr3t", "pw1", "pw2", "app:"] {
+                assert!(!out.contains(secret), "{secret} in {out}");
+            }
+            assert!(out.contains("redis://[REDACTED]@127.0.0.1:6379"), "{out}");
+        }
+        let v = json(&r);
+        assert_eq!(
+            v["message"],
+            "dial redis://[REDACTED]@127.0.0.1:6379 failed"
+        );
+        assert_eq!(
+            v["error"],
+            "cannot reach the cache: connect redis://[REDACTED]@127.0.0.1:6379/0: refused"
+        );
+        assert_eq!(v["target"], "postgres://[REDACTED]@db/x");
+        assert_eq!(v["nested"]["queues"][0], "amqp://[REDACTED]@mq");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use super::redact::{REDACTED, is_secret_key, redact_json};
+use super::redact::{REDACTED, is_secret_key, mask_url_credentials, redact_json};
 use super::{Format, is_hidden, timestamp};
 use crate::record::{Field, Level, Record, Value};
 
@@ -111,7 +111,7 @@ impl Format for TextFormat {
         out.extend_from_slice(b"] ");
         escape_into(out, &record.logger);
         out.extend_from_slice(b": ");
-        write_text_message(out, &record.message);
+        write_text_message(out, &mask_url_credentials(&record.message));
         for Field { key, value } in record.all_fields() {
             out.push(b' ');
             // Quoted like a value when it holds a space, `=` or a quote, so a key can never
@@ -124,6 +124,7 @@ impl Format for TextFormat {
             }
             match value {
                 Value::Json(v) => write_text_value(out, &redact_json(v.clone()).to_string()),
+                Value::Str(s) => write_text_value(out, &mask_url_credentials(s)),
                 other => write_text_value(out, &other.to_string()),
             }
         }

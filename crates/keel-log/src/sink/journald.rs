@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::format::{Format, REDACTED, is_secret_key, redact_json};
+use crate::format::{Format, REDACTED, is_secret_key, mask_url_credentials, redact_json};
 use crate::record::{Field, Record, Value};
 use crate::sink::syslog::{Facility, program_name, syslog_severity};
 use crate::sink::transport::{Target, Timing, TransportWriter};
@@ -158,7 +158,7 @@ fn value_text(f: &Field) -> std::borrow::Cow<'_, str> {
         return REDACTED.into();
     }
     match &f.value {
-        Value::Str(s) => s.as_ref().into(),
+        Value::Str(s) => mask_url_credentials(s),
         Value::Json(v) => redact_json(v.clone()).to_string().into(),
         other => other.to_string().into(),
     }
@@ -168,7 +168,8 @@ impl Format for JournalFormat {
     fn format(&self, record: &Record, out: &mut Vec<u8>) {
         let start = out.len();
         self.head(record, out);
-        put(out, "MESSAGE", record.message.as_bytes());
+        let masked = mask_url_credentials(&record.message);
+        put(out, "MESSAGE", masked.as_bytes());
         let fields: smallvec::SmallVec<[&Field; 16]> = record.all_fields().collect();
         let names: smallvec::SmallVec<[String; 16]> =
             fields.iter().map(|f| journal_name(&f.key)).collect();
@@ -187,7 +188,7 @@ impl Format for JournalFormat {
         put(out, "KEEL_TRUNCATED", full.to_string().as_bytes());
         // `MESSAGE\n`, 8 length bytes, the value, `\n`.
         let room = self.max.saturating_sub(out.len() - start + 8 + 8 + 1);
-        let message = record.message.as_bytes();
+        let message = masked.as_bytes();
         let mut end = room.min(message.len());
         while end > 0 && end < message.len() && message[end] & 0xc0 == 0x80 {
             end -= 1;
@@ -278,6 +279,19 @@ impl Sink for JournaldSink {
 mod tests {
     use super::*;
     use crate::record::{Level, field};
+
+    /// URL credentials are masked in the message and in string fields.
+    #[test]
+    fn url_credentials_masked() {
+        let f = JournalFormat::new(&JournaldOptions::new());
+        let r = Record::new(Level::Error, "api", "down: redis://u:hunter2@h:1")
+            .with(vec![field("cause", "rediss://:pw2@x:2/0")]);
+        let mut out = Vec::new();
+        f.format(&r, &mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("hunter2") && !text.contains("pw2"), "{text}");
+        assert!(text.contains("redis://[REDACTED]@h:1"), "{text}");
+    }
 
     #[test]
     fn names_framing_and_the_cap() {

@@ -40,7 +40,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::format::{Format, REDACTED, escape_into, is_hidden, is_secret_key, redact_json};
+use crate::format::{
+    Format, REDACTED, escape_into, is_hidden, is_secret_key, mask_url_credentials, redact_json,
+};
 use crate::record::{Field, Level, Record, Value};
 use crate::sink::transport::{Target, Timing, TransportWriter};
 use crate::sink::{DeliveryStats, FlushPolicy, Overflow, QueueSink, Sink};
@@ -288,7 +290,7 @@ fn field_text(f: &Field) -> std::borrow::Cow<'_, str> {
         return REDACTED.into();
     }
     match &f.value {
-        Value::Str(s) => s.as_ref().into(),
+        Value::Str(s) => mask_url_credentials(s),
         Value::Json(v) => redact_json(v.clone()).to_string().into(),
         other => other.to_string().into(),
     }
@@ -393,8 +395,9 @@ impl SyslogFormat {
             param_value(out, &field_text(f));
         }
         out.extend_from_slice(b"] ");
-        escape_into(out, &record.message);
-        self.fit(record, out, start, |msg| escape_into(msg, &record.message));
+        let message = mask_url_credentials(&record.message);
+        escape_into(out, &message);
+        self.fit(record, out, start, |msg| escape_into(msg, &message));
     }
 
     /// Rewrites a message longer than the bound: the header, `logger`, the original length,
@@ -517,6 +520,16 @@ mod tests {
         let mut out = Vec::new();
         SyslogFormat::new(o).unwrap().format(record, &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    /// URL credentials are masked in the message and in string fields.
+    #[test]
+    fn url_credentials_masked() {
+        let r = Record::new(Level::Error, "api", "down: redis://u:hunter2@h:1")
+            .with(vec![field("cause", "rediss://:pw2@x:2/0")]);
+        let text = message(&options(), &r);
+        assert!(!text.contains("hunter2") && !text.contains("pw2"), "{text}");
+        assert!(text.contains("redis://[REDACTED]@h:1"), "{text}");
     }
 
     #[test]

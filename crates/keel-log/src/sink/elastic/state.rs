@@ -197,7 +197,8 @@ impl Shared {
         );
         let _ = serde_json::to_writer(&mut *out, record.logger.as_ref());
         out.extend_from_slice(b",\"message\":");
-        let _ = serde_json::to_writer(&mut *out, record.message.as_ref());
+        let message = crate::format::mask_url_credentials(&record.message);
+        let _ = serde_json::to_writer(&mut *out, message.as_ref());
         out.extend_from_slice(b",\"fields\":{");
         write_json_fields(out, record.all_fields(), false, true);
         out.extend_from_slice(b"}}\n");
