@@ -35,11 +35,9 @@
 
 mod config;
 mod contract;
-pub mod election;
 mod error;
 mod factory;
 pub mod load;
-pub mod lock;
 mod manager;
 pub mod memory;
 #[cfg(feature = "redis")]

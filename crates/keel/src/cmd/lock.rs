@@ -4,21 +4,19 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use keel_cache::lock::{LockOptions, Locker};
 use keel_cache::parse_duration;
+use keel_coord::{LockOptions, Locker};
 use keel_metrics::MetricsService;
 
 use crate::guard::{End, SpawnError, Supervisor, Timing};
 use crate::target::Target;
 
-/// Connects to the lock store named by `target`: for `--url`, keys under `keel:`.
+/// Connects to the coordination store named by `target`: for `--url`, keys under `keel:`.
 pub async fn locker(target: &Target) -> Result<Locker> {
     let metrics = MetricsService::new("keel")?;
-    let cache = target.redis("keel", "keel:", &metrics)?;
-    keel_cache::Cache::connect(&cache)
-        .await
-        .context("connecting to Redis")?;
-    Ok(Locker::with_metrics(cache, &metrics))
+    let store = target.coord_store("keel:", &metrics)?;
+    store.connect().await.context("connecting to Redis")?;
+    Ok(Locker::with_metrics(store, &metrics))
 }
 
 /// Arguments of `keel lock`.

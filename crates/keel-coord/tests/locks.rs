@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_cache::lock::{LockOptions, Locker};
-use keel_cache::{Cache, Endpoint, Error, MemoryCache, RedisCache, Secret, Ttl};
+use keel_cache::{Cache, Endpoint, MemoryCache, RedisCache, Secret, Ttl};
+use keel_coord::{Error, LockOptions, Locker, MemoryStore, RedisStore};
 use keel_testkit::redis::{RedisCluster, RedisServer};
 
 /// Makes lockers (and a cache for test data) on one shared store.
@@ -15,14 +15,14 @@ trait Stores: Send + Sync {
     fn cache(&self) -> Arc<dyn Cache>;
 }
 
-struct Memory(MemoryCache);
+struct Memory(MemoryStore, MemoryCache);
 
 impl Stores for Memory {
     fn locker(&self) -> Locker {
         Locker::new(self.0.clone())
     }
     fn cache(&self) -> Arc<dyn Cache> {
-        Arc::new(self.0.clone())
+        Arc::new(self.1.clone())
     }
 }
 
@@ -73,7 +73,7 @@ impl Redis {
 
 impl Stores for Redis {
     fn locker(&self) -> Locker {
-        Locker::new(self.connected())
+        Locker::new(RedisStore::from_connection(self.connected().connection()))
     }
     fn cache(&self) -> Arc<dyn Cache> {
         Arc::new(self.connected())
@@ -291,7 +291,7 @@ async fn waiting_times_out_and_bad_input_is_typed(s: &dyn Stores) {
     assert!(matches!(err, Error::LockTimeout { .. }), "{err:?}");
     assert!(matches!(
         locker.try_lock("", Duration::from_secs(1)).await,
-        Err(Error::InvalidKey { .. })
+        Err(Error::InvalidName { .. })
     ));
     assert!(matches!(
         locker.try_lock("x", Duration::from_millis(1)).await,
@@ -299,7 +299,7 @@ async fn waiting_times_out_and_bad_input_is_typed(s: &dyn Stores) {
     ));
     assert!(matches!(
         locker.try_lock("}x", Duration::from_secs(1)).await,
-        Err(Error::InvalidKey { .. })
+        Err(Error::InvalidName { .. })
     ));
 }
 
@@ -344,7 +344,10 @@ macro_rules! lock_suite {
     };
 }
 
-lock_suite!(memory, Memory(MemoryCache::builder("locks").build()));
+lock_suite!(
+    memory,
+    Memory(MemoryStore::new(), MemoryCache::builder("locks").build())
+);
 lock_suite!(redis, Redis::standalone());
 lock_suite!(redis_cluster, Redis::cluster());
 
@@ -385,7 +388,46 @@ async fn a_frozen_redis_gives_a_lock_timeout_not_a_hang() {
         .expect("the response timeout bounds the call")
         .expect_err("a frozen server cannot grant a lock");
     assert!(
-        matches!(&err, Error::Timeout { operation, .. } if *operation == "lock"),
+        matches!(&err, Error::Store(keel_cache::Error::Timeout { operation, .. }) if *operation == "lock"),
         "{err:?}"
     );
+}
+
+/// A lock acquisition whose reply is lost (the connection is cut right after the acquire
+/// script reached the server) is reported as "outcome unknown", never re-sent: a re-sent
+/// acquire would find the lock taken by its own first attempt, report it as held by someone
+/// else, and leave an orphaned token until the TTL runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_acquire_whose_reply_is_lost_says_the_outcome_is_unknown() {
+    let server = RedisServer::start();
+    let proxy = keel_testkit::redis_proxy::RedisProxy::start(server.addr());
+    let store = RedisStore::builder(Endpoint::Url(Secret::new(proxy.url())))
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    store.connect().await.unwrap();
+    let locker = Locker::new(store);
+    // Load the scripts first, so the next acquire is one EVALSHA.
+    let warm = locker
+        .try_lock("warm", Duration::from_secs(30))
+        .await
+        .unwrap();
+    warm.unwrap().release().await.unwrap();
+    proxy.cut_after(b"EVALSHA");
+    let r = locker.try_lock("job", Duration::from_secs(30)).await;
+    assert_eq!(proxy.cuts(), 1, "the fault fired");
+    match r {
+        Ok(Some(_)) => {}
+        Ok(None) => panic!("this call's own acquire was reported as someone else's lock"),
+        Err(e) => {
+            assert!(e.is_outcome_unknown(), "{e:?}");
+            // The acquire ran; its token was released (owner-checked) before the error was
+            // returned, so the lock is not orphaned for its 30 s TTL.
+            let again = locker
+                .try_lock("job", Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert!(again.is_some(), "the lost acquire left the lock held");
+        }
+    }
 }

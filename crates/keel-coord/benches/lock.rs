@@ -1,14 +1,15 @@
 //! Uncontended lock + release on a local redis-server: Keel's `Locker` vs raw redis-rs doing
 //! `SET key token NX PX` then the owner-checked release `EVAL`, the same two round trips.
 //!
-//! `cargo bench -p keel-cache --bench lock` — starts its own redis-server on a free port,
+//! `cargo bench -p keel-coord --bench lock` — starts its own redis-server on a free port,
 //! runs 15 interleaved rounds of 2000 lock+release pairs per contender, and prints the median
 //! µs per pair and the median per-round ratio raw / keel (above 1.0 = Keel faster).
 
 use std::time::{Duration, Instant};
 
-use keel_cache::lock::{Locker, new_token};
-use keel_cache::{Cache, Endpoint, RedisCache, Secret};
+use keel_cache::{Endpoint, Secret};
+use keel_coord::lock::new_token;
+use keel_coord::{Locker, RedisStore};
 use keel_testkit::redis::RedisServer;
 
 const ROUNDS: usize = 15;
@@ -31,12 +32,12 @@ fn main() {
         .unwrap();
     let server = RedisServer::start();
     rt.block_on(async {
-        let cache = RedisCache::builder("bench", Endpoint::Url(Secret::new(server.url())))
-            .items_refresh(None)
+        let store = RedisStore::builder(Endpoint::Url(Secret::new(server.url())))
+            .namespace("bench:")
             .build()
             .unwrap();
-        cache.connect().await.unwrap();
-        let locker = Locker::new(cache);
+        store.connect().await.unwrap();
+        let locker = Locker::new(store);
         let client = redis::Client::open(server.url()).unwrap();
         let mut raw = client.get_multiplexed_async_connection().await.unwrap();
         let release = redis::Script::new(RELEASE);
