@@ -82,11 +82,7 @@ async fn round(url: &str, who: Contender, name: &str, hold: Duration, handoffs: 
                         generation.send_replace(u64::MAX);
                     }
                 }
-                generation.send_modify(|g| {
-                    if *g != u64::MAX {
-                        *g += 1;
-                    }
-                });
+                generation.send_modify(|g| *g = g.saturating_add(1));
                 let mine = *generation.borrow();
                 // Hold briefly so the others are all waiting, then hand over.
                 tokio::time::sleep(hold).await;
