@@ -1,4 +1,4 @@
-//! Locks with fencing tokens, on every store: memory, Redis standalone and Redis Cluster.
+//! Locks with fencing tokens, on every store: memory, Redis standalone, Cluster and Sentinel.
 //! Each worker gets its own `Locker` (and, on Redis, its own connection), as separate
 //! processes would.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keel_cache::{Cache, Endpoint, MemoryCache, RedisCache, Secret, Ttl};
 use keel_coord::{Error, LockOptions, Locker, MemoryStore, RedisStore};
-use keel_testkit::redis::{RedisCluster, RedisServer};
+use keel_testkit::redis::{RedisServer, RedisTopology};
 
 /// Makes lockers (and a cache for test data) on one shared store.
 trait Stores: Send + Sync {
@@ -27,39 +27,24 @@ impl Stores for Memory {
 }
 
 struct Redis {
-    endpoint: Endpoint,
-    _server: Option<RedisServer>,
-    _cluster: Option<RedisCluster>,
+    topology: RedisTopology,
     rt: tokio::runtime::Handle,
 }
 
 impl Redis {
-    fn standalone() -> Self {
-        let server = RedisServer::start();
+    fn on(topology: RedisTopology) -> Self {
         Self {
-            endpoint: Endpoint::Url(Secret::new(server.url())),
-            _server: Some(server),
-            _cluster: None,
+            topology,
             rt: tokio::runtime::Handle::current(),
         }
     }
 
-    fn cluster() -> Self {
-        let cluster = RedisCluster::start();
-        Self {
-            endpoint: Endpoint::Cluster {
-                nodes: cluster.urls(),
-                username: None,
-                password: None,
-            },
-            _server: None,
-            _cluster: Some(cluster),
-            rt: tokio::runtime::Handle::current(),
-        }
+    fn standalone() -> Self {
+        Self::on(RedisTopology::standalone())
     }
 
     fn connected(&self) -> RedisCache {
-        let cache = RedisCache::builder("locks", self.endpoint.clone())
+        let cache = RedisCache::builder("locks", self.topology.endpoint().clone())
             .response_timeout(Duration::from_millis(500))
             .items_refresh(None)
             .build()
@@ -349,7 +334,8 @@ lock_suite!(
     Memory(MemoryStore::new(), MemoryCache::builder("locks").build())
 );
 lock_suite!(redis, Redis::standalone());
-lock_suite!(redis_cluster, Redis::cluster());
+lock_suite!(redis_cluster, Redis::on(RedisTopology::cluster()));
+lock_suite!(redis_sentinel, Redis::on(RedisTopology::sentinel()));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_fires_lost_before_the_lock_can_expire() {
@@ -361,7 +347,7 @@ async fn paused_redis_fires_lost_before_the_lock_can_expire() {
         .await
         .unwrap()
         .unwrap();
-    let server = redis._server.as_ref().unwrap();
+    let server = redis.topology.server().unwrap();
     server.pause();
     let deadline = g.deadline();
     let fired = tokio::time::timeout(Duration::from_secs(5), g.lost().cancelled()).await;
@@ -376,7 +362,7 @@ async fn paused_redis_fires_lost_before_the_lock_can_expire() {
 async fn a_frozen_redis_gives_a_lock_timeout_not_a_hang() {
     let redis = Redis::standalone();
     let locker = redis.locker();
-    let server = redis._server.as_ref().unwrap();
+    let server = redis.topology.server().unwrap();
     server.pause();
     let result = tokio::time::timeout(
         Duration::from_secs(10),

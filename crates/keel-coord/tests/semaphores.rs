@@ -10,7 +10,7 @@ use std::time::Duration;
 use keel_cache::{Endpoint, Secret};
 use keel_coord::store::LockStore;
 use keel_coord::{Error, LockOptions, Locker, MemoryStore, RedisStore, Semaphore};
-use keel_testkit::redis::{RedisCluster, RedisSentinel, RedisServer};
+use keel_testkit::redis::RedisTopology;
 use tokio::time::Instant;
 
 /// Opens stores on one shared backend; each call is a new connection (a separate process).
@@ -48,45 +48,14 @@ impl Stores for Memory {
 }
 
 struct Redis {
-    endpoint: Endpoint,
-    _servers: Box<dyn std::any::Any + Send + Sync>,
+    topology: RedisTopology,
     rt: tokio::runtime::Handle,
 }
 
 impl Redis {
-    fn standalone() -> Self {
-        let server = RedisServer::start();
+    fn on(topology: RedisTopology) -> Self {
         Self {
-            endpoint: Endpoint::Url(Secret::new(server.url())),
-            _servers: Box::new(server),
-            rt: tokio::runtime::Handle::current(),
-        }
-    }
-
-    fn cluster() -> Self {
-        let cluster = RedisCluster::start();
-        Self {
-            endpoint: Endpoint::Cluster {
-                nodes: cluster.urls(),
-                username: None,
-                password: None,
-            },
-            _servers: Box::new(cluster),
-            rt: tokio::runtime::Handle::current(),
-        }
-    }
-
-    fn sentinel() -> Self {
-        let sentinel = RedisSentinel::start_for_lookups();
-        Self {
-            endpoint: Endpoint::Sentinel {
-                sentinels: sentinel.sentinel_addrs(),
-                master: RedisSentinel::MASTER.into(),
-                username: None,
-                password: None,
-                database: 0,
-            },
-            _servers: Box::new(sentinel),
+            topology,
             rt: tokio::runtime::Handle::current(),
         }
     }
@@ -94,7 +63,7 @@ impl Redis {
 
 impl Stores for Redis {
     fn open(&self) -> RedisOrMemory {
-        let store = RedisStore::builder(self.endpoint.clone())
+        let store = RedisStore::builder(self.topology.endpoint().clone())
             .namespace("t:")
             .response_timeout(Duration::from_secs(2))
             .build()
@@ -340,9 +309,9 @@ macro_rules! semaphore_suite {
 }
 
 semaphore_suite!(memory, Memory(MemoryStore::new()));
-semaphore_suite!(redis, Redis::standalone());
-semaphore_suite!(redis_cluster, Redis::cluster());
-semaphore_suite!(redis_sentinel, Redis::sentinel());
+semaphore_suite!(redis, Redis::on(RedisTopology::standalone()));
+semaphore_suite!(redis_cluster, Redis::on(RedisTopology::cluster()));
+semaphore_suite!(redis_sentinel, Redis::on(RedisTopology::sentinel()));
 
 /// An unreachable store is a typed, transient error within the timeout, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
