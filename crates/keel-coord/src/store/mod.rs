@@ -149,3 +149,37 @@ impl Wakeups {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Wakeups;
+
+    /// A waiter that listens before trying is woken by a notify that comes before it
+    /// awaits (the window between a failed attempt and the sleep), and by `notify_all`.
+    #[tokio::test]
+    async fn an_enabled_listener_is_not_missed() {
+        let w = Wakeups::new();
+        let first = w.listen("job");
+        tokio::pin!(first);
+        first.as_mut().enable();
+        w.notify("job");
+        first.await;
+        let second = w.listen("other");
+        tokio::pin!(second);
+        second.as_mut().enable();
+        w.notify_all();
+        second.await;
+    }
+
+    /// A notify with no listener is not stored: a later listener waits for the next one.
+    #[tokio::test]
+    async fn a_notify_before_listening_does_not_wake_later_listeners() {
+        let w = Wakeups::new();
+        w.notify("job");
+        let late = w.listen("job");
+        tokio::pin!(late);
+        late.as_mut().enable();
+        let woken = futures_util::FutureExt::now_or_never(late.as_mut());
+        assert!(woken.is_none());
+    }
+}
