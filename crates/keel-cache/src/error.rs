@@ -86,17 +86,6 @@ pub enum Error {
         /// The loader's error message.
         message: String,
     },
-    /// `Locker::lock` waited its whole `wait` without getting the lock.
-    #[error("lock {lock:?} still held by someone else after waiting {waited:?}")]
-    LockTimeout {
-        /// The lock name.
-        lock: String,
-        /// How long it waited.
-        waited: Duration,
-    },
-    /// An election's timing violates lease > renew deadline > 1.2 x retry period.
-    #[error("invalid election timing: {0}")]
-    InvalidElection(String),
     /// A config document could not be parsed.
     #[error("cannot parse {format} cache config: {message}")]
     Parse {

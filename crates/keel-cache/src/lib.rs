@@ -35,12 +35,10 @@
 
 mod config;
 mod contract;
-pub mod election;
 mod error;
 mod factory;
 mod jitter;
 pub mod load;
-pub mod lock;
 mod manager;
 pub mod memory;
 pub mod metrics;

@@ -48,8 +48,8 @@ mod refresh;
 
 pub use self::refresh::MAX_REFRESH_BACKOFF;
 use crate::contract::Cache;
+use crate::contract::CacheFuture;
 use crate::jitter::Jitter;
-use crate::lock::{LockOptions, Locker};
 use crate::ttl::{KeyTtl, Ttl};
 use crate::{Error, Result};
 
@@ -81,10 +81,10 @@ pub struct LoadOptions {
     pub negative_ttl: Option<Duration>,
     /// Reload a hit whose remaining TTL is below this (default: never).
     pub refresh_ahead: Option<Duration>,
-    /// Run the loader under this lock store (cross-process single flight), waiting at most
-    /// this long for the lock. The lock is named `load:` plus a 128-bit hash of the key, so
-    /// any key works (hash tags and braces included).
-    pub lock: Option<(Locker, Duration)>,
+    /// Run the loader under a lock from this provider (cross-process single flight),
+    /// waiting at most this long for the lock. The lock is named `load:` plus a 128-bit hash
+    /// of the key, so any key works (hash tags and braces included).
+    pub lock: Option<(Arc<dyn LoadLock>, Duration)>,
     /// TTL of that lock (default [`DEFAULT_LOAD_LOCK_TTL`]). A watchdog renews it every
     /// third of this while the loader runs, so a slow loader keeps it; if the process dies,
     /// the lock is free again after at most this long.
@@ -108,6 +108,29 @@ pub struct LoadOptions {
 
 /// The default [`LoadOptions::refresh_backoff`].
 pub const DEFAULT_REFRESH_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Where [`LoadOptions::lock`] takes its locks: implemented by keel-coord's `Locker`, so this
+/// crate needs no lock code of its own.
+pub trait LoadLock: Send + Sync + std::fmt::Debug + 'static {
+    /// Takes the lock `name` for `ttl`, renewed (watchdog) until the guard is released,
+    /// waiting at most `wait` for it.
+    ///
+    /// # Errors
+    /// The store's errors, mapped to this crate's [`Error`]; a wait that ran out is an
+    /// [`Error::Timeout`] with operation `"load lock"`.
+    fn lock<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> CacheFuture<'a, Result<Box<dyn LoadLockGuard>>>;
+}
+
+/// A held load lock.
+pub trait LoadLockGuard: Send {
+    /// Releases the lock (owner-checked, best effort: on failure it expires after its TTL).
+    fn release(self: Box<Self>) -> CacheFuture<'static, ()>;
+}
 
 /// The default [`LoadOptions::lock_ttl`].
 pub const DEFAULT_LOAD_LOCK_TTL: Duration = Duration::from_secs(30);
@@ -181,11 +204,12 @@ impl LoadOptions {
         self
     }
 
-    /// Runs the loader under a lock of `locker`, waiting at most `wait` for it
-    /// (cross-process single flight; default: no lock). Sets the `lock` field.
+    /// Runs the loader under a lock of `locks` (keel-coord's `Locker` is one), waiting at
+    /// most `wait` for it (cross-process single flight; default: no lock). Sets the `lock`
+    /// field.
     #[must_use]
-    pub fn lock(mut self, locker: Locker, wait: Duration) -> Self {
-        self.lock = Some((locker, wait));
+    pub fn lock(mut self, locks: impl LoadLock, wait: Duration) -> Self {
+        self.lock = Some((Arc::new(locks), wait));
         self
     }
 
@@ -412,14 +436,9 @@ impl Loader {
         E: Display,
     {
         let lock_guard = match &options.lock {
-            Some((locker, wait)) => {
-                let guard = locker
-                    .lock_with(
-                        &load_lock_name(key),
-                        options.lock_ttl,
-                        *wait,
-                        LockOptions::watchdog(),
-                    )
+            Some((locks, wait)) => {
+                let guard = locks
+                    .lock(&load_lock_name(key), options.lock_ttl, *wait)
                     .await?;
                 // Another node may have loaded it while we waited for the lock.
                 match self.cache.get(key).await? {
@@ -460,7 +479,7 @@ impl Loader {
             }
         }
         if let Some(guard) = lock_guard {
-            let _ = guard.release().await;
+            guard.release().await;
         }
         Ok(loaded)
     }

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use keel_cache::load::{LoadOptions, Loader, MAX_REFRESH_BACKOFF};
-use keel_cache::lock::Locker;
 use keel_cache::{
     Bytes, Cache, Endpoint, Error, MemoryCache, RedisCache, Secret, TieredCache, Ttl,
 };
+use keel_coord::{Locker, RedisStore};
 use keel_testkit::redis::RedisServer;
 
 fn ttl() -> LoadOptions {
@@ -238,11 +238,13 @@ async fn two_processes_with_a_lock_load_once() {
     for node in 0..2 {
         // Each "process": its own cache connection, loader and lock connection.
         let loader = Loader::new(Arc::new(redis_cache(&server, "shared").await));
-        let mut options = ttl();
-        options.lock = Some((
-            Locker::new(redis_cache(&server, "locks").await),
+        let options = ttl();
+        let options = options.lock(
+            Locker::new(RedisStore::from_connection(
+                redis_cache(&server, "locks").await.connection(),
+            )),
             Duration::from_secs(10),
-        ));
+        );
         for _ in 0..50 {
             let (loader, options, calls) = (loader.clone(), options.clone(), calls.clone());
             tasks.push(tokio::spawn(async move {
@@ -274,11 +276,13 @@ async fn two_processes_with_a_lock_load_once() {
 
 /// Two "processes" (own connections, loader and lock connection) loading `key` with the lock.
 async fn lock_options(server: &RedisServer, lock_ttl: Duration) -> LoadOptions {
-    let mut options = ttl();
-    options.lock = Some((
-        Locker::new(redis_cache(server, "locks").await),
+    let options = ttl();
+    let mut options = options.lock(
+        Locker::new(RedisStore::from_connection(
+            redis_cache(server, "locks").await.connection(),
+        )),
         Duration::from_secs(30),
-    ));
+    );
     options.lock_ttl = lock_ttl;
     options
 }
@@ -545,7 +549,9 @@ async fn a_background_refresh_runs_once_across_processes() {
     for _node in 0..2 {
         let loader = Loader::new(Arc::new(redis_cache(&server, "shared").await));
         let options = base.clone().lock(
-            Locker::new(redis_cache(&server, "locks").await),
+            Locker::new(RedisStore::from_connection(
+                redis_cache(&server, "locks").await.connection(),
+            )),
             Duration::from_secs(10),
         );
         for _ in 0..50 {

@@ -532,3 +532,68 @@ impl TlsFiles {
         }
     }
 }
+
+/// A running Redis deployment of one topology and the [`Endpoint`](keel_cache::Endpoint)
+/// that reaches it, for suites that run the same tests on every topology (the coordination
+/// tests open one store per simulated process on it). The servers stop when this is dropped.
+pub struct RedisTopology {
+    endpoint: keel_cache::Endpoint,
+    standalone: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
+    _sentinel: Option<RedisSentinel>,
+}
+
+impl RedisTopology {
+    /// One redis-server.
+    pub fn standalone() -> Self {
+        let server = RedisServer::start();
+        Self {
+            endpoint: keel_cache::Endpoint::Url(keel_cache::Secret::new(server.url())),
+            standalone: Some(server),
+            _cluster: None,
+            _sentinel: None,
+        }
+    }
+
+    /// A 3-master Cluster.
+    pub fn cluster() -> Self {
+        let cluster = RedisCluster::start();
+        Self {
+            endpoint: keel_cache::Endpoint::Cluster {
+                nodes: cluster.urls(),
+                username: None,
+                password: None,
+            },
+            standalone: None,
+            _cluster: Some(cluster),
+            _sentinel: None,
+        }
+    }
+
+    /// A master with a replica behind sentinels (ready for lookups, not for failover).
+    pub fn sentinel() -> Self {
+        let sentinel = RedisSentinel::start_for_lookups();
+        Self {
+            endpoint: keel_cache::Endpoint::Sentinel {
+                sentinels: sentinel.sentinel_addrs(),
+                master: RedisSentinel::MASTER.into(),
+                username: None,
+                password: None,
+                database: 0,
+            },
+            standalone: None,
+            _cluster: None,
+            _sentinel: Some(sentinel),
+        }
+    }
+
+    /// The endpoint reaching this deployment.
+    pub fn endpoint(&self) -> &keel_cache::Endpoint {
+        &self.endpoint
+    }
+
+    /// The server of a standalone deployment (to pause, kill or inspect it).
+    pub fn server(&self) -> Option<&RedisServer> {
+        self.standalone.as_ref()
+    }
+}

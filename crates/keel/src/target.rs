@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use keel_cache::{Cache, CacheConfig, Endpoint, RedisCache, Secret, parse_duration};
+use keel_coord::RedisStore;
 use keel_metrics::MetricsService;
 
 /// Where a command's keys live.
@@ -59,6 +60,35 @@ impl Target {
                     );
                 }
                 Ok(keel_cache::redis_from_config(&config, metrics)?)
+            }
+            (None, None) => bail!("give --url or --config"),
+        }
+    }
+
+    /// The coordination store (locks, election, semaphores) on the target: for `--url`, keys
+    /// under `namespace`; for `--config`, the file's redis config with its prefix as the
+    /// namespace. Not yet connected.
+    ///
+    /// # Errors
+    /// A bad URL or config, or a config of another type.
+    pub fn coord_store(&self, namespace: &str, metrics: &MetricsService) -> Result<RedisStore> {
+        match (&self.url, &self.config) {
+            (Some(url), _) => Ok(RedisStore::builder(Endpoint::Url(Secret::new(url.clone())))
+                .name("keel")
+                .namespace(namespace)
+                .connect_timeout(self.timeout)
+                .response_timeout(self.timeout)
+                .metrics(metrics)
+                .build()?),
+            (None, Some(path)) => {
+                let config = CacheConfig::from_path(path)?;
+                if !config.kind.eq_ignore_ascii_case("redis") {
+                    bail!(
+                        "{}: this command needs a redis cache config",
+                        path.display()
+                    );
+                }
+                Ok(RedisStore::from_config(&config, metrics)?)
             }
             (None, None) => bail!("give --url or --config"),
         }

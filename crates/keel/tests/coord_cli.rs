@@ -354,3 +354,89 @@ fn a_new_term_starts_after_the_binary_was_replaced() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `keel lock --permits 2`: six commands started at once never run more than two at a time
+/// (each records its own start and end), every one runs, and the permits are given back.
+#[test]
+fn permits_bound_how_many_commands_run_at_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "echo s $(date +%s%N) >> {d}/$KEEL_FENCING_TOKEN; sleep 0.3; echo e $(date +%s%N) >> {d}/$KEEL_FENCING_TOKEN",
+        d = dir.path().display()
+    );
+    let children: Vec<Child> = (0..6)
+        .map(|_| {
+            keel()
+                .args([
+                    "lock",
+                    "--url",
+                    &url,
+                    "pool",
+                    "--permits",
+                    "2",
+                    "--ttl",
+                    "3s",
+                ])
+                .args(["--wait", "120s", "--", "sh", "-c", &script])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let mut events = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            let (kind, at) = line.split_once(' ').unwrap();
+            let at: u128 = at.trim().parse().unwrap();
+            events.push((at, if kind == "s" { 1 } else { -1 }));
+        }
+    }
+    assert_eq!(
+        events.len(),
+        12,
+        "six commands ran, each with its own fencing token"
+    );
+    events.sort();
+    let (mut now, mut max) = (0, 0);
+    for (_, d) in events {
+        now += d;
+        max = max.max(now);
+    }
+    assert!(max <= 2, "{max} commands ran at once with --permits 2");
+    assert_eq!(
+        redis.cli(&["ZCARD", "__keel_sem:keel:{pool}"]),
+        "0",
+        "permits given back"
+    );
+}
+
+/// Bad input to `--permits` is refused with a clear message before anything runs.
+#[test]
+fn zero_permits_and_braces_are_refused() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    for (name, permits, expect) in [("pool", "0", "permit count"), ("a{b}", "2", "'{'")] {
+        let out = keel()
+            .args([
+                "lock",
+                "--url",
+                &url,
+                name,
+                "--permits",
+                permits,
+                "--",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{err}");
+    }
+}

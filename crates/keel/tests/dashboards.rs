@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_cache::election::Election;
-use keel_cache::lock::Locker;
 use keel_cache::{Cache, MemoryCache, Ttl};
+use keel_coord::{Election, Locker, MemoryStore};
 use keel_metrics::MetricsService;
 use keel_testkit::osmem::OsmemServer;
 use keel_testkit::process::{free_port, require_program};
@@ -139,7 +138,7 @@ fn real_exposition() -> String {
         let _ = cache.get("k").await.unwrap();
         let _ = cache.get("missing").await.unwrap();
         let _ = cache.incr_by("k", 1).await; // an error (not an integer)
-        let locker = Locker::with_metrics(MemoryCache::builder("locks").build(), metrics);
+        let locker = Locker::with_metrics(MemoryStore::new(), metrics);
         let guard = locker
             .lock("nightly", Duration::from_secs(5), Duration::from_secs(1))
             .await

@@ -204,19 +204,11 @@ impl Timer {
     }
 }
 
-/// In-process locks: owner token and expiry per name, and the per-name fence counters.
-#[derive(Default)]
-pub(super) struct LockTable {
-    pub(super) held: std::collections::HashMap<String, (String, std::time::Instant)>,
-    pub(super) fences: std::collections::HashMap<String, u64>,
-}
-
 /// Everything a [`MemoryCache`](super::MemoryCache) and its clones share.
 pub(super) struct Shared {
     pub(super) name: String,
     store: Store,
     stripes: Stripes,
-    pub(super) locks: std::sync::Mutex<LockTable>,
     pub(super) default_ttl: Option<Duration>,
     max_ttl: Option<Duration>,
     limits: Limits,
@@ -262,7 +254,6 @@ impl Shared {
             name: b.name,
             store,
             stripes: Stripes::new(),
-            locks: std::sync::Mutex::default(),
             default_ttl: b.default_ttl,
             max_ttl: b.max_ttl,
             limits: b.limits,

@@ -40,7 +40,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use self::builder::{Capacity, MemoryCacheBuilder};
-use self::core::{LockTable, Shared};
+use self::core::Shared;
 use crate::Result;
 use crate::contract::{Cache, CacheFuture, CacheKind};
 use crate::ttl::{KeyTtl, Ttl};
@@ -181,82 +181,5 @@ impl Cache for MemoryCache {
 
     fn clear<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
         CacheFuture::ready(self.shared.clear())
-    }
-}
-
-impl Shared {
-    pub(super) fn lock_table(&self) -> Result<std::sync::MutexGuard<'_, LockTable>> {
-        self.ensure_open()?;
-        Ok(self
-            .locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
-    }
-
-    /// The holder of `name` if its lock has not expired (expired entries are dropped).
-    fn live_holder<'t>(table: &'t mut LockTable, name: &str) -> Option<&'t String> {
-        let now = std::time::Instant::now();
-        if table.held.get(name).is_some_and(|(_, until)| *until <= now) {
-            table.held.remove(name);
-        }
-        table.held.get(name).map(|(token, _)| token)
-    }
-}
-
-/// Same semantics as the Redis locks, in-process: one mutex orders every lock operation, so
-/// acquire-and-increment, check-and-release and check-and-extend are each atomic.
-impl crate::lock::LockStore for MemoryCache {
-    fn acquire<'a>(
-        &'a self,
-        name: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> CacheFuture<'a, Result<Option<u64>>> {
-        CacheFuture::ready(self.shared.lock_table().map(|mut t| {
-            if Shared::live_holder(&mut t, name).is_some() {
-                return None;
-            }
-            let until = std::time::Instant::now() + ttl;
-            t.held.insert(name.to_owned(), (token.to_owned(), until));
-            let fence = t.fences.entry(name.to_owned()).or_insert(0);
-            *fence += 1;
-            Some(*fence)
-        }))
-    }
-
-    fn release<'a>(&'a self, name: &'a str, token: &'a str) -> CacheFuture<'a, Result<bool>> {
-        CacheFuture::ready(self.shared.lock_table().map(|mut t| {
-            if Shared::live_holder(&mut t, name).is_some_and(|h| h == token) {
-                t.held.remove(name);
-                true
-            } else {
-                false
-            }
-        }))
-    }
-
-    fn extend<'a>(
-        &'a self,
-        name: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> CacheFuture<'a, Result<bool>> {
-        CacheFuture::ready(self.shared.lock_table().map(|mut t| {
-            if Shared::live_holder(&mut t, name).is_some_and(|h| h == token) {
-                let until = std::time::Instant::now() + ttl;
-                t.held.insert(name.to_owned(), (token.to_owned(), until));
-                true
-            } else {
-                false
-            }
-        }))
-    }
-
-    fn holder<'a>(&'a self, name: &'a str) -> CacheFuture<'a, Result<Option<String>>> {
-        CacheFuture::ready(
-            self.shared
-                .lock_table()
-                .map(|mut t| Shared::live_holder(&mut t, name).cloned()),
-        )
     }
 }

@@ -18,7 +18,8 @@
 //! - `connect.rs`: connections per mode, and `write` (never re-sends a write whose fate is
 //!   unknown); `errors.rs`: redis-rs errors to [`Error`];
 //! - `ops.rs`: the [`Cache`] operations; `scripts.rs`: the Lua scripts; `scan.rs`: `clear` and
-//!   the items count; `lock.rs`: the lock store; `tracking.rs`: the servers to run client
+//!   the items count; `connection.rs`: [`Connection`], the raw handle other Keel crates
+//!   (keel-coord) run their own scripts on; `tracking.rs`: the servers to run client
 //!   tracking on (the tiered cache's server-assisted invalidation).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,15 +37,18 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    AsyncCommands, Client, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisError,
-    RedisFuture, RedisResult, Script, Value,
+    AsyncCommands, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    RedisResult, Value,
 };
 use tokio::task::JoinHandle;
 
+/// The redis-rs types [`Connection`] takes and returns.
+pub use ::redis::{Client, Script};
+
 mod connect;
+mod connection;
 mod endpoint;
 mod errors;
-mod lock;
 mod ops;
 mod scan;
 mod scripts;
@@ -52,7 +56,8 @@ mod tls;
 mod tracking;
 
 use self::{connect::*, endpoint::*, errors::*, scan::*, scripts::*, tls::*};
-pub use self::{endpoint::Endpoint, tls::TlsOptions};
+pub use self::{connection::Connection, endpoint::Endpoint, tls::TlsOptions};
+pub use ::redis::FromRedisValue;
 
 use crate::config::Secret;
 use crate::contract::{Cache, CacheFuture, CacheKind, Limits};
@@ -362,9 +367,6 @@ impl RedisCacheBuilder {
                 metrics,
                 cas: Script::new(CAS_SCRIPT),
                 persist: Script::new(PERSIST_SCRIPT),
-                lock_acquire: Script::new(LOCK_ACQUIRE),
-                lock_release: Script::new(LOCK_RELEASE),
-                lock_extend: Script::new(LOCK_EXTEND),
             }),
         })
     }
@@ -393,9 +395,6 @@ struct Shared {
     metrics: CacheInstruments,
     cas: Script,
     persist: Script,
-    lock_acquire: Script,
-    lock_release: Script,
-    lock_extend: Script,
 }
 
 /// A cache on a Redis server. Cheap to clone: clones share the connection.

@@ -217,7 +217,7 @@ impl TieredCacheBuilder {
                 l1: self.l1,
                 l2: self.l2,
                 l1_ttl: crate::ttl::round_up_to_millis(self.l1_ttl),
-                node: crate::lock::new_token()?,
+                node: node_id()?,
                 channel,
                 invalidation: self.invalidation,
                 tracking: AtomicBool::new(false),
@@ -630,4 +630,15 @@ fn always<T>(r: &Result<T>) -> bool {
 /// As [`always`], and a definite "not stored" changed nothing either.
 fn unless_refused(r: &Result<bool>) -> bool {
     !matches!(r, Ok(false)) && always(r)
+}
+
+/// A 128-bit random id for this node's invalidation messages, from the OS CSPRNG.
+fn node_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Backend {
+        cache: "tiered".into(),
+        operation: "node id",
+        message: format!("no randomness: {e}"),
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

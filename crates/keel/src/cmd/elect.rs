@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use keel_cache::election::{Election, Leadership};
 use keel_cache::parse_duration;
+use keel_coord::{Election, Leadership};
 use tokio_util::sync::CancellationToken;
 
 use super::lock::{backstop, forward_period, locker};

@@ -1,24 +1,49 @@
-//! `keel lock`: run a command while holding a distributed lock, under a guard process
-//! ([`crate::guard`]) so the command never outlives the lock.
+//! `keel lock`: run a command while holding a distributed lock — or, with `--permits N`, one
+//! of N permits of a semaphore (at most N such commands at once across all nodes) — under a
+//! guard process ([`crate::guard`]) so the command never outlives the hold. A permit is the
+//! same guard as a lock (watchdog, deadline, `lost()`, fencing token), so the supervision is
+//! the same.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use keel_cache::lock::{LockOptions, Locker};
 use keel_cache::parse_duration;
+use keel_coord::{LockGuard, LockOptions, Locker, RedisStore, Semaphore};
 use keel_metrics::MetricsService;
 
 use crate::guard::{End, SpawnError, Supervisor, Timing};
 use crate::target::Target;
 
-/// Connects to the lock store named by `target`: for `--url`, keys under `keel:`.
-pub async fn locker(target: &Target) -> Result<Locker> {
+/// Connects to the coordination store named by `target`: for `--url`, keys under `keel:`.
+pub async fn store(target: &Target) -> Result<(RedisStore, MetricsService)> {
     let metrics = MetricsService::new("keel")?;
-    let cache = target.redis("keel", "keel:", &metrics)?;
-    keel_cache::Cache::connect(&cache)
-        .await
-        .context("connecting to Redis")?;
-    Ok(Locker::with_metrics(cache, &metrics))
+    let store = target.coord_store("keel:", &metrics)?;
+    store.connect().await.context("connecting to Redis")?;
+    Ok((store, metrics))
+}
+
+/// A locker on the coordination store named by `target`.
+pub async fn locker(target: &Target) -> Result<Locker> {
+    let (store, metrics) = store(target).await?;
+    Ok(Locker::with_metrics(store, &metrics))
+}
+
+/// Waits for the lock, or for one of `permits` permits of the semaphore `name`.
+async fn hold(args: &LockArgs) -> Result<LockGuard> {
+    let (store, metrics) = store(&args.store).await?;
+    let options = LockOptions::watchdog();
+    Ok(match args.permits {
+        None => {
+            Locker::with_metrics(store, &metrics)
+                .lock_with(&args.name, args.ttl, args.wait, options)
+                .await?
+        }
+        Some(n) => {
+            Semaphore::with_metrics(store, &metrics)
+                .acquire_with(&args.name, n, args.ttl, args.wait, options)
+                .await?
+        }
+    })
 }
 
 /// Arguments of `keel lock`.
@@ -34,6 +59,10 @@ pub struct LockArgs {
     /// How long to wait for the lock.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     wait: Duration,
+    /// Take one of N permits of a semaphore NAME instead of the lock: at most N commands
+    /// run at once across all nodes (every caller of NAME must give the same N).
+    #[arg(long, value_name = "N")]
+    permits: Option<u32>,
     /// On Ctrl-C/SIGTERM: how long the command gets between SIGTERM and SIGKILL (never past
     /// the lock's deadline).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -61,12 +90,15 @@ pub fn backstop(deadline: tokio::time::Instant, timing: Timing) -> tokio::time::
 
 /// `keel lock`: returns the process exit code.
 pub async fn lock(args: LockArgs) -> Result<i32> {
-    let locker = locker(&args.store).await?;
-    let guard = locker
-        .lock_with(&args.name, args.ttl, args.wait, LockOptions::watchdog())
-        .await?;
+    let guard = hold(&args).await?;
     let token = guard.fencing_token();
-    eprintln!("keel: holding lock {:?} (fencing token {token})", args.name);
+    match args.permits {
+        None => eprintln!("keel: holding lock {:?} (fencing token {token})", args.name),
+        Some(n) => eprintln!(
+            "keel: holding a permit of {:?} (of {n}; fencing token {token})",
+            args.name
+        ),
+    }
     let env = [
         ("KEEL_FENCING_TOKEN", token.to_string()),
         ("KEEL_LOCK_NAME", args.name.clone()),

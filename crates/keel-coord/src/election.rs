@@ -19,11 +19,11 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use keel_cache::{MemoryCache, election::Election, lock::Locker};
+//! use keel_coord::{Election, Locker, MemoryStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), keel_cache::Error> {
-//! let locker = Locker::new(MemoryCache::builder("coordination").build());
+//! # async fn main() -> Result<(), keel_coord::Error> {
+//! let locker = Locker::new(MemoryStore::new());
 //! let election = Election::builder(locker, "scheduler", "node-a")
 //!     .lease(Duration::from_secs(3))
 //!     .renew_deadline(Duration::from_secs(2))
@@ -430,10 +430,7 @@ impl Election {
     pub async fn run(&self, shutdown: CancellationToken) {
         let inner = &self.inner;
         let mut observed: Option<Option<String>> = None;
-        let options = LockOptions {
-            watchdog: false,
-            token_prefix: Some(format!("{}|", inner.identity)),
-        };
+        let options = LockOptions::default().token_prefix(format!("{}|", inner.identity));
         while !shutdown.is_cancelled() {
             let sent = Instant::now();
             match inner
@@ -461,7 +458,7 @@ impl Election {
             }
             let jittered = inner
                 .retry_period
-                .mul_f64(1.0 + 0.2 * crate::lock::jitter());
+                .mul_f64(1.0 + 0.2 * crate::lease::jitter());
             if !sleep_or(&shutdown, jittered).await {
                 break;
             }

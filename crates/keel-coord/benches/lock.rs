@@ -1,14 +1,18 @@
 //! Uncontended lock + release on a local redis-server: Keel's `Locker` vs raw redis-rs doing
-//! `SET key token NX PX` then the owner-checked release `EVAL`, the same two round trips.
+//! `SET key token NX PX` then the owner-checked release `EVAL`, the same two round trips; and
+//! Keel's `Semaphore` (`try_acquire` with 3 permits + release: two scripts on a sorted set,
+//! with `TIME`) against the same `Locker`.
 //!
-//! `cargo bench -p keel-cache --bench lock` — starts its own redis-server on a free port,
+//! `cargo bench -p keel-coord --bench lock` — starts its own redis-server on a free port,
 //! runs 15 interleaved rounds of 2000 lock+release pairs per contender, and prints the median
-//! µs per pair and the median per-round ratio raw / keel (above 1.0 = Keel faster).
+//! µs per pair, the median per-round ratio raw / keel (above 1.0 = Keel faster) and the median
+//! per-round ratio semaphore / lock (above 1.0 = the semaphore is slower).
 
 use std::time::{Duration, Instant};
 
-use keel_cache::lock::{Locker, new_token};
-use keel_cache::{Cache, Endpoint, RedisCache, Secret};
+use keel_cache::{Endpoint, Secret};
+use keel_coord::lock::new_token;
+use keel_coord::{Locker, RedisStore, Semaphore};
 use keel_testkit::redis::RedisServer;
 
 const ROUNDS: usize = 15;
@@ -31,18 +35,21 @@ fn main() {
         .unwrap();
     let server = RedisServer::start();
     rt.block_on(async {
-        let cache = RedisCache::builder("bench", Endpoint::Url(Secret::new(server.url())))
-            .items_refresh(None)
+        let store = RedisStore::builder(Endpoint::Url(Secret::new(server.url())))
+            .namespace("bench:")
             .build()
             .unwrap();
-        cache.connect().await.unwrap();
-        let locker = Locker::new(cache);
+        store.connect().await.unwrap();
+        let locker = Locker::new(store.clone());
+        let semaphore = Semaphore::new(store);
         let client = redis::Client::open(server.url()).unwrap();
         let mut raw = client.get_multiplexed_async_connection().await.unwrap();
         let release = redis::Script::new(RELEASE);
         let mut keel_us = Vec::new();
         let mut raw_us = Vec::new();
         let mut ratios = Vec::new();
+        let mut sem_us = Vec::new();
+        let mut sem_ratios = Vec::new();
         for round in 0..=ROUNDS {
             let keel_run = async {
                 let t = Instant::now();
@@ -80,12 +87,26 @@ fn main() {
                 }
                 t.elapsed()
             };
-            let (k, r) = if round % 2 == 0 {
+            let sem_run = async {
+                let t = Instant::now();
+                for _ in 0..PAIRS {
+                    let p = semaphore
+                        .try_acquire("bench-sem", 3, Duration::from_secs(10))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert!(p.release().await.unwrap());
+                }
+                t.elapsed()
+            };
+            let (k, r, sm) = if round % 2 == 0 {
                 let k = keel_run.await;
-                (k, raw_run.await)
-            } else {
                 let r = raw_run.await;
-                (keel_run.await, r)
+                (k, r, sem_run.await)
+            } else {
+                let sm = sem_run.await;
+                let r = raw_run.await;
+                (keel_run.await, r, sm)
             };
             if round == 0 {
                 continue; // warm-up
@@ -94,6 +115,8 @@ fn main() {
             keel_us.push(per(k));
             raw_us.push(per(r));
             ratios.push(r.as_secs_f64() / k.as_secs_f64());
+            sem_us.push(per(sm));
+            sem_ratios.push(sm.as_secs_f64() / k.as_secs_f64());
         }
         println!("| contender | median µs per lock+release | median ratio raw / keel |");
         println!("|---|---|---|");
@@ -102,6 +125,11 @@ fn main() {
             "| keel Locker (try_lock + release) | {:.1} | {:.2}x |",
             median(keel_us),
             median(ratios)
+        );
+        println!(
+            "| keel Semaphore (try_acquire 3 permits + release) | {:.1} | semaphore / lock {:.2}x |",
+            median(sem_us),
+            median(sem_ratios)
         );
     });
 }

@@ -1,13 +1,13 @@
-//! Locks with fencing tokens, on every store: memory, Redis standalone and Redis Cluster.
+//! Locks with fencing tokens, on every store: memory, Redis standalone, Cluster and Sentinel.
 //! Each worker gets its own `Locker` (and, on Redis, its own connection), as separate
 //! processes would.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_cache::lock::{LockOptions, Locker};
-use keel_cache::{Cache, Endpoint, Error, MemoryCache, RedisCache, Secret, Ttl};
-use keel_testkit::redis::{RedisCluster, RedisServer};
+use keel_cache::{Cache, Endpoint, MemoryCache, RedisCache, Secret, Ttl};
+use keel_coord::{Error, LockOptions, Locker, MemoryStore, RedisStore};
+use keel_testkit::redis::{RedisServer, RedisTopology};
 
 /// Makes lockers (and a cache for test data) on one shared store.
 trait Stores: Send + Sync {
@@ -15,51 +15,36 @@ trait Stores: Send + Sync {
     fn cache(&self) -> Arc<dyn Cache>;
 }
 
-struct Memory(MemoryCache);
+struct Memory(MemoryStore, MemoryCache);
 
 impl Stores for Memory {
     fn locker(&self) -> Locker {
         Locker::new(self.0.clone())
     }
     fn cache(&self) -> Arc<dyn Cache> {
-        Arc::new(self.0.clone())
+        Arc::new(self.1.clone())
     }
 }
 
 struct Redis {
-    endpoint: Endpoint,
-    _server: Option<RedisServer>,
-    _cluster: Option<RedisCluster>,
+    topology: RedisTopology,
     rt: tokio::runtime::Handle,
 }
 
 impl Redis {
-    fn standalone() -> Self {
-        let server = RedisServer::start();
+    fn on(topology: RedisTopology) -> Self {
         Self {
-            endpoint: Endpoint::Url(Secret::new(server.url())),
-            _server: Some(server),
-            _cluster: None,
+            topology,
             rt: tokio::runtime::Handle::current(),
         }
     }
 
-    fn cluster() -> Self {
-        let cluster = RedisCluster::start();
-        Self {
-            endpoint: Endpoint::Cluster {
-                nodes: cluster.urls(),
-                username: None,
-                password: None,
-            },
-            _server: None,
-            _cluster: Some(cluster),
-            rt: tokio::runtime::Handle::current(),
-        }
+    fn standalone() -> Self {
+        Self::on(RedisTopology::standalone())
     }
 
     fn connected(&self) -> RedisCache {
-        let cache = RedisCache::builder("locks", self.endpoint.clone())
+        let cache = RedisCache::builder("locks", self.topology.endpoint().clone())
             .response_timeout(Duration::from_millis(500))
             .items_refresh(None)
             .build()
@@ -73,7 +58,7 @@ impl Redis {
 
 impl Stores for Redis {
     fn locker(&self) -> Locker {
-        Locker::new(self.connected())
+        Locker::new(RedisStore::from_connection(self.connected().connection()))
     }
     fn cache(&self) -> Arc<dyn Cache> {
         Arc::new(self.connected())
@@ -291,7 +276,7 @@ async fn waiting_times_out_and_bad_input_is_typed(s: &dyn Stores) {
     assert!(matches!(err, Error::LockTimeout { .. }), "{err:?}");
     assert!(matches!(
         locker.try_lock("", Duration::from_secs(1)).await,
-        Err(Error::InvalidKey { .. })
+        Err(Error::InvalidName { .. })
     ));
     assert!(matches!(
         locker.try_lock("x", Duration::from_millis(1)).await,
@@ -299,7 +284,7 @@ async fn waiting_times_out_and_bad_input_is_typed(s: &dyn Stores) {
     ));
     assert!(matches!(
         locker.try_lock("}x", Duration::from_secs(1)).await,
-        Err(Error::InvalidKey { .. })
+        Err(Error::InvalidName { .. })
     ));
 }
 
@@ -344,9 +329,13 @@ macro_rules! lock_suite {
     };
 }
 
-lock_suite!(memory, Memory(MemoryCache::builder("locks").build()));
+lock_suite!(
+    memory,
+    Memory(MemoryStore::new(), MemoryCache::builder("locks").build())
+);
 lock_suite!(redis, Redis::standalone());
-lock_suite!(redis_cluster, Redis::cluster());
+lock_suite!(redis_cluster, Redis::on(RedisTopology::cluster()));
+lock_suite!(redis_sentinel, Redis::on(RedisTopology::sentinel()));
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_fires_lost_before_the_lock_can_expire() {
@@ -358,7 +347,7 @@ async fn paused_redis_fires_lost_before_the_lock_can_expire() {
         .await
         .unwrap()
         .unwrap();
-    let server = redis._server.as_ref().unwrap();
+    let server = redis.topology.server().unwrap();
     server.pause();
     let deadline = g.deadline();
     let fired = tokio::time::timeout(Duration::from_secs(5), g.lost().cancelled()).await;
@@ -373,7 +362,7 @@ async fn paused_redis_fires_lost_before_the_lock_can_expire() {
 async fn a_frozen_redis_gives_a_lock_timeout_not_a_hang() {
     let redis = Redis::standalone();
     let locker = redis.locker();
-    let server = redis._server.as_ref().unwrap();
+    let server = redis.topology.server().unwrap();
     server.pause();
     let result = tokio::time::timeout(
         Duration::from_secs(10),
@@ -385,7 +374,46 @@ async fn a_frozen_redis_gives_a_lock_timeout_not_a_hang() {
         .expect("the response timeout bounds the call")
         .expect_err("a frozen server cannot grant a lock");
     assert!(
-        matches!(&err, Error::Timeout { operation, .. } if *operation == "lock"),
+        matches!(&err, Error::Store(keel_cache::Error::Timeout { operation, .. }) if *operation == "lock"),
         "{err:?}"
     );
+}
+
+/// A lock acquisition whose reply is lost (the connection is cut right after the acquire
+/// script reached the server) is reported as "outcome unknown", never re-sent: a re-sent
+/// acquire would find the lock taken by its own first attempt, report it as held by someone
+/// else, and leave an orphaned token until the TTL runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_acquire_whose_reply_is_lost_says_the_outcome_is_unknown() {
+    let server = RedisServer::start();
+    let proxy = keel_testkit::redis_proxy::RedisProxy::start(server.addr());
+    let store = RedisStore::builder(Endpoint::Url(Secret::new(proxy.url())))
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    store.connect().await.unwrap();
+    let locker = Locker::new(store);
+    // Load the scripts first, so the next acquire is one EVALSHA.
+    let warm = locker
+        .try_lock("warm", Duration::from_secs(30))
+        .await
+        .unwrap();
+    warm.unwrap().release().await.unwrap();
+    proxy.cut_after(b"EVALSHA");
+    let r = locker.try_lock("job", Duration::from_secs(30)).await;
+    assert_eq!(proxy.cuts(), 1, "the fault fired");
+    match r {
+        Ok(Some(_)) => {}
+        Ok(None) => panic!("this call's own acquire was reported as someone else's lock"),
+        Err(e) => {
+            assert!(e.is_outcome_unknown(), "{e:?}");
+            // The acquire ran; its token was released (owner-checked) before the error was
+            // returned, so the lock is not orphaned for its 30 s TTL.
+            let again = locker
+                .try_lock("job", Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert!(again.is_some(), "the lost acquire left the lock held");
+        }
+    }
 }

@@ -5,9 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel_cache::election::Election;
-use keel_cache::lock::Locker;
-use keel_cache::{Endpoint, Error, MemoryCache, RedisCache, Secret};
+use keel_cache::{Endpoint, RedisCache, Secret};
+use keel_coord::{Election, Error, Locker, MemoryStore, RedisStore};
 use keel_testkit::redis::RedisServer;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +81,7 @@ async fn redis_locker(url: &str) -> Locker {
         .build()
         .unwrap();
     keel_cache::Cache::connect(&cache).await.unwrap();
-    Locker::new(cache)
+    Locker::new(RedisStore::from_connection(cache.connection()))
 }
 
 async fn wait_for_one_leader(log: &Log) {
@@ -152,7 +151,7 @@ async fn redis_three_candidates_one_leader_no_overlap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_three_candidates_one_leader_no_overlap() {
-    let store = MemoryCache::builder("election").build();
+    let store = MemoryStore::new();
     three_candidates((0..3).map(|_| Locker::new(store.clone())).collect()).await;
 }
 
@@ -208,7 +207,7 @@ async fn frozen_redis_makes_the_leader_step_down_before_anyone_else_leads() {
 
 #[test]
 fn timing_rules_are_validated() {
-    let locker = Locker::new(MemoryCache::builder("x").build());
+    let locker = Locker::new(MemoryStore::new());
     let build = |lease, renew, retry| {
         Election::builder(locker.clone(), "e", "me")
             .lease(Duration::from_millis(lease))

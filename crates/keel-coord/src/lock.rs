@@ -1,0 +1,334 @@
+//! Distributed locks with fencing tokens.
+//!
+//! A lock is a key holding a random 128-bit owner token, set with `SET NX PX`; releasing and
+//! extending are Lua scripts that check the token in the same atomic step, so only the owner
+//! can release or extend. Every acquisition also increments a per-name counter in that same
+//! step and returns it as the **fencing token**: strictly increasing across all holders, so a
+//! storage system that remembers the highest token it has seen can reject writes from a
+//! holder whose lock has expired in the meantime (its token is older).
+//!
+//! A [`LockGuard`] knows its **local deadline**: the time the acquire (or last successful
+//! extend) was *sent* plus the TTL, measured on the local monotonic clock. Because the server
+//! starts the TTL later than that, the lock cannot have expired on the server before the local
+//! deadline. [`LockGuard::lost`] is cancelled when that deadline passes without a successful
+//! renewal, or when a renewal finds the lock owned by someone else. With the watchdog on, the
+//! guard renews itself every TTL/3.
+//!
+//! Release on drop is best effort: dropping a guard inside a tokio runtime spawns the release;
+//! otherwise the lock simply expires after its TTL. Call [`LockGuard::release`] to know.
+//!
+//! Waiting is prompt: a release wakes the waiters (Redis pub/sub on the store's channel; a
+//! `Notify` in memory), and they retry at once. They also poll, from 10 ms doubling up to
+//! the poll cap (default 100 ms, [`Locker::poll_cap`]), so a lost wake-up (a dropped pub/sub
+//! connection, a holder whose lock simply expired) costs at most the cap.
+//!
+//! ```
+//! use std::time::Duration;
+//! use keel_coord::{Locker, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), keel_coord::Error> {
+//! let locker = Locker::new(MemoryStore::new());
+//! let guard = locker.lock("nightly-report", Duration::from_secs(10), Duration::from_secs(5)).await?;
+//! let token = guard.fencing_token(); // pass this to the storage you write to
+//! assert!(locker.try_lock("nightly-report", Duration::from_secs(10)).await?.is_none());
+//! guard.release().await?;
+//! # let _ = token;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::{check_name, name_for_error, round_up_to_millis};
+pub use crate::lease::LockGuard;
+use crate::lease::{LockLease, Waiting};
+use crate::metrics::{LeaseMetrics, LockLabels};
+use crate::store::LockStore;
+use crate::{Error, Result};
+use keel_cache::load::{LoadLock, LoadLockGuard};
+use keel_cache::{CacheFuture, MAX_TTL};
+use keel_metrics::MetricsService;
+
+/// A 128-bit random owner token from the operating system's CSPRNG, as 32 hex digits.
+///
+/// # Errors
+/// A [`keel_cache::Error::Backend`] if the OS has no randomness to give (practically never).
+pub fn new_token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        Error::Store(keel_cache::Error::Backend {
+            cache: "coord".into(),
+            operation: "token",
+            message: format!("no randomness: {e}"),
+        })
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Hands out locks from one [`LockStore`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Locker {
+    store: Arc<dyn LockStore>,
+    metrics: LeaseMetrics<LockLabels>,
+    poll_cap: Duration,
+    wake_on_release: bool,
+}
+
+/// The default [`Locker::poll_cap`].
+pub const DEFAULT_POLL_CAP: Duration = Duration::from_millis(100);
+
+impl std::fmt::Debug for Locker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Locker").finish_non_exhaustive()
+    }
+}
+
+/// The shortest TTL a lock accepts: renewal and the local deadline need some room.
+pub const MIN_LOCK_TTL: Duration = Duration::from_millis(10);
+
+pub(crate) fn check_lock(name: &str, ttl: Duration) -> Result<()> {
+    check_name(name)?;
+    if ttl < MIN_LOCK_TTL || ttl > MAX_TTL {
+        return Err(Error::InvalidTtl {
+            name: name_for_error(name),
+            ttl,
+            reason: "TTLs must be between 10 ms and 100 years",
+        });
+    }
+    Ok(())
+}
+
+impl Locker {
+    /// A locker on `store`, recording into [`MetricsService::global`].
+    pub fn new(store: impl LockStore) -> Self {
+        Self::with_metrics(store, MetricsService::global())
+    }
+
+    /// A locker on `store`, recording into `metrics`. A registry whose `lock_*` names are taken
+    /// by other metric types records nowhere instead of failing.
+    pub fn with_metrics(store: impl LockStore, metrics: &MetricsService) -> Self {
+        let metrics = LeaseMetrics::register(metrics, "lock");
+        Self {
+            store: Arc::new(store),
+            metrics,
+            poll_cap: DEFAULT_POLL_CAP,
+            wake_on_release: true,
+        }
+    }
+
+    /// The longest a waiter sleeps between attempts when no wake-up comes (default
+    /// [`DEFAULT_POLL_CAP`]): the most a lost wake-up, or a lock that expired instead of being
+    /// released, delays a waiter. Waiters start at 10 ms and double up to this, with jitter.
+    #[must_use]
+    pub fn poll_cap(mut self, cap: Duration) -> Self {
+        self.poll_cap = cap.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Whether waiters are woken by releases (default true). Off, they only poll: that is
+    /// how locks waited before wake-ups existed, kept for comparison (the hand-off bench).
+    #[must_use]
+    pub fn wake_on_release(mut self, on: bool) -> Self {
+        self.wake_on_release = on;
+        self
+    }
+
+    /// The store, for advanced callers (election).
+    pub fn store(&self) -> &Arc<dyn LockStore> {
+        &self.store
+    }
+
+    /// One attempt: the lock, or `None` if someone holds it. No watchdog; see
+    /// [`LockOptions`] and [`try_lock_with`](Self::try_lock_with).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] / [`Error::InvalidTtl`] for bad input, store errors.
+    pub async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
+        self.try_lock_with(name, ttl, LockOptions::default()).await
+    }
+
+    /// One attempt with options.
+    ///
+    /// # Errors
+    /// As [`try_lock`](Self::try_lock).
+    pub async fn try_lock_with(
+        &self,
+        name: &str,
+        ttl: Duration,
+        options: LockOptions,
+    ) -> Result<Option<LockGuard>> {
+        self.attempt(name, ttl, &options, Instant::now()).await
+    }
+
+    /// Waits up to `wait` for the lock: retried at once when a release wakes this waiter, and
+    /// otherwise with jittered exponential backoff from 10 ms up to the poll cap. Attempts
+    /// that time out or find the store unavailable are retried the same way until `wait`
+    /// runs out.
+    ///
+    /// # Errors
+    /// [`Error::LockTimeout`] when `wait` passes (or the last store timeout / unavailable
+    /// error if the store was still failing then), plus the other errors of `try_lock`.
+    pub async fn lock(&self, name: &str, ttl: Duration, wait: Duration) -> Result<LockGuard> {
+        self.lock_with(name, ttl, wait, LockOptions::default())
+            .await
+    }
+
+    /// [`lock`](Self::lock) with options.
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock).
+    pub async fn lock_with(
+        &self,
+        name: &str,
+        ttl: Duration,
+        wait: Duration,
+        options: LockOptions,
+    ) -> Result<LockGuard> {
+        let asked = Instant::now();
+        let waiting = Waiting {
+            poll_cap: self.poll_cap,
+            wake: self.wake_on_release,
+        };
+        let got = waiting
+            .run(self.store.wakeups(), name, asked + wait, || {
+                self.attempt(name, ttl, &options, asked)
+            })
+            .await?;
+        got.ok_or_else(|| Error::LockTimeout {
+            lock: name_for_error(name),
+            waited: wait,
+        })
+    }
+
+    async fn attempt(
+        &self,
+        name: &str,
+        ttl: Duration,
+        options: &LockOptions,
+        asked: Instant,
+    ) -> Result<Option<LockGuard>> {
+        check_lock(name, ttl)?;
+        let ttl = round_up_to_millis(ttl);
+        let token = match &options.token_prefix {
+            Some(prefix) => format!("{prefix}{}", new_token()?),
+            None => new_token()?,
+        };
+        let sent = Instant::now();
+        let labels = LockLabels {
+            lock: name.to_owned(),
+        };
+        let acquired = match self.store.acquire(name, &token, ttl).await {
+            Ok(acquired) => acquired,
+            Err(e) if e.is_outcome_unknown() => {
+                self.release_unknown(name, &token).await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(fence) = acquired else {
+            self.metrics.contention.get_or_create(&labels).inc();
+            return Ok(None);
+        };
+        self.metrics.acquisitions.get_or_create(&labels).inc();
+        self.metrics
+            .wait
+            .get_or_create(&labels)
+            .observe(asked.elapsed().as_secs_f64());
+        Ok(Some(LockGuard::start(
+            Arc::new(LockLease(self.store.clone())),
+            self.metrics.instruments(&labels),
+            name.to_owned(),
+            token,
+            fence,
+            ttl,
+            sent,
+            options.watchdog,
+        )))
+    }
+
+    /// After an acquire whose reply was lost: it may have taken the lock with `token`, which
+    /// nobody knows, so the lock would stay held for its whole TTL. Releases it (owner-checked:
+    /// only if it holds this token), best effort: a few tries while the connection comes
+    /// back; if they all fail the TTL still frees the lock.
+    async fn release_unknown(&self, name: &str, token: &str) {
+        let mut backoff = Duration::from_millis(20);
+        for _ in 0..3 {
+            if self.store.release(name, token).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+}
+
+/// Per-acquisition options: start from `LockOptions::default()` or
+/// [`LockOptions::watchdog`] and chain the setters.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct LockOptions {
+    /// Renew the lock every TTL/3 until it is released, retrying a failed renewal after
+    /// TTL/10 (default off).
+    pub watchdog: bool,
+    /// Put this in front of the random token (e.g. an identity, for `holder()` readers).
+    pub token_prefix: Option<String>,
+}
+
+impl LockOptions {
+    /// With the watchdog on.
+    pub fn watchdog() -> Self {
+        Self {
+            watchdog: true,
+            token_prefix: None,
+        }
+    }
+
+    /// Puts `prefix` in front of the random token. Sets the `token_prefix` field.
+    #[must_use]
+    pub fn token_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.token_prefix = Some(prefix.into());
+        self
+    }
+}
+
+/// The load lock of keel-cache's `get_or_load` (cross-process single flight): a watchdog lock
+/// named as `LoadOptions` says, released after the load.
+impl LoadLock for Locker {
+    fn lock<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> CacheFuture<'a, keel_cache::Result<Box<dyn LoadLockGuard>>> {
+        CacheFuture::boxed(async move {
+            match self
+                .lock_with(name, ttl, wait, LockOptions::watchdog())
+                .await
+            {
+                Ok(guard) => Ok(Box::new(guard) as Box<dyn LoadLockGuard>),
+                Err(Error::Store(e)) => Err(e),
+                Err(Error::LockTimeout { waited, .. }) => Err(keel_cache::Error::Timeout {
+                    cache: name_for_error(name),
+                    operation: "load lock",
+                    after: waited,
+                }),
+                Err(e) => Err(keel_cache::Error::InvalidConfig {
+                    field: "lock".into(),
+                    reason: e.to_string(),
+                }),
+            }
+        })
+    }
+}
+
+impl LoadLockGuard for LockGuard {
+    fn release(self: Box<Self>) -> CacheFuture<'static, ()> {
+        CacheFuture::boxed(async move {
+            let _ = LockGuard::release(*self).await;
+        })
+    }
+}

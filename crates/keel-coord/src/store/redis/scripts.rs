@@ -1,0 +1,95 @@
+//! The Lua scripts, one atomic step each. Releases `PUBLISH` the name on the store's
+//! channel in the same step, so waiters in every process retry at once. `PUBLISH` inside a
+//! script is allowed in Cluster mode (the bus forwards it to every node).
+
+/// Lock acquire: `KEYS[1]` lock, `KEYS[2]` fence counter, `ARGV[1]` token, `ARGV[2]` TTL ms.
+/// Returns the new fencing token, or 0 when the lock is held.
+pub(super) const LOCK_ACQUIRE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0";
+
+/// Lock release: delete `KEYS[1]` only if it holds `ARGV[1]`, then publish `ARGV[3]` (the
+/// name) on channel `ARGV[2]`.
+pub(super) const LOCK_RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0";
+
+/// Lock extend: reset `KEYS[1]`'s TTL to `ARGV[2]` ms only if it holds `ARGV[1]`.
+pub(super) const LOCK_EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+/// The server's clock in ms, and the key's own expiry pushed out to cover lease `ms`.
+/// Leases are judged by this one clock (the server's), never the clients'.
+const NOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function keep(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+";
+
+/// Semaphore acquire: `KEYS[1]` the permit set (token -> lease end, server ms), `KEYS[2]`
+/// fence counter; `ARGV[1]` token, `ARGV[2]` permits, `ARGV[3]` TTL ms. Drops expired
+/// leases, then takes a permit if fewer than `permits` are held. Returns the new fencing
+/// token, or 0 when all permits are taken.
+pub(super) fn semaphore_acquire() -> String {
+    format!(
+        "{NOW}
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  local ms = tonumber(ARGV[3])
+  redis.call('ZADD', KEYS[1], now + ms, ARGV[1])
+  keep(KEYS[1], ms)
+  return redis.call('INCR', KEYS[2])
+end
+return 0"
+    )
+}
+
+/// Semaphore release: remove `ARGV[1]`'s permit from `KEYS[1]`; if it was there (and not
+/// expired), publish `ARGV[3]` on channel `ARGV[2]`. Returns 1 if the permit was held.
+pub(super) fn semaphore_release() -> String {
+    format!(
+        "{NOW}
+local lease = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if lease then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  if tonumber(lease) > now then return 1 end
+end
+return 0"
+    )
+}
+
+/// Semaphore extend: reset `ARGV[1]`'s lease in `KEYS[1]` to `ARGV[2]` ms from now, only if
+/// it is held and has not expired. Returns 1 if it was.
+pub(super) fn semaphore_extend() -> String {
+    format!(
+        "{NOW}
+local lease = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if lease and tonumber(lease) > now then
+  local ms = tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[1], 'XX', now + ms, ARGV[1])
+  keep(KEYS[1], ms)
+  return 1
+end
+return 0"
+    )
+}
+
+/// Semaphore count: the unexpired permits in `KEYS[1]` (read only).
+pub(super) fn semaphore_count() -> String {
+    format!(
+        "{NOW}
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')"
+    )
+}
