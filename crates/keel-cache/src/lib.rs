@@ -6,6 +6,22 @@
 //! `clear` limited to the cache's own keys), records the same Prometheus metrics through
 //! [`keel_metrics`], and can be kept in a [`Manager`] by name.
 //!
+//! # Layout
+//! - `contract`: the [`Cache`] trait, [`CacheExt`] (typed helpers), [`Limits`]; `ttl`:
+//!   [`Ttl`], [`KeyTtl`]; `error`: [`Error`].
+//! - `config` ([`CacheConfig`], the serde edge), `factory` ([`open`]: config to a connected
+//!   cache), `manager` ([`Manager`]: caches by name).
+//! - [`memory`]: the in-process backend (`builder`, `core` on quick_cache, `expiry`).
+//! - [`redis`] (feature `redis`): `endpoint`, `tls`, `connect` (standalone, Cluster,
+//!   Sentinel), `connection` (the raw handle keel-coord runs its scripts on), `errors`,
+//!   `ops`, `scripts`, `scan`, `tracking`.
+//! - [`tiered`] (feature `redis`): L1 memory over L2 Redis; `invalidation` (client tracking
+//!   or pub/sub), `generations`, `stale` (stale-if-error), `metrics`.
+//! - [`load`]: `get_or_load` with single flight (in process, and across processes through a
+//!   [`load::LoadLock`] such as keel-coord's `Locker`), negative caching,
+//!   stale-while-revalidate (`load/refresh`); `jitter`: [`Jitter`].
+//! - [`metrics`]: the cache metric families with the seed's names.
+//!
 //! ```
 //! use std::time::Duration;
 //! use keel_cache::{CacheConfig, CacheExt, Ttl};

@@ -82,7 +82,7 @@ impl Controls {
     }
 }
 
-/// [`build`](crate::build) with `env` as the directives applied on top (instead of reading `KEEL_LOG`).
+/// [`open`](crate::open) with `env` as the directives applied on top (instead of reading `KEEL_LOG`).
 pub(crate) fn build_with_env(config: &LogConfig, env: Option<&Filter>) -> Result<Logger, Error> {
     let controls = controls(config, env)?;
     let logger = crate::config::build_sinks(config)?;

@@ -8,7 +8,7 @@
 //! non-blocking [`Sink`]s: a [`QueueSink`] is a bounded queue with an [`Overflow`] policy in
 //! front of a writer thread, and reports drops in-band. [`Manager`] keeps loggers by name
 //! with a default and flushes them when dropped; [`install_panic_hook`] logs a panic and
-//! flushes the global manager's loggers before the previous hook runs. [`build`] turns a
+//! flushes the global manager's loggers before the previous hook runs. [`open`] turns a
 //! [`LogConfig`] into a logger. Sinks: console, a rotating [`FileSink`] (size and
 //! hourly/daily rotation on a UTC, local or named-zone clock), and (feature `elastic`) an
 //! `ElasticSink` for Elasticsearch and OpenSearch (docs/elasticsearch.md); `tracing`/`log`
@@ -37,7 +37,7 @@
 //! - `macros`: [`log!`], [`debug!`], [`info!`], [`warn!`], [`error!`]: the level is checked
 //!   before the message and fields are built.
 //! - `manager`: [`Manager`], [`global`], [`install_panic_hook`].
-//! - `config`: [`LogConfig`] and [`build`]; `config_net`: its syslog and journald part.
+//! - `config`: [`LogConfig`] and [`open`]; `config_net`: its syslog and journald part.
 //! - `controls`: what a config sets that a reload changes in place ([`SamplingConfig`]).
 //! - `filter`: [`Filter`], level directives in the EnvFilter syntax (`KEEL_LOG`).
 //! - `sampling`: [`Sampling`], zap's sampler per (level, message), counted and reported.
@@ -87,7 +87,7 @@ mod reload;
 mod sampling;
 mod sink;
 
-pub use config::{LOGGER_TYPES, LogConfig, LogOptions, Secret, build};
+pub use config::{LOGGER_TYPES, LogConfig, LogOptions, Secret, open};
 pub use controls::SamplingConfig;
 pub use error::Error;
 pub use filter::{FILTER_ENV, Filter};

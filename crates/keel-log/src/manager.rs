@@ -119,7 +119,7 @@ impl Manager {
     }
 
     /// Applies `config` to the logger of its `name` without dropping a record: the level,
-    /// `filter` (with `KEEL_LOG` on top, as [`build`](crate::build) does), `sampling` and
+    /// `filter` (with `KEEL_LOG` on top, as [`open`](crate::open) does), `sampling` and
     /// `redact_keys` change in place, for every clone and child of the logger, between two
     /// records; its sinks and what they hold are not touched. A logger of that name that is
     /// not registered yet is built and registered. Sink settings that changed are reported
@@ -129,7 +129,7 @@ impl Manager {
     /// its old settings.
     ///
     /// # Errors
-    /// What [`build`](crate::build) returns for a bad config ([`Error::InvalidConfig`],
+    /// What [`open`](crate::open) returns for a bad config ([`Error::InvalidConfig`],
     /// [`Error::InvalidFilter`], [`Error::UnknownType`], …).
     pub fn reload(&self, config: &LogConfig) -> Result<ReloadReport, Error> {
         self.reload_with_env(config, Filter::from_env()?.as_ref())

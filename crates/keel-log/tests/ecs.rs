@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keel_log::{ECS_VERSION, LogConfig, build, ecs_error_fields, field};
+use keel_log::{ECS_VERSION, LogConfig, ecs_error_fields, field, open};
 
 /// The spec's required keys (top level, dotted as written), in the spec's order, and their
 /// JSON types: all strings; `@timestamp` RFC 3339 UTC with milliseconds.
@@ -50,7 +50,7 @@ hostname = "web-7"
         path.display()
     ))
     .unwrap();
-    let log = build(&config).unwrap();
+    let log = open(&config).unwrap();
     let io = std::io::Error::other("connection reset");
     let mut fields = vec![field("order", 42), field("api_key", "k-123")];
     fields.extend(ecs_error_fields(&io));
@@ -86,7 +86,7 @@ hostname = "web-7"
 fn unknown_formatters_name_ecs() {
     let config =
         LogConfig::from_toml("type = \"console\"\nname = \"x\"\nformatter = \"logfmt\"\n").unwrap();
-    let err = build(&config).unwrap_err().to_string();
+    let err = open(&config).unwrap_err().to_string();
     assert!(err.contains("ecs"), "{err}");
 }
 

@@ -405,13 +405,13 @@ password = "s3cret-pass"
     ))
     .unwrap();
     assert!(!format!("{config:?}").contains("s3cret-pass"));
-    let logger = keel_log::build(&config).expect("builds while the server is down");
+    let logger = keel_log::open(&config).expect("builds while the server is down");
     logger.info("waiting", &[]);
     assert_eq!(logger.flush(Duration::from_millis(200)).pending, 1);
 
     let bad = |extra: &str| {
         let text = format!("type = \"elastic\"\nname = \"x\"\n[options]\n{extra}\n");
-        keel_log::build(&LogConfig::from_toml(&text).unwrap()).unwrap_err()
+        keel_log::open(&LogConfig::from_toml(&text).unwrap()).unwrap_err()
     };
     for (extra, field) in [
         ("", "options.url"),

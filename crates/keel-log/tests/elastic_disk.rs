@@ -404,14 +404,14 @@ flush_interval = "50ms"
         dir.path().join("dead.jsonl").display()
     ))
     .unwrap();
-    let logger = keel_log::build(&config).expect("builds while the server is down");
+    let logger = keel_log::open(&config).expect("builds while the server is down");
     logger.info("waiting on disk", &[]);
     assert_eq!(logger.flush(Duration::from_millis(200)).pending, 1);
     assert!(segment_bytes(&dir.path().join("buffer")) > 0);
 
     let bad = |extra: &str| {
         let text = format!("type = \"elastic\"\nname = \"x\"\n[options]\n{extra}\n");
-        keel_log::build(&keel_log::LogConfig::from_toml(&text).unwrap()).unwrap_err()
+        keel_log::open(&keel_log::LogConfig::from_toml(&text).unwrap()).unwrap_err()
     };
     for (extra, field) in [
         (

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use keel_log::{ECS_VERSION, LogConfig, build, field};
+use keel_log::{ECS_VERSION, LogConfig, field, open};
 use keel_testkit::osmem::OsmemServer;
 
 #[test]
@@ -25,7 +25,7 @@ hostname = "web-7"
         server.url()
     ))
     .unwrap();
-    let log = build(&config).unwrap();
+    let log = open(&config).unwrap();
     for i in 0..20 {
         log.warn(
             "slow",

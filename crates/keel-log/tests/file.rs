@@ -208,7 +208,7 @@ fn file_logger_from_config() {
         live.display()
     ))
     .unwrap();
-    let log = keel_log::build(&cfg).unwrap();
+    let log = keel_log::open(&cfg).unwrap();
     log.warn("hello", &[field("n", 1)]);
     log.shutdown(Duration::from_secs(5));
     assert!(
@@ -229,10 +229,10 @@ fn timezone_option_from_config() {
         .unwrap()
     };
     for tz in ["utc", "local", "Asia/Kolkata"] {
-        let log = keel_log::build(&cfg(tz)).unwrap_or_else(|e| panic!("{tz}: {e}"));
+        let log = keel_log::open(&cfg(tz)).unwrap_or_else(|e| panic!("{tz}: {e}"));
         log.shutdown(Duration::from_secs(5));
     }
-    let err = keel_log::build(&cfg("Mars/Olympus_Mons")).unwrap_err();
+    let err = keel_log::open(&cfg("Mars/Olympus_Mons")).unwrap_err();
     assert!(
         matches!(&err, keel_log::Error::InvalidConfig { field, .. } if field == "options.timezone"),
         "{err}"

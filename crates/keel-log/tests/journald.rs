@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_log::{
-    JournaldOptions, JournaldSink, Level, LogConfig, Logger, Overflow, Sink, build, field,
+    JournaldOptions, JournaldSink, Level, LogConfig, Logger, Overflow, Sink, field, open,
 };
 use keel_testkit::listener::{UnixDatagramReceiver, parse_journal_entry};
 
@@ -47,7 +47,7 @@ max_message_bytes = 4096
         receiver.path().display()
     ))
     .unwrap();
-    let log = build(&config).unwrap();
+    let log = open(&config).unwrap();
     const N: usize = 300;
     for i in 0..N {
         log.debug("tick", &[field("i", i)]);
@@ -145,6 +145,6 @@ fn records_fail_while_the_socket_is_missing_and_flow_once_it_appears() {
 fn a_formatter_is_refused() {
     let config =
         LogConfig::from_toml("type = \"journald\"\nname = \"x\"\nformatter = \"json\"\n").unwrap();
-    let err = build(&config).unwrap_err().to_string();
+    let err = open(&config).unwrap_err().to_string();
     assert!(err.contains("formatter"), "{err}");
 }

@@ -257,25 +257,25 @@ fn config_and_factory() {
         "type = \"console\"\nname = \"app-logger\"\nlevel = \"debug\"\nformatter = \"json\"\noutput = \"stderr\"\n[options]\noverflow = \"drop\"\nqueue = 100\n",
     )
     .unwrap();
-    let log = keel_log::build(&cfg).unwrap();
+    let log = keel_log::open(&cfg).unwrap();
     assert_eq!(log.name(), "app-logger");
     assert_eq!(log.level(), Level::Debug);
     log.shutdown(Duration::from_secs(1));
-    let err = keel_log::build(&LogConfig::from_json(r#"{"type":"kafka","name":"x"}"#).unwrap())
+    let err = keel_log::open(&LogConfig::from_json(r#"{"type":"kafka","name":"x"}"#).unwrap())
         .unwrap_err();
     assert!(
         err.to_string()
             .contains("valid types are: console, file, elastic, elasticsearch, syslog, journald"),
         "{err}"
     );
-    let file = keel_log::build(&LogConfig::from_json(r#"{"type":"file","name":"x"}"#).unwrap())
+    let file = keel_log::open(&LogConfig::from_json(r#"{"type":"file","name":"x"}"#).unwrap())
         .unwrap_err();
     assert!(
         matches!(&file, Error::InvalidConfig { field, .. } if field == "options.path"),
         "{file:?}"
     );
     let elastic =
-        keel_log::build(&LogConfig::from_json(r#"{"type":"elastic","name":"x"}"#).unwrap())
+        keel_log::open(&LogConfig::from_json(r#"{"type":"elastic","name":"x"}"#).unwrap())
             .unwrap_err();
     // With the `elastic` feature the sink exists and needs a URL; without it the type is
     // known but not compiled in.
@@ -289,7 +289,7 @@ fn config_and_factory() {
         matches!(&elastic, Error::NotAvailable { feature, .. } if *feature == "elastic"),
         "{elastic:?}"
     );
-    let huge = keel_log::build(
+    let huge = keel_log::open(
         &LogConfig::from_json(r#"{"type":"console","name":"x","options":{"queue":1000001}}"#)
             .unwrap(),
     )
@@ -301,7 +301,7 @@ fn config_and_factory() {
     );
     let level = LogConfig::from_json(r#"{"type":"console","name":"x","level":"loud"}"#).unwrap();
     assert!(matches!(
-        keel_log::build(&level),
+        keel_log::open(&level),
         Err(Error::InvalidConfig { .. })
     ));
     assert!(matches!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keel_log::{
     Facility, Level, LogConfig, Logger, Overflow, Record, Sink, SyslogOptions, SyslogSink,
-    SyslogTransport, build, field,
+    SyslogTransport, field, open,
 };
 use keel_testkit::listener::{OctetCountingServer, UdpReceiver, UnixDatagramReceiver};
 
@@ -136,7 +136,7 @@ hostname = "web 1"
         receiver.path().display()
     ))
     .unwrap();
-    let log = build(&config).unwrap();
+    let log = open(&config).unwrap();
     const N: usize = 500;
     for i in 0..N {
         log.info("order placed", &[field("i", i), field("note", "a]b\"c\\d")]);
@@ -187,7 +187,7 @@ fn ecs_as_the_message_over_a_unix_socket() {
         receiver.path().display()
     ))
     .unwrap();
-    let log = build(&config).unwrap();
+    let log = open(&config).unwrap();
     log.error("failed", &[field("error", "timeout"), field("k", 1)]);
     assert_eq!(log.shutdown(LONG).written, 1);
     let got = receiver.wait_for(1, LONG);
@@ -358,7 +358,7 @@ fn config_mistakes_are_typed_errors_naming_the_field() {
             "type = \"syslog\"\nname = \"x\"\n[options]\n{options}"
         ))
         .unwrap();
-        match build(&config) {
+        match open(&config) {
             Err(keel_log::Error::InvalidConfig { field, .. }) => field,
             other => panic!("{options}: {other:?}"),
         }

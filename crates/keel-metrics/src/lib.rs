@@ -13,6 +13,14 @@
 //! duration histogram keeps per-stripe atomic buckets, so two threads recording the same
 //! operation do not fight over one cache line.
 //!
+//! # Layout
+//! - `service`: [`MetricsService`], the namespaced registry (get-or-register, collectors,
+//!   render hooks, OpenMetrics rendering).
+//! - [`striped`]: [`StripedCounter`], [`DurationHistogram`] and the striping and bucketing
+//!   they are built from.
+//! - `http` (feature `http`): [`MetricsServer`], the `/metrics` listener.
+//! - `error`: [`Error`].
+//!
 //! ```
 //! use keel_metrics::{MetricsService, StripedCounter};
 //!

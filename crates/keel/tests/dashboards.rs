@@ -181,7 +181,7 @@ fn real_exposition() -> String {
             dir.path().join("app.log").display()
         ))
         .unwrap();
-        let logger = keel_log::build(&file).unwrap();
+        let logger = keel_log::open(&file).unwrap();
         logger.info("hello", &[]);
         let server = OsmemServer::start();
         let es = keel_log::LogConfig::from_toml(&format!(
@@ -189,7 +189,7 @@ fn real_exposition() -> String {
             server.url()
         ))
         .unwrap();
-        let shipper = keel_log::build(&es).unwrap();
+        let shipper = keel_log::open(&es).unwrap();
         shipper.info("shipped", &[]);
         let _ = logger.flush(Duration::from_secs(2));
         let stats = shipper.flush(Duration::from_secs(10));

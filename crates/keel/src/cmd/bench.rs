@@ -327,7 +327,7 @@ fn log(a: &LogArgs) -> Result<()> {
         bail!("--records and --threads must be at least 1");
     }
     let config = log_config(&a.config)?;
-    let logger = keel_log::build(&config)
+    let logger = keel_log::open(&config)
         .with_context(|| format!("building the logger from {}", a.config.display()))?;
     // Always enabled, whatever the configured level (a filtered record costs next to nothing
     // and would measure nothing).

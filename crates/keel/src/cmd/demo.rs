@@ -61,7 +61,7 @@ fn load(path: Option<&PathBuf>) -> Result<DemoConfig> {
 pub async fn run(args: Args) -> Result<()> {
     let config = load(args.config.as_ref())?;
     let log = match &config.log {
-        Some(c) => keel_log::build(c)?,
+        Some(c) => keel_log::open(c)?,
         None => keel_log::Logger::new("demo", keel_log::Level::Fatal, Vec::new()),
     };
     let metrics = MetricsService::new(&config.metrics.namespace)?;

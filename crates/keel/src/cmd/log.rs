@@ -138,7 +138,7 @@ fn pump(logger: &Logger, level: Level, json: bool, stop: &AtomicBool, counts: &C
 pub async fn run(args: Args) -> Result<i32> {
     let config = keel_log::LogConfig::from_path(&args.config)
         .with_context(|| format!("loading {}", args.config.display()))?;
-    let logger = keel_log::build(&config)?;
+    let logger = keel_log::open(&config)?;
     if let Some(level) = args.level
         && level < logger.level()
     {
