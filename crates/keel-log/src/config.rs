@@ -70,7 +70,7 @@ pub struct LogOptions {
     /// Queue bound in records (default 10 000, at most 1 000 000). Console and file sinks
     /// hold queued records inline, about 340 bytes a slot, allocated when the sink starts
     /// (3.2 MiB by default, 320 MiB at the limit).
-    #[serde(default)]
+    #[serde(default, alias = "bufferSize", alias = "buffer_size")]
     pub queue: Option<usize>,
     /// `block` (default) or `drop` when the queue is full.
     #[serde(default)]
@@ -96,7 +96,13 @@ pub struct LogOptions {
     #[serde(default, alias = "tz")]
     pub timezone: Option<String>,
     /// File: keep at most this many rotated files.
-    #[serde(default, alias = "maxBackups", alias = "max_backups")]
+    #[serde(
+        default,
+        alias = "maxFiles",
+        alias = "max_files",
+        alias = "maxBackups",
+        alias = "max_backups"
+    )]
     pub keep_files: Option<usize>,
     /// File: delete rotated files older than this (`"7d"`, `"12h"`).
     #[serde(default, alias = "maxAge")]
@@ -123,15 +129,19 @@ pub struct LogOptions {
     #[serde(default)]
     pub data_stream: Option<String>,
     /// Elastic: documents per `_bulk` request (default 500).
-    #[serde(default)]
+    #[serde(default, alias = "batchSize")]
     pub batch_size: Option<usize>,
     /// Elastic: bytes per `_bulk` request (default 5 MiB).
-    #[serde(default, deserialize_with = "keel_config::de::opt_size_usize")]
+    #[serde(
+        default,
+        alias = "batchBytes",
+        deserialize_with = "keel_config::de::opt_size_usize"
+    )]
     pub batch_bytes: Option<usize>,
     /// File and console: the writer flushes when its queue drains and at least this often
     /// (`"1s"` by default, `"250ms"`, `"0"` = after every record). Elastic: the longest a
     /// document waits for its batch (default 1 s).
-    #[serde(default)]
+    #[serde(default, alias = "flushInterval")]
     pub flush_interval: Option<String>,
     /// Elastic: buffer bound in bytes (default 32 MiB); `queue` bounds the documents.
     #[serde(default, deserialize_with = "keel_config::de::opt_size_usize")]
@@ -140,7 +150,7 @@ pub struct LogOptions {
     #[serde(default)]
     pub gzip: Option<bool>,
     /// Elastic: retries of an item answered 429/5xx (default 8).
-    #[serde(default)]
+    #[serde(default, alias = "maxRetries")]
     pub max_retries: Option<u32>,
     /// Elastic: timeout of one `_bulk` request (`"10s"`). Syslog and journald: bound of one
     /// connect or send (default `"5s"`).
@@ -874,5 +884,30 @@ mod tests {
         open(&ok)
             .unwrap()
             .shutdown(std::time::Duration::from_secs(5));
+    }
+
+    /// The original's option names are accepted where they mean the same thing.
+    #[test]
+    fn the_originals_option_names_are_aliases() {
+        let c = LogConfig::from_yaml(
+            "type: file\nname: f\noptions:\n  maxSize: 10MB\n  maxFiles: 5\n  maxAge: 7d\n  bufferSize: 500\n  flushInterval: 250ms\n  compress: true\n",
+        )
+        .unwrap();
+        assert_eq!(c.options.max_bytes, Some(10_000_000));
+        assert_eq!(c.options.keep_files, Some(5));
+        assert_eq!(c.options.queue, Some(500));
+        assert_eq!(c.options.flush_interval.as_deref(), Some("250ms"));
+        let es = LogConfig::from_yaml(
+            "type: elastic\nname: e\noptions:\n  batchSize: 100\n  maxRetries: 3\n",
+        )
+        .unwrap();
+        assert_eq!(es.options.batch_size, Some(100));
+        assert_eq!(es.options.max_retries, Some(3));
+        // An unknown key is an error that names it.
+        let bad = LogConfig::from_yaml("type: file\nname: f\noptions:\n  maxFilez: 5\n");
+        assert!(
+            matches!(&bad, Err(Error::Parse(m)) if m.contains("maxFilez")),
+            "{bad:?}"
+        );
     }
 }
