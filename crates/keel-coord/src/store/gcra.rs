@@ -23,17 +23,19 @@ pub(crate) fn step(
     burst: u32,
     cost: u32,
 ) -> (Decision, Option<u64>) {
-    let tat = tat.unwrap_or(now).max(now);
-    let new_tat = tat.saturating_add(emission_us.saturating_mul(u64::from(cost)));
-    let allow_at = new_tat.saturating_sub(emission_us.saturating_mul(u64::from(burst)));
+    // i128: no overflow for any u64 time and u32 counts, and `allow_at` may be negative.
+    let (now, e) = (i128::from(now), i128::from(emission_us.max(1)));
+    let tat = tat.map_or(now, i128::from).max(now);
+    let new_tat = tat + e * i128::from(cost);
+    let allow_at = new_tat - e * i128::from(burst);
+    let us = |v: i128| u64::try_from(v).unwrap_or(u64::MAX);
     if allow_at > now {
-        let decision = Decision::from_store(false, 0, allow_at - now, tat - now);
+        let decision = Decision::from_store(false, 0, us(allow_at - now), us(tat - now));
         return (decision, None);
     }
-    let remaining = (now - allow_at) / emission_us.max(1);
-    let remaining = u32::try_from(remaining).unwrap_or(u32::MAX);
-    let decision = Decision::from_store(true, remaining, 0, new_tat - now);
-    (decision, Some(new_tat))
+    let remaining = u32::try_from((now - allow_at) / e).unwrap_or(u32::MAX);
+    let decision = Decision::from_store(true, remaining, 0, us(new_tat - now));
+    (decision, Some(us(new_tat)))
 }
 
 /// Keys -> theoretical arrival time (µs on the table's own monotonic clock). Entries whose
