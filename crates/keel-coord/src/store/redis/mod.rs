@@ -225,6 +225,11 @@ impl RedisStore {
         ))
     }
 
+    /// The Lua source of the GCRA rate limit step (`KEYS[1]` the key, `ARGV` emission
+    /// interval µs, burst, cost; returns allowed, remaining, retry-after µs, reset-after µs),
+    /// for tools and benchmarks that compare against it.
+    pub const GCRA_SCRIPT: &'static str = scripts::GCRA;
+
     /// Connects now (idempotent; requests also connect lazily).
     ///
     /// # Errors
