@@ -21,7 +21,8 @@
 //!   explicit [`FailurePolicy`]; the stores' [`store::RateStore`] step is in
 //!   `store/gcra.rs` (memory) and `store/redis/rate.rs` + the `GCRA` script (Redis);
 //! - `lease.rs`: the guard shared by locks and permits, and the waiting loop;
-//! - `metrics.rs`: the `lock_*` and `semaphore_*` metric families;
+//! - `metrics.rs`: the `lock_*` and `semaphore_*` metric families (`rate_limit_decisions` is
+//!   in [`rate`]);
 //! - `error.rs`: [`Error`].
 //!
 //! ```
