@@ -1,5 +1,5 @@
 //! Distributed rate limiting with GCRA (the generic cell rate algorithm), on any
-//! [`RateStore`]: [`MemoryStore`](crate::MemoryStore) or [`RedisStore`](crate::RedisStore)
+//! [`RateStore`]: [`MemoryStore`] or [`RedisStore`]
 //! (standalone, Sentinel, Cluster).
 //!
 //! A [`Limit`] is a [`Rate`] (`10/s`, `600/m`, `1000/h`) plus a burst: a key that has been
@@ -47,6 +47,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+#[cfg(all(doc, feature = "redis"))]
+use crate::RedisStore;
 use crate::error::{check_name, name_for_error};
 use crate::store::RateStore;
 use crate::store::memory::MemoryStore;
