@@ -186,12 +186,21 @@ impl Limit {
     /// `rate` with `burst`.
     ///
     /// # Errors
-    /// [`Error::InvalidRate`] for a burst of 0 or above [`MAX_BURST`].
+    /// [`Error::InvalidRate`] for a burst of 0 or above [`MAX_BURST`], or a burst that takes
+    /// more than ten years to earn back at the rate.
     pub fn new(rate: Rate, burst: u32) -> Result<Self> {
         if burst == 0 || burst > MAX_BURST {
             return Err(Error::InvalidRate {
                 input: format!("{rate} burst {burst}"),
                 reason: "the burst must be between 1 and 1000000",
+            });
+        }
+        // Keeps every time the stores handle exact (Redis: µs in Lua doubles, below 2^53).
+        let window = rate.emission_interval().saturating_mul(burst);
+        if window > Duration::from_secs(10 * 366 * 24 * 3600) {
+            return Err(Error::InvalidRate {
+                input: format!("{rate} burst {burst}"),
+                reason: "burst x emission interval must be at most ten years",
             });
         }
         Ok(Self { rate, burst })

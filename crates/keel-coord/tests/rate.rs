@@ -319,6 +319,11 @@ fn rates_parse_with_typed_errors() {
         Limit::new(Rate::per_second(1).unwrap(), 0),
         Err(Error::InvalidRate { .. })
     ));
+    assert!(matches!(
+        Limit::new(Rate::per_hour(1).unwrap(), 1_000_000),
+        Err(Error::InvalidRate { .. })
+    ));
+    assert!(Limit::new(Rate::per_hour(1).unwrap(), 80_000).is_ok());
 }
 
 fn unreachable(policy: FailurePolicy, metrics: &MetricsService) -> RateLimiter {
