@@ -17,8 +17,10 @@ use keel_testkit::redis::{RedisCluster, RedisServer};
 
 /// A backend: opens a limiter on a new connection (a separate process), and reads the
 /// clock the store judges by, in µs.
+#[allow(async_fn_in_trait)]
 trait Backend: Send + Sync {
-    fn limiter(&self) -> RateLimiter;
+    /// A limiter on a new connection, connected.
+    async fn limiter(&self) -> RateLimiter;
     async fn now_us(&self, key: &str) -> u64;
     /// The remaining life of `key`'s stored state, if it has any (Redis only).
     async fn pttl(&self, key: &str) -> Option<i64>;
@@ -39,7 +41,7 @@ impl Memory {
 }
 
 impl Backend for Memory {
-    fn limiter(&self) -> RateLimiter {
+    async fn limiter(&self) -> RateLimiter {
         RateLimiter::new(self.store.clone())
     }
     async fn now_us(&self, _key: &str) -> u64 {
@@ -99,8 +101,10 @@ impl Redis {
 }
 
 impl Backend for Redis {
-    fn limiter(&self) -> RateLimiter {
-        RateLimiter::new(Self::store(&self.endpoint))
+    async fn limiter(&self) -> RateLimiter {
+        let store = Self::store(&self.endpoint);
+        store.connect().await.unwrap();
+        RateLimiter::new(store)
     }
     async fn now_us(&self, key: &str) -> u64 {
         let script = Script::new("local t = redis.call('TIME') return {t[1], t[2]}");
@@ -126,26 +130,37 @@ impl Backend for Redis {
     }
 }
 
-/// Four clients hammer one key of a 20/s limit with burst 20 for about two seconds. GCRA
-/// admits at most `burst + rate × (t - first)` by any time `t`, and, while the key is
-/// saturated (four clients keep it so), a denial at `t` means at least
-/// `burst + rate × (t - first) - 1` were admitted. So with `T0 <= first <= T0'` read from the
-/// store's clock around the first request, and `T1' <= last denial <= T1` around the last
-/// one, the count lies in `[burst + rate × (T1' - T0') - 1, burst + rate × (T1 - T0) + 1]`:
-/// no timing assumption, and the two bounds differ only by two round trips.
+/// Four clients hammer one key of a 20/s limit with burst 40 for about two seconds. GCRA
+/// admits at most `burst + rate × (t - first)` by any time `t`; and while the key stays
+/// saturated (its arrival time ahead of the clock: the first request takes the whole burst,
+/// which leaves two seconds of slack, and four clients keep asking), a denial at `t` means at
+/// least `burst + rate × (t - first) - 1` were admitted. So with `T0 <= first <= T0'` read
+/// from the store's clock around the first request, and `T1' <= last denial <= T1` around the
+/// last one, the count lies in `[burst + rate × (T1' - T0') - 1, burst + rate × (T1 - T0) + 1]`:
+/// no timing threshold, and the two bounds differ only by two round trips.
 async fn admits_burst_plus_rate_times_elapsed(b: &impl Backend) {
     let key = "hammer";
-    let limit = Limit::new("20/s".parse().unwrap(), 20).unwrap();
+    let limit = Limit::new("20/s".parse().unwrap(), 40).unwrap();
     let e_us = limit.rate().emission_interval().as_micros() as u64;
-    let main = b.limiter();
+    let main = b.limiter().await;
+    let mut limiters = Vec::new();
+    for _ in 0..4 {
+        limiters.push(b.limiter().await);
+    }
     let t0 = b.now_us(key).await;
-    assert!(main.allow(key, &limit, 1).await.unwrap().allowed);
+    assert!(
+        main.allow(key, &limit, limit.burst())
+            .await
+            .unwrap()
+            .allowed
+    );
     let t0_after = b.now_us(key).await;
-    let admitted = Arc::new(AtomicU64::new(1));
+    let admitted = Arc::new(AtomicU64::new(u64::from(limit.burst())));
     let stop = tokio::time::Instant::now() + Duration::from_secs(2);
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (limiter, admitted) = (b.limiter(), admitted.clone());
+    let clients: Vec<_> = limiters
+        .into_iter()
+        .map(|limiter| {
+            let admitted = admitted.clone();
             tokio::spawn(async move {
                 let mut denied = 0u64;
                 while tokio::time::Instant::now() < stop {
@@ -159,7 +174,7 @@ async fn admits_burst_plus_rate_times_elapsed(b: &impl Backend) {
                                 && d.retry_after <= limit.rate().emission_interval()
                         );
                         assert_eq!(d.remaining, 0);
-                        // Short pauses: the key stays saturated (it has a second of slack).
+                        // Short pauses: the key stays saturated (it has two seconds of slack).
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
@@ -199,7 +214,7 @@ async fn admits_burst_plus_rate_times_elapsed(b: &impl Backend) {
 
 /// A denied request is allowed once its `retry_after` has passed; `remaining` counts down.
 async fn retry_after_is_honest(b: &impl Backend) {
-    let limiter = b.limiter();
+    let limiter = b.limiter().await;
     let limit = Limit::new(Rate::per_second(5).unwrap(), 3).unwrap();
     let mut remaining = Vec::new();
     for _ in 0..3 {
@@ -225,7 +240,7 @@ async fn retry_after_is_honest(b: &impl Backend) {
 
 /// Keys are independent, bad input gets typed errors before the store is asked.
 async fn bad_input_is_typed(b: &impl Backend) {
-    let limiter = b.limiter();
+    let limiter = b.limiter().await;
     let limit = Limit::new(Rate::per_minute(600).unwrap(), 2).unwrap();
     assert!(limiter.allow("a", &limit, 2).await.unwrap().allowed);
     assert!(
@@ -274,7 +289,7 @@ rate_suite!(redis_cluster, Redis::cluster());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_redis_keys_expire() {
     let b = Redis::standalone();
-    let limiter = b.limiter();
+    let limiter = b.limiter().await;
     let limit = Limit::new(Rate::per_second(10).unwrap(), 5).unwrap();
     let d = limiter.allow("idle", &limit, 3).await.unwrap();
     assert!(d.allowed);
