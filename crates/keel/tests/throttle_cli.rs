@@ -114,3 +114,38 @@ fn an_unreachable_store_follows_on_failure() {
         }
     }
 }
+
+/// `--config` reaches a Cluster; the key lands in the config prefix's namespace, in one slot.
+#[test]
+fn config_file_runs_against_a_cluster() {
+    let cluster = keel_testkit::redis::RedisCluster::start();
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("\"127.0.0.1:{}\"", n.port()))
+        .collect();
+    let dir = std::env::temp_dir().join(format!("keel-throttle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cache.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "type = \"redis\"\nname = \"app\"\nmode = \"cluster\"\nnodes = [{}]\n",
+            nodes.join(", ")
+        ),
+    )
+    .unwrap();
+    let path = path.display().to_string();
+    let run = || {
+        keel()
+            .args(["throttle", "--config", &path, "user:7"])
+            .args(["--rate", "1/h", "--burst", "2"])
+            .output()
+            .unwrap()
+    };
+    let codes: Vec<_> = (0..3).map(|_| run().status.code()).collect();
+    assert_eq!(codes, [Some(0), Some(0), Some(75)]);
+    let exists = cluster.nodes()[0].cli(&["-c", "EXISTS", "__keel_rate:app:{user:7}"]);
+    assert_eq!(exists.trim(), "1", "the key under the config's prefix");
+    let _ = std::fs::remove_dir_all(dir);
+}
