@@ -276,6 +276,19 @@ struct RateLabels {
 }
 
 /// Builder for [`RateLimiter`].
+///
+/// ```
+/// use keel_coord::{MemoryStore, rate::{FailurePolicy, RateLimiter}};
+/// use keel_metrics::MetricsService;
+///
+/// let metrics = MetricsService::new("myapp").unwrap();
+/// let limiter = RateLimiter::builder(MemoryStore::new())
+///     .name("login")                                // the `limiter` label
+///     .on_store_failure(FailurePolicy::FailClosed)  // deny while the store is down
+///     .metrics(&metrics)
+///     .build();
+/// assert_eq!(limiter.policy(), FailurePolicy::FailClosed);
+/// ```
 pub struct RateLimiterBuilder {
     store: Arc<dyn RateStore>,
     name: String,
