@@ -1,4 +1,4 @@
-//! GCRA rate limits on every store (memory, Redis standalone, Cluster): four concurrent
+//! GCRA rate limits on every store (memory, Redis standalone, Cluster, Sentinel): four concurrent
 //! clients on separate connections admit exactly `burst + rate × elapsed` (±1), with the
 //! elapsed time read from the store's own clock; `retry_after` is honest; idle Redis keys
 //! expire; bad input and an unreachable store get typed errors, and the failure policies
@@ -13,7 +13,7 @@ use keel_cache::{Endpoint, Secret};
 use keel_coord::rate::{Decision, FailurePolicy, Limit, Rate, RateLimiter};
 use keel_coord::{Error, MemoryStore, RedisStore};
 use keel_metrics::MetricsService;
-use keel_testkit::redis::{RedisCluster, RedisServer};
+use keel_testkit::redis::{RedisCluster, RedisSentinel, RedisServer};
 
 /// A backend: opens a limiter on a new connection (a separate process), and reads the
 /// clock the store judges by, in µs.
@@ -83,6 +83,20 @@ impl Redis {
                 password: None,
             },
             Box::new(cluster),
+        )
+    }
+
+    fn sentinel() -> Self {
+        let sentinel = RedisSentinel::start_for_lookups();
+        Self::with(
+            Endpoint::Sentinel {
+                sentinels: sentinel.sentinel_addrs(),
+                master: RedisSentinel::MASTER.into(),
+                username: None,
+                password: None,
+                database: 0,
+            },
+            Box::new(sentinel),
         )
     }
 
@@ -284,6 +298,7 @@ macro_rules! rate_suite {
 rate_suite!(memory, Memory::new());
 rate_suite!(redis, Redis::standalone());
 rate_suite!(redis_cluster, Redis::cluster());
+rate_suite!(redis_sentinel, Redis::sentinel());
 
 /// An idle key's state expires on Redis once it would count as fresh again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
