@@ -34,6 +34,27 @@ pub enum Error {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// A rate or a rate limit is invalid: a zero count, burst or period, a rate above one
+    /// request per microsecond, an unparsable rate such as `10/x`.
+    #[error("invalid rate limit {input:?}: {reason}")]
+    InvalidRate {
+        /// The rejected input (the rate text, or the rate and burst).
+        input: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A rate limit request's cost is zero or above the limit's burst (it could never pass).
+    #[error("invalid cost {cost} for rate limit key {key:?} with burst {burst}: {reason}")]
+    InvalidCost {
+        /// The rate limit key.
+        key: String,
+        /// The rejected cost.
+        cost: u32,
+        /// The limit's burst.
+        burst: u32,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
     /// `Locker::lock` waited its whole `wait` without getting the lock.
     #[error("lock {lock:?} still held by someone else after waiting {waited:?}")]
     LockTimeout {

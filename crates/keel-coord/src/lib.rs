@@ -1,5 +1,5 @@
 //! Coordination for Keel services running on several nodes: distributed locks with fencing
-//! tokens, leader election and leased semaphores, over a small store trait with two stores —
+//! tokens, leader election, leased semaphores and GCRA rate limits, over a small store trait with two stores —
 //! [`MemoryStore`] (one process) and [`RedisStore`] (Redis standalone, Sentinel or Cluster,
 //! on keel-cache's connection layer).
 //!
@@ -12,13 +12,17 @@
 //!
 //! # Layout
 //! - `store/`: the traits ([`store::LockStore`], [`store::SemaphoreStore`], the
-//!   [`store::Wakeups`]) in `mod.rs`; `memory.rs`: [`MemoryStore`]; `redis/`: [`RedisStore`],
+//!   [`store::RateStore`], [`store::Wakeups`]) in `mod.rs`; `memory.rs`: [`MemoryStore`]; `redis/`: [`RedisStore`],
 //!   its Lua scripts and its pub/sub subscriber;
 //! - [`lock`]: [`Locker`], [`LockGuard`] (watchdog, deadline, `lost()`, fencing);
 //! - [`election`]: [`Election`] with client-go's timing rules;
 //! - [`semaphore`]: [`Semaphore`], leased permits (a [`Permit`] is a [`LockGuard`]);
+//! - [`rate`]: [`RateLimiter`], GCRA rate limits ([`Limit`] = [`Rate`] + burst) with an
+//!   explicit [`FailurePolicy`]; the stores' [`store::RateStore`] step is in
+//!   `store/gcra.rs` (memory) and `store/redis/rate.rs` + the `GCRA` script (Redis);
 //! - `lease.rs`: the guard shared by locks and permits, and the waiting loop;
-//! - `metrics.rs`: the `lock_*` and `semaphore_*` metric families;
+//! - `metrics.rs`: the `lock_*` and `semaphore_*` metric families (`rate_limit_decisions` is
+//!   in [`rate`]);
 //! - `error.rs`: [`Error`].
 //!
 //! ```
@@ -43,12 +47,14 @@ mod error;
 mod lease;
 pub mod lock;
 mod metrics;
+pub mod rate;
 pub mod semaphore;
 pub mod store;
 
 pub use election::{Election, ElectionBuilder, Leadership};
 pub use error::Error;
 pub use lock::{LockGuard, LockOptions, Locker};
+pub use rate::{Decision, FailurePolicy, Limit, Rate, RateLimiter};
 pub use semaphore::{Permit, Semaphore};
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]

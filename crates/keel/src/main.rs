@@ -6,7 +6,7 @@ mod cmd;
 mod guard;
 mod target;
 
-use cmd::{bench, cache as cache_cmd, demo, elect, lock, log as log_cmd};
+use cmd::{bench, cache as cache_cmd, demo, elect, lock, log as log_cmd, throttle};
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +37,9 @@ enum Command {
     /// Runs a command only while this process is the elected leader; campaigns again when
     /// the command exits or leadership is lost. The command gets KEEL_FENCING_TOKEN (epoch).
     Elect(elect::ElectArgs),
+    /// One rate limit decision (GCRA) for KEY: exits 0 when allowed, 75 when limited, with
+    /// the retry-after on stderr.
+    Throttle(throttle::ThrottleArgs),
     /// Ships stdin lines (or JSON objects) through a keel-log logger built from --config;
     /// SIGHUP reopens file sinks, SIGTERM flushes and exits. Delivery stats go to stderr.
     Log(log_cmd::Args),
@@ -72,6 +75,7 @@ fn main() -> std::process::ExitCode {
             Command::Lock(args) => lock::lock(args).await,
             Command::Elect(args) => elect::elect(args).await,
             Command::Log(args) => log_cmd::run(args).await,
+            Command::Throttle(args) => throttle::throttle(args).await,
             Command::Guard(_) => unreachable!("handled before the runtime starts"),
         }
     });

@@ -4,7 +4,7 @@
 //! file (TOML, YAML or JSON, chosen by extension) for Cluster, Sentinel, TLS files or ACL
 //! users. `--timeout` is the connect and response timeout, the same default everywhere. Each
 //! command keeps its own key prefix for `--url`, chosen by what it writes: `keel cache` none
-//! (so `redis-cli GET KEY` sees the same key), `keel lock`/`elect` `keel:`, `keel bench`
+//! (so `redis-cli GET KEY` sees the same key), `keel lock`/`elect`/`throttle` `keel:`, `keel bench`
 //! `keel-bench:` (its keys are removed afterwards).
 
 use std::path::PathBuf;

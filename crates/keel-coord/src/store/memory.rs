@@ -1,10 +1,11 @@
-//! [`MemoryStore`]: locks and semaphores in one process, with the same semantics as Redis.
+//! [`MemoryStore`]: locks, semaphores and rate limits in one process, with the same semantics as Redis.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::{CoordFuture, LockStore, SemaphoreStore, Wakeups};
+use super::gcra::GcraTable;
+use super::{CoordFuture, LockStore, RateStore, SemaphoreStore, Wakeups};
 use crate::Result;
 
 #[derive(Default)]
@@ -39,6 +40,8 @@ impl Tables {
 
 struct Inner {
     tables: Mutex<Tables>,
+    /// Rate limits: their own lock, so limiters never wait behind locks and semaphores.
+    rates: Mutex<GcraTable>,
     wakeups: Wakeups,
 }
 
@@ -82,6 +85,7 @@ impl MemoryStore {
         Self {
             inner: Arc::new(Inner {
                 tables: Mutex::default(),
+                rates: Mutex::default(),
                 wakeups: Wakeups::new(),
             }),
         }
@@ -221,5 +225,24 @@ impl SemaphoreStore for MemoryStore {
 
     fn permit_wakeups(&self) -> &Wakeups {
         &self.inner.wakeups
+    }
+}
+
+impl RateStore for MemoryStore {
+    fn gcra<'a>(
+        &'a self,
+        key: &'a str,
+        emission: Duration,
+        burst: u32,
+        cost: u32,
+    ) -> CoordFuture<'a, Result<crate::rate::Decision>> {
+        let emission_us = u64::try_from(emission.as_micros()).unwrap_or(u64::MAX);
+        let decision = self
+            .inner
+            .rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allow(key, emission_us, burst, cost);
+        Box::pin(std::future::ready(Ok(decision)))
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::futures::Notified;
 
 use crate::Result;
 
+pub(crate) mod gcra;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -84,6 +85,21 @@ pub trait SemaphoreStore: Send + Sync + 'static {
 
     /// As [`LockStore::wakeups`].
     fn permit_wakeups(&self) -> &Wakeups;
+}
+
+/// Where rate limits live: one theoretical arrival time per key (GCRA), judged by the
+/// store's own clock (Redis `TIME` in the script; the monotonic clock in memory).
+pub trait RateStore: Send + Sync + 'static {
+    /// One atomic GCRA step for `key`: a request of `cost` under a limit with emission
+    /// interval `emission` (period / count, whole microseconds, at least 1 µs) and `burst`.
+    /// The caller has checked the key and `1 <= cost <= burst`.
+    fn gcra<'a>(
+        &'a self,
+        key: &'a str,
+        emission: Duration,
+        burst: u32,
+        cost: u32,
+    ) -> CoordFuture<'a, Result<crate::rate::Decision>>;
 }
 
 /// How many wake-up slots names are spread over: a release wakes the waiters of every name

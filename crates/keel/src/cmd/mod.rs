@@ -6,6 +6,7 @@ pub mod demo;
 pub mod elect;
 pub mod lock;
 pub mod log;
+pub mod throttle;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

@@ -6,14 +6,15 @@
 //! - `mod.rs`: the store, its builder and key names;
 //! - `scripts.rs`: the Lua scripts (one atomic step per operation);
 //! - `lock.rs`: [`LockStore`](super::LockStore); `semaphore.rs`:
-//!   [`SemaphoreStore`](super::SemaphoreStore);
+//!   [`SemaphoreStore`](super::SemaphoreStore); `rate.rs`: [`RateStore`](super::RateStore);
 //! - `wakeups.rs`: the pub/sub subscriber that turns release messages into wake-ups.
 //!
 //! A new family of operations (rate limits) is a new file with its trait impl and its
 //! scripts registered in `Scripts`.
 //!
 //! Keys: `__keel_lock:<namespace>{name}`, `__keel_sem:<namespace>{name}`, each with a
-//! `…:fence` counter that never expires. The `{name}` hash tag keeps a name's keys in one
+//! `…:fence` counter that never expires; `__keel_rate:<namespace>{key}` (one key per rate
+//! limit key, expiring when idle). The `{name}` hash tag keeps a name's keys in one
 //! Cluster slot, so one script touches them all.
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use super::Wakeups;
 use crate::Result;
 
 mod lock;
+mod rate;
 mod scripts;
 mod semaphore;
 mod wakeups;
@@ -41,6 +43,7 @@ struct Scripts {
     semaphore_release: Script,
     semaphore_extend: Script,
     semaphore_count: Script,
+    rate_gcra: Script,
 }
 
 impl Scripts {
@@ -53,6 +56,7 @@ impl Scripts {
             semaphore_release: Script::new(&scripts::semaphore_release()),
             semaphore_extend: Script::new(&scripts::semaphore_extend()),
             semaphore_count: Script::new(&scripts::semaphore_count()),
+            rate_gcra: Script::new(scripts::GCRA),
         }
     }
 }
@@ -220,6 +224,11 @@ impl RedisStore {
             keel_cache::redis_from_config(config, metrics)?.connection(),
         ))
     }
+
+    /// The Lua source of the GCRA rate limit step (`KEYS[1]` the key, `ARGV` emission
+    /// interval µs, burst, cost; returns allowed, remaining, retry-after µs, reset-after µs),
+    /// for tools and benchmarks that compare against it.
+    pub const GCRA_SCRIPT: &'static str = scripts::GCRA;
 
     /// Connects now (idempotent; requests also connect lazily).
     ///

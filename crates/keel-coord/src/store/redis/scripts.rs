@@ -93,3 +93,29 @@ pub(super) fn semaphore_count() -> String {
 return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')"
     )
 }
+
+/// GCRA rate limit step: `KEYS[1]` the key's theoretical arrival time (µs on the server's
+/// clock), `ARGV[1]` emission interval µs, `ARGV[2]` burst, `ARGV[3]` cost. The same
+/// arithmetic as `store/gcra.rs` (`step`). Returns `{allowed, remaining, retry_after µs,
+/// reset_after µs}`; an allowed request stores the new arrival time with a `PX` expiry at
+/// that time, so an idle key vanishes once it would count as fresh. Times in µs since the
+/// epoch stay below 2^53, exact in Lua's doubles; `%.0f` keeps them from being written in
+/// exponent form.
+pub(super) const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local e = tonumber(ARGV[1])
+local stored = redis.call('GET', KEYS[1])
+local tat = now
+if stored then
+  local v = tonumber(stored)
+  if v and v > now then tat = v end
+end
+local new_tat = tat + e * tonumber(ARGV[3])
+local allow_at = new_tat - e * tonumber(ARGV[2])
+if allow_at > now then
+  return {0, 0, allow_at - now, tat - now}
+end
+local reset = new_tat - now
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil(reset / 1000))
+return {1, math.floor((now - allow_at) / e), 0, reset}";
