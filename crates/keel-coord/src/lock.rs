@@ -167,12 +167,17 @@ impl Locker {
 
     /// Waits up to `wait` for the lock: retried at once when a release wakes this waiter, and
     /// otherwise with jittered exponential backoff from 10 ms up to the poll cap. Attempts
-    /// that time out or find the store unavailable are retried the same way until `wait`
-    /// runs out.
+    /// that time out, find the store unavailable or lose their reply (their token is then
+    /// released in the background) are retried the same way until `wait` runs out. Each
+    /// attempt is cut at the end of the wait (given at least 100 ms), so a frozen store does
+    /// not keep the caller past `wait` for a whole response timeout. `Duration::MAX` waits
+    /// for ever.
     ///
     /// # Errors
-    /// [`Error::LockTimeout`] when `wait` passes (or the last store timeout / unavailable
-    /// error if the store was still failing then), plus the other errors of `try_lock`.
+    /// [`Error::LockTimeout`] when `wait` passes (or the last store error — timeout,
+    /// unavailable, outcome unknown — if the store was still failing then; an attempt cut at
+    /// the end of the wait is a [`keel_cache::Error::Timeout`]), plus the other errors of
+    /// `try_lock`.
     pub async fn lock(&self, name: &str, ttl: Duration, wait: Duration) -> Result<LockGuard> {
         self.lock_with(name, ttl, wait, LockOptions::default())
             .await

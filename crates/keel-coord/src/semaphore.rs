@@ -138,11 +138,14 @@ impl Semaphore {
             .await
     }
 
-    /// Waits up to `wait` for a permit (woken by releases, polling up to the poll cap).
+    /// Waits up to `wait` for a permit (woken by releases, polling up to the poll cap). Store
+    /// failures are retried and each attempt is cut at the end of the wait, as for
+    /// [`Locker::lock`](crate::Locker::lock).
     ///
     /// # Errors
-    /// [`Error::SemaphoreTimeout`] when `wait` passes (or the last store timeout /
-    /// unavailable error if the store was still failing then), plus those of `try_acquire`.
+    /// [`Error::SemaphoreTimeout`] when `wait` passes (or the last store error — timeout,
+    /// unavailable, outcome unknown — if the store was still failing then), plus those of
+    /// `try_acquire`.
     pub async fn acquire(
         &self,
         name: &str,

@@ -13,8 +13,10 @@
 //! scripts registered in `Scripts`.
 //!
 //! Keys: `__keel_lock:<namespace>{name}`, `__keel_sem:<namespace>{name}`, each with a
-//! `…:fence` counter that never expires. The `{name}` hash tag keeps a name's keys in one
-//! Cluster slot, so one script touches them all.
+//! `…:fence` counter that never expires; a counter found missing (a restart without
+//! persistence, an eviction) is seeded from the server's clock in microseconds before the
+//! increment, so tokens do not go back. The `{name}` hash tag keeps a name's keys in one
+//! Cluster slot, so one script touches them all; the namespace may not contain braces.
 
 use std::sync::Arc;
 use std::time::Duration;
