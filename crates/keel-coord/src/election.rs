@@ -212,7 +212,9 @@ impl ElectionBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidElection`] unless `lease > renew_deadline > 1.2 × retry_period > 0`,
-    /// and for an empty name or identity (or one containing `|`).
+    /// and for an empty name or identity (or one containing `|`); [`Error::InvalidName`]
+    /// for a name the lock rejects (braces) and [`Error::InvalidTtl`] for a lease the lock
+    /// rejects (under 10 ms).
     pub fn build(self) -> Result<Election> {
         let bad = |m: String| Err(Error::InvalidElection(m));
         let default_lease = self.lease == DEFAULT_LEASE;
@@ -225,6 +227,8 @@ impl ElectionBuilder {
         if self.name.is_empty() {
             return bad("the election name must not be empty".into());
         }
+        // The lock's own checks (name, lease as its TTL): caught here, not retried by run().
+        crate::lock::check_lock(&self.name, self.lease)?;
         if self.identity.is_empty() || self.identity.contains('|') {
             return bad("the identity must be non-empty and must not contain '|'".into());
         }

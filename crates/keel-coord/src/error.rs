@@ -96,12 +96,17 @@ impl Error {
         matches!(self, Error::Store(e) if e.is_transient())
     }
 
-    /// A store that timed out or could not be reached, and is retried by waiting callers
-    /// (`lock`, `acquire`) until their wait runs out.
+    /// A store that timed out, could not be reached or lost an attempt's reply (the
+    /// attempt's token is released in the background), retried by waiting callers (`lock`,
+    /// `acquire`) until their wait runs out.
     pub(crate) fn is_retried_while_waiting(&self) -> bool {
         matches!(
             self,
-            Error::Store(keel_cache::Error::Timeout { .. } | keel_cache::Error::Unavailable { .. })
+            Error::Store(
+                keel_cache::Error::Timeout { .. }
+                    | keel_cache::Error::Unavailable { .. }
+                    | keel_cache::Error::OutcomeUnknown { .. }
+            )
         )
     }
 }

@@ -119,6 +119,65 @@ impl Waiting {
     }
 }
 
+/// The end of a wait of `wait` from `start`; a wait too long for the clock
+/// (`Duration::MAX`) ends in about 30 years instead of overflowing.
+pub(crate) fn wait_deadline(start: Instant, wait: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    start
+        .checked_add(wait)
+        .or_else(|| start.checked_add(FAR))
+        .unwrap_or(start)
+}
+
+/// The least time one attempt of a waiting caller is given, even when its wait has (almost)
+/// run out, so `wait = 0` still makes one real attempt.
+pub(crate) const ATTEMPT_FLOOR: Duration = Duration::from_millis(100);
+
+/// Runs one acquire `call` of a waiting caller, cut at `deadline` (but given at least
+/// [`ATTEMPT_FLOOR`]); a cut call is a store [`Timeout`](keel_cache::Error::Timeout) of
+/// `operation` on `name`, whose outcome is unknown. Without a deadline, the store's own
+/// response timeout bounds the call.
+pub(crate) async fn bounded<T>(
+    deadline: Option<Instant>,
+    name: &str,
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let Some(deadline) = deadline else {
+        return call.await;
+    };
+    let now = Instant::now();
+    let until = deadline.max(now + ATTEMPT_FLOOR);
+    match tokio::time::timeout_at(until, call).await {
+        Ok(r) => r,
+        Err(_) => Err(crate::Error::Store(keel_cache::Error::Timeout {
+            cache: crate::error::name_for_error(name),
+            operation,
+            after: until - now,
+        })),
+    }
+}
+
+/// Gives back, in a spawned task (so the caller's wait is not extended), a lease that an
+/// acquire whose outcome is unknown may have taken with `token`: owner-checked, a few tries
+/// while the connection comes back; if they all fail, the TTL still frees it.
+pub(crate) fn release_in_background(ops: Arc<dyn LeaseOps>, name: &str, token: &str) {
+    let (name, token) = (name.to_owned(), token.to_owned());
+    let release = async move {
+        let mut backoff = Duration::from_millis(20);
+        for _ in 0..3 {
+            if ops.release(&name, &token).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    };
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(release);
+    }
+}
+
 /// The metrics a held lease records into, resolved for its name.
 pub(crate) struct Instruments {
     pub(crate) hold: Histogram,

@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use crate::error::{check_name, name_for_error, round_up_to_millis};
 pub use crate::lease::LockGuard;
-use crate::lease::{LockLease, Waiting};
+use crate::lease::{LockLease, Waiting, bounded, release_in_background, wait_deadline};
 use crate::metrics::{LeaseMetrics, LockLabels};
 use crate::store::LockStore;
 use crate::{Error, Result};
@@ -161,17 +161,23 @@ impl Locker {
         ttl: Duration,
         options: LockOptions,
     ) -> Result<Option<LockGuard>> {
-        self.attempt(name, ttl, &options, Instant::now()).await
+        self.attempt(name, ttl, &options, Instant::now(), None)
+            .await
     }
 
     /// Waits up to `wait` for the lock: retried at once when a release wakes this waiter, and
     /// otherwise with jittered exponential backoff from 10 ms up to the poll cap. Attempts
-    /// that time out or find the store unavailable are retried the same way until `wait`
-    /// runs out.
+    /// that time out, find the store unavailable or lose their reply (their token is then
+    /// released in the background) are retried the same way until `wait` runs out. Each
+    /// attempt is cut at the end of the wait (given at least 100 ms), so a frozen store does
+    /// not keep the caller past `wait` for a whole response timeout. `Duration::MAX` waits
+    /// for ever.
     ///
     /// # Errors
-    /// [`Error::LockTimeout`] when `wait` passes (or the last store timeout / unavailable
-    /// error if the store was still failing then), plus the other errors of `try_lock`.
+    /// [`Error::LockTimeout`] when `wait` passes (or the last store error — timeout,
+    /// unavailable, outcome unknown — if the store was still failing then; an attempt cut at
+    /// the end of the wait is a [`keel_cache::Error::Timeout`]), plus the other errors of
+    /// `try_lock`.
     pub async fn lock(&self, name: &str, ttl: Duration, wait: Duration) -> Result<LockGuard> {
         self.lock_with(name, ttl, wait, LockOptions::default())
             .await
@@ -189,13 +195,14 @@ impl Locker {
         options: LockOptions,
     ) -> Result<LockGuard> {
         let asked = Instant::now();
+        let deadline = wait_deadline(asked, wait);
         let waiting = Waiting {
             poll_cap: self.poll_cap,
             wake: self.wake_on_release,
         };
         let got = waiting
-            .run(self.store.wakeups(), name, asked + wait, || {
-                self.attempt(name, ttl, &options, asked)
+            .run(self.store.wakeups(), name, deadline, || {
+                self.attempt(name, ttl, &options, asked, Some(deadline))
             })
             .await?;
         got.ok_or_else(|| Error::LockTimeout {
@@ -210,6 +217,7 @@ impl Locker {
         ttl: Duration,
         options: &LockOptions,
         asked: Instant,
+        deadline: Option<Instant>,
     ) -> Result<Option<LockGuard>> {
         check_lock(name, ttl)?;
         let ttl = round_up_to_millis(ttl);
@@ -221,10 +229,13 @@ impl Locker {
         let labels = LockLabels {
             lock: name.to_owned(),
         };
-        let acquired = match self.store.acquire(name, &token, ttl).await {
+        let call = self.store.acquire(name, &token, ttl);
+        let acquired = match bounded(deadline, name, "lock", call).await {
             Ok(acquired) => acquired,
             Err(e) if e.is_outcome_unknown() => {
-                self.release_unknown(name, &token).await;
+                // It may have taken the lock with a token nobody knows: give it back, in
+                // the background so the wait is not extended.
+                release_in_background(Arc::new(LockLease(self.store.clone())), name, &token);
                 return Err(e);
             }
             Err(e) => return Err(e),
@@ -248,21 +259,6 @@ impl Locker {
             sent,
             options.watchdog,
         )))
-    }
-
-    /// After an acquire whose reply was lost: it may have taken the lock with `token`, which
-    /// nobody knows, so the lock would stay held for its whole TTL. Releases it (owner-checked:
-    /// only if it holds this token), best effort: a few tries while the connection comes
-    /// back; if they all fail the TTL still frees the lock.
-    async fn release_unknown(&self, name: &str, token: &str) {
-        let mut backoff = Duration::from_millis(20);
-        for _ in 0..3 {
-            if self.store.release(name, token).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
-        }
     }
 }
 

@@ -43,7 +43,7 @@ use keel_metrics::MetricsService;
 use tokio::time::Instant;
 
 use crate::error::{check_name, name_for_error, round_up_to_millis};
-use crate::lease::{PermitLease, Waiting};
+use crate::lease::{PermitLease, Waiting, bounded, release_in_background, wait_deadline};
 use crate::lock::{DEFAULT_POLL_CAP, LockGuard, LockOptions, check_lock, new_token};
 use crate::metrics::{LeaseMetrics, SemaphoreLabels};
 use crate::store::SemaphoreStore;
@@ -134,15 +134,18 @@ impl Semaphore {
         ttl: Duration,
         options: LockOptions,
     ) -> Result<Option<Permit>> {
-        self.attempt(name, permits, ttl, &options, Instant::now())
+        self.attempt(name, permits, ttl, &options, Instant::now(), None)
             .await
     }
 
-    /// Waits up to `wait` for a permit (woken by releases, polling up to the poll cap).
+    /// Waits up to `wait` for a permit (woken by releases, polling up to the poll cap). Store
+    /// failures are retried and each attempt is cut at the end of the wait, as for
+    /// [`Locker::lock`](crate::Locker::lock).
     ///
     /// # Errors
-    /// [`Error::SemaphoreTimeout`] when `wait` passes (or the last store timeout /
-    /// unavailable error if the store was still failing then), plus those of `try_acquire`.
+    /// [`Error::SemaphoreTimeout`] when `wait` passes (or the last store error — timeout,
+    /// unavailable, outcome unknown — if the store was still failing then), plus those of
+    /// `try_acquire`.
     pub async fn acquire(
         &self,
         name: &str,
@@ -168,13 +171,14 @@ impl Semaphore {
     ) -> Result<Permit> {
         check_permits(name, permits)?;
         let asked = Instant::now();
+        let deadline = wait_deadline(asked, wait);
         let waiting = Waiting {
             poll_cap: self.poll_cap,
             wake: self.wake_on_release,
         };
         let got = waiting
-            .run(self.store.permit_wakeups(), name, asked + wait, || {
-                self.attempt(name, permits, ttl, &options, asked)
+            .run(self.store.permit_wakeups(), name, deadline, || {
+                self.attempt(name, permits, ttl, &options, asked, Some(deadline))
             })
             .await?;
         got.ok_or_else(|| Error::SemaphoreTimeout {
@@ -200,6 +204,7 @@ impl Semaphore {
         ttl: Duration,
         options: &LockOptions,
         asked: Instant,
+        deadline: Option<Instant>,
     ) -> Result<Option<Permit>> {
         check_permits(name, permits)?;
         check_lock(name, ttl)?;
@@ -212,16 +217,13 @@ impl Semaphore {
             semaphore: name.to_owned(),
         };
         let sent = Instant::now();
-        let acquired = match self.store.acquire_permit(name, &token, permits, ttl).await {
+        let call = self.store.acquire_permit(name, &token, permits, ttl);
+        let acquired = match bounded(deadline, name, "semaphore", call).await {
             Ok(acquired) => acquired,
             Err(e) if e.is_outcome_unknown() => {
-                // It may have taken a permit with a token nobody knows: give it back.
-                for _ in 0..3 {
-                    if self.store.release_permit(name, &token).await.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                // It may have taken a permit with a token nobody knows: give it back, in
+                // the background so the wait is not extended.
+                release_in_background(Arc::new(PermitLease(self.store.clone())), name, &token);
                 return Err(e);
             }
             Err(e) => return Err(e),

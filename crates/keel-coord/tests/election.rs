@@ -245,9 +245,22 @@ fn timing_rules_are_validated() {
             .is_ok()
     );
     assert!(
-        Election::builder(locker, "e", "me").build().is_ok(),
+        Election::builder(locker.clone(), "e", "me").build().is_ok(),
         "defaults"
     );
+    // The lock's own checks run in build(), not in run() (which would retry for ever).
+    assert!(matches!(
+        Election::builder(locker.clone(), "a{b}", "me").build(),
+        Err(Error::InvalidName { .. })
+    ));
+    assert!(matches!(
+        Election::builder(locker, "e", "me")
+            .lease(Duration::from_millis(6))
+            .renew_deadline(Duration::from_millis(4))
+            .retry_period(Duration::from_millis(1))
+            .build(),
+        Err(Error::InvalidTtl { .. })
+    ));
 }
 
 /// Step-down must not let anyone in while the term's work may still run: the lock stays

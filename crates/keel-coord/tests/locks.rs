@@ -417,3 +417,182 @@ async fn a_lock_acquire_whose_reply_is_lost_says_the_outcome_is_unknown() {
         }
     }
 }
+
+/// Redis loses its data (FLUSHALL, as a restart without persistence would): the fence
+/// counter is gone with the lock, yet the next holder's token is still above the old one
+/// (the acquire script seeds a missing counter from the server's clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_keep_increasing_after_redis_loses_its_data() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(Endpoint::Url(Secret::new(server.url())))
+        .build()
+        .unwrap();
+    let locker = Locker::new(store.clone());
+    let sem = keel_coord::Semaphore::new(store);
+    let ttl = Duration::from_secs(30);
+    let mut last = 0;
+    let mut last_permit = 0;
+    for round in 0..3 {
+        let g = locker.try_lock("fenced", ttl).await.unwrap().unwrap();
+        assert!(
+            g.fencing_token() > last,
+            "round {round}: lock token {} after {last}",
+            g.fencing_token()
+        );
+        last = g.fencing_token();
+        let p = sem.try_acquire("fenced", 2, ttl).await.unwrap().unwrap();
+        assert!(
+            p.fencing_token() > last_permit,
+            "round {round}: permit token {} after {last_permit}",
+            p.fencing_token()
+        );
+        last_permit = p.fencing_token();
+        // Strictly increasing while the data is kept.
+        let next = sem.try_acquire("fenced", 2, ttl).await.unwrap().unwrap();
+        assert_eq!(next.fencing_token(), last_permit + 1);
+        last_permit = next.fencing_token();
+        g.abandon();
+        p.abandon();
+        next.abandon();
+        assert_eq!(server.cli(&["FLUSHALL"]), "OK");
+    }
+}
+
+/// A frozen Redis with a response timeout longer than the wait: `lock()` and `acquire()`
+/// come back with a typed error once the wait is over, not after the response timeout (nor
+/// after inline clean-up retries of the unknown attempt, several response timeouts more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_shorter_than_the_response_timeout_bounds_lock_on_a_frozen_redis() {
+    let server = RedisServer::start();
+    let response_timeout = Duration::from_secs(3);
+    let store = RedisStore::builder(Endpoint::Url(Secret::new(server.url())))
+        .response_timeout(response_timeout)
+        .build()
+        .unwrap();
+    store.connect().await.unwrap();
+    let locker = Locker::new(store.clone());
+    let sem = keel_coord::Semaphore::new(store);
+    // Load the scripts first.
+    locker
+        .try_lock("warm", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    server.pause();
+    let wait = Duration::from_secs(1);
+    let started = tokio::time::Instant::now();
+    let lock = tokio::time::timeout(
+        Duration::from_secs(60),
+        locker.lock("frozen", Duration::from_secs(5), wait),
+    )
+    .await
+    .expect("returns at all");
+    let lock_elapsed = started.elapsed();
+    let started = tokio::time::Instant::now();
+    let permit = tokio::time::timeout(
+        Duration::from_secs(60),
+        sem.acquire("frozen", 2, Duration::from_secs(5), wait),
+    )
+    .await
+    .expect("returns at all");
+    let permit_elapsed = started.elapsed();
+    server.resume();
+    let err = lock.expect_err("a frozen server cannot grant a lock");
+    assert!(
+        matches!(err, Error::LockTimeout { .. }) || err.is_outcome_unknown(),
+        "{err:?}"
+    );
+    let err = permit.expect_err("a frozen server cannot grant a permit");
+    assert!(
+        matches!(err, Error::SemaphoreTimeout { .. }) || err.is_outcome_unknown(),
+        "{err:?}"
+    );
+    // A bound from the configuration, not a speed threshold: the wait (1 s) is a third of
+    // the response timeout; an attempt that ran its whole response timeout would reach it.
+    assert!(
+        lock_elapsed >= wait && lock_elapsed < response_timeout,
+        "lock returned after {lock_elapsed:?}"
+    );
+    assert!(
+        permit_elapsed >= wait && permit_elapsed < response_timeout,
+        "acquire returned after {permit_elapsed:?}"
+    );
+}
+
+/// `Duration::MAX` as a wait means "wait for ever", not a panic on `Instant + Duration`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_wait_does_not_overflow() {
+    let store = MemoryStore::new();
+    let locker = Locker::new(store.clone());
+    let held = locker
+        .try_lock("forever", Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    let g = tokio::time::timeout(
+        Duration::from_secs(30),
+        locker.lock("forever", Duration::from_secs(5), Duration::MAX),
+    )
+    .await
+    .expect("the held lock expires and the waiter gets it")
+    .unwrap();
+    assert!(g.fencing_token() > held.fencing_token());
+    let sem = keel_coord::Semaphore::new(store);
+    let _p = sem
+        .try_acquire("forever", 1, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    let p = tokio::time::timeout(
+        Duration::from_secs(30),
+        sem.acquire("forever", 1, Duration::from_secs(5), Duration::MAX),
+    )
+    .await
+    .expect("the held permit expires and the waiter gets it");
+    assert!(p.is_ok(), "{p:?}");
+}
+
+/// A waiting `lock()` whose attempt's reply is lost retries (the attempt's token is
+/// released in the background) instead of ending the wait with "outcome unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_while_waiting_is_retried() {
+    let server = RedisServer::start();
+    let proxy = keel_testkit::redis_proxy::RedisProxy::start(server.addr());
+    let store = RedisStore::builder(Endpoint::Url(Secret::new(proxy.url())))
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    store.connect().await.unwrap();
+    let locker = Locker::new(store);
+    let warm = locker
+        .try_lock("warm", Duration::from_secs(30))
+        .await
+        .unwrap();
+    warm.unwrap().release().await.unwrap();
+    proxy.cut_after(b"EVALSHA");
+    let r = locker
+        .lock("job", Duration::from_secs(30), Duration::from_secs(20))
+        .await;
+    assert_eq!(proxy.cuts(), 1, "the fault fired");
+    let g = r.expect("the wait goes on after a lost reply");
+    assert!(g.release().await.unwrap());
+}
+
+/// A namespace with braces would put a name's lock and fence keys in different Cluster
+/// slots: rejected with a typed error.
+#[test]
+fn a_namespace_with_braces_is_rejected() {
+    for ns in ["a{b", "}", "{}"] {
+        let err = RedisStore::builder(Endpoint::Url(Secret::new("redis://127.0.0.1:1".to_owned())))
+            .namespace(ns)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Store(keel_cache::Error::InvalidConfig { field, .. }) if field == "namespace"),
+            "{ns}: {err:?}"
+        );
+    }
+}

@@ -29,12 +29,18 @@ impl Tables {
         self.held.get(name).map(|(token, _)| token)
     }
 
-    /// The unexpired permits of `name` (expired ones dropped), created empty if missing.
-    fn live_permits(&mut self, name: &str) -> &mut HashMap<String, Instant> {
+    /// The unexpired permits of `name` (expired ones dropped), or `None` when there are
+    /// none: an emptied set is removed, and a missing one is not created, so the map holds
+    /// only names with live permits.
+    fn live_permits(&mut self, name: &str) -> Option<&mut HashMap<String, Instant>> {
         let now = Instant::now();
-        let set = self.permits.entry(name.to_owned()).or_default();
+        let set = self.permits.get_mut(name)?;
         set.retain(|_, until| *until > now);
-        set
+        if set.is_empty() {
+            self.permits.remove(name);
+            return None;
+        }
+        self.permits.get_mut(name)
     }
 }
 
@@ -169,11 +175,14 @@ impl SemaphoreStore for MemoryStore {
         ttl: Duration,
     ) -> CoordFuture<'a, Result<Option<u64>>> {
         let mut t = self.tables();
-        let set = t.live_permits(name);
-        let fence = if set.len() >= usize::try_from(permits).unwrap_or(usize::MAX) {
+        let live = t.live_permits(name).map_or(0, |set| set.len());
+        let fence = if live >= usize::try_from(permits).unwrap_or(usize::MAX) {
             None
         } else {
-            set.insert(token.to_owned(), Instant::now() + ttl);
+            t.permits
+                .entry(name.to_owned())
+                .or_default()
+                .insert(token.to_owned(), Instant::now() + ttl);
             let fence = t.permit_fences.entry(name.to_owned()).or_insert(0);
             *fence += 1;
             Some(*fence)
@@ -188,12 +197,16 @@ impl SemaphoreStore for MemoryStore {
     ) -> CoordFuture<'a, Result<bool>> {
         let released = {
             let mut t = self.tables();
-            let set = t.live_permits(name);
-            let released = set.remove(token).is_some();
-            if set.is_empty() {
-                t.permits.remove(name);
+            match t.live_permits(name) {
+                Some(set) => {
+                    let released = set.remove(token).is_some();
+                    if set.is_empty() {
+                        t.permits.remove(name);
+                    }
+                    released
+                }
+                None => false,
             }
-            released
         };
         if released {
             self.inner.wakeups.notify(name);
@@ -208,7 +221,7 @@ impl SemaphoreStore for MemoryStore {
         ttl: Duration,
     ) -> CoordFuture<'a, Result<bool>> {
         let mut t = self.tables();
-        let ours = match t.live_permits(name).get_mut(token) {
+        let ours = match t.live_permits(name).and_then(|set| set.get_mut(token)) {
             Some(until) => {
                 *until = Instant::now() + ttl;
                 true
@@ -219,7 +232,7 @@ impl SemaphoreStore for MemoryStore {
     }
 
     fn permits_held<'a>(&'a self, name: &'a str) -> CoordFuture<'a, Result<u32>> {
-        let n = self.tables().live_permits(name).len();
+        let n = self.tables().live_permits(name).map_or(0, |set| set.len());
         Box::pin(std::future::ready(Ok(u32::try_from(n).unwrap_or(u32::MAX))))
     }
 
@@ -244,5 +257,46 @@ impl RateStore for MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
             .allow(key, emission_us, burst, cost);
         Box::pin(std::future::ready(Ok(decision)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads, extends of unknown tokens, failed acquires and expired permits leave no entry
+    /// behind: the permit map does not grow with every name ever seen.
+    #[tokio::test]
+    async fn the_permit_map_holds_only_names_with_live_permits() {
+        let store = MemoryStore::new();
+        for i in 0..50 {
+            let name = format!("n{i}");
+            assert_eq!(store.permits_held(&name).await.unwrap(), 0);
+            let ttl = Duration::from_secs(5);
+            assert!(!store.extend_permit(&name, "t", ttl).await.unwrap());
+            assert!(!store.release_permit(&name, "t").await.unwrap());
+            assert_eq!(
+                store.acquire_permit(&name, "t", 0, ttl).await.unwrap(),
+                None
+            );
+        }
+        assert!(
+            store.tables().permits.is_empty(),
+            "entries for names never held"
+        );
+        let short = Duration::from_millis(10);
+        assert!(
+            store
+                .acquire_permit("e", "t", 1, short)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(store.permits_held("e").await.unwrap(), 0);
+        assert!(
+            store.tables().permits.is_empty(),
+            "an expired permit's entry stayed"
+        );
     }
 }

@@ -15,7 +15,7 @@ impl LockStore for RedisStore {
         ttl: Duration,
     ) -> CoordFuture<'a, Result<Option<u64>>> {
         Box::pin(async move {
-            let (lock, fence) = self.keys("lock", name);
+            let (lock, fence) = self.keys("lock", name)?;
             let s = &self.inner.scripts;
             let n: u64 = self
                 .call(
@@ -31,7 +31,7 @@ impl LockStore for RedisStore {
 
     fn release<'a>(&'a self, name: &'a str, token: &'a str) -> CoordFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let (lock, _) = self.keys("lock", name);
+            let (lock, _) = self.keys("lock", name)?;
             let s = &self.inner.scripts;
             let n: i64 = self
                 .call(
@@ -52,7 +52,7 @@ impl LockStore for RedisStore {
         ttl: Duration,
     ) -> CoordFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let (lock, _) = self.keys("lock", name);
+            let (lock, _) = self.keys("lock", name)?;
             let s = &self.inner.scripts;
             let n: i64 = self
                 .call("lock", &s.lock_extend, &[&lock], &[token, &millis(ttl)])
@@ -63,7 +63,7 @@ impl LockStore for RedisStore {
 
     fn holder<'a>(&'a self, name: &'a str) -> CoordFuture<'a, Result<Option<String>>> {
         Box::pin(async move {
-            let (lock, _) = self.keys("lock", name);
+            let (lock, _) = self.keys("lock", name)?;
             let conn = &self.inner.conn;
             match conn.get_string(&lock).await {
                 Err(keel_cache::Error::Closed { .. }) => {

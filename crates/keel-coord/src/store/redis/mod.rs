@@ -13,9 +13,11 @@
 //! scripts registered in `Scripts`.
 //!
 //! Keys: `__keel_lock:<namespace>{name}`, `__keel_sem:<namespace>{name}`, each with a
-//! `…:fence` counter that never expires; `__keel_rate:<namespace>{key}` (one key per rate
-//! limit key, expiring when idle). The `{name}` hash tag keeps a name's keys in one
-//! Cluster slot, so one script touches them all.
+//! `…:fence` counter that never expires; a counter found missing (a restart without
+//! persistence, an eviction) is seeded from the server's clock in microseconds before the
+//! increment, so tokens do not go back. `__keel_rate:<namespace>{key}`: one key per rate
+//! limit key, expiring when idle. The `{name}` hash tag keeps a name's keys in one Cluster
+//! slot, so one script touches them all; the namespace may not contain braces.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,7 +138,8 @@ impl RedisStoreBuilder {
     }
 
     /// Goes into every key after the family prefix (default empty): `__keel_lock:<ns>{name}`.
-    /// Stores with different namespaces never see each other's locks.
+    /// Stores with different namespaces never see each other's locks. It must not contain
+    /// `{` or `}` (it would change the Cluster hash tag; `build()` rejects it).
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
         self
@@ -169,8 +172,10 @@ impl RedisStoreBuilder {
     /// Builds the store (not yet connected: the first request connects).
     ///
     /// # Errors
-    /// A bad endpoint or TLS option ([`keel_cache::Error::InvalidConfig`]).
+    /// A bad endpoint or TLS option, or a namespace with `{` or `}`
+    /// ([`keel_cache::Error::InvalidConfig`]).
     pub fn build(self) -> Result<RedisStore> {
+        check_namespace(&self.namespace)?;
         let mut b = RedisCache::builder(self.name, self.endpoint)
             .prefix(self.namespace)
             .connect_timeout(self.connect_timeout)
@@ -198,7 +203,9 @@ impl RedisStore {
         }
     }
 
-    /// A store on an existing connection; its cache's prefix becomes the namespace.
+    /// A store on an existing connection; its cache's prefix becomes the namespace. A prefix
+    /// with `{` or `}` makes every operation fail with
+    /// [`keel_cache::Error::InvalidConfig`] (field `namespace`).
     pub fn from_connection(conn: Connection) -> Self {
         let namespace = conn.prefix().to_owned();
         Self {
@@ -218,11 +225,12 @@ impl RedisStore {
     /// config's `prefix` (default `<name>:`) becomes the namespace.
     ///
     /// # Errors
-    /// A config of another type or with bad fields.
+    /// A config of another type or with bad fields; a prefix with `{` or `}`.
     pub fn from_config(config: &CacheConfig, metrics: &MetricsService) -> Result<Self> {
-        Ok(Self::from_connection(
-            keel_cache::redis_from_config(config, metrics)?.connection(),
-        ))
+        let store =
+            Self::from_connection(keel_cache::redis_from_config(config, metrics)?.connection());
+        check_namespace(store.namespace())?;
+        Ok(store)
     }
 
     /// The Lua source of the GCRA rate limit step (`KEYS[1]` the key, `ARGV` emission
@@ -267,11 +275,13 @@ impl RedisStore {
         }
     }
 
-    /// The key of `name` in `family` and its fence counter, sharing the `{name}` hash tag.
-    fn keys(&self, family: &str, name: &str) -> (String, String) {
+    /// The key of `name` in `family` and its fence counter, sharing the `{name}` hash tag
+    /// (a namespace with braces would split them: refused).
+    fn keys(&self, family: &str, name: &str) -> Result<(String, String)> {
+        check_namespace(&self.inner.namespace)?;
         let key = format!("__keel_{family}:{}{{{name}}}", self.inner.namespace);
         let fence = format!("{key}:fence");
-        (key, fence)
+        Ok((key, fence))
     }
 
     /// The wake-ups, starting the subscriber the first time (inside a runtime).
@@ -288,6 +298,22 @@ impl RedisStore {
         });
         &self.inner.wakeups
     }
+}
+
+/// A namespace goes in front of the `{name}` hash tag: braces in it would make the tag
+/// (possibly an empty one) cover something else, putting a name's keys in different Cluster
+/// slots.
+fn check_namespace(namespace: &str) -> Result<()> {
+    if namespace.contains(['{', '}']) {
+        return Err(crate::Error::Store(keel_cache::Error::InvalidConfig {
+            field: "namespace".into(),
+            reason: format!(
+                "{:?} must not contain '{{' or '}}' (they would change the Cluster hash tag)",
+                crate::error::name_for_error(namespace)
+            ),
+        }));
+    }
+    Ok(())
 }
 
 /// A TTL as whole milliseconds for the scripts.

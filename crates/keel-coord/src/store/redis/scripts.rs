@@ -3,12 +3,29 @@
 //! script is allowed in Cluster mode (the bus forwards it to every node).
 
 /// Lock acquire: `KEYS[1]` lock, `KEYS[2]` fence counter, `ARGV[1]` token, `ARGV[2]` TTL ms.
-/// Returns the new fencing token, or 0 when the lock is held.
+/// Returns the new fencing token, or 0 when the lock is held. A missing counter (lost in a
+/// restart without persistence, or evicted) is seeded from the server's clock in
+/// microseconds first (as [`SEED_FENCE`] does), so tokens keep increasing across the loss
+/// as long as that clock does not go back.
 pub(super) const LOCK_ACQUIRE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', KEYS[2], t[1] .. string.rep('0', 6 - #t[2]) .. t[2])
+  end
   return redis.call('INCR', KEYS[2])
 end
 return 0";
+
+/// Seeds a missing fence counter `KEYS[2]` with the server's clock in microseconds (a
+/// string: `TIME`'s seconds and zero-padded microseconds, never a Lua float), so the next
+/// `INCR` is above every token handed out before the counter was lost.
+const SEED_FENCE: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[2], t[1] .. string.rep('0', 6 - #t[2]) .. t[2])
+end
+";
 
 /// Lock release: delete `KEYS[1]` only if it holds `ARGV[1]`, then publish `ARGV[3]` (the
 /// name) on channel `ARGV[2]`.
@@ -40,7 +57,7 @@ end
 /// Semaphore acquire: `KEYS[1]` the permit set (token -> lease end, server ms), `KEYS[2]`
 /// fence counter; `ARGV[1]` token, `ARGV[2]` permits, `ARGV[3]` TTL ms. Drops expired
 /// leases, then takes a permit if fewer than `permits` are held. Returns the new fencing
-/// token, or 0 when all permits are taken.
+/// token (a missing counter seeded first by [`SEED_FENCE`]), or 0 when all permits are taken.
 pub(super) fn semaphore_acquire() -> String {
     format!(
         "{NOW}
@@ -49,6 +66,7 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   local ms = tonumber(ARGV[3])
   redis.call('ZADD', KEYS[1], now + ms, ARGV[1])
   keep(KEYS[1], ms)
+  {SEED_FENCE}
   return redis.call('INCR', KEYS[2])
 end
 return 0"

@@ -16,7 +16,7 @@ impl SemaphoreStore for RedisStore {
         ttl: Duration,
     ) -> CoordFuture<'a, Result<Option<u64>>> {
         Box::pin(async move {
-            let (set, fence) = self.keys("sem", name);
+            let (set, fence) = self.keys("sem", name)?;
             let s = &self.inner.scripts;
             let n: u64 = self
                 .call(
@@ -36,7 +36,7 @@ impl SemaphoreStore for RedisStore {
         token: &'a str,
     ) -> CoordFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let (set, _) = self.keys("sem", name);
+            let (set, _) = self.keys("sem", name)?;
             let s = &self.inner.scripts;
             let n: i64 = self
                 .call(
@@ -57,7 +57,7 @@ impl SemaphoreStore for RedisStore {
         ttl: Duration,
     ) -> CoordFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let (set, _) = self.keys("sem", name);
+            let (set, _) = self.keys("sem", name)?;
             let s = &self.inner.scripts;
             let n: i64 = self
                 .call(
@@ -73,7 +73,7 @@ impl SemaphoreStore for RedisStore {
 
     fn permits_held<'a>(&'a self, name: &'a str) -> CoordFuture<'a, Result<u32>> {
         Box::pin(async move {
-            let (set, _) = self.keys("sem", name);
+            let (set, _) = self.keys("sem", name)?;
             let s = &self.inner.scripts;
             let n: u32 = self
                 .call("semaphore", &s.semaphore_count, &[&set], &[])
