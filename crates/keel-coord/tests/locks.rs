@@ -196,13 +196,16 @@ async fn crashed_holders_sub_second_lock_expires(s: &dyn Stores) {
 async fn watchdog_keeps_a_long_job_locked(s: &dyn Stores) {
     let g = s
         .locker()
-        .try_lock_with("long", Duration::from_millis(300), LockOptions::watchdog())
+        // A TTL several times the renewal period, so a loaded machine's scheduling delay
+        // cannot pass for a watchdog that stopped.
+        .try_lock_with("long", Duration::from_secs(1), LockOptions::watchdog())
         .await
         .unwrap()
         .unwrap();
     let other = s.locker();
+    // Three TTLs' worth of checks: without renewals the lock would be free after the first.
     for _ in 0..12 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(
             other
                 .try_lock("long", Duration::from_secs(1))
@@ -407,13 +410,23 @@ async fn a_lock_acquire_whose_reply_is_lost_says_the_outcome_is_unknown() {
         Ok(None) => panic!("this call's own acquire was reported as someone else's lock"),
         Err(e) => {
             assert!(e.is_outcome_unknown(), "{e:?}");
-            // The acquire ran; its token was released (owner-checked) before the error was
-            // returned, so the lock is not orphaned for its 30 s TTL.
-            let again = locker
-                .try_lock("job", Duration::from_secs(30))
-                .await
-                .unwrap();
-            assert!(again.is_some(), "the lost acquire left the lock held");
+            // The acquire ran; its token is released (owner-checked, in the background) right
+            // after the error, so the lock is free again long before its 30 s TTL.
+            let asked = tokio::time::Instant::now();
+            loop {
+                let again = locker
+                    .try_lock("job", Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                if again.is_some() {
+                    break;
+                }
+                assert!(
+                    asked.elapsed() < Duration::from_secs(15),
+                    "the lost acquire left the lock held for half its TTL"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }
