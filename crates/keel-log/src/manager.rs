@@ -12,7 +12,8 @@ use crate::logger::Logger;
 use crate::logger::{FATAL_FLUSH, FATAL_RECORD};
 use crate::record::{Level, field};
 use crate::sampling::Sampling;
-use crate::sink::{DeliveryStats, Sink, deadline_after, on_every_sink};
+use crate::record::Record;
+use crate::sink::{DeliveryStats, Sink, deadline_after, on_every, write_all_until};
 
 /// How long dropping a manager, or the panic hook, waits for every sink to flush (in total).
 pub const FLUSH_ON_EXIT: Duration = Duration::from_secs(5);
@@ -327,29 +328,34 @@ impl Manager {
 }
 
 /// Runs `op` on every sink of `loggers` and of `extras` at once against one deadline; sums the
-/// results per logger of `loggers` (`extras` are not reported).
+/// results per logger of `loggers` (`extras` are not reported). Each sink first gets its
+/// logger's in-band sampling reports, queued within the same deadline (one that finds no room
+/// in time is counted as dropped by the sink).
 fn settle(
     loggers: &[(String, Logger)],
     extras: &[&Logger],
     deadline: Instant,
     op: impl Fn(&dyn Sink, Duration) -> DeliveryStats + Sync,
 ) -> BTreeMap<String, DeliveryStats> {
-    let mut owners = Vec::new();
-    let mut sinks = Vec::new();
-    for (index, logger) in loggers
+    let all: Vec<&Logger> = loggers
         .iter()
         .map(|(_, l)| l)
         .chain(extras.iter().copied())
-        .enumerate()
-    {
+        .collect();
+    let reports: Vec<Vec<Record>> = all.iter().map(|l| l.sampled_reports()).collect();
+    let mut items: Vec<(usize, &dyn Sink)> = Vec::new();
+    for (index, logger) in all.iter().enumerate() {
         for sink in logger.sink_refs() {
-            owners.push(index);
-            sinks.push(sink);
+            items.push((index, sink));
         }
     }
-    let mut totals = vec![DeliveryStats::default(); loggers.len() + extras.len()];
-    for (index, stats) in owners.into_iter().zip(on_every_sink(&sinks, deadline, op)) {
-        totals[index] = totals[index] + stats;
+    let mut totals = vec![DeliveryStats::default(); all.len()];
+    let results = on_every(&items, deadline, |&(index, sink), _| {
+        write_all_until(sink, &reports[index], deadline);
+        op(sink, deadline.saturating_duration_since(Instant::now()))
+    });
+    for ((index, _), stats) in items.iter().zip(results) {
+        totals[*index] = totals[*index] + stats;
     }
     loggers
         .iter()
