@@ -10,9 +10,9 @@ use crate::error::Error;
 use crate::filter::Filter;
 use crate::logger::Logger;
 use crate::logger::{FATAL_FLUSH, FATAL_RECORD};
+use crate::record::Record;
 use crate::record::{Level, field};
 use crate::sampling::Sampling;
-use crate::record::Record;
 use crate::sink::{DeliveryStats, Sink, deadline_after, on_every, write_all_until};
 
 /// How long dropping a manager, or the panic hook, waits for every sink to flush (in total).

@@ -834,7 +834,11 @@ fn flush_all_and_close_all_report_what_was_sampled_away() {
     assert_eq!(closed["closed-storm"].pending, 0, "{closed:?}");
     // The tick has not ended: 500 more records each, of which 5 pass (1010, 1110, … 1410).
     let sampled = 2 * (1000 - 19) + 2 * (500 - 5);
-    assert_eq!(reported_sampled(&buf), sampled, "every sampled record reported");
+    assert_eq!(
+        reported_sampled(&buf),
+        sampled,
+        "every sampled record reported"
+    );
     let text = metrics.render();
     for level in ["ERROR", "WARN"] {
         assert!(
