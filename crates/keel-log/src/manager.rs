@@ -145,6 +145,8 @@ impl Manager {
         let mut configs = self.configs.write().unwrap_or_else(PoisonError::into_inner);
         let (logger, added, restart_needed) = match self.get(&config.name) {
             Some(logger) => {
+                // The sinks are not rebuilt, but a bad sink config is refused all the same.
+                crate::config::validate_sink(config)?;
                 let changed = configs
                     .get(&config.name)
                     .map(|old| sink_changes(old, config))

@@ -258,6 +258,36 @@ fn an_invalid_reload_keeps_the_old_settings_and_says_why() {
         assert!(err.to_string().contains(check), "{err}");
         assert_eq!(log.filter(), before, "unchanged after {extra}");
     }
+    // Sink settings are validated too, though never applied live.
+    for (toml, check) in [
+        ("type = \"bogus\"", "bogus"),
+        ("formatter = \"yaml\"", "yaml"),
+        ("[options]\noverflow = \"sometimes\"", "sometimes"),
+        ("[options]\nqueue = 0", "queue"),
+        ("[options]\nrotate = \"weekly\"", "weekly"),
+        ("[options]\nurl = \"http://127.0.0.1:9200\"", "url"),
+        ("[options]\nflush_interval = \"often\"", "often"),
+    ] {
+        let mut config = file_config(dir.path(), "keep", "level = \"error\"");
+        if let Some(kind) = toml.strip_prefix("type = ") {
+            config.kind = kind.trim_matches('"').into();
+        } else if let Some(formatter) = toml.strip_prefix("formatter = ") {
+            config.formatter = Some(formatter.trim_matches('"').into());
+        } else {
+            let edit = LogConfig::from_toml(&format!("type = \"file\"\nname = \"keep\"\n{toml}\n"))
+                .unwrap();
+            let path = config.options.path.clone();
+            config.options = edit.options;
+            config.options.path = path;
+        }
+        let err = manager.reload(&config).unwrap_err();
+        assert!(
+            matches!(err, Error::UnknownType { .. } | Error::InvalidConfig { .. }),
+            "{toml}: {err}"
+        );
+        assert!(err.to_string().contains(check), "{toml}: {err}");
+        assert_eq!(log.filter(), before, "unchanged after {toml}");
+    }
     // A sink change is reported, not applied.
     let mut moved = file_config(dir.path(), "keep", "level = \"warn\"");
     moved.formatter = Some("text".into());
