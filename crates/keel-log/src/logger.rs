@@ -227,8 +227,16 @@ impl Logger {
     /// Turns sampling on with `policy` or off (`None`), at runtime, for this logger and all
     /// its children. See [`Sampling`]: records sampled away are counted in
     /// `<ns>_log_sampled_total{logger,level}` and reported in-band.
+    ///
+    /// Turning it off writes the in-band reports of the counts still open at once.
     pub fn set_sampling(&self, policy: Option<Sampling>) {
+        let off = policy.is_none();
         self.core.sampler.set(policy);
+        if off {
+            for (level, n, message) in self.core.sampler.drain() {
+                self.write_report(level, n, message);
+            }
+        }
     }
 
     /// Whether `level` would be written for the logger's own records.

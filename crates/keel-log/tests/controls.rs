@@ -390,3 +390,28 @@ fn sighup_reloads_after_the_explicit_call() {
     assert_eq!(rx.recv_timeout(LONG).unwrap(), Ok("warn".to_owned()));
     assert_eq!(manager.get("hup").unwrap().level(), Level::Warn);
 }
+
+#[test]
+fn turning_sampling_off_reports_the_open_counts_at_once() {
+    let metrics = MetricsService::new("off").unwrap();
+    let (log, buf) = logger("sampling-off", Level::Info, &metrics);
+    log.set_sampling(Some(Sampling::new(Duration::from_secs(3600), 2, 0)));
+    for _ in 0..50 {
+        log.warn("disk slow", &[]);
+    }
+    log.set_sampling(None);
+    log.warn("after", &[]);
+    log.flush(LONG);
+    // The report is written when sampling goes off, before the next record, not left for
+    // a flush that may come much later.
+    assert_eq!(
+        messages(&buf),
+        [
+            "disk slow",
+            "disk slow",
+            "48 similar records sampled",
+            "after"
+        ]
+    );
+    assert_eq!(buf.json_lines()[2]["sampled_message"], "disk slow");
+}
