@@ -350,12 +350,18 @@ mod tests {
         // reset and none given twice, so no more than `first` records of a tick can pass.
         let state = AtomicU64::new(0);
         let tick = std::sync::atomic::AtomicU32::new(1);
+        const PER_THREAD: usize = 20_000;
         let seen: Vec<Vec<(u32, u64)>> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..4)
                 .map(|_| {
                     scope.spawn(|| {
-                        (0..20_000)
-                            .map(|_| {
+                        (0..PER_THREAD)
+                            .map(|i| {
+                                // Each worker moves the tick on now and then, so ticks
+                                // change while the others count.
+                                if i % 300 == 299 {
+                                    tick.fetch_add(1, Ordering::Relaxed);
+                                }
                                 let now = tick.load(Ordering::Relaxed);
                                 std::hint::spin_loop();
                                 count_in(&state, now)
@@ -364,10 +370,6 @@ mod tests {
                     })
                 })
                 .collect();
-            for _ in 0..200 {
-                tick.fetch_add(1, Ordering::Relaxed);
-                std::thread::yield_now();
-            }
             workers.into_iter().map(|w| w.join().unwrap()).collect()
         });
         let mut by_tick: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
@@ -381,7 +383,7 @@ mod tests {
             assert!(ns.iter().copied().eq(1..=k), "tick {t}: {ns:?}");
             total += k;
         }
-        assert_eq!(total, 4 * 20_000);
+        assert_eq!(total, 4 * PER_THREAD as u64);
     }
 
     #[test]
