@@ -269,7 +269,10 @@ impl Manager {
     /// stay registered and usable.
     ///
     /// Every sink is asked to flush at once and all are waited for until the deadline, so a
-    /// stuck logger does not shorten the others' time.
+    /// stuck logger does not shorten the others' time. With sampling on, each logger's
+    /// in-band reports of the records sampled away are queued first, within the same
+    /// deadline (one that finds no room in time is counted as dropped by its sink); so do
+    /// [`close_all`](Self::close_all), a manager's drop, `fatal` and the panic hook.
     pub fn flush_all(&self, timeout: Duration) -> BTreeMap<String, DeliveryStats> {
         self.flush_all_with(None, deadline_after(timeout))
     }
