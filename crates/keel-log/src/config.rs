@@ -313,157 +313,17 @@ pub fn open(config: &LogConfig) -> Result<Logger, Error> {
     crate::controls::build_with_env(config, Filter::from_env()?.as_ref())
 }
 
-/// Options every sink type takes (the queue, and the ECS formatter's fields).
-const COMMON_OPTIONS: &[&str] = &[
-    "queue",
-    "overflow",
-    "service_name",
-    "service_node_name",
-    "hostname",
-];
-
-/// The options each sink type reads, beyond [`COMMON_OPTIONS`].
-fn options_of(kind: &str) -> Option<&'static [&'static str]> {
-    Some(match kind {
-        "console" => &["flush_interval", "sync"],
-        "file" => &[
-            "path",
-            "max_bytes",
-            "rotate",
-            "timezone",
-            "keep_files",
-            "max_age",
-            "max_total_bytes",
-            "compress",
-            "flush_interval",
-            "sync",
-        ],
-        "elastic" | "elasticsearch" => &[
-            "url",
-            "urls",
-            "index",
-            "data_stream",
-            "batch_size",
-            "batch_bytes",
-            "flush_interval",
-            "max_buffer_bytes",
-            "gzip",
-            "max_retries",
-            "timeout",
-            "username",
-            "password",
-            "api_key",
-            "ca_file",
-            "dead_letter",
-            "dead_letter_max_bytes",
-            "buffer",
-            "buffer_path",
-            "buffer_max_bytes",
-        ],
-        "syslog" => &[
-            "transport",
-            "address",
-            "path",
-            "facility",
-            "app_name",
-            "sd_id",
-            "max_message_bytes",
-            "timeout",
-            "flush_interval",
-        ],
-        "journald" => &[
-            "path",
-            "facility",
-            "app_name",
-            "max_message_bytes",
-            "timeout",
-            "flush_interval",
-        ],
-        _ => return None,
-    })
+/// What every sink type reads from a config, checked: the level, the queue's overflow policy
+/// and capacity, and the flush policy.
+struct Common {
+    level: Level,
+    overflow: Overflow,
+    queue: usize,
+    flush: FlushPolicy,
 }
 
-impl LogOptions {
-    /// The names of the options that are set.
-    fn set_names(&self) -> Vec<&'static str> {
-        let o = self;
-        [
-            ("queue", o.queue.is_some()),
-            ("overflow", o.overflow.is_some()),
-            ("path", o.path.is_some()),
-            ("max_bytes", o.max_bytes.is_some()),
-            ("rotate", o.rotate.is_some()),
-            ("timezone", o.timezone.is_some()),
-            ("keep_files", o.keep_files.is_some()),
-            ("max_age", o.max_age.is_some()),
-            ("max_total_bytes", o.max_total_bytes.is_some()),
-            ("compress", o.compress.is_some()),
-            ("sync", o.sync.is_some()),
-            ("url", o.url.is_some()),
-            ("urls", o.urls.is_some()),
-            ("index", o.index.is_some()),
-            ("data_stream", o.data_stream.is_some()),
-            ("batch_size", o.batch_size.is_some()),
-            ("batch_bytes", o.batch_bytes.is_some()),
-            ("flush_interval", o.flush_interval.is_some()),
-            ("max_buffer_bytes", o.max_buffer_bytes.is_some()),
-            ("gzip", o.gzip.is_some()),
-            ("max_retries", o.max_retries.is_some()),
-            ("timeout", o.timeout.is_some()),
-            ("username", o.username.is_some()),
-            ("password", o.password.is_some()),
-            ("api_key", o.api_key.is_some()),
-            ("ca_file", o.ca_file.is_some()),
-            ("dead_letter", o.dead_letter.is_some()),
-            ("dead_letter_max_bytes", o.dead_letter_max_bytes.is_some()),
-            ("buffer", o.buffer.is_some()),
-            ("buffer_path", o.buffer_path.is_some()),
-            ("buffer_max_bytes", o.buffer_max_bytes.is_some()),
-            ("service_name", o.service_name.is_some()),
-            ("service_node_name", o.service_node_name.is_some()),
-            ("hostname", o.hostname.is_some()),
-            ("transport", o.transport.is_some()),
-            ("address", o.address.is_some()),
-            ("facility", o.facility.is_some()),
-            ("app_name", o.app_name.is_some()),
-            ("sd_id", o.sd_id.is_some()),
-            ("max_message_bytes", o.max_message_bytes.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect()
-    }
-}
-
-/// Refuses an option the sink type would silently ignore (a console logger given `path`,
-/// a file logger given `url`): it is a typo or a config meant for another type.
-fn check_options(config: &LogConfig) -> Result<(), Error> {
-    let kind = config.kind.to_ascii_lowercase();
-    let Some(own) = options_of(&kind) else {
-        return Ok(()); // an unknown type is reported by the caller, naming the valid ones
-    };
-    for name in config.options.set_names() {
-        if !COMMON_OPTIONS.contains(&name) && !own.contains(&name) {
-            let takers: Vec<&str> = LOGGER_TYPES
-                .iter()
-                .copied()
-                .filter(|t| options_of(t).is_some_and(|o| o.contains(&name)))
-                .collect();
-            return Err(bad(
-                &format!("options.{name}"),
-                format!(
-                    "a {kind} logger does not use it (it is an option of: {})",
-                    takers.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The logger of `config` with its sinks started, at its `level`.
-pub(crate) fn build_sinks(config: &LogConfig) -> Result<Logger, Error> {
-    check_options(config)?;
+fn common(config: &LogConfig) -> Result<Common, Error> {
+    crate::config_options::check_options(config)?;
     let level: Level = match &config.level {
         Some(l) => l
             .parse()
@@ -495,31 +355,172 @@ pub(crate) fn build_sinks(config: &LogConfig) -> Result<Logger, Error> {
         ));
     }
     let flush = flush_policy(&config.options)?;
+    Ok(Common {
+        level,
+        overflow,
+        queue,
+        flush,
+    })
+}
+
+/// The formatter of a console or file sink (`text` built by `text`).
+fn format_of(
+    config: &LogConfig,
+    text: impl FnOnce() -> TextFormat,
+) -> Result<Box<dyn Format>, Error> {
+    Ok(match config.formatter.as_deref() {
+        None | Some("text") => Box::new(text()),
+        Some("json") => Box::new(JsonFormat),
+        Some("ecs") => Box::new(ecs_format(&config.options)),
+        Some(other) => {
+            return Err(bad(
+                "formatter",
+                format!("{other:?}; use text, json or ecs"),
+            ));
+        }
+    })
+}
+
+/// Whether a console sink writes to stderr (`output`).
+fn console_to_stderr(config: &LogConfig) -> Result<bool, Error> {
+    match config.output.as_deref() {
+        None | Some("stdout") => Ok(false),
+        Some("stderr") => Ok(true),
+        Some(other) => Err(bad("output", format!("{other:?}; use stdout or stderr"))),
+    }
+}
+
+/// Checks the sink part of `config` (`type`, `formatter`, `output`, `options`) without
+/// building anything: no file is opened, no socket connected, no thread started. Console,
+/// file, syslog and journald settings are checked as the build checks them (a syslog
+/// `udp`/`tcp` address is resolved); for elastic, the URLs' presence and the durations,
+/// while what only a start can tell (a URL or CA file the client rejects, a directory that
+/// cannot be created) is left to it.
+///
+/// # Errors
+/// What [`open`] returns for a bad sink config.
+pub(crate) fn validate_sink(config: &LogConfig) -> Result<(), Error> {
+    let c = common(config)?;
     match config.kind.to_ascii_lowercase().as_str() {
         "console" => {
-            let to_stderr = match config.output.as_deref() {
-                None | Some("stdout") => false,
-                Some("stderr") => true,
-                Some(other) => {
-                    return Err(bad("output", format!("{other:?}; use stdout or stderr")));
-                }
-            };
+            console_to_stderr(config)?;
+            format_of(config, TextFormat::default).map(drop)
+        }
+        "file" => {
+            format_of(config, TextFormat::default)?;
+            file_options(config, c.flush).map(drop)
+        }
+        "syslog" => crate::config_net::syslog_options(config, c.flush).map(drop),
+        "journald" => crate::config_net::journald_options(config, c.flush).map(drop),
+        kind @ ("elastic" | "elasticsearch") => validate_elastic(config, kind),
+        _ => Err(Error::UnknownType {
+            got: config.kind.clone(),
+            valid: LOGGER_TYPES.join(", "),
+        }),
+    }
+}
+
+#[cfg(not(feature = "elastic"))]
+fn validate_elastic(_config: &LogConfig, kind: &str) -> Result<(), Error> {
+    Err(Error::NotAvailable {
+        kind: kind.into(),
+        feature: "elastic",
+    })
+}
+
+#[cfg(feature = "elastic")]
+fn validate_elastic(config: &LogConfig, _kind: &str) -> Result<(), Error> {
+    let o = &config.options;
+    if o.urls.as_ref().is_some_and(Vec::is_empty) {
+        return Err(bad("options.urls", "give at least one URL"));
+    }
+    if o.url.is_none() && config.output.is_none() && o.urls.is_none() {
+        return Err(bad(
+            "options.url",
+            "an elastic logger needs the cluster URL (options.url, options.urls or output)",
+        ));
+    }
+    if o.urls.is_some() && (o.url.is_some() || config.output.is_some()) {
+        return Err(bad(
+            "options.urls",
+            "give either urls or url (output), not both",
+        ));
+    }
+    for (field, v) in [
+        ("options.flush_interval", &o.flush_interval),
+        ("options.timeout", &o.timeout),
+    ] {
+        if let Some(t) = v {
+            keel_config::parse_duration(t).map_err(|e| bad(field, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The options of a file sink, checked (nothing is opened).
+fn file_options(config: &LogConfig, flush: FlushPolicy) -> Result<FileOptions, Error> {
+    let o = &config.options;
+    let path = o
+        .path
+        .clone()
+        .or_else(|| config.output.as_ref().map(std::path::PathBuf::from))
+        .ok_or_else(|| {
+            bad(
+                "options.path",
+                "a file logger needs a path (options.path or output)",
+            )
+        })?;
+    let period = match o.rotate.as_deref() {
+        None => None,
+        Some("hourly") => Some(Period::Hourly),
+        Some("daily") => Some(Period::Daily),
+        Some(other) => {
+            return Err(bad(
+                "options.rotate",
+                format!("{other:?}; use hourly or daily"),
+            ));
+        }
+    };
+    let max_age = match &o.max_age {
+        None => None,
+        Some(t) => Some(keel_config::parse_duration(t).map_err(|e| bad("options.max_age", e))?),
+    };
+    let zone = match o.timezone.as_deref() {
+        None => Zone::utc(),
+        Some(name) => name
+            .parse()
+            .map_err(|e: Error| bad("options.timezone", e.to_string()))?,
+    };
+    Ok(FileOptions {
+        path,
+        max_bytes: o.max_bytes,
+        period,
+        zone,
+        keep_files: o.keep_files,
+        max_age,
+        max_total_bytes: o.max_total_bytes,
+        compress: o.compress.unwrap_or(false),
+        flush,
+    })
+}
+
+/// The logger of `config` with its sinks started, at its `level`.
+pub(crate) fn build_sinks(config: &LogConfig) -> Result<Logger, Error> {
+    let Common {
+        level,
+        overflow,
+        queue,
+        flush,
+    } = common(config)?;
+    match config.kind.to_ascii_lowercase().as_str() {
+        "console" => {
+            let to_stderr = console_to_stderr(config)?;
             let is_tty = if to_stderr {
                 std::io::IsTerminal::is_terminal(&std::io::stderr())
             } else {
                 std::io::IsTerminal::is_terminal(&std::io::stdout())
             };
-            let format: Box<dyn Format> = match config.formatter.as_deref() {
-                None | Some("text") => Box::new(TextFormat::for_output(is_tty)),
-                Some("json") => Box::new(JsonFormat),
-                Some("ecs") => Box::new(ecs_format(&config.options)),
-                Some(other) => {
-                    return Err(bad(
-                        "formatter",
-                        format!("{other:?}; use text, json or ecs"),
-                    ));
-                }
-            };
+            let format = format_of(config, || TextFormat::for_output(is_tty))?;
             let sink_name = format!("{}:console", config.name);
             let started = if to_stderr {
                 QueueSink::start_with_flush(
@@ -551,62 +552,8 @@ pub(crate) fn build_sinks(config: &LogConfig) -> Result<Logger, Error> {
             ))
         }
         "file" => {
-            let o = &config.options;
-            let path = o
-                .path
-                .clone()
-                .or_else(|| config.output.as_ref().map(std::path::PathBuf::from))
-                .ok_or_else(|| {
-                    bad(
-                        "options.path",
-                        "a file logger needs a path (options.path or output)",
-                    )
-                })?;
-            let period = match o.rotate.as_deref() {
-                None => None,
-                Some("hourly") => Some(Period::Hourly),
-                Some("daily") => Some(Period::Daily),
-                Some(other) => {
-                    return Err(bad(
-                        "options.rotate",
-                        format!("{other:?}; use hourly or daily"),
-                    ));
-                }
-            };
-            let max_age = match &o.max_age {
-                None => None,
-                Some(t) => {
-                    Some(keel_config::parse_duration(t).map_err(|e| bad("options.max_age", e))?)
-                }
-            };
-            let format: Box<dyn Format> = match config.formatter.as_deref() {
-                None | Some("text") => Box::new(TextFormat::default()),
-                Some("json") => Box::new(JsonFormat),
-                Some("ecs") => Box::new(ecs_format(&config.options)),
-                Some(other) => {
-                    return Err(bad(
-                        "formatter",
-                        format!("{other:?}; use text, json or ecs"),
-                    ));
-                }
-            };
-            let zone = match o.timezone.as_deref() {
-                None => Zone::utc(),
-                Some(name) => name
-                    .parse()
-                    .map_err(|e: Error| bad("options.timezone", e.to_string()))?,
-            };
-            let options = FileOptions {
-                path,
-                max_bytes: o.max_bytes,
-                period,
-                zone,
-                keep_files: o.keep_files,
-                max_age,
-                max_total_bytes: o.max_total_bytes,
-                compress: o.compress.unwrap_or(false),
-                flush,
-            };
+            let format = format_of(config, TextFormat::default)?;
+            let options = file_options(config, flush)?;
             let sink_name = format!("{}:file", config.name);
             let sink = FileSink::start(&sink_name, options, queue, overflow, format).map_err(
                 |source| Error::Sink {

@@ -25,6 +25,17 @@ pub(crate) fn syslog_sink(
     overflow: Overflow,
     flush: FlushPolicy,
 ) -> Result<Arc<dyn Sink>, Error> {
+    let opts = syslog_options(config, flush)?;
+    let sink = SyslogSink::start(format!("{}:syslog", config.name), opts, queue, overflow)?;
+    Ok(Arc::new(sink))
+}
+
+/// The syslog options of `config`, checked (a `udp`/`tcp` address is resolved; nothing is
+/// opened or connected).
+pub(crate) fn syslog_options(
+    config: &LogConfig,
+    flush: FlushPolicy,
+) -> Result<SyslogOptions, Error> {
     let o = &config.options;
     let address = || -> Result<std::net::SocketAddr, Error> {
         let text = o
@@ -95,8 +106,7 @@ pub(crate) fn syslog_sink(
         }
     };
     opts.flush = flush;
-    let sink = SyslogSink::start(format!("{}:syslog", config.name), opts, queue, overflow)?;
-    Ok(Arc::new(sink))
+    Ok(opts)
 }
 
 pub(crate) fn journald_sink(
@@ -105,6 +115,16 @@ pub(crate) fn journald_sink(
     overflow: Overflow,
     flush: FlushPolicy,
 ) -> Result<Arc<dyn Sink>, Error> {
+    let opts = journald_options(config, flush)?;
+    let sink = JournaldSink::start(format!("{}:journald", config.name), opts, queue, overflow)?;
+    Ok(Arc::new(sink))
+}
+
+/// The journald options of `config`, checked (nothing is opened).
+pub(crate) fn journald_options(
+    config: &LogConfig,
+    flush: FlushPolicy,
+) -> Result<JournaldOptions, Error> {
     let o = &config.options;
     let mut opts = JournaldOptions::new();
     if let Some(path) = o
@@ -138,6 +158,5 @@ pub(crate) fn journald_sink(
         }
     }
     opts.flush = flush;
-    let sink = JournaldSink::start(format!("{}:journald", config.name), opts, queue, overflow)?;
-    Ok(Arc::new(sink))
+    Ok(opts)
 }

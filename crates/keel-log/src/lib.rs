@@ -75,6 +75,7 @@ pub mod bridge;
 pub mod operator_controls {}
 mod config;
 mod config_net;
+mod config_options;
 mod controls;
 mod error;
 mod filter;

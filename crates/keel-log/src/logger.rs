@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use crate::filter::{Filter, OFF};
 use crate::record::{Field, Level, Record, Value, field};
 use crate::sampling::{Decision, Sampler, Sampling};
-use crate::sink::{DeliveryStats, Sink, deadline_after, on_every_sink};
+use crate::sink::{DeliveryStats, Sink, deadline_after, on_every_sink, write_all_until};
 
 struct Core {
     name: &'static str,
@@ -227,8 +227,16 @@ impl Logger {
     /// Turns sampling on with `policy` or off (`None`), at runtime, for this logger and all
     /// its children. See [`Sampling`]: records sampled away are counted in
     /// `<ns>_log_sampled_total{logger,level}` and reported in-band.
+    ///
+    /// Turning it off writes the in-band reports of the counts still open at once.
     pub fn set_sampling(&self, policy: Option<Sampling>) {
+        let off = policy.is_none();
         self.core.sampler.set(policy);
+        if off {
+            for (level, n, message) in self.core.sampler.drain() {
+                self.write_report(level, n, message);
+            }
+        }
     }
 
     /// Whether `level` would be written for the logger's own records.
@@ -314,22 +322,47 @@ impl Logger {
 
     /// The in-band report of `n` records of `level` with `message` sampled away.
     fn write_report(&self, level: Level, n: u64, message: Cow<'static, str>) {
+        self.write_record(self.report(level, n, message));
+    }
+
+    fn report(&self, level: Level, n: u64, message: Cow<'static, str>) -> Record {
         let report = format!("{n} similar records sampled");
-        self.write_record(self.record(
+        self.record(
             level,
             report,
             &[
                 field("sampled", n),
                 field("sampled_message", Value::Str(message)),
             ],
-        ));
+        )
     }
 
-    /// Writes the in-band reports of every count the sampler holds (before a flush).
-    fn report_sampled(&self) {
-        for (level, n, message) in self.core.sampler.drain() {
-            self.write_report(level, n, message);
-        }
+    /// Takes every count the sampler holds as in-band report records (before a flush or a
+    /// shutdown, which queue them with [`write_all_until`] against their own deadline, so a
+    /// stalled writer cannot hold the call past it).
+    pub(crate) fn sampled_reports(&self) -> Vec<Record> {
+        self.core
+            .sampler
+            .drain()
+            .into_iter()
+            .map(|(level, n, message)| self.report(level, n, message))
+            .collect()
+    }
+
+    /// Queues `reports` into every sink, then runs `op` on it, all sinks at once against one
+    /// `deadline`.
+    fn settle(
+        &self,
+        deadline: Instant,
+        op: impl Fn(&dyn Sink, Duration) -> DeliveryStats + Sync,
+    ) -> DeliveryStats {
+        let reports = self.sampled_reports();
+        on_every_sink(&self.sink_refs(), deadline, |s, _| {
+            write_all_until(s, &reports, deadline);
+            op(s, deadline.saturating_duration_since(Instant::now()))
+        })
+        .into_iter()
+        .fold(DeliveryStats::default(), |a, b| a + b)
     }
 
     fn record(
@@ -430,15 +463,11 @@ impl Logger {
     /// (all sinks are asked at once and waited for until the deadline, so a stuck sink does
     /// not shorten the others' time); sums their stats.
     ///
-    /// With sampling on, the in-band reports of the records sampled away so far are written
-    /// first.
+    /// With sampling on, the in-band reports of the records sampled away so far are queued
+    /// first, within the same bound (a report that finds no room in time is counted as
+    /// dropped by its sink).
     pub fn flush(&self, timeout: Duration) -> DeliveryStats {
-        self.report_sampled();
-        on_every_sink(&self.sink_refs(), deadline_after(timeout), |s, left| {
-            s.flush(left)
-        })
-        .into_iter()
-        .fold(DeliveryStats::default(), |a, b| a + b)
+        self.settle(deadline_after(timeout), |s, left| s.flush(left))
     }
 
     /// Asks every file sink of this logger to close and reopen its path before its next
@@ -452,14 +481,11 @@ impl Logger {
     /// Flushes and stops every sink, `timeout` bounding the whole call (all sinks are asked
     /// at once and waited for until the deadline); sums their stats.
     ///
-    /// With sampling on, the in-band reports of the records sampled away are written first.
+    /// With sampling on, the in-band reports of the records sampled away are queued first,
+    /// within the same bound (a report that finds no room in time is counted as dropped by
+    /// its sink).
     pub fn shutdown(&self, timeout: Duration) -> DeliveryStats {
-        self.report_sampled();
-        on_every_sink(&self.sink_refs(), deadline_after(timeout), |s, left| {
-            s.shutdown(left)
-        })
-        .into_iter()
-        .fold(DeliveryStats::default(), |a, b| a + b)
+        self.settle(deadline_after(timeout), |s, left| s.shutdown(left))
     }
 }
 

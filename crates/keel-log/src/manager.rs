@@ -10,9 +10,10 @@ use crate::error::Error;
 use crate::filter::Filter;
 use crate::logger::Logger;
 use crate::logger::{FATAL_FLUSH, FATAL_RECORD};
+use crate::record::Record;
 use crate::record::{Level, field};
 use crate::sampling::Sampling;
-use crate::sink::{DeliveryStats, Sink, deadline_after, on_every_sink};
+use crate::sink::{DeliveryStats, Sink, deadline_after, on_every, write_all_until};
 
 /// How long dropping a manager, or the panic hook, waits for every sink to flush (in total).
 pub const FLUSH_ON_EXIT: Duration = Duration::from_secs(5);
@@ -144,6 +145,8 @@ impl Manager {
         let mut configs = self.configs.write().unwrap_or_else(PoisonError::into_inner);
         let (logger, added, restart_needed) = match self.get(&config.name) {
             Some(logger) => {
+                // The sinks are not rebuilt, but a bad sink config is refused all the same.
+                crate::config::validate_sink(config)?;
                 let changed = configs
                     .get(&config.name)
                     .map(|old| sink_changes(old, config))
@@ -266,7 +269,10 @@ impl Manager {
     /// stay registered and usable.
     ///
     /// Every sink is asked to flush at once and all are waited for until the deadline, so a
-    /// stuck logger does not shorten the others' time.
+    /// stuck logger does not shorten the others' time. With sampling on, each logger's
+    /// in-band reports of the records sampled away are queued first, within the same
+    /// deadline (one that finds no room in time is counted as dropped by its sink); so do
+    /// [`close_all`](Self::close_all), a manager's drop, `fatal` and the panic hook.
     pub fn flush_all(&self, timeout: Duration) -> BTreeMap<String, DeliveryStats> {
         self.flush_all_with(None, deadline_after(timeout))
     }
@@ -327,29 +333,34 @@ impl Manager {
 }
 
 /// Runs `op` on every sink of `loggers` and of `extras` at once against one deadline; sums the
-/// results per logger of `loggers` (`extras` are not reported).
+/// results per logger of `loggers` (`extras` are not reported). Each sink first gets its
+/// logger's in-band sampling reports, queued within the same deadline (one that finds no room
+/// in time is counted as dropped by the sink).
 fn settle(
     loggers: &[(String, Logger)],
     extras: &[&Logger],
     deadline: Instant,
     op: impl Fn(&dyn Sink, Duration) -> DeliveryStats + Sync,
 ) -> BTreeMap<String, DeliveryStats> {
-    let mut owners = Vec::new();
-    let mut sinks = Vec::new();
-    for (index, logger) in loggers
+    let all: Vec<&Logger> = loggers
         .iter()
         .map(|(_, l)| l)
         .chain(extras.iter().copied())
-        .enumerate()
-    {
+        .collect();
+    let reports: Vec<Vec<Record>> = all.iter().map(|l| l.sampled_reports()).collect();
+    let mut items: Vec<(usize, &dyn Sink)> = Vec::new();
+    for (index, logger) in all.iter().enumerate() {
         for sink in logger.sink_refs() {
-            owners.push(index);
-            sinks.push(sink);
+            items.push((index, sink));
         }
     }
-    let mut totals = vec![DeliveryStats::default(); loggers.len() + extras.len()];
-    for (index, stats) in owners.into_iter().zip(on_every_sink(&sinks, deadline, op)) {
-        totals[index] = totals[index] + stats;
+    let mut totals = vec![DeliveryStats::default(); all.len()];
+    let results = on_every(&items, deadline, |&(index, sink), _| {
+        write_all_until(sink, &reports[index], deadline);
+        op(sink, deadline.saturating_duration_since(Instant::now()))
+    });
+    for ((index, _), stats) in items.iter().zip(results) {
+        totals[*index] = totals[*index] + stats;
     }
     loggers
         .iter()

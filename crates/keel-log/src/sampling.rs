@@ -61,9 +61,11 @@ impl Sampling {
 
 #[derive(Default)]
 struct Slot {
-    /// The tick (in ticks since the sampler's epoch) `count` belongs to.
-    tick: AtomicU64,
-    count: AtomicU64,
+    /// The tick (in ticks since the sampler's epoch, low 32 bits) in the high half, and the
+    /// records of that tick counted so far (saturating) in the low half: one value, so a
+    /// new tick and its first count are set by one compare-exchange and no concurrent count
+    /// is overwritten.
+    state: AtomicU64,
     /// Sampled away and not yet reported in-band.
     unreported: AtomicU64,
     /// The message the unreported records carried (set by the first of them).
@@ -113,7 +115,8 @@ impl Sampler {
         }
     }
 
-    /// Turns sampling on with `policy`, or off.
+    /// Turns sampling on with `policy`, or off (the caller then reports what [`drain`]
+    /// returns).
     pub(crate) fn set(&self, policy: Option<Sampling>) {
         match policy {
             Some(p) => {
@@ -154,19 +157,10 @@ impl Sampler {
         let index = level as usize * SLOTS + (fnv1a(message) % SLOTS as u64) as usize;
         let slot = &slots[index];
         let elapsed = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let now = elapsed / self.tick_nanos.load(Ordering::Relaxed) + 1;
-        let seen = slot.tick.load(Ordering::Relaxed);
-        let n = if seen != now
-            && slot
-                .tick
-                .compare_exchange(seen, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            slot.count.store(1, Ordering::Relaxed);
-            1
-        } else {
-            slot.count.fetch_add(1, Ordering::Relaxed) + 1
-        };
+        // Only equality with the slot's tick matters: keeping the low 32 bits is enough.
+        #[allow(clippy::cast_possible_truncation)]
+        let now = (elapsed / self.tick_nanos.load(Ordering::Relaxed) + 1) as u32;
+        let (_, n) = count_in(&slot.state, now);
         let first = self.first.load(Ordering::Relaxed);
         let thereafter = self.thereafter.load(Ordering::Relaxed);
         let pass = n <= first || (thereafter > 0 && (n - first).is_multiple_of(thereafter));
@@ -190,7 +184,8 @@ impl Sampler {
         Decision::Drop
     }
 
-    /// Every unreported count, by level, with its message (for the reports at flush).
+    /// Every unreported count, by level, with its message (for the reports at flush, and
+    /// when sampling is turned off).
     pub(crate) fn drain(&self) -> Vec<(Level, u64, Cow<'static, str>)> {
         let Some(slots) = self.slots.get() else {
             return Vec::new();
@@ -200,10 +195,33 @@ impl Sampler {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.unreported.load(Ordering::Relaxed) > 0)
-            .filter_map(|(i, s)| {
-                take(s).map(|(n, m)| (levels[i / SLOTS], n, m.unwrap_or_default()))
-            })
+            .filter_map(|(i, s)| take_with_message(s).map(|(n, m)| (levels[i / SLOTS], n, m)))
             .collect()
+    }
+}
+
+/// Counts one record of tick `now` in a packed (tick, count) `state`; returns the tick it was
+/// counted in and its number there (1 for the first). A record whose `now` is older than the
+/// slot's tick (its thread was preempted between reading the clock and counting) counts in
+/// the slot's tick: it never restarts a window that has moved on.
+fn count_in(state: &AtomicU64, now: u32) -> (u32, u64) {
+    let mut current = state.load(Ordering::Relaxed);
+    loop {
+        #[allow(clippy::cast_possible_truncation)]
+        let (tick, count) = ((current >> 32) as u32, current as u32);
+        // Ticks wrap: `tick` is newer when it is less than half the range ahead.
+        #[allow(clippy::cast_possible_wrap)]
+        let stale = (tick.wrapping_sub(now) as i32) > 0 && count > 0;
+        let (tick, n) = if tick == now || stale {
+            (tick, count.saturating_add(1))
+        } else {
+            (now, 1)
+        };
+        let next = (u64::from(tick) << 32) | u64::from(n);
+        match state.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return (tick, u64::from(n)),
+            Err(actual) => current = actual,
+        }
     }
 }
 
@@ -217,6 +235,30 @@ fn take(slot: &Slot) -> Option<(u64, Option<Cow<'static, str>>)> {
         return None;
     }
     Some((n, kept.take()))
+}
+
+/// What a report says when the message of its records was not left in time (the first of
+/// them counted but had not stored it yet): never an empty `sampled_message`.
+const MESSAGE_NOT_KEPT: &str = "(message not kept)";
+
+/// [`take`] for a caller without a message of its own (a flush): when the first record of
+/// the count has not stored its message yet, gives it a moment (it is between its count and
+/// the lock), then falls back to [`MESSAGE_NOT_KEPT`].
+fn take_with_message(slot: &Slot) -> Option<(u64, Cow<'static, str>)> {
+    for _ in 0..1000 {
+        {
+            let mut kept = slot.message.lock().unwrap_or_else(PoisonError::into_inner);
+            if kept.is_some() {
+                let n = slot.unreported.swap(0, Ordering::Relaxed);
+                return (n > 0).then(|| (n, kept.take().unwrap_or_default()));
+            }
+            if slot.unreported.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+        }
+        std::thread::yield_now();
+    }
+    take(slot).map(|(n, m)| (n, m.unwrap_or(Cow::Borrowed(MESSAGE_NOT_KEPT))))
 }
 
 #[cfg(test)]
@@ -299,6 +341,74 @@ mod tests {
             Decision::Drop => panic!("the first record of a tick passes"),
         }
         assert_eq!(reported, dropped);
+    }
+
+    #[test]
+    fn concurrent_counts_at_tick_changes_are_exact() {
+        // Threads count while the tick moves on under them (some with a tick read before it
+        // moved): in every tick the numbers handed out are exactly 1..=k, none lost to a
+        // reset and none given twice, so no more than `first` records of a tick can pass.
+        let state = AtomicU64::new(0);
+        let tick = std::sync::atomic::AtomicU32::new(1);
+        const PER_THREAD: usize = 20_000;
+        let seen: Vec<Vec<(u32, u64)>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..PER_THREAD)
+                            .map(|i| {
+                                // Each worker moves the tick on now and then, so ticks
+                                // change while the others count.
+                                if i % 300 == 299 {
+                                    tick.fetch_add(1, Ordering::Relaxed);
+                                }
+                                let now = tick.load(Ordering::Relaxed);
+                                std::hint::spin_loop();
+                                count_in(&state, now)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut by_tick: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
+        for (t, n) in seen.into_iter().flatten() {
+            by_tick.entry(t).or_default().push(n);
+        }
+        let mut total = 0;
+        for (t, mut ns) in by_tick {
+            ns.sort_unstable();
+            let k = ns.len() as u64;
+            assert!(ns.iter().copied().eq(1..=k), "tick {t}: {ns:?}");
+            total += k;
+        }
+        assert_eq!(total, 4 * PER_THREAD as u64);
+    }
+
+    #[test]
+    fn a_report_never_has_an_empty_message() {
+        let s = sampler(1, 0);
+        let m: Cow<'static, str> = "kept".into();
+        for _ in 0..3 {
+            s.decide(Level::Info, &m);
+        }
+        // The state a flush can meet: counted, the message not stored yet.
+        let slot = s
+            .slots
+            .get()
+            .unwrap()
+            .iter()
+            .find(|slot| slot.unreported.load(Ordering::Relaxed) > 0);
+        let slot = slot.unwrap();
+        slot.message.lock().unwrap().take();
+        slot.unreported.fetch_add(1, Ordering::Relaxed);
+        let drained = s.drain();
+        assert_eq!(drained.len(), 1);
+        let (level, n, message) = &drained[0];
+        assert_eq!((*level, *n), (Level::Info, 3));
+        assert!(!message.is_empty());
+        assert_eq!(message, MESSAGE_NOT_KEPT);
     }
 
     #[test]

@@ -258,6 +258,36 @@ fn an_invalid_reload_keeps_the_old_settings_and_says_why() {
         assert!(err.to_string().contains(check), "{err}");
         assert_eq!(log.filter(), before, "unchanged after {extra}");
     }
+    // Sink settings are validated too, though never applied live.
+    for (toml, check) in [
+        ("type = \"bogus\"", "bogus"),
+        ("formatter = \"yaml\"", "yaml"),
+        ("[options]\noverflow = \"sometimes\"", "sometimes"),
+        ("[options]\nqueue = 0", "queue"),
+        ("[options]\nrotate = \"weekly\"", "weekly"),
+        ("[options]\nurl = \"http://127.0.0.1:9200\"", "url"),
+        ("[options]\nflush_interval = \"often\"", "often"),
+    ] {
+        let mut config = file_config(dir.path(), "keep", "level = \"error\"");
+        if let Some(kind) = toml.strip_prefix("type = ") {
+            config.kind = kind.trim_matches('"').into();
+        } else if let Some(formatter) = toml.strip_prefix("formatter = ") {
+            config.formatter = Some(formatter.trim_matches('"').into());
+        } else {
+            let edit = LogConfig::from_toml(&format!("type = \"file\"\nname = \"keep\"\n{toml}\n"))
+                .unwrap();
+            let path = config.options.path.clone();
+            config.options = edit.options;
+            config.options.path = path;
+        }
+        let err = manager.reload(&config).unwrap_err();
+        assert!(
+            matches!(err, Error::UnknownType { .. } | Error::InvalidConfig { .. }),
+            "{toml}: {err}"
+        );
+        assert!(err.to_string().contains(check), "{toml}: {err}");
+        assert_eq!(log.filter(), before, "unchanged after {toml}");
+    }
     // A sink change is reported, not applied.
     let mut moved = file_config(dir.path(), "keep", "level = \"warn\"");
     moved.formatter = Some("text".into());
@@ -359,4 +389,29 @@ fn sighup_reloads_after_the_explicit_call() {
     assert!(status.success());
     assert_eq!(rx.recv_timeout(LONG).unwrap(), Ok("warn".to_owned()));
     assert_eq!(manager.get("hup").unwrap().level(), Level::Warn);
+}
+
+#[test]
+fn turning_sampling_off_reports_the_open_counts_at_once() {
+    let metrics = MetricsService::new("off").unwrap();
+    let (log, buf) = logger("sampling-off", Level::Info, &metrics);
+    log.set_sampling(Some(Sampling::new(Duration::from_secs(3600), 2, 0)));
+    for _ in 0..50 {
+        log.warn("disk slow", &[]);
+    }
+    log.set_sampling(None);
+    log.warn("after", &[]);
+    log.flush(LONG);
+    // The report is written when sampling goes off, before the next record, not left for
+    // a flush that may come much later.
+    assert_eq!(
+        messages(&buf),
+        [
+            "disk slow",
+            "disk slow",
+            "48 similar records sampled",
+            "after"
+        ]
+    );
+    assert_eq!(buf.json_lines()[2]["sampled_message"], "disk slow");
 }

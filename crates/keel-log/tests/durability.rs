@@ -12,12 +12,15 @@ use std::time::{Duration, Instant};
 
 use keel_log::{
     DeliveryStats, FileOptions, FileSink, FlushPolicy, JsonFormat, Level, Logger, Manager,
-    Overflow, QueueSink, Sink, field, rotated_files,
+    Overflow, QueueSink, Sampling, Sink, field, rotated_files,
 };
 use keel_testkit::writer::SharedBuffer;
 
 mod support;
 use support::{busy_logger, fatal_sees, fill_queue, marked_flushed, stalled_logger};
+
+/// A generous bound for waits that succeed at once unless something is broken.
+const LONG: Duration = Duration::from_secs(60);
 
 fn file_logger(name: &'static str, options: FileOptions) -> (Logger, Arc<FileSink>) {
     let sink = Arc::new(
@@ -784,4 +787,96 @@ fn a_sigkilled_process_under_load_keeps_what_is_older_than_the_interval() {
         "{} records on disk, #{old_enough} taken by the writer long before the kill",
         seen.len()
     );
+}
+
+/// The `sampled` counts of the in-band reports in `buf`.
+fn reported_sampled(buf: &SharedBuffer) -> u64 {
+    buf.json_lines()
+        .iter()
+        .filter(|l| l["sampled"].is_u64())
+        .map(|l| l["sampled"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn flush_all_and_close_all_report_what_was_sampled_away() {
+    let metrics = keel_metrics::MetricsService::new("cs").unwrap();
+    let buf = SharedBuffer::default();
+    let sink = QueueSink::start(
+        "closed-storm",
+        100_000,
+        Overflow::Block,
+        Box::new(JsonFormat),
+        buf.clone(),
+    )
+    .unwrap();
+    let log = Logger::with_metrics(
+        "closed-storm",
+        Level::Info,
+        vec![Arc::new(sink) as Arc<dyn Sink>],
+        &metrics,
+    );
+    log.set_sampling(Some(Sampling::new(Duration::from_secs(3600), 10, 100)));
+    let m = Manager::with_drop_timeout(Duration::ZERO);
+    m.register(log.clone()).unwrap();
+    let storm = |n: u64| {
+        for i in 0..n {
+            log.error("connection refused", &[field("i", i)]);
+            log.warn("slow replica", &[field("i", i)]);
+        }
+    };
+    storm(1000);
+    assert_eq!(m.flush_all(LONG)["closed-storm"].pending, 0);
+    // Per message: the first 10, then every 100th of the rest (110, 210, … 910).
+    assert_eq!(reported_sampled(&buf), 2 * (1000 - 19));
+    storm(500);
+    let closed = m.close_all(LONG);
+    assert_eq!(closed["closed-storm"].pending, 0, "{closed:?}");
+    // The tick has not ended: 500 more records each, of which 5 pass (1010, 1110, … 1410).
+    let sampled = 2 * (1000 - 19) + 2 * (500 - 5);
+    assert_eq!(
+        reported_sampled(&buf),
+        sampled,
+        "every sampled record reported"
+    );
+    let text = metrics.render();
+    for level in ["ERROR", "WARN"] {
+        assert!(
+            text.contains(&format!(
+                "cs_log_sampled_total{{logger=\"closed-storm\",level=\"{level}\"}} {}",
+                sampled / 2
+            )),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn sampling_reports_do_not_hold_shutdown_past_its_bound() {
+    let (log, buf) = stalled_logger("sampled-stuck", 1);
+    log.set_sampling(Some(Sampling::new(Duration::from_secs(3600), 1, 0)));
+    let gate = buf.gate.lock().unwrap();
+    // The first of each message passes: one stalls the writer, one fills the queue.
+    log.info("storm a", &[]);
+    while buf.started() == 0 {
+        std::thread::yield_now();
+    }
+    log.info("storm b", &[]);
+    // The rest are sampled away: two reports are owed.
+    for _ in 0..5 {
+        log.info("storm a", &[]);
+        log.info("storm b", &[]);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let closing = log.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(closing.shutdown(Duration::from_millis(500)));
+    });
+    let stats = rx
+        .recv_timeout(LONG)
+        .expect("shutdown returned within its bound despite the stalled writer");
+    drop(gate);
+    // The two reports found no room and are counted as dropped; the records stay pending.
+    assert_eq!(stats.dropped, 2, "{stats:?}");
+    assert_eq!(stats.written + stats.pending, 2, "{stats:?}");
 }

@@ -4,9 +4,10 @@
 //! A key is folded before it is compared: lower-cased, with the separators `_`, `-`, `.`,
 //! space and `/` removed (`API key`, `api-key`, `api_key`, `apiKey` and `APIKEY` all fold to
 //! `apikey`). It is secret when the folded key contains one of [`SECRET_FRAGMENTS`] or one of
-//! the keys added with [`add_secret_keys`], or when one of its words (split at separators and
-//! at lower-to-upper case changes) is one of [`SECRET_WORDS`]: short words such as `pass`,
-//! `pwd` or `auth` would match too much as fragments (`passage`, `compass`, `author`).
+//! the keys added with [`add_secret_keys`], or when one of its words (split at separators, at
+//! case changes — `redisPass`, `DBPass`, `HTTPAuth` — and at letter/digit changes — `pass1`)
+//! is one of [`SECRET_WORDS`]: short words such as `pass`, `pwd` or `auth` would match too
+//! much as fragments (`passage`, `compass`, `author`).
 
 use std::borrow::Cow;
 use std::sync::RwLock;
@@ -75,15 +76,26 @@ fn fold(key: &str) -> String {
         .collect()
 }
 
-/// Whether one of the words of `key` (split at separators and lower-to-upper case changes)
-/// is a secret word.
+/// Whether one of the words of `key` is a secret word. Words are split at separators, at
+/// lower-to-upper case changes (`redisPass`), before the last capital of an acronym that
+/// starts a word (`DBPass`, `HTTPAuth`) and at letter/digit changes (`db_pass1`).
 fn has_secret_word(key: &str) -> bool {
     let mut start = 0;
     let mut prev: Option<char> = None;
     let check = |word: &str| SECRET_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w));
-    for (i, c) in key.char_indices() {
-        let boundary =
-            is_separator(c) || (c.is_uppercase() && prev.is_some_and(char::is_lowercase));
+    let mut chars = key.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let next = chars.peek().map(|&(_, n)| n);
+        let boundary = is_separator(c)
+            || prev.is_some_and(|p| {
+                (c.is_uppercase() && p.is_lowercase())
+                    || (c.is_uppercase()
+                        && p.is_uppercase()
+                        && next.is_some_and(char::is_lowercase))
+                    || (c.is_alphanumeric()
+                        && p.is_alphanumeric()
+                        && c.is_numeric() != p.is_numeric())
+            });
         if boundary {
             if check(&key[start..i]) {
                 return true;
@@ -138,8 +150,15 @@ fn extra_matches(folded: &[u8]) -> bool {
 
 /// `text` with the userinfo of every URL in it (`scheme://user:pass@host`, `scheme://token@host`)
 /// replaced by [`REDACTED`]: `redis://[REDACTED]@host:6379/0`. Borrowed (no copy) when there is
-/// nothing to mask. The userinfo is what comes between `://` and the last `@` before the end of
-/// the authority (the first `/`, `?`, `#`, whitespace, quote or angle bracket).
+/// nothing to mask.
+///
+/// A password may hold any character but whitespace, so where a URL carries one (a `:`
+/// between `://` and an `@`), everything from `://` up to the last `@` before the next
+/// whitespace (or the next `://`) is masked: `redis://u:p/w?x@host` becomes
+/// `redis://[REDACTED]@host`, and a `@` later in the path or query masks more than the
+/// userinfo rather than leak a password. Otherwise (`scheme://token@host`, no `:`) the
+/// userinfo ends at the last `@` before the end of the authority (the first `/`, `?`, `#`,
+/// whitespace, quote or angle bracket), so `https://host/path?mail=a@b.c` stays as it is.
 pub fn mask_url_credentials(text: &str) -> Cow<'_, str> {
     if !text.contains("://") {
         return Cow::Borrowed(text);
@@ -150,17 +169,26 @@ pub fn mask_url_credentials(text: &str) -> Cow<'_, str> {
     while let Some(found) = text[search..].find("://") {
         let start = search + found + 3;
         let rest = &text[start..];
-        let end = rest
+        let token = &rest[..rest.find(char::is_whitespace).unwrap_or(rest.len())];
+        let candidate = &token[..token.find("://").unwrap_or(token.len())];
+        let authority = rest
             .find(|c: char| {
                 matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>') || c.is_whitespace()
             })
             .unwrap_or(rest.len());
-        if let Some(at) = rest[..end].rfind('@') {
-            out.push_str(&text[copied..start]);
-            out.push_str(REDACTED);
-            copied = start + at;
+        let at = match candidate.rfind('@') {
+            Some(at) if candidate[..at].contains(':') => Some(at),
+            _ => rest[..authority].rfind('@'),
+        };
+        match at {
+            Some(at) => {
+                out.push_str(&text[copied..start]);
+                out.push_str(REDACTED);
+                copied = start + at;
+                search = start + at;
+            }
+            None => search = start + authority,
         }
-        search = start + end;
     }
     if copied == 0 {
         return Cow::Borrowed(text);
@@ -241,6 +269,15 @@ mod tests {
             "connection_string",
             "ÜBER_PASSWORD",
             "Über pass",
+            "DBPass",
+            "SMTPPass",
+            "MySQLPwd",
+            "HTTPAuth",
+            "db_pass1",
+            "pass2",
+            "PWD2",
+            "redisPass1",
+            "X-HTTPAuth-Header",
         ];
         for key in secret {
             assert!(is_secret_key(key), "{key} must be secret");
@@ -260,6 +297,12 @@ mod tests {
             "message",
             "dsname",
             "spin",
+            "Passage",
+            "COMPASS",
+            "AuthorID",
+            "authority2",
+            "http2",
+            "ipv4",
         ];
         for key in clear {
             assert!(!is_secret_key(key), "{key} must stay clear");
@@ -298,6 +341,29 @@ mod tests {
                 "p@ss in amqp://[REDACTED]@rabbit",
             ),
             ("\"rediss://a:b@h\"", "\"rediss://[REDACTED]@h\""),
+            // Passwords holding an authority delimiter.
+            ("redis://:ab/cd@host", "redis://[REDACTED]@host"),
+            (
+                "redis://u:p?w@host:6379/0",
+                "redis://[REDACTED]@host:6379/0",
+            ),
+            ("amqp://u:p#w@h", "amqp://[REDACTED]@h"),
+            ("postgres://app:it's@db/x", "postgres://[REDACTED]@db/x"),
+            ("redis://u:p\"w@h", "redis://[REDACTED]@h"),
+            ("redis://u:a<b>@h", "redis://[REDACTED]@h"),
+            (
+                "dial redis://u:p/w@h1 and amqp://v:q?r@h2 failed",
+                "dial redis://[REDACTED]@h1 and amqp://[REDACTED]@h2 failed",
+            ),
+            (
+                "a://u:p/x@h,b://v:q#y@k",
+                "a://[REDACTED]@h,b://[REDACTED]@k",
+            ),
+            // Over-masking rather than leaking: a `@` in the query after a password.
+            ("redis://u:p@h/0?owner=a@b.c", "redis://[REDACTED]@b.c"),
+            ("https://h:8080/x?to=a@b.c", "https://[REDACTED]@b.c"),
+            // Without a `:` the userinfo ends with the authority, as before.
+            ("redis://user@host:6379/0", "redis://[REDACTED]@host:6379/0"),
         ];
         for (text, masked) in cases {
             assert_eq!(mask_url_credentials(text), masked, "{text}");
@@ -306,6 +372,7 @@ mod tests {
             "no url here",
             "https://host/path?mail=a@b.c",
             "redis://host:6379",
+            "write to ops@example.com or see https://example.com/help",
             "mailto a@b.c",
         ] {
             assert!(

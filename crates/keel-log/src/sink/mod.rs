@@ -157,18 +157,27 @@ pub(crate) fn on_every_sink<R: Send>(
     deadline: Instant,
     op: impl Fn(&dyn Sink, Duration) -> R + Sync,
 ) -> Vec<R> {
+    on_every(sinks, deadline, |sink, left| op(*sink, left))
+}
+
+/// [`on_every_sink`] over any items (a sink with what else its `op` needs).
+pub(crate) fn on_every<T: Sync, R: Send>(
+    items: &[T],
+    deadline: Instant,
+    op: impl Fn(&T, Duration) -> R + Sync,
+) -> Vec<R> {
     let left = || deadline.saturating_duration_since(Instant::now());
-    if let [one] = sinks {
-        return vec![op(*one, left())];
+    if let [one] = items {
+        return vec![op(one, left())];
     }
     std::thread::scope(|scope| {
-        let started: Vec<_> = sinks
+        let started: Vec<_> = items
             .iter()
-            .map(|sink| {
+            .map(|item| {
                 std::thread::Builder::new()
                     .name("keel-log-settle".into())
-                    .spawn_scoped(scope, || op(*sink, left()))
-                    .map_err(|_| *sink)
+                    .spawn_scoped(scope, || op(item, left()))
+                    .map_err(|_| item)
             })
             .collect();
         started
@@ -178,10 +187,22 @@ pub(crate) fn on_every_sink<R: Send>(
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
                 // No thread to spare: this sink waits in line.
-                Err(sink) => op(sink, left()),
+                Err(item) => op(item, left()),
             })
             .collect()
     })
+}
+
+/// Queues `records` (in-band sampling reports) into `sink`, none waiting past `deadline`
+/// whatever the overflow policy: a record that finds no room in time is counted as dropped
+/// by the sink.
+pub(crate) fn write_all_until(sink: &dyn Sink, records: &[Record], deadline: Instant) {
+    for record in records {
+        sink.write_within(
+            record.clone(),
+            deadline.saturating_duration_since(Instant::now()),
+        );
+    }
 }
 
 /// `<ns>_<name>_total{sink}` in the global registry.
