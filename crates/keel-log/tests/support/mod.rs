@@ -41,7 +41,12 @@ pub fn busy_logger(name: &'static str) -> (Logger, FlushGated, Arc<AtomicBool>) 
     )
     .unwrap();
     let log = Logger::new(name, Level::Info, vec![Arc::new(sink) as Arc<dyn Sink>]);
-    log.info("marked", &[field("i", 7u64)]);
+    // A full queue ahead of the marked record and a feeder keeping it full: the queue never
+    // drains (which would flush), even if a loaded machine leaves the feeder unscheduled for
+    // a while (the writer needs 1 ms per record, so about 100 ms to get through the queue).
+    for _ in 0..100 {
+        log.info("busy", &[field("i", 0u64)]);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (feeder, flag) = (log.clone(), stop.clone());
     std::thread::spawn(move || {
@@ -49,6 +54,7 @@ pub fn busy_logger(name: &'static str) -> (Logger, FlushGated, Arc<AtomicBool>) 
             feeder.info("busy", &[field("i", 0u64)]);
         }
     });
+    log.info("marked", &[field("i", 7u64)]);
     (log, writer, stop)
 }
 
