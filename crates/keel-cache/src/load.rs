@@ -46,7 +46,7 @@ use tokio::sync::watch;
 
 mod refresh;
 
-pub use self::refresh::MAX_REFRESH_BACKOFF;
+pub use self::refresh::{MAX_REFRESH_BACKOFF, MAX_REFRESH_KEYS};
 use crate::contract::Cache;
 use crate::contract::CacheFuture;
 use crate::jitter::Jitter;
@@ -262,6 +262,36 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
+/// A flight's result as its waiters get it.
+fn shared(outcome: &Result<Option<Bytes>>) -> std::result::Result<Option<Bytes>, Arc<str>> {
+    match outcome {
+        Ok(v) => Ok(v.clone()),
+        Err(Error::Load { message, .. }) => Err(Arc::from(message.as_str())),
+        Err(e) => Err(Arc::from(e.to_string())),
+    }
+}
+
+/// Waits for the flight behind `rx`: its result, or `None` if its leader was cancelled.
+async fn wait_flight(key: &str, mut rx: watch::Receiver<Outcome>) -> Option<Result<Option<Bytes>>> {
+    let outcome = rx.wait_for(Option::is_some).await.ok()?.clone()?;
+    Some(outcome.map_err(|message| Error::Load {
+        key: crate::error::key_for_error(key),
+        message: message.to_string(),
+    }))
+}
+
+/// Rejects options that cannot work: a zero refresh backoff under stale-while-revalidate
+/// (it would never back off).
+fn check(options: &LoadOptions) -> Result<()> {
+    if options.stale_while_revalidate.is_some() && options.refresh_backoff.is_zero() {
+        return Err(Error::InvalidConfig {
+            field: "refresh_backoff".into(),
+            reason: "must be above zero with stale_while_revalidate (a failed refresh would be retried on every hit)".into(),
+        });
+    }
+    Ok(())
+}
+
 enum Role {
     Leader(watch::Sender<Outcome>),
     Waiter(watch::Receiver<Outcome>),
@@ -326,14 +356,15 @@ impl Loader {
         Fut: Future<Output = std::result::Result<Option<Bytes>, E>>,
         E: Display,
     {
+        check(options)?;
         let mut loader = Some(loader);
         loop {
             let refresh = match self.cache.get(key).await? {
                 Some(v) if v == NEGATIVE_MARKER => return Ok(None),
                 Some(v) if options.stale_while_revalidate.is_some() => {
-                    return Ok(self
+                    return self
                         .serve_or_refresh_inline(key, options, v, loader.take())
-                        .await);
+                        .await;
                 }
                 Some(v) => {
                     if !self.due_for_refresh(key, options).await {
@@ -355,25 +386,16 @@ impl Loader {
                 }
             };
             match role {
-                Role::Waiter(mut rx) => {
+                Role::Waiter(rx) => {
                     if let Some(stale) = refresh {
                         // Someone is already refreshing: the cached value is still valid.
                         return Ok(Some(stale));
                     }
                     self.waits.inc();
-                    match rx.wait_for(Option::is_some).await {
-                        Ok(outcome) => {
-                            return match outcome.clone() {
-                                Some(Ok(v)) => Ok(v),
-                                Some(Err(message)) => Err(Error::Load {
-                                    key: crate::error::key_for_error(key),
-                                    message: message.to_string(),
-                                }),
-                                None => continue,
-                            };
-                        }
+                    match wait_flight(key, rx).await {
+                        Some(answer) => return answer,
                         // The leader was cancelled before finishing: try again.
-                        Err(_) => continue,
+                        None => continue,
                     }
                 }
                 Role::Leader(tx) => {
@@ -389,12 +411,7 @@ impl Loader {
                         });
                     };
                     let outcome = self.lead(key, options, load).await;
-                    let shared = match &outcome {
-                        Ok(v) => Ok(v.clone()),
-                        Err(Error::Load { message, .. }) => Err(Arc::from(message.as_str())),
-                        Err(e) => Err(Arc::from(e.to_string())),
-                    };
-                    let _ = tx.send(Some(shared));
+                    let _ = tx.send(Some(shared(&outcome)));
                     return outcome;
                 }
             }
