@@ -256,3 +256,45 @@ async fn jitter_spreads_l1_expiries() {
         200.0
     );
 }
+
+/// While Redis answers, a key deleted behind the node's back (no invalidation: pub/sub mode)
+/// reads as a miss once `l1_ttl` has passed; that miss drops the stale-tail L1 copy, so when
+/// Redis then freezes, the read fails instead of serving the value Redis said was gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l2_miss_drops_the_stale_copy() {
+    let server = RedisServer::start();
+    let metrics = MetricsService::new("t").unwrap();
+    let l2 = RedisCache::builder("app", Endpoint::Url(Secret::new(server.url())))
+        .response_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(1))
+        .items_refresh(None)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(61))
+        .metrics(&metrics)
+        .build();
+    let stale = TieredCache::builder("app", l1, l2)
+        .l1_ttl(Duration::from_secs(1))
+        .stale_if_error(Duration::from_secs(60))
+        .invalidation(keel_cache::Invalidation::PubSub)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    stale.connect().await.unwrap();
+    fill(&stale).await;
+    server.cli(&["DEL", "app:k"]);
+    eventually("the node to read the deletion after l1_ttl", async || {
+        matches!(stale.get("k").await, Ok(None))
+    })
+    .await;
+    server.pause();
+    let got = stale.get("k").await;
+    server.resume();
+    assert!(got.is_err(), "a value L2 had deleted was served: {got:?}");
+    assert_eq!(
+        sample(&metrics, "t_tiered_stale_served_total{cache=\"app\"}"),
+        0.0
+    );
+}

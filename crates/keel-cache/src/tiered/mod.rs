@@ -416,7 +416,10 @@ impl TieredCache {
 
     async fn read_l2(&self, key: &str) -> Result<Option<Bytes>> {
         let i = &self.inner;
-        let use_l1 = self.is_subscribed();
+        // With stale-if-error, L1 follows every L2 answer even while unsubscribed (reads
+        // bypass it then, but an outage would serve it): a copy L2 has shown outdated must not
+        // be served on the next transient error.
+        let use_l1 = self.is_subscribed() || i.stale_if_error.is_some();
         // Read before L2: any invalidation from here on makes the fill below stand down.
         let generation = i.generations.get(key);
         let answer = match i.l2.get_with_ttl(key).await {
@@ -452,6 +455,10 @@ impl TieredCache {
             }
             None => {
                 i.metrics.l2_misses.inc();
+                if i.stale_if_error.is_some() {
+                    // Gone from L2: drop the stale-tail copy too.
+                    let _ = i.l1.delete(key).await;
+                }
                 Ok(None)
             }
         }
