@@ -10,8 +10,9 @@
 //!   once;
 //! - **stale-while-revalidate** ([`LoadOptions::stale_while_revalidate`]): past a refresh
 //!   age the cached value is returned at once and one refresh per key runs — in the
-//!   background with [`Loader::get_or_revalidate`]; a failed refresh keeps the old value, is
-//!   counted and retried with backoff, and never reaches a caller (see `refresh`);
+//!   background with [`Loader::get_or_revalidate`]; a failed refresh keeps the old value
+//!   (until its TTL ends), is counted and retried with backoff; a refresh that finds nothing
+//!   removes the key (see `refresh`);
 //! - **TTL jitter** ([`LoadOptions::ttl_jitter`]): loaded values are written with a randomly
 //!   shortened TTL, so a fleet that fills at once does not expire at once.
 //!
@@ -92,11 +93,14 @@ pub struct LoadOptions {
     /// Stale-while-revalidate: a hit older than this (age read as `ttl - remaining TTL`, so
     /// only with `ttl: Ttl::After`) is returned at once while one refresh of the key runs
     /// (default: off). The rest of the TTL is the stale window: a value is never served past
-    /// its TTL.
+    /// its TTL as the cache reports it. Over a [`TieredCache`](crate::TieredCache) with
+    /// stale-if-error, the cache's `get` itself may return the L1 copy up to that window past
+    /// the Redis TTL while Redis fails, and the loader serves it as a hit.
     pub stale_while_revalidate: Option<Duration>,
     /// The wait after a failed stale-while-revalidate refresh before the next attempt,
     /// doubled after each further failure up to [`MAX_REFRESH_BACKOFF`] (default
-    /// [`DEFAULT_REFRESH_BACKOFF`]).
+    /// [`DEFAULT_REFRESH_BACKOFF`]). Must be above zero with stale-while-revalidate
+    /// ([`Error::InvalidConfig`] otherwise).
     pub refresh_backoff: Duration,
     /// Shorten the TTL of each loaded value (and negative entry) by a random fraction of
     /// itself, below this jitter (default: none). Applies to `Ttl::After` only.
@@ -338,13 +342,15 @@ impl Loader {
     ///
     /// With [`LoadOptions::stale_while_revalidate`], a hit past its refresh age is returned
     /// at once to every caller but one per key, who refreshes inline and gets the new value
-    /// (or, if the refresh fails, the old one: a failed refresh is never an error while the
-    /// value lives). [`get_or_revalidate`](Loader::get_or_revalidate) runs that refresh in the
-    /// background instead, so no caller waits.
+    /// (`None` if the loader now finds nothing: the key is deleted, or negatively cached), or,
+    /// if the refresh fails, the old one as long as its TTL (read before the refresh) has not
+    /// ended — after that, the load error. [`get_or_revalidate`](Loader::get_or_revalidate)
+    /// runs that refresh in the background instead, so no caller waits.
     ///
     /// # Errors
     /// [`Error::Load`] when the loader (this caller's or the one it waited for) failed;
-    /// cache errors.
+    /// [`Error::InvalidConfig`] for stale-while-revalidate with a zero
+    /// [`LoadOptions::refresh_backoff`]; cache errors.
     pub async fn get_or_load<F, Fut, E>(
         &self,
         key: &str,

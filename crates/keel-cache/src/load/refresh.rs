@@ -214,13 +214,19 @@ impl Loader {
     /// with [`LoadOptions::lock`]). A failed refresh keeps the old value (it is served until
     /// its TTL ends), is counted in `<ns>_cache_loader_refreshes_total{result="error"}`, and
     /// the next attempt waits [`LoadOptions::refresh_backoff`], doubled after each failure
-    /// (at most [`MAX_REFRESH_BACKOFF`]). Misses load inline exactly as [`get_or_load`].
+    /// (at most [`MAX_REFRESH_BACKOFF`]); a refresh that ends unfinished (cancelled, or its
+    /// loader panicked) counts as failed. A refresh whose loader finds nothing deletes the
+    /// key (or writes the negative marker if asked). At most [`MAX_REFRESH_KEYS`] refreshes
+    /// run at once; past that a due value is served without one (counted). A running refresh
+    /// is the key's load flight: a miss meanwhile waits for it. Misses load inline exactly as
+    /// [`get_or_load`].
     ///
     /// Must be called inside a Tokio runtime (the refresh is spawned on it).
     ///
     /// # Errors
-    /// As [`get_or_load`]: a miss whose load fails, cache errors. A failed background
-    /// refresh never reaches a caller.
+    /// As [`get_or_load`]: a miss whose load fails, a zero refresh backoff
+    /// ([`Error::InvalidConfig`]), cache errors. A failed background refresh never reaches a
+    /// caller.
     ///
     /// [`get_or_load`]: Loader::get_or_load
     pub async fn get_or_revalidate<F, Fut, E>(
