@@ -319,6 +319,9 @@ impl Loader {
         {
             return (false, None);
         }
+        // Taken before asking: the store measured the remaining TTL at or after this, so
+        // `asked + remaining` is never later than the real expiry.
+        let asked = Instant::now();
         let Ok(remaining) = self.cache.ttl(key).await else {
             return (false, None);
         };
@@ -349,7 +352,7 @@ impl Loader {
             key: key.to_owned(),
             base_backoff: options.refresh_backoff,
             deadline: match remaining {
-                KeyTtl::Expires(left) => Some(Instant::now() + left),
+                KeyTtl::Expires(left) => Some(asked + left),
                 _ => None,
             },
             done: false,
