@@ -10,8 +10,9 @@
 //!   once;
 //! - **stale-while-revalidate** ([`LoadOptions::stale_while_revalidate`]): past a refresh
 //!   age the cached value is returned at once and one refresh per key runs — in the
-//!   background with [`Loader::get_or_revalidate`]; a failed refresh keeps the old value, is
-//!   counted and retried with backoff, and never reaches a caller (see `refresh`);
+//!   background with [`Loader::get_or_revalidate`]; a failed refresh keeps the old value
+//!   (until its TTL ends), is counted and retried with backoff; a refresh that finds nothing
+//!   removes the key (see `refresh`);
 //! - **TTL jitter** ([`LoadOptions::ttl_jitter`]): loaded values are written with a randomly
 //!   shortened TTL, so a fleet that fills at once does not expire at once.
 //!
@@ -46,7 +47,7 @@ use tokio::sync::watch;
 
 mod refresh;
 
-pub use self::refresh::MAX_REFRESH_BACKOFF;
+pub use self::refresh::{MAX_REFRESH_BACKOFF, MAX_REFRESH_KEYS};
 use crate::contract::Cache;
 use crate::contract::CacheFuture;
 use crate::jitter::Jitter;
@@ -92,11 +93,14 @@ pub struct LoadOptions {
     /// Stale-while-revalidate: a hit older than this (age read as `ttl - remaining TTL`, so
     /// only with `ttl: Ttl::After`) is returned at once while one refresh of the key runs
     /// (default: off). The rest of the TTL is the stale window: a value is never served past
-    /// its TTL.
+    /// its TTL as the cache reports it. Over a [`TieredCache`](crate::TieredCache) with
+    /// stale-if-error, the cache's `get` itself may return the L1 copy up to that window past
+    /// the Redis TTL while Redis fails, and the loader serves it as a hit.
     pub stale_while_revalidate: Option<Duration>,
     /// The wait after a failed stale-while-revalidate refresh before the next attempt,
     /// doubled after each further failure up to [`MAX_REFRESH_BACKOFF`] (default
-    /// [`DEFAULT_REFRESH_BACKOFF`]).
+    /// [`DEFAULT_REFRESH_BACKOFF`]). Must be above zero with stale-while-revalidate
+    /// ([`Error::InvalidConfig`] otherwise).
     pub refresh_backoff: Duration,
     /// Shorten the TTL of each loaded value (and negative entry) by a random fraction of
     /// itself, below this jitter (default: none). Applies to `Ttl::After` only.
@@ -262,6 +266,36 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
+/// A flight's result as its waiters get it.
+fn shared(outcome: &Result<Option<Bytes>>) -> std::result::Result<Option<Bytes>, Arc<str>> {
+    match outcome {
+        Ok(v) => Ok(v.clone()),
+        Err(Error::Load { message, .. }) => Err(Arc::from(message.as_str())),
+        Err(e) => Err(Arc::from(e.to_string())),
+    }
+}
+
+/// Waits for the flight behind `rx`: its result, or `None` if its leader was cancelled.
+async fn wait_flight(key: &str, mut rx: watch::Receiver<Outcome>) -> Option<Result<Option<Bytes>>> {
+    let outcome = rx.wait_for(Option::is_some).await.ok()?.clone()?;
+    Some(outcome.map_err(|message| Error::Load {
+        key: crate::error::key_for_error(key),
+        message: message.to_string(),
+    }))
+}
+
+/// Rejects options that cannot work: a zero refresh backoff under stale-while-revalidate
+/// (it would never back off).
+fn check(options: &LoadOptions) -> Result<()> {
+    if options.stale_while_revalidate.is_some() && options.refresh_backoff.is_zero() {
+        return Err(Error::InvalidConfig {
+            field: "refresh_backoff".into(),
+            reason: "must be above zero with stale_while_revalidate (a failed refresh would be retried on every hit)".into(),
+        });
+    }
+    Ok(())
+}
+
 enum Role {
     Leader(watch::Sender<Outcome>),
     Waiter(watch::Receiver<Outcome>),
@@ -308,13 +342,15 @@ impl Loader {
     ///
     /// With [`LoadOptions::stale_while_revalidate`], a hit past its refresh age is returned
     /// at once to every caller but one per key, who refreshes inline and gets the new value
-    /// (or, if the refresh fails, the old one: a failed refresh is never an error while the
-    /// value lives). [`get_or_revalidate`](Loader::get_or_revalidate) runs that refresh in the
-    /// background instead, so no caller waits.
+    /// (`None` if the loader now finds nothing: the key is deleted, or negatively cached), or,
+    /// if the refresh fails, the old one as long as its TTL (read before the refresh) has not
+    /// ended — after that, the load error. [`get_or_revalidate`](Loader::get_or_revalidate)
+    /// runs that refresh in the background instead, so no caller waits.
     ///
     /// # Errors
     /// [`Error::Load`] when the loader (this caller's or the one it waited for) failed;
-    /// cache errors.
+    /// [`Error::InvalidConfig`] for stale-while-revalidate with a zero
+    /// [`LoadOptions::refresh_backoff`]; cache errors.
     pub async fn get_or_load<F, Fut, E>(
         &self,
         key: &str,
@@ -326,14 +362,15 @@ impl Loader {
         Fut: Future<Output = std::result::Result<Option<Bytes>, E>>,
         E: Display,
     {
+        check(options)?;
         let mut loader = Some(loader);
         loop {
             let refresh = match self.cache.get(key).await? {
                 Some(v) if v == NEGATIVE_MARKER => return Ok(None),
                 Some(v) if options.stale_while_revalidate.is_some() => {
-                    return Ok(self
+                    return self
                         .serve_or_refresh_inline(key, options, v, loader.take())
-                        .await);
+                        .await;
                 }
                 Some(v) => {
                     if !self.due_for_refresh(key, options).await {
@@ -355,25 +392,16 @@ impl Loader {
                 }
             };
             match role {
-                Role::Waiter(mut rx) => {
+                Role::Waiter(rx) => {
                     if let Some(stale) = refresh {
                         // Someone is already refreshing: the cached value is still valid.
                         return Ok(Some(stale));
                     }
                     self.waits.inc();
-                    match rx.wait_for(Option::is_some).await {
-                        Ok(outcome) => {
-                            return match outcome.clone() {
-                                Some(Ok(v)) => Ok(v),
-                                Some(Err(message)) => Err(Error::Load {
-                                    key: crate::error::key_for_error(key),
-                                    message: message.to_string(),
-                                }),
-                                None => continue,
-                            };
-                        }
+                    match wait_flight(key, rx).await {
+                        Some(answer) => return answer,
                         // The leader was cancelled before finishing: try again.
-                        Err(_) => continue,
+                        None => continue,
                     }
                 }
                 Role::Leader(tx) => {
@@ -389,12 +417,7 @@ impl Loader {
                         });
                     };
                     let outcome = self.lead(key, options, load).await;
-                    let shared = match &outcome {
-                        Ok(v) => Ok(v.clone()),
-                        Err(Error::Load { message, .. }) => Err(Arc::from(message.as_str())),
-                        Err(e) => Err(Arc::from(e.to_string())),
-                    };
-                    let _ = tx.send(Some(shared));
+                    let _ = tx.send(Some(shared(&outcome)));
                     return outcome;
                 }
             }

@@ -256,3 +256,81 @@ async fn jitter_spreads_l1_expiries() {
         200.0
     );
 }
+
+/// While Redis answers, a key deleted behind the node's back (no invalidation: pub/sub mode)
+/// reads as a miss once `l1_ttl` has passed; that miss drops the stale-tail L1 copy, so when
+/// Redis then freezes, the read fails instead of serving the value Redis said was gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l2_miss_drops_the_stale_copy() {
+    let server = RedisServer::start();
+    let metrics = MetricsService::new("t").unwrap();
+    let stale = pubsub_node(&server, &metrics).await;
+    fill(&stale).await;
+    server.cli(&["DEL", "app:k"]);
+    eventually("the node to read the deletion after l1_ttl", async || {
+        matches!(stale.get("k").await, Ok(None))
+    })
+    .await;
+    server.pause();
+    let got = stale.get("k").await;
+    server.resume();
+    assert!(got.is_err(), "a value L2 had deleted was served: {got:?}");
+    assert_eq!(
+        sample(&metrics, "t_tiered_stale_served_total{cache=\"app\"}"),
+        0.0
+    );
+}
+
+/// A node over `server` in pub/sub mode (no client tracking: redis-cli's changes send no
+/// invalidation), `l1_ttl = 1s`, `stale_if_error = 60s`, 500 ms response timeout.
+async fn pubsub_node(server: &RedisServer, metrics: &MetricsService) -> TieredCache {
+    let l2 = RedisCache::builder("app", Endpoint::Url(Secret::new(server.url())))
+        .response_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(1))
+        .items_refresh(None)
+        .metrics(metrics)
+        .build()
+        .unwrap();
+    let l1 = MemoryCache::builder("app:l1")
+        .max_ttl(Duration::from_secs(61))
+        .metrics(metrics)
+        .build();
+    let node = TieredCache::builder("app", l1, l2)
+        .l1_ttl(Duration::from_secs(1))
+        .stale_if_error(Duration::from_secs(60))
+        .invalidation(keel_cache::Invalidation::PubSub)
+        .metrics(metrics)
+        .build()
+        .unwrap();
+    node.connect().await.unwrap();
+    node
+}
+
+/// Stale serves while Redis is down, then Redis comes back: the resubscription flush covers
+/// them, so the first L2 read that succeeds afterwards does not flush L1 a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resubscription_flush_covers_earlier_stale_serves() {
+    let mut server = RedisServer::start();
+    let metrics = MetricsService::new("t").unwrap();
+    let stale = pubsub_node(&server, &metrics).await;
+    let flushes = || {
+        sample(
+            &metrics,
+            "t_tiered_l1_flushes_total{cache=\"app\",tier=\"l1\"}",
+        )
+    };
+    fill(&stale).await;
+    server.kill();
+    eventually("a stale serve", async || {
+        let _ = stale.get("k").await;
+        sample(&metrics, "t_tiered_stale_served_total{cache=\"app\"}") >= 1.0
+    })
+    .await;
+    let before = flushes();
+    server.restart();
+    eventually("the node to resubscribe", async || stale.is_subscribed()).await;
+    assert_eq!(flushes(), before + 1.0, "the resubscription flushes L1");
+    // The restarted server is empty: an L2 answer.
+    assert_eq!(stale.get("k").await.unwrap(), None);
+    assert_eq!(flushes(), before + 1.0, "L1 flushed a second time");
+}

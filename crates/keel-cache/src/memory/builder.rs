@@ -102,7 +102,8 @@ impl MemoryCacheBuilder {
     /// Caps every entry's lifetime at `max` (`Ttl::Never` and longer TTLs included; rounded up
     /// to whole milliseconds, at most [`MAX_TTL`](crate::MAX_TTL)); `ttl` reports the capped
     /// remainder. Meant for caches whose entries must all expire soon: the tiered cache's L1
-    /// (the config factory builds it with `max_ttl = l1_ttl`). It costs nothing on reads: the
+    /// (the config factory builds it with `max_ttl = l1_ttl`, plus the `stale_if_error`
+    /// window when one is set). It costs nothing on reads: the
     /// capped deadline is stored in the entry like any other.
     pub fn max_ttl(mut self, max: Duration) -> Self {
         self.max_ttl = Some(crate::ttl::round_up_to_millis(max.min(crate::ttl::MAX_TTL)));

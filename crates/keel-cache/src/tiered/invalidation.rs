@@ -324,7 +324,9 @@ impl TieredCache {
                 }
             };
             backoff = Duration::from_millis(50);
-            // Anything could have changed while we were not listening.
+            // Anything could have changed while we were not listening. This flush also covers
+            // any stale serve so far: the next successful L2 read need not flush again.
+            i.degraded.store(false, Ordering::Release);
             i.generations.bump_all();
             let _ = i.l1.clear().await;
             i.metrics.flushes.inc();

@@ -25,6 +25,7 @@
 //!   invalidation.
 //! - `metrics`: the `tiered_*` families.
 
+mod builder;
 mod generations;
 mod invalidation;
 mod metrics;
@@ -35,7 +36,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use keel_metrics::MetricsService;
 use tokio::task::JoinHandle;
 
 pub use crate::config::Invalidation;
@@ -46,6 +46,7 @@ use crate::redis::RedisCache;
 use crate::ttl::{KeyTtl, Ttl};
 use crate::{Error, Result};
 
+pub use self::builder::TieredCacheBuilder;
 use self::generations::Generations;
 use self::metrics::TierMetrics;
 
@@ -148,94 +149,6 @@ struct Inner {
     degraded: AtomicBool,
 }
 
-/// Builder for [`TieredCache`].
-#[derive(Debug)]
-pub struct TieredCacheBuilder {
-    name: String,
-    l1: MemoryCache,
-    l2: RedisCache,
-    l1_ttl: Duration,
-    invalidation: Invalidation,
-    metrics: Option<MetricsService>,
-    stale_if_error: Option<Duration>,
-    jitter: Option<Jitter>,
-}
-
-impl TieredCacheBuilder {
-    /// The longest an entry stays in L1 (default 60 s): the bound on staleness if an
-    /// invalidation is lost without the connection dropping.
-    pub fn l1_ttl(mut self, d: Duration) -> Self {
-        self.l1_ttl = d;
-        self
-    }
-
-    /// Stale-if-error (default: off): while L2 is unreachable (a read fails with a
-    /// [transient](Error::is_transient) error), an L1 entry is served up to `window` past its
-    /// L1 expiry instead of the error (counted in `tiered_stale_served_total`). L1 entries are
-    /// kept `window` longer for this (build L1 with `max_ttl` at least `l1_ttl + window`);
-    /// while L2 answers, an entry past its L1 expiry is a miss as before. The first L2 read
-    /// that succeeds after a stale serve flushes L1, as does a resubscription.
-    pub fn stale_if_error(mut self, window: Duration) -> Self {
-        self.stale_if_error = Some(crate::ttl::round_up_to_millis(window)).filter(|w| !w.is_zero());
-        self
-    }
-
-    /// TTL jitter for L1 fills (default: none): each fill's L1 lifetime is shortened by a
-    /// random fraction below `jitter` (counted in `tiered_l1_jittered_fills_total`), so the
-    /// copies a fleet filled at once do not all expire at once.
-    pub fn ttl_jitter(mut self, jitter: Jitter) -> Self {
-        self.jitter = Some(jitter);
-        self
-    }
-
-    /// How L1 learns of changes in L2 (default [`Invalidation::Tracking`]).
-    pub fn invalidation(mut self, mode: Invalidation) -> Self {
-        self.invalidation = mode;
-        self
-    }
-
-    /// Registry for the `tiered_*` metrics (default: [`MetricsService::global`]).
-    pub fn metrics(mut self, metrics: &MetricsService) -> Self {
-        self.metrics = Some(metrics.clone());
-        self
-    }
-
-    /// Builds the cache (call `connect` to start it).
-    ///
-    /// # Errors
-    /// [`Error::Backend`] if the OS has no randomness for the node id.
-    pub fn build(self) -> Result<TieredCache> {
-        let service = self
-            .metrics
-            .unwrap_or_else(|| MetricsService::global().clone());
-        let channel = format!("{}__keel_invalidate", self.l2.prefix());
-        Ok(TieredCache {
-            inner: Arc::new(Inner {
-                generations: Generations::new(),
-                metrics: TierMetrics::new(&service, &self.name),
-                name: self.name,
-                l1: self.l1,
-                l2: self.l2,
-                l1_ttl: crate::ttl::round_up_to_millis(self.l1_ttl),
-                node: node_id()?,
-                channel,
-                invalidation: self.invalidation,
-                tracking: AtomicBool::new(false),
-                tracking_refused: AtomicBool::new(false),
-                subscribed: AtomicBool::new(false),
-                subscribe_error: std::sync::Mutex::new(None),
-                undelivered: std::sync::Mutex::new(None),
-                settling: std::sync::atomic::AtomicUsize::new(0),
-                settle_all: AtomicBool::new(false),
-                listener: std::sync::Mutex::new(None),
-                stale_if_error: self.stale_if_error,
-                jitter: self.jitter,
-                degraded: AtomicBool::new(false),
-            }),
-        })
-    }
-}
-
 /// Memory in front of Redis, coherent across nodes. Cheap to clone.
 #[derive(Clone)]
 pub struct TieredCache {
@@ -253,24 +166,6 @@ impl std::fmt::Debug for TieredCache {
 }
 
 impl TieredCache {
-    /// A builder for a tiered cache called `name` over `l1` and `l2`.
-    ///
-    /// Build `l1` with [`MemoryCacheBuilder::max_ttl`](crate::MemoryCacheBuilder::max_ttl) set
-    /// to the `l1_ttl` (plus the [`stale_if_error`](TieredCacheBuilder::stale_if_error)
-    /// window, if any): no L1 entry lives longer anyway (the config factory does this).
-    pub fn builder(name: impl Into<String>, l1: MemoryCache, l2: RedisCache) -> TieredCacheBuilder {
-        TieredCacheBuilder {
-            name: name.into(),
-            l1,
-            l2,
-            l1_ttl: DEFAULT_L1_TTL,
-            invalidation: Invalidation::default(),
-            metrics: None,
-            stale_if_error: None,
-            jitter: None,
-        }
-    }
-
     /// Whether the invalidation subscription is live (L1 is only used while it is).
     pub fn is_subscribed(&self) -> bool {
         self.inner.subscribed.load(Ordering::Acquire)
@@ -416,7 +311,10 @@ impl TieredCache {
 
     async fn read_l2(&self, key: &str) -> Result<Option<Bytes>> {
         let i = &self.inner;
-        let use_l1 = self.is_subscribed();
+        // With stale-if-error, L1 follows every L2 answer even while unsubscribed (reads
+        // bypass it then, but an outage would serve it): a copy L2 has shown outdated must not
+        // be served on the next transient error.
+        let use_l1 = self.is_subscribed() || i.stale_if_error.is_some();
         // Read before L2: any invalidation from here on makes the fill below stand down.
         let generation = i.generations.get(key);
         let answer = match i.l2.get_with_ttl(key).await {
@@ -452,6 +350,10 @@ impl TieredCache {
             }
             None => {
                 i.metrics.l2_misses.inc();
+                if i.stale_if_error.is_some() {
+                    // Gone from L2: drop the stale-tail copy too.
+                    let _ = i.l1.delete(key).await;
+                }
                 Ok(None)
             }
         }
@@ -630,15 +532,4 @@ fn always<T>(r: &Result<T>) -> bool {
 /// As [`always`], and a definite "not stored" changed nothing either.
 fn unless_refused(r: &Result<bool>) -> bool {
     !matches!(r, Ok(false)) && always(r)
-}
-
-/// A 128-bit random id for this node's invalidation messages, from the OS CSPRNG.
-fn node_id() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Backend {
-        cache: "tiered".into(),
-        operation: "node id",
-        message: format!("no randomness: {e}"),
-    })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

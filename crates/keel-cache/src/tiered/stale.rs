@@ -8,7 +8,9 @@
 //! left, counted in `tiered_stale_served_total`, and the error otherwise. When the
 //! invalidation connection drops, L1 is kept (bypassed for reads L2 can answer) instead of
 //! flushed; it is flushed on resubscription, and on the first L2 read that succeeds after a
-//! stale serve (invalidations may have been missed either way).
+//! stale serve not yet covered by a resubscription flush (invalidations may have been missed
+//! either way). Every L2 answer updates L1, subscribed or not: a hit overwrites the copy, a
+//! miss deletes it, so an outage never serves a copy L2 has already shown outdated.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
