@@ -158,6 +158,35 @@ pub(crate) async fn bounded<T>(
     }
 }
 
+/// A grant whose reply came back late (a slow or frozen server queued the acquire) has
+/// little of its lease left on the local clock, which runs from when the acquire was sent:
+/// handed out as is, a supervised command would be stopped at once. Past a quarter of the
+/// TTL it is renewed once first, and the lease then runs from the renewal's send time.
+/// Returns the instant the lease runs from, or `None` when the renewal found the lease gone
+/// (treated as not acquired). On a renewal error the lease is given back in the background.
+pub(crate) async fn renew_late_grant(
+    ops: Arc<dyn LeaseOps>,
+    name: &str,
+    token: &str,
+    ttl: Duration,
+    sent: Instant,
+    deadline: Option<Instant>,
+    operation: &'static str,
+) -> Result<Option<Instant>> {
+    if sent.elapsed() <= ttl / 4 {
+        return Ok(Some(sent));
+    }
+    let again = Instant::now();
+    match bounded(deadline, name, operation, ops.extend(name, token, ttl)).await {
+        Ok(true) => Ok(Some(again)),
+        Ok(false) => Ok(None),
+        Err(e) => {
+            release_in_background(ops, name, token);
+            Err(e)
+        }
+    }
+}
+
 /// Gives back, in a spawned task (so the caller's wait is not extended), a lease that an
 /// acquire whose outcome is unknown may have taken with `token`: owner-checked, a few tries
 /// while the connection comes back; if they all fail, the TTL still frees it.

@@ -45,7 +45,9 @@ use tokio::time::Instant;
 
 use crate::error::{check_name, name_for_error, round_up_to_millis};
 pub use crate::lease::LockGuard;
-use crate::lease::{LockLease, Waiting, bounded, release_in_background, wait_deadline};
+use crate::lease::{
+    LockLease, Waiting, bounded, release_in_background, renew_late_grant, wait_deadline,
+};
 use crate::metrics::{LeaseMetrics, LockLabels};
 use crate::store::LockStore;
 use crate::{Error, Result};
@@ -242,6 +244,11 @@ impl Locker {
         };
         let Some(fence) = acquired else {
             self.metrics.contention.get_or_create(&labels).inc();
+            return Ok(None);
+        };
+        let lease = Arc::new(LockLease(self.store.clone()));
+        let Some(sent) = renew_late_grant(lease, name, &token, ttl, sent, deadline, "lock").await?
+        else {
             return Ok(None);
         };
         self.metrics.acquisitions.get_or_create(&labels).inc();

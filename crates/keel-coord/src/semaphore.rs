@@ -43,7 +43,9 @@ use keel_metrics::MetricsService;
 use tokio::time::Instant;
 
 use crate::error::{check_name, name_for_error, round_up_to_millis};
-use crate::lease::{PermitLease, Waiting, bounded, release_in_background, wait_deadline};
+use crate::lease::{
+    PermitLease, Waiting, bounded, release_in_background, renew_late_grant, wait_deadline,
+};
 use crate::lock::{DEFAULT_POLL_CAP, LockGuard, LockOptions, check_lock, new_token};
 use crate::metrics::{LeaseMetrics, SemaphoreLabels};
 use crate::store::SemaphoreStore;
@@ -230,6 +232,12 @@ impl Semaphore {
         };
         let Some(fence) = acquired else {
             self.metrics.contention.get_or_create(&labels).inc();
+            return Ok(None);
+        };
+        let lease = Arc::new(PermitLease(self.store.clone()));
+        let Some(sent) =
+            renew_late_grant(lease, name, &token, ttl, sent, deadline, "semaphore").await?
+        else {
             return Ok(None);
         };
         self.metrics.acquisitions.get_or_create(&labels).inc();
