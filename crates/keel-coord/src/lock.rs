@@ -229,7 +229,10 @@ impl Locker {
         };
         let sent = Instant::now();
         let labels = LockLabels {
-            lock: name.to_owned(),
+            lock: options
+                .metrics_label
+                .clone()
+                .unwrap_or_else(|| name.to_owned()),
         };
         let call = self.store.acquire(name, &token, ttl);
         let acquired = match bounded(deadline, name, "lock", call).await {
@@ -279,6 +282,10 @@ pub struct LockOptions {
     pub watchdog: bool,
     /// Put this in front of the random token (e.g. an identity, for `holder()` readers).
     pub token_prefix: Option<String>,
+    /// The `lock` (or `semaphore`) label of this acquisition's metrics (default: the name).
+    /// Set it when names are unbounded (one per key, per client IP), so the number of series
+    /// stays bounded; `get_or_load`'s load locks use `load`.
+    pub metrics_label: Option<String>,
 }
 
 impl LockOptions {
@@ -286,8 +293,16 @@ impl LockOptions {
     pub fn watchdog() -> Self {
         Self {
             watchdog: true,
-            token_prefix: None,
+            ..Self::default()
         }
+    }
+
+    /// Records this acquisition's metrics under `label` instead of the name. Sets the
+    /// `metrics_label` field.
+    #[must_use]
+    pub fn metrics_label(mut self, label: impl Into<String>) -> Self {
+        self.metrics_label = Some(label.into());
+        self
     }
 
     /// Puts `prefix` in front of the random token. Sets the `token_prefix` field.
@@ -309,7 +324,13 @@ impl LoadLock for Locker {
     ) -> CacheFuture<'a, keel_cache::Result<Box<dyn LoadLockGuard>>> {
         CacheFuture::boxed(async move {
             match self
-                .lock_with(name, ttl, wait, LockOptions::watchdog())
+                .lock_with(
+                    name,
+                    ttl,
+                    wait,
+                    // One series for all load locks: their names are per key.
+                    LockOptions::watchdog().metrics_label("load"),
+                )
                 .await
             {
                 Ok(guard) => Ok(Box::new(guard) as Box<dyn LoadLockGuard>),

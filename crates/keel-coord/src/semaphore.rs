@@ -216,7 +216,10 @@ impl Semaphore {
             None => new_token()?,
         };
         let labels = SemaphoreLabels {
-            semaphore: name.to_owned(),
+            semaphore: options
+                .metrics_label
+                .clone()
+                .unwrap_or_else(|| name.to_owned()),
         };
         let sent = Instant::now();
         let call = self.store.acquire_permit(name, &token, permits, ttl);

@@ -609,3 +609,48 @@ fn a_namespace_with_braces_is_rejected() {
         );
     }
 }
+
+/// Load locks are named per key (`load:<hash>`): their metrics share one `lock="load"` series,
+/// so a cache with a million keys does not make a million series; a name-labelled lock keeps
+/// its name, and `metrics_label` picks another label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_lock_names_do_not_make_unbounded_series() {
+    use keel_cache::load::{LoadOptions, Loader};
+    let metrics = keel_metrics::MetricsService::new("lab").unwrap();
+    let locker = Locker::with_metrics(MemoryStore::new(), &metrics);
+    let loader = Loader::new(Arc::new(MemoryCache::builder("loads").build()));
+    let options = LoadOptions::new(Ttl::After(Duration::from_secs(60)))
+        .lock(locker.clone(), Duration::from_secs(5));
+    for i in 0..20 {
+        let key = format!("user:{i}");
+        let got = loader
+            .get_or_load(&key, &options, || async {
+                Ok::<_, std::io::Error>(Some(keel_cache::Bytes::from_static(b"v")))
+            })
+            .await
+            .unwrap();
+        assert!(got.is_some());
+    }
+    let named = locker
+        .try_lock("reports", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    named.release().await.unwrap();
+    let relabelled = locker
+        .try_lock_with(
+            "smtp:203.0.113.7",
+            Duration::from_secs(5),
+            LockOptions::default().metrics_label("smtp"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    relabelled.release().await.unwrap();
+    let text = metrics.render();
+    assert!(text.contains("lock=\"load\""), "{text}");
+    assert!(!text.contains("lock=\"load:"), "{text}");
+    assert!(text.contains("lock=\"reports\""), "{text}");
+    assert!(text.contains("lock=\"smtp\""), "{text}");
+    assert!(!text.contains("203.0.113.7"), "{text}");
+}
