@@ -13,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::error::round_up_to_millis;
-use crate::lock::check_lock;
+use crate::lock::{LockOptions, check_lock};
+use crate::metrics::LeaseMetrics;
 use crate::store::{CoordFuture, LockStore, SemaphoreStore, Wakeups};
+use prometheus_client::encoding::EncodeLabelSet;
 
 /// The two store operations a held lease needs.
 pub(crate) trait LeaseOps: Send + Sync + 'static {
@@ -158,13 +160,68 @@ pub(crate) async fn bounded<T>(
     }
 }
 
+/// One acquire attempt of a lock or a permit, after its checks: `call` (the store's acquire
+/// with `token`, not yet polled) bounded by the wait's `deadline`; a lost reply's lease given
+/// back in the background; a late grant renewed; contention, acquisition and wait counted
+/// under `labels`; the guard, or `None` when the lock or every permit is held.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn grant<L>(
+    ops: Arc<dyn LeaseOps>,
+    metrics: &LeaseMetrics<L>,
+    labels: L,
+    (name, token, ttl): (&str, &str, Duration),
+    options: &LockOptions,
+    (asked, deadline): (Instant, Option<Instant>),
+    operation: &'static str,
+    call: CoordFuture<'_, Result<Option<u64>>>,
+) -> Result<Option<LockGuard>>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let sent = Instant::now();
+    let acquired = match bounded(deadline, name, operation, call).await {
+        Ok(acquired) => acquired,
+        Err(e) if e.is_outcome_unknown() => {
+            // It may have taken the lease with a token nobody knows: give it back, in the
+            // background so the wait is not extended.
+            release_in_background(ops, name, token);
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(fence) = acquired else {
+        metrics.contention.get_or_create(&labels).inc();
+        return Ok(None);
+    };
+    let Some(sent) =
+        renew_late_grant(ops.clone(), name, token, ttl, sent, deadline, operation).await?
+    else {
+        return Ok(None);
+    };
+    metrics.acquisitions.get_or_create(&labels).inc();
+    metrics
+        .wait
+        .get_or_create(&labels)
+        .observe(asked.elapsed().as_secs_f64());
+    Ok(Some(LockGuard::start(
+        ops,
+        metrics.instruments(&labels),
+        name.to_owned(),
+        token.to_owned(),
+        fence,
+        ttl,
+        sent,
+        options.watchdog,
+    )))
+}
+
 /// A grant whose reply came back late (a slow or frozen server queued the acquire) has
 /// little of its lease left on the local clock, which runs from when the acquire was sent:
 /// handed out as is, a supervised command would be stopped at once. Past a quarter of the
 /// TTL it is renewed once first, and the lease then runs from the renewal's send time.
 /// Returns the instant the lease runs from, or `None` when the renewal found the lease gone
 /// (treated as not acquired). On a renewal error the lease is given back in the background.
-pub(crate) async fn renew_late_grant(
+async fn renew_late_grant(
     ops: Arc<dyn LeaseOps>,
     name: &str,
     token: &str,

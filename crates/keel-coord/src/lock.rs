@@ -45,9 +45,7 @@ use tokio::time::Instant;
 
 use crate::error::{check_name, name_for_error, round_up_to_millis};
 pub use crate::lease::LockGuard;
-use crate::lease::{
-    LockLease, Waiting, bounded, release_in_background, renew_late_grant, wait_deadline,
-};
+use crate::lease::{LockLease, Waiting, grant, wait_deadline};
 use crate::metrics::{LeaseMetrics, LockLabels};
 use crate::store::LockStore;
 use crate::{Error, Result};
@@ -223,52 +221,22 @@ impl Locker {
     ) -> Result<Option<LockGuard>> {
         check_lock(name, ttl)?;
         let ttl = round_up_to_millis(ttl);
-        let token = match &options.token_prefix {
-            Some(prefix) => format!("{prefix}{}", new_token()?),
-            None => new_token()?,
-        };
-        let sent = Instant::now();
+        let token = options.new_token()?;
         let labels = LockLabels {
-            lock: options
-                .metrics_label
-                .clone()
-                .unwrap_or_else(|| name.to_owned()),
+            lock: options.label_for(name),
         };
         let call = self.store.acquire(name, &token, ttl);
-        let acquired = match bounded(deadline, name, "lock", call).await {
-            Ok(acquired) => acquired,
-            Err(e) if e.is_outcome_unknown() => {
-                // It may have taken the lock with a token nobody knows: give it back, in
-                // the background so the wait is not extended.
-                release_in_background(Arc::new(LockLease(self.store.clone())), name, &token);
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(fence) = acquired else {
-            self.metrics.contention.get_or_create(&labels).inc();
-            return Ok(None);
-        };
-        let lease = Arc::new(LockLease(self.store.clone()));
-        let Some(sent) = renew_late_grant(lease, name, &token, ttl, sent, deadline, "lock").await?
-        else {
-            return Ok(None);
-        };
-        self.metrics.acquisitions.get_or_create(&labels).inc();
-        self.metrics
-            .wait
-            .get_or_create(&labels)
-            .observe(asked.elapsed().as_secs_f64());
-        Ok(Some(LockGuard::start(
+        grant(
             Arc::new(LockLease(self.store.clone())),
-            self.metrics.instruments(&labels),
-            name.to_owned(),
-            token,
-            fence,
-            ttl,
-            sent,
-            options.watchdog,
-        )))
+            &self.metrics,
+            labels,
+            (name, &token, ttl),
+            options,
+            (asked, deadline),
+            "lock",
+            call,
+        )
+        .await
     }
 }
 
@@ -295,6 +263,22 @@ impl LockOptions {
             watchdog: true,
             ..Self::default()
         }
+    }
+
+    /// A fresh random token, behind `token_prefix` if there is one.
+    pub(crate) fn new_token(&self) -> Result<String> {
+        let token = new_token()?;
+        Ok(match &self.token_prefix {
+            Some(prefix) => format!("{prefix}{token}"),
+            None => token,
+        })
+    }
+
+    /// The metrics label of an acquisition of `name`: `metrics_label`, else the name.
+    pub(crate) fn label_for(&self, name: &str) -> String {
+        self.metrics_label
+            .clone()
+            .unwrap_or_else(|| name.to_owned())
     }
 
     /// Records this acquisition's metrics under `label` instead of the name. Sets the

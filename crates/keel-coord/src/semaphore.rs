@@ -43,10 +43,8 @@ use keel_metrics::MetricsService;
 use tokio::time::Instant;
 
 use crate::error::{check_name, name_for_error, round_up_to_millis};
-use crate::lease::{
-    PermitLease, Waiting, bounded, release_in_background, renew_late_grant, wait_deadline,
-};
-use crate::lock::{DEFAULT_POLL_CAP, LockGuard, LockOptions, check_lock, new_token};
+use crate::lease::{PermitLease, Waiting, grant, wait_deadline};
+use crate::lock::{DEFAULT_POLL_CAP, LockGuard, LockOptions, check_lock};
 use crate::metrics::{LeaseMetrics, SemaphoreLabels};
 use crate::store::SemaphoreStore;
 use crate::{Error, Result};
@@ -211,52 +209,21 @@ impl Semaphore {
         check_permits(name, permits)?;
         check_lock(name, ttl)?;
         let ttl = round_up_to_millis(ttl);
-        let token = match &options.token_prefix {
-            Some(prefix) => format!("{prefix}{}", new_token()?),
-            None => new_token()?,
-        };
+        let token = options.new_token()?;
         let labels = SemaphoreLabels {
-            semaphore: options
-                .metrics_label
-                .clone()
-                .unwrap_or_else(|| name.to_owned()),
+            semaphore: options.label_for(name),
         };
-        let sent = Instant::now();
         let call = self.store.acquire_permit(name, &token, permits, ttl);
-        let acquired = match bounded(deadline, name, "semaphore", call).await {
-            Ok(acquired) => acquired,
-            Err(e) if e.is_outcome_unknown() => {
-                // It may have taken a permit with a token nobody knows: give it back, in
-                // the background so the wait is not extended.
-                release_in_background(Arc::new(PermitLease(self.store.clone())), name, &token);
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(fence) = acquired else {
-            self.metrics.contention.get_or_create(&labels).inc();
-            return Ok(None);
-        };
-        let lease = Arc::new(PermitLease(self.store.clone()));
-        let Some(sent) =
-            renew_late_grant(lease, name, &token, ttl, sent, deadline, "semaphore").await?
-        else {
-            return Ok(None);
-        };
-        self.metrics.acquisitions.get_or_create(&labels).inc();
-        self.metrics
-            .wait
-            .get_or_create(&labels)
-            .observe(asked.elapsed().as_secs_f64());
-        Ok(Some(LockGuard::start(
+        grant(
             Arc::new(PermitLease(self.store.clone())),
-            self.metrics.instruments(&labels),
-            name.to_owned(),
-            token,
-            fence,
-            ttl,
-            sent,
-            options.watchdog,
-        )))
+            &self.metrics,
+            labels,
+            (name, &token, ttl),
+            options,
+            (asked, deadline),
+            "semaphore",
+            call,
+        )
+        .await
     }
 }
