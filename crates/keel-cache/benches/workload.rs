@@ -73,6 +73,15 @@ impl RawCache for moka::sync::Cache<String, Bytes> {
     }
 }
 
+impl RawCache for quick_cache::sync::Cache<Box<str>, (Bytes, u64)> {
+    fn put(&self, key: String, value: Bytes) {
+        self.insert(key.into(), (value, u64::MAX));
+    }
+    fn fetch(&self, key: &str) -> Option<Bytes> {
+        self.get(key).map(|v| v.0)
+    }
+}
+
 impl RawCache for quick_cache::sync::Cache<String, Bytes> {
     fn put(&self, key: String, value: Bytes) {
         self.insert(key, value);
@@ -196,6 +205,15 @@ impl Workload {
                 expiry.insert(k.clone(), Bytes::copy_from_slice(&value));
                 listener.insert(k.clone(), Bytes::copy_from_slice(&value));
             }
+            let q2: quick_cache::sync::Cache<Box<str>, (Bytes, u64)> =
+                quick_cache::sync::Cache::new(KEYS);
+            for k in keys.iter() {
+                q2.insert(
+                    k.as_str().into(),
+                    (Bytes::copy_from_slice(&value), u64::MAX),
+                );
+            }
+            contenders.push(("quick_boxstr_stored", Arc::new(Raw(q2))));
             contenders.push(("moka_with_expiry", Arc::new(Raw(expiry))));
             contenders.push(("moka_with_listener", Arc::new(Raw(listener))));
         }

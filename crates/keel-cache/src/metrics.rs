@@ -340,20 +340,39 @@ impl std::fmt::Debug for CacheInstruments {
 impl CacheInstruments {
     #[inline]
     fn stripe(&self) -> &StatsStripe {
-        &self.stats.stripes[stripe()]
+        self.stripe_at(stripe())
+    }
+
+    /// Stripe `i` (any `usize`: taken modulo the stripe count, a mask, so no bounds panic).
+    #[inline(always)]
+    fn stripe_at(&self, i: usize) -> &StatsStripe {
+        &self.stats.stripes[i % STRIPES]
     }
 
     /// Counts one request of `op` with `status` that took `elapsed`. A pair the operation
     /// never reports (e.g. `set`/`hit`) is counted as `Ok` for writes and `Error` otherwise.
     #[inline]
     pub fn record(&self, op: Operation, status: Status, elapsed: Duration) {
+        self.record_in(stripe(), op, status, elapsed);
+    }
+
+    /// [`record`](Self::record) on a stripe the caller already knows (a backend that keeps
+    /// the thread's stripe in its own thread-local saves a second thread-local access).
+    #[inline(always)]
+    pub(crate) fn record_in(
+        &self,
+        stripe: usize,
+        op: Operation,
+        status: Status,
+        elapsed: Duration,
+    ) {
         let cell = cell_index(op, status)
             .or_else(|| cell_index(op, Status::Ok))
             .or_else(|| cell_index(op, Status::Error))
             .unwrap_or(0);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let base = cell * CELL_SLOTS;
-        let s = self.stripe();
+        let s = self.stripe_at(stripe);
         s.slots[base + bucket_index(nanos)].fetch_add(1, Ordering::Relaxed);
         s.slots[base + BUCKETS].fetch_add(nanos, Ordering::Relaxed);
     }
@@ -364,11 +383,18 @@ impl CacheInstruments {
     /// calls (see docs/metrics.md): one relaxed atomic add.
     #[inline]
     pub fn count(&self, op: Operation, status: Status) {
+        self.count_in(stripe(), op, status);
+    }
+
+    /// [`count`](Self::count) on a stripe the caller already knows (see
+    /// [`record_in`](Self::record_in)).
+    #[inline(always)]
+    pub(crate) fn count_in(&self, stripe: usize, op: Operation, status: Status) {
         let cell = cell_index(op, status)
             .or_else(|| cell_index(op, Status::Ok))
             .or_else(|| cell_index(op, Status::Error))
             .unwrap_or(0);
-        self.stripe().slots[cell * CELL_SLOTS + UNTIMED].fetch_add(1, Ordering::Relaxed);
+        self.stripe_at(stripe).slots[cell * CELL_SLOTS + UNTIMED].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A `get` that found its key (also counts towards `hits_total`).

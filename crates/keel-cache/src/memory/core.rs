@@ -145,21 +145,24 @@ impl Stripes {
 /// request counts stay exact. See docs/metrics.md.
 pub(super) const TIME_ONE_IN: u32 = 8;
 
-/// Per-thread, per-operation ticks choosing which calls are timed: the first call of each
-/// operation on a thread, then every `one_in`-th (so even a short-lived thread or a rare
-/// operation has its latency in the histogram).
-#[inline]
-fn sampled(one_in: u32, op: Operation) -> bool {
-    thread_local! {
-        static TICKS: [Cell<u32>; OPS] = const { [const { Cell::new(0) }; OPS] };
-    }
-    one_in <= 1
-        || TICKS.with(|ticks| {
-            let t = &ticks[op_slot(op)];
-            let n = t.get();
-            t.set(n.wrapping_add(1));
-            n.is_multiple_of(one_in)
-        })
+/// What a thread keeps for the metrics, in one thread-local (one access per call): a
+/// countdown per operation choosing which calls are timed — the first call of each
+/// operation on a thread, then every `one_in`-th, so even a short-lived thread or a rare
+/// operation has its latency in the histogram; a countdown, not a modulo, so no division on
+/// the hot path — and the thread's metrics stripe.
+struct Local {
+    ticks: [Cell<u32>; OPS],
+    /// The thread's stripe of the request counters; `usize::MAX` until first asked.
+    stripe: Cell<usize>,
+}
+
+thread_local! {
+    static LOCAL: Local = const {
+        Local {
+            ticks: [const { Cell::new(0) }; OPS],
+            stripe: Cell::new(usize::MAX),
+        }
+    };
 }
 
 /// Operations with a tick of their own.
@@ -184,20 +187,38 @@ fn op_slot(op: Operation) -> usize {
     }
 }
 
-/// The start of a call: a clock reading for the sampled calls.
+/// The start of a call: a clock reading for the sampled calls, and the calling thread's
+/// metrics stripe.
 #[derive(Clone, Copy)]
-struct Timer(Option<Instant>);
+struct Timer {
+    start: Option<Instant>,
+    stripe: usize,
+}
 
 impl Timer {
-    #[inline]
+    #[inline(always)]
     fn start(one_in: u32, op: Operation) -> Self {
-        Timer(sampled(one_in, op).then(Instant::now))
+        LOCAL.with(|local| {
+            let mut stripe = local.stripe.get();
+            if stripe == usize::MAX {
+                stripe = keel_metrics::striped::stripe();
+                local.stripe.set(stripe);
+            }
+            let tick = &local.ticks[op_slot(op)];
+            let left = tick.get();
+            let timed = left == 0;
+            tick.set(if timed { one_in - 1 } else { left - 1 });
+            Timer {
+                start: timed.then(Instant::now),
+                stripe,
+            }
+        })
     }
 
     /// Nanoseconds since the epoch for deadlines: the timer's reading when it has one.
     #[inline]
     fn now_nanos(self) -> u64 {
-        match self.0 {
+        match self.start {
             Some(t) => expiry::nanos_at(t),
             None => expiry::now_nanos(),
         }
@@ -324,7 +345,7 @@ impl Shared {
 
     /// A live entry or `None`. An expired entry found here is removed (unless a write replaced
     /// it meanwhile) and counted as an expiry eviction by whichever call removed it.
-    #[inline]
+    #[inline(always)]
     fn live(&self, key: &str) -> Option<Stored> {
         let v = self.store.get(key)?;
         if v.expires_at == NEVER {
@@ -388,7 +409,7 @@ impl Shared {
     }
 
     /// Records `op` with its outcome and passes the result through.
-    #[inline]
+    #[inline(always)]
     fn finish<T>(&self, op: Operation, timer: Timer, result: Result<T>) -> Result<T> {
         let status = if result.is_ok() {
             Status::Ok
@@ -400,11 +421,13 @@ impl Shared {
     }
 
     /// Counts one call; the sampled ones also go into the duration histogram.
-    #[inline]
+    #[inline(always)]
     fn record(&self, op: Operation, status: Status, timer: Timer) {
-        match timer.0 {
-            Some(start) => self.metrics.record(op, status, start.elapsed()),
-            None => self.metrics.count(op, status),
+        match timer.start {
+            Some(start) => self
+                .metrics
+                .record_in(timer.stripe, op, status, start.elapsed()),
+            None => self.metrics.count_in(timer.stripe, op, status),
         }
     }
 
