@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_cache::{Cache, Capacity, MemoryCache, Ttl};
+use keel_cache::{Cache, CacheFuture, CacheKind, Capacity, Error, KeyTtl, MemoryCache, Ttl};
 use keel_metrics::MetricsService;
 
 pub const KEYS: usize = 100_000;
@@ -112,6 +112,103 @@ impl<C: RawCache> Contender for Raw<C> {
     }
 }
 
+/// The floor of the `Cache` API's shape: raw quick_cache (Keel's key and value types) behind
+/// `dyn Cache` and `CacheFuture`, with nothing else — no key check, no open check, no TTL,
+/// no stripe, no metrics. Only `get` and `set` work. What it costs over `raw_quick_cache` is
+/// what any backend pays for being called through the trait; what `keel_memory` costs over
+/// it is the backend's own work.
+#[derive(Debug)]
+struct DynFloor(quick_cache::sync::Cache<Box<str>, (Bytes, u64)>);
+
+impl DynFloor {
+    fn unsupported<'a, T: Send + 'a>(&self) -> CacheFuture<'a, keel_cache::Result<T>> {
+        CacheFuture::ready(Err(Error::Closed {
+            cache: "dyn_floor".into(),
+        }))
+    }
+}
+
+impl Cache for DynFloor {
+    fn name(&self) -> &str {
+        "dyn_floor"
+    }
+    fn kind(&self) -> CacheKind {
+        CacheKind::Memory
+    }
+    fn connect<'a>(&'a self) -> CacheFuture<'a, keel_cache::Result<()>> {
+        CacheFuture::ready(Ok(()))
+    }
+    fn close<'a>(&'a self) -> CacheFuture<'a, keel_cache::Result<()>> {
+        CacheFuture::ready(Ok(()))
+    }
+    fn is_connected(&self) -> bool {
+        true
+    }
+    fn get<'a>(&'a self, key: &'a str) -> CacheFuture<'a, keel_cache::Result<Option<Bytes>>> {
+        CacheFuture::ready(Ok(self.0.get(key).map(|v| v.0)))
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        _ttl: Ttl,
+    ) -> CacheFuture<'a, keel_cache::Result<()>> {
+        self.0.insert(key.into(), (value, u64::MAX));
+        CacheFuture::ready(Ok(()))
+    }
+    fn delete<'a>(&'a self, _: &'a str) -> CacheFuture<'a, keel_cache::Result<bool>> {
+        self.unsupported()
+    }
+    fn exists<'a>(&'a self, _: &'a str) -> CacheFuture<'a, keel_cache::Result<bool>> {
+        self.unsupported()
+    }
+    fn expire<'a>(&'a self, _: &'a str, _: Ttl) -> CacheFuture<'a, keel_cache::Result<bool>> {
+        self.unsupported()
+    }
+    fn ttl<'a>(&'a self, _: &'a str) -> CacheFuture<'a, keel_cache::Result<KeyTtl>> {
+        self.unsupported()
+    }
+    fn set_nx<'a>(
+        &'a self,
+        _: &'a str,
+        _: Bytes,
+        _: Ttl,
+    ) -> CacheFuture<'a, keel_cache::Result<bool>> {
+        self.unsupported()
+    }
+    fn set_if_match<'a>(
+        &'a self,
+        _: &'a str,
+        _: Bytes,
+        _: &'a [u8],
+        _: Ttl,
+    ) -> CacheFuture<'a, keel_cache::Result<bool>> {
+        self.unsupported()
+    }
+    fn incr_by<'a>(&'a self, _: &'a str, _: i64) -> CacheFuture<'a, keel_cache::Result<i64>> {
+        self.unsupported()
+    }
+    fn get_many<'a>(
+        &'a self,
+        _: &'a [&'a str],
+    ) -> CacheFuture<'a, keel_cache::Result<Vec<Option<Bytes>>>> {
+        self.unsupported()
+    }
+    fn set_many<'a>(
+        &'a self,
+        _: &'a [(&'a str, Bytes)],
+        _: Ttl,
+    ) -> CacheFuture<'a, keel_cache::Result<()>> {
+        self.unsupported()
+    }
+    fn delete_many<'a>(&'a self, _: &'a [&'a str]) -> CacheFuture<'a, keel_cache::Result<u64>> {
+        self.unsupported()
+    }
+    fn clear<'a>(&'a self) -> CacheFuture<'a, keel_cache::Result<()>> {
+        self.unsupported()
+    }
+}
+
 struct Keel(Arc<dyn Cache>);
 
 impl Contender for Keel {
@@ -177,9 +274,17 @@ impl Workload {
                 }
             }
         });
+        let floor = DynFloor(quick_cache::sync::Cache::new(KEYS));
+        for k in keys.iter() {
+            floor.0.insert(
+                k.as_str().into(),
+                (Bytes::copy_from_slice(&value), u64::MAX),
+            );
+        }
         let mut contenders: Vec<(&'static str, Arc<dyn Contender>)> = vec![
             ("raw_moka", Arc::new(Raw(raw))),
             ("raw_quick_cache", Arc::new(Raw(quick))),
+            ("dyn_cache_floor", Arc::new(Keel(Arc::new(floor)))),
             ("keel_memory", Arc::new(Keel(Arc::new(keel)))),
             (
                 "keel_memory_no_eviction_count",

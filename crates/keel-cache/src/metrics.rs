@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use keel_metrics::MetricsService;
-use keel_metrics::striped::{BUCKETS, STRIPES, bucket_index, bucket_pairs, stripe};
+use keel_metrics::striped::{BUCKETS, STRIPES, Slot, bucket_index, bucket_pairs, slot};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -338,63 +338,53 @@ impl std::fmt::Debug for CacheInstruments {
 }
 
 impl CacheInstruments {
-    #[inline]
-    fn stripe(&self) -> &StatsStripe {
-        self.stripe_at(stripe())
-    }
-
-    /// Stripe `i` (any `usize`: taken modulo the stripe count, a mask, so no bounds panic).
+    /// The calling thread's stripe of this cache's cells, and how to add to it.
     #[inline(always)]
-    fn stripe_at(&self, i: usize) -> &StatsStripe {
-        &self.stats.stripes[i % STRIPES]
+    fn stripe(&self, slot: Slot) -> &StatsStripe {
+        // `% STRIPES` is a mask: no bounds check left.
+        &self.stats.stripes[slot.index() % STRIPES]
     }
 
     /// Counts one request of `op` with `status` that took `elapsed`. A pair the operation
     /// never reports (e.g. `set`/`hit`) is counted as `Ok` for writes and `Error` otherwise.
     #[inline]
     pub fn record(&self, op: Operation, status: Status, elapsed: Duration) {
-        self.record_in(stripe(), op, status, elapsed);
+        self.record_in(slot(), op, status, elapsed);
     }
 
-    /// [`record`](Self::record) on a stripe the caller already knows (a backend that keeps
-    /// the thread's stripe in its own thread-local saves a second thread-local access).
+    /// [`record`](Self::record) with the calling thread's [`Slot`] already in hand (it must
+    /// be the calling thread's own: see [`keel_metrics::striped::Slot`]).
     #[inline(always)]
-    pub(crate) fn record_in(
-        &self,
-        stripe: usize,
-        op: Operation,
-        status: Status,
-        elapsed: Duration,
-    ) {
+    pub(crate) fn record_in(&self, slot: Slot, op: Operation, status: Status, elapsed: Duration) {
         let cell = cell_index(op, status)
             .or_else(|| cell_index(op, Status::Ok))
             .or_else(|| cell_index(op, Status::Error))
             .unwrap_or(0);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let base = cell * CELL_SLOTS;
-        let s = self.stripe_at(stripe);
-        s.slots[base + bucket_index(nanos)].fetch_add(1, Ordering::Relaxed);
-        s.slots[base + BUCKETS].fetch_add(nanos, Ordering::Relaxed);
+        let s = self.stripe(slot);
+        slot.add(&s.slots[base + bucket_index(nanos)], 1);
+        slot.add(&s.slots[base + BUCKETS], nanos);
     }
 
     /// Counts one request of `op` with `status` without a duration: it counts in
     /// `requests_total` (and `hits_total`/`misses_total`) but not in the duration histogram,
     /// whose count is then that of the timed calls. For backends that time a sample of their
-    /// calls (see docs/metrics.md): one relaxed atomic add.
+    /// calls (see docs/metrics.md): one add to the calling thread's stripe.
     #[inline]
     pub fn count(&self, op: Operation, status: Status) {
-        self.count_in(stripe(), op, status);
+        self.count_in(slot(), op, status);
     }
 
-    /// [`count`](Self::count) on a stripe the caller already knows (see
+    /// [`count`](Self::count) with the calling thread's [`Slot`] already in hand (see
     /// [`record_in`](Self::record_in)).
     #[inline(always)]
-    pub(crate) fn count_in(&self, stripe: usize, op: Operation, status: Status) {
+    pub(crate) fn count_in(&self, slot: Slot, op: Operation, status: Status) {
         let cell = cell_index(op, status)
             .or_else(|| cell_index(op, Status::Ok))
             .or_else(|| cell_index(op, Status::Error))
             .unwrap_or(0);
-        self.stripe_at(stripe).slots[cell * CELL_SLOTS + UNTIMED].fetch_add(1, Ordering::Relaxed);
+        slot.add(&self.stripe(slot).slots[cell * CELL_SLOTS + UNTIMED], 1);
     }
 
     /// A `get` that found its key (also counts towards `hits_total`).
@@ -411,9 +401,10 @@ impl CacheInstruments {
 
     /// Adds the hits and misses of a batch lookup to `hits_total` / `misses_total`.
     pub fn record_lookups(&self, hits: u64, misses: u64) {
-        let s = self.stripe();
-        s.batch_hits.fetch_add(hits, Ordering::Relaxed);
-        s.batch_misses.fetch_add(misses, Ordering::Relaxed);
+        let slot = slot();
+        let s = self.stripe(slot);
+        slot.add(&s.batch_hits, hits);
+        slot.add(&s.batch_misses, misses);
     }
 
     /// Sets the `cache_items` gauge.
@@ -423,14 +414,14 @@ impl CacheInstruments {
 
     /// Counts entries the cache removed on its own because it was full.
     pub fn record_size_eviction(&self) {
-        self.stripe().evicted_size.fetch_add(1, Ordering::Relaxed);
+        let slot = slot();
+        slot.add(&self.stripe(slot).evicted_size, 1);
     }
 
     /// Counts entries the cache removed on its own because they expired.
     pub fn record_expiry_eviction(&self) {
-        self.stripe()
-            .evicted_expired
-            .fetch_add(1, Ordering::Relaxed);
+        let slot = slot();
+        slot.add(&self.stripe(slot).evicted_expired, 1);
     }
 
     /// Number of `op` requests with `status` so far (for tests and status pages).

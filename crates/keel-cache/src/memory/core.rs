@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use keel_metrics::MetricsService;
+use keel_metrics::striped::Slot;
 
 use crate::metrics::{CacheInstruments, CacheMetrics, Operation, Status};
 use quick_cache::sync::Cache as QuickCache;
@@ -145,24 +146,12 @@ impl Stripes {
 /// request counts stay exact. See docs/metrics.md.
 pub(super) const TIME_ONE_IN: u32 = 8;
 
-/// What a thread keeps for the metrics, in one thread-local (one access per call): a
-/// countdown per operation choosing which calls are timed — the first call of each
-/// operation on a thread, then every `one_in`-th, so even a short-lived thread or a rare
-/// operation has its latency in the histogram; a countdown, not a modulo, so no division on
-/// the hot path — and the thread's metrics stripe.
-struct Local {
-    ticks: [Cell<u32>; OPS],
-    /// The thread's stripe of the request counters; `usize::MAX` until first asked.
-    stripe: Cell<usize>,
-}
-
+// Per-thread, per-operation countdowns choosing which calls are timed: the first call of
+// each operation on a thread, then every `one_in`-th (so even a short-lived thread or a rare
+// operation has its latency in the histogram). A countdown, not a modulo: no division on
+// the hot path.
 thread_local! {
-    static LOCAL: Local = const {
-        Local {
-            ticks: [const { Cell::new(0) }; OPS],
-            stripe: Cell::new(usize::MAX),
-        }
-    };
+    static TICKS: [Cell<u32>; OPS] = const { [const { Cell::new(0) }; OPS] };
 }
 
 /// Operations with a tick of their own.
@@ -188,31 +177,26 @@ fn op_slot(op: Operation) -> usize {
 }
 
 /// The start of a call: a clock reading for the sampled calls, and the calling thread's
-/// metrics stripe.
+/// metrics [`Slot`].
 #[derive(Clone, Copy)]
 struct Timer {
     start: Option<Instant>,
-    stripe: usize,
+    slot: Slot,
 }
 
 impl Timer {
     #[inline(always)]
     fn start(one_in: u32, op: Operation) -> Self {
-        LOCAL.with(|local| {
-            let mut stripe = local.stripe.get();
-            if stripe == usize::MAX {
-                stripe = keel_metrics::striped::stripe();
-                local.stripe.set(stripe);
-            }
-            let tick = &local.ticks[op_slot(op)];
+        let timed = TICKS.with(|ticks| {
+            let tick = &ticks[op_slot(op)];
             let left = tick.get();
-            let timed = left == 0;
-            tick.set(if timed { one_in - 1 } else { left - 1 });
-            Timer {
-                start: timed.then(Instant::now),
-                stripe,
-            }
-        })
+            tick.set(if left == 0 { one_in - 1 } else { left - 1 });
+            left == 0
+        });
+        Timer {
+            start: timed.then(Instant::now),
+            slot: keel_metrics::striped::slot(),
+        }
     }
 
     /// Nanoseconds since the epoch for deadlines: the timer's reading when it has one.
@@ -426,8 +410,8 @@ impl Shared {
         match timer.start {
             Some(start) => self
                 .metrics
-                .record_in(timer.stripe, op, status, start.elapsed()),
-            None => self.metrics.count_in(timer.stripe, op, status),
+                .record_in(timer.slot, op, status, start.elapsed()),
+            None => self.metrics.count_in(timer.slot, op, status),
         }
     }
 
