@@ -2,7 +2,7 @@
 //!
 //! Contenders (see `workload.rs`): `raw_moka` (the anchor), `raw_quick_cache` (the memory
 //! core's library, bare), `keel_memory` (through `dyn Cache`, metrics on, evictions counted,
-//! the default 1-in-8 timing), `keel_memory_no_eviction_count` and
+//! the default 1-in-64 timing), `keel_memory_no_eviction_count` and
 //! `keel_memory_time_every_call` (`time_one_in(1)`).
 //!
 //! `cargo bench -p keel-cache --bench memory_paired` — each round runs every contender for the

@@ -72,7 +72,7 @@ impl MemoryCacheBuilder {
     }
 
     /// Times one call in `n` per thread and operation (the first included) for
-    /// `<ns>_cache_operation_duration_seconds` (default 8; `1` times every call; `0` counts as
+    /// `<ns>_cache_operation_duration_seconds` (default 64; `1` times every call; `0` counts as
     /// `1`). Every call is still counted in `<ns>_cache_requests_total`, `hits_total` and
     /// `misses_total`; the histogram's count is that of the timed calls, its buckets and sum a
     /// sample of the latencies. Two clock reads per call are a large share of an in-process

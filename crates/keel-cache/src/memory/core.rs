@@ -13,9 +13,6 @@ use keel_metrics::striped::Slot;
 use crate::metrics::{CacheInstruments, CacheMetrics, Operation, Status};
 use quick_cache::sync::Cache as QuickCache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
-// A TSC clock: ~10 ns a read on this project's KVM guests against ~25–45 ns for
-// `std::time::Instant`.
-use quanta::Instant;
 
 use super::builder::{Capacity, MemoryCacheBuilder};
 use super::expiry::{self, NEVER};
@@ -49,7 +46,7 @@ impl Stored {
     /// Live now? Reads the clock only for an entry with a deadline.
     #[inline]
     fn is_live(&self) -> bool {
-        self.expires_at == NEVER || self.is_live_at(expiry::now_nanos())
+        self.expires_at == NEVER || self.is_live_at(expiry::now())
     }
 }
 
@@ -144,7 +141,7 @@ impl Stripes {
 
 /// By default one call in this many (per thread) is timed for the duration histogram; the
 /// request counts stay exact. See docs/metrics.md.
-pub(super) const TIME_ONE_IN: u32 = 8;
+pub(super) const TIME_ONE_IN: u32 = 64;
 
 // Per-thread, per-operation countdowns choosing which calls are timed: the first call of
 // each operation on a thread, then every `one_in`-th (so even a short-lived thread or a rare
@@ -176,11 +173,11 @@ fn op_slot(op: Operation) -> usize {
     }
 }
 
-/// The start of a call: a clock reading for the sampled calls, and the calling thread's
-/// metrics [`Slot`].
+/// The start of a call: a clock reading (in [`expiry`] ticks) for the sampled calls, and the
+/// calling thread's metrics [`Slot`].
 #[derive(Clone, Copy)]
 struct Timer {
-    start: Option<Instant>,
+    start: Option<u64>,
     slot: Slot,
 }
 
@@ -194,18 +191,15 @@ impl Timer {
             left == 0
         });
         Timer {
-            start: timed.then(Instant::now),
+            start: timed.then(expiry::now),
             slot: keel_metrics::striped::slot(),
         }
     }
 
-    /// Nanoseconds since the epoch for deadlines: the timer's reading when it has one.
+    /// The clock for deadlines: the timer's reading when it has one.
     #[inline]
-    fn now_nanos(self) -> u64 {
-        match self.start {
-            Some(t) => expiry::nanos_at(t),
-            None => expiry::now_nanos(),
-        }
+    fn now(self) -> u64 {
+        self.start.unwrap_or_else(expiry::now)
     }
 }
 
@@ -271,7 +265,7 @@ impl Shared {
 
     /// Removes every expired entry, counting each once; one shard's write lock at a time.
     fn sweep_expired(&self) {
-        let now = expiry::now_nanos();
+        let now = expiry::now();
         let removed = Cell::new(0u64);
         self.store.retain(|_, v| {
             let live = v.is_live_at(now);
@@ -335,7 +329,7 @@ impl Shared {
         if v.expires_at == NEVER {
             return Some(v);
         }
-        let now = expiry::now_nanos();
+        let now = expiry::now();
         if v.is_live_at(now) {
             return Some(v);
         }
@@ -408,9 +402,10 @@ impl Shared {
     #[inline(always)]
     fn record(&self, op: Operation, status: Status, timer: Timer) {
         match timer.start {
-            Some(start) => self
-                .metrics
-                .record_in(timer.slot, op, status, start.elapsed()),
+            Some(start) => {
+                let elapsed = expiry::between(start, expiry::now());
+                self.metrics.record_in(timer.slot, op, status, elapsed);
+            }
             None => self.metrics.count_in(timer.slot, op, status),
         }
     }
@@ -446,13 +441,12 @@ impl Shared {
         if v.expires_at == NEVER {
             return Ok(Some((v.data, true)));
         }
-        let now = expiry::now_nanos();
+        let now = expiry::now();
         if !v.is_live_at(now) {
             self.remove_expired(key, now);
             return Ok(None);
         }
-        let margin = u64::try_from(margin.as_nanos()).unwrap_or(u64::MAX);
-        Ok(Some((v.data, v.expires_at - now > margin)))
+        Ok(Some((v.data, v.expires_at - now > expiry::ticks(margin))))
     }
 }
 
@@ -512,7 +506,7 @@ impl Shared {
             let expires_at = match (ttl, self.default_ttl, self.max_ttl) {
                 // The common case reads no clock.
                 (Ttl::Never, _, None) | (Ttl::Default, None, None) => NEVER,
-                _ => self.deadline(key, ttl, timer.now_nanos())?,
+                _ => self.deadline(key, ttl, timer.now())?,
             };
             self.put(
                 key,
@@ -548,7 +542,7 @@ impl Shared {
         let result = (|| {
             self.limits.check_key(key)?;
             self.ensure_open()?;
-            let expires_at = self.deadline(key, ttl, timer.now_nanos())?;
+            let expires_at = self.deadline(key, ttl, timer.now())?;
             self.compute(key, |current| {
                 Ok(match current {
                     Some(v) => (
@@ -574,9 +568,9 @@ impl Shared {
                 Some(Stored {
                     expires_at: NEVER, ..
                 }) => KeyTtl::Persistent,
-                Some(Stored { expires_at, .. }) => KeyTtl::Expires(Duration::from_nanos(
-                    expires_at.saturating_sub(expiry::now_nanos()),
-                )),
+                Some(Stored { expires_at, .. }) => {
+                    KeyTtl::Expires(expiry::between(expiry::now(), expires_at))
+                }
             })
         });
         self.finish(Operation::Ttl, timer, result)
@@ -587,7 +581,7 @@ impl Shared {
         let result = (|| {
             self.limits.check_entry(key, &value)?;
             self.ensure_open()?;
-            let expires_at = self.deadline(key, ttl, timer.now_nanos())?;
+            let expires_at = self.deadline(key, ttl, timer.now())?;
             self.compute(key, |current| {
                 Ok(match current {
                     Some(_) => (None, false),
@@ -615,7 +609,7 @@ impl Shared {
         let result = (|| {
             self.limits.check_entry(key, &value)?;
             self.ensure_open()?;
-            let expires_at = self.deadline(key, ttl, timer.now_nanos())?;
+            let expires_at = self.deadline(key, ttl, timer.now())?;
             self.compute(key, |current| {
                 Ok(match current {
                     Some(v) if v.data == expected => (
@@ -683,7 +677,7 @@ impl Shared {
             self.limits.check_entries(items)?;
             self.ensure_open()?;
             let first = items.first().map_or("", |(k, _)| *k);
-            let expires_at = self.deadline(first, ttl, timer.now_nanos())?;
+            let expires_at = self.deadline(first, ttl, timer.now())?;
             for (key, value) in items {
                 self.put(
                     key,

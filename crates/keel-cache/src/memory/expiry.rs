@@ -1,47 +1,70 @@
 //! Deadlines: how an entry's expiry is stored, read and swept.
 //!
-//! An entry's deadline is a `u64` of nanoseconds since a process-wide epoch on the TSC clock
-//! (`quanta`), with `u64::MAX` meaning "never": eight bytes per entry instead of sixteen for an
-//! `Option<Instant>`, and an entry without a TTL is recognised without reading the clock.
-//! Expired entries are treated as absent by every read, removed by the read that finds them,
-//! and otherwise by the background sweep ([`Sweeper`]); whoever removes one counts it once in
-//! `<ns>_cache_evictions_total{cause="expired"}`.
+//! An entry's deadline is a `u64` in ticks of the process clock (the TSC through
+//! [`quanta::Clock::raw`] where it is invariant, else the monotonic clock in nanoseconds),
+//! with `u64::MAX` meaning "never": eight bytes per entry instead of sixteen for an
+//! `Option<Instant>`, an entry without a TTL is recognised without reading the clock, and one
+//! with a TTL costs a raw counter read and a compare — no scaling to nanoseconds, which is
+//! done only where a duration is wanted (a TTL turned into a deadline on a write, a `ttl()`
+//! answer, a timed call). Expired entries are treated as absent by every read, removed by the
+//! read that finds them, and otherwise by the background sweep ([`Sweeper`]); whoever removes
+//! one counts it once in `<ns>_cache_evictions_total{cause="expired"}`.
 
 use std::sync::{Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
-use quanta::Instant;
-
 /// "Never expires".
 pub(super) const NEVER: u64 = u64::MAX;
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// The process clock and its tick rate.
+struct Clock {
+    clock: quanta::Clock,
+    /// Ticks per nanosecond, fixed point with 32 fractional bits.
+    ticks_per_ns_q32: u128,
 }
 
-/// Nanoseconds since the epoch at `t` (saturating; `t` is never before the epoch in practice,
-/// the epoch being taken before any deadline is computed).
-#[inline]
-pub(super) fn nanos_at(t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(epoch()).as_nanos()).unwrap_or(NEVER - 1)
+fn clock() -> &'static Clock {
+    static CLOCK: OnceLock<Clock> = OnceLock::new();
+    CLOCK.get_or_init(|| {
+        let clock = quanta::Clock::new();
+        // quanta scales raw ticks to nanoseconds but has no inverse: measure the rate on a
+        // span long enough (2^40 ticks: minutes) that rounding is far below a nanosecond a
+        // second.
+        const PROBE: u64 = 1 << 40;
+        let ns = clock.delta_as_nanos(0, PROBE).max(1);
+        Clock {
+            clock,
+            ticks_per_ns_q32: (u128::from(PROBE) << 32) / u128::from(ns),
+        }
+    })
 }
 
-/// Nanoseconds since the epoch, now.
+/// The clock now, in ticks.
 #[inline]
-pub(super) fn now_nanos() -> u64 {
-    nanos_at(Instant::now())
+pub(super) fn now() -> u64 {
+    clock().clock.raw()
+}
+
+/// `d` in ticks (saturating at [`NEVER`]` - 1`).
+#[inline]
+pub(super) fn ticks(d: Duration) -> u64 {
+    let t = (d.as_nanos().saturating_mul(clock().ticks_per_ns_q32)) >> 32;
+    u64::try_from(t).unwrap_or(NEVER - 1).min(NEVER - 1)
+}
+
+/// The time from tick `start` to tick `end` (zero if `end` is not after `start`).
+#[inline]
+pub(super) fn between(start: u64, end: u64) -> Duration {
+    Duration::from_nanos(clock().clock.delta_as_nanos(start, end))
 }
 
 /// The deadline `ttl` after `now` (`None`: never). A TTL is at most [`crate::MAX_TTL`]
-/// (100 years, 3.2e18 ns), so this never reaches [`NEVER`] within 480 years of uptime.
+/// (100 years); a deadline that would pass [`NEVER`] is kept just below it.
 #[inline]
 pub(super) fn deadline(now: u64, ttl: Option<Duration>) -> u64 {
     match ttl {
         None => NEVER,
-        Some(d) => now
-            .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(NEVER))
-            .min(NEVER - 1),
+        Some(d) => now.saturating_add(ticks(d)).min(NEVER - 1),
     }
 }
 
@@ -117,16 +140,34 @@ mod tests {
 
     #[test]
     fn deadlines() {
-        let now = now_nanos();
+        let now = now();
         assert_eq!(deadline(now, None), NEVER);
         assert!(!passed(NEVER, u64::MAX - 1));
         let d = deadline(now, Some(Duration::from_millis(5)));
-        assert_eq!(d, now + 5_000_000);
         assert!(!passed(d, d - 1));
         assert!(passed(d, d));
+        // Ticks and nanoseconds convert back and forth to within a microsecond a second.
+        let back = between(now, d);
+        assert!(
+            back.abs_diff(Duration::from_millis(5)) < Duration::from_micros(1),
+            "{back:?}"
+        );
+        let hour = ticks(Duration::from_secs(3600));
+        let back = between(now, now + hour);
+        assert!(
+            back.abs_diff(Duration::from_secs(3600)) < Duration::from_millis(4),
+            "{back:?}"
+        );
         assert_eq!(
             deadline(u64::MAX - 10, Some(Duration::from_secs(1))),
             NEVER - 1
         );
+        assert_eq!(ticks(Duration::MAX), NEVER - 1);
+        // The clock moves forward.
+        let later = {
+            std::thread::sleep(Duration::from_millis(2));
+            super::now()
+        };
+        assert!(passed(deadline(now, Some(Duration::from_millis(1))), later));
     }
 }

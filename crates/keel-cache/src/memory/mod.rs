@@ -25,7 +25,7 @@
 //! `<ns>_cache_items` gauge is brought up to date (expired entries swept first) on every
 //! render of the metrics registry.
 //!
-//! Metrics: every call is counted in `<ns>_cache_requests_total`; one call in eight per
+//! Metrics: every call is counted in `<ns>_cache_requests_total`; one call in 64 per
 //! thread and operation (the first included) is timed for
 //! `<ns>_cache_operation_duration_seconds` (see docs/metrics.md).
 
