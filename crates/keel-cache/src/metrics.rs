@@ -17,6 +17,7 @@
 //! assert!(text.contains("lab_cache_hits_total{cache=\"sessions\"} 1"));
 //! ```
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -319,6 +320,49 @@ impl CacheMetrics {
             .or_insert_with(|| Arc::new(CacheStats::new(cache)))
             .clone();
         CacheInstruments { stats }
+    }
+}
+
+/// Whether to time this call of `op`: one call in `one_in` per thread and operation, the
+/// first included, so even a short-lived thread or a rare operation has its latency in the
+/// histogram (backends that time a sample; see docs/metrics.md). The ticks are per-thread
+/// countdowns, shared by every cache on the thread: no division on the hot path.
+#[inline(always)]
+pub(crate) fn sampled(one_in: u32, op: Operation) -> bool {
+    thread_local! {
+        static TICKS: [Cell<u32>; OPS] = const { [const { Cell::new(0) }; OPS] };
+    }
+    TICKS.with(|ticks| {
+        let tick = &ticks[op_slot(op)];
+        let left = tick.get();
+        tick.set(if left == 0 {
+            one_in.max(1) - 1
+        } else {
+            left - 1
+        });
+        left == 0
+    })
+}
+
+/// Operations with a tick of their own.
+const OPS: usize = 13;
+
+#[inline]
+fn op_slot(op: Operation) -> usize {
+    match op {
+        Operation::Get => 0,
+        Operation::GetMany => 1,
+        Operation::Set => 2,
+        Operation::SetMany => 3,
+        Operation::SetNx => 4,
+        Operation::Cas => 5,
+        Operation::Delete => 6,
+        Operation::DeleteMany => 7,
+        Operation::Exists => 8,
+        Operation::Expire => 9,
+        Operation::Ttl => 10,
+        Operation::Incr => 11,
+        _ => 12,
     }
 }
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use keel_metrics::MetricsService;
 use keel_metrics::striped::Slot;
 
-use crate::metrics::{CacheInstruments, CacheMetrics, Operation, Status};
+use crate::metrics::{CacheInstruments, CacheMetrics, Operation, Status, sampled};
 use quick_cache::sync::Cache as QuickCache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
@@ -143,36 +143,6 @@ impl Stripes {
 /// request counts stay exact. See docs/metrics.md.
 pub(super) const TIME_ONE_IN: u32 = 64;
 
-// Per-thread, per-operation countdowns choosing which calls are timed: the first call of
-// each operation on a thread, then every `one_in`-th (so even a short-lived thread or a rare
-// operation has its latency in the histogram). A countdown, not a modulo: no division on
-// the hot path.
-thread_local! {
-    static TICKS: [Cell<u32>; OPS] = const { [const { Cell::new(0) }; OPS] };
-}
-
-/// Operations with a tick of their own.
-const OPS: usize = 13;
-
-#[inline]
-fn op_slot(op: Operation) -> usize {
-    match op {
-        Operation::Get => 0,
-        Operation::GetMany => 1,
-        Operation::Set => 2,
-        Operation::SetMany => 3,
-        Operation::SetNx => 4,
-        Operation::Cas => 5,
-        Operation::Delete => 6,
-        Operation::DeleteMany => 7,
-        Operation::Exists => 8,
-        Operation::Expire => 9,
-        Operation::Ttl => 10,
-        Operation::Incr => 11,
-        _ => 12,
-    }
-}
-
 /// The start of a call: a clock reading (in [`expiry`] ticks) for the sampled calls, and the
 /// calling thread's metrics [`Slot`].
 #[derive(Clone, Copy)]
@@ -184,14 +154,8 @@ struct Timer {
 impl Timer {
     #[inline(always)]
     fn start(one_in: u32, op: Operation) -> Self {
-        let timed = TICKS.with(|ticks| {
-            let tick = &ticks[op_slot(op)];
-            let left = tick.get();
-            tick.set(if left == 0 { one_in - 1 } else { left - 1 });
-            left == 0
-        });
         Timer {
-            start: timed.then(expiry::now),
+            start: sampled(one_in, op).then(expiry::now),
             slot: keel_metrics::striped::slot(),
         }
     }
