@@ -348,6 +348,11 @@ impl RedisCacheBuilder {
             .unwrap_or_else(|| MetricsService::global().clone());
         let metrics = CacheMetrics::of(&service).for_cache(&self.name);
         let prefix = self.prefix.unwrap_or_else(|| format!("{}:", self.name));
+        let bound = if matches!(target, Target::Cluster { .. }) {
+            self.response_timeout.saturating_mul(2)
+        } else {
+            self.response_timeout
+        };
         Ok(RedisCache {
             shared: Arc::new(Shared {
                 pubsub_clients,
@@ -362,6 +367,7 @@ impl RedisCacheBuilder {
                 limits: self.limits,
                 connect_timeout: self.connect_timeout,
                 response_timeout: self.response_timeout,
+                bound,
                 items_refresh: self.items_refresh,
                 items_task: std::sync::Mutex::new(None),
                 metrics,
@@ -390,6 +396,12 @@ struct Shared {
     limits: Limits,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// How long one request may take in all, Keel's one timer per request. Standalone and
+    /// Sentinel: the response timeout, covering any wait for a reconnect too (redis-rs's own
+    /// response timer is off on those connections: one timer per request, not two). Cluster:
+    /// twice the response timeout around redis-rs's own per-attempt timeout, which leaves room
+    /// for its redirects and for [`Shared::write`]'s re-sends after a refusal.
+    bound: Duration,
     items_refresh: Option<Duration>,
     items_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     metrics: CacheInstruments,
@@ -466,9 +478,12 @@ impl RedisCache {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(channel).arg(message);
         let cmd = &cmd;
-        s.write(|mut c| async move { cmd.query_async::<()>(&mut c).await })
-            .await?
-            .map_err(|e| s.write_error_in("publish", &e))
+        s.bounded("publish", async {
+            s.write(|mut c| async move { cmd.query_async::<()>(&mut c).await })
+                .await?
+                .map_err(|e| s.write_error_in("publish", &e))
+        })
+        .await
     }
 
     /// A client for a dedicated pub/sub connection to the current server (the master in
@@ -582,15 +597,22 @@ impl Shared {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
     }
 
-    /// Runs one request under the response timeout, maps its error and records metrics.
+    /// Runs one request under the request bound, maps its error and records metrics: the
+    /// timer, the clock reads and the record are the whole per-request cost Keel adds, in one
+    /// future (each layer of futures around `body` used to cost a move of it).
     async fn run<T>(
         &self,
         op: Operation,
         status: impl FnOnce(&T) -> Status,
         body: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        self.run_bounded(op, status, self.bounded(op.as_str(), body))
-            .await
+        let start = Instant::now();
+        let result = match tokio::time::timeout(self.bound, body).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timed_out(op.as_str())),
+        };
+        self.finish(op, status, start, &result);
+        result
     }
 
     /// [`run`](Self::run) with the bounding left to `body` (a sweep bounds each step).
@@ -602,8 +624,21 @@ impl Shared {
     ) -> Result<T> {
         let start = Instant::now();
         let result = body.await;
+        self.finish(op, status, start, &result);
+        result
+    }
+
+    /// Records a finished request.
+    #[inline]
+    fn finish<T>(
+        &self,
+        op: Operation,
+        status: impl FnOnce(&T) -> Status,
+        start: Instant,
+        result: &Result<T>,
+    ) {
         let elapsed = start.elapsed();
-        match &result {
+        match result {
             Ok(v) => {
                 // Read first: a store on every request would bounce this shared cache line
                 // between the cores of every worker thread.
@@ -614,28 +649,32 @@ impl Shared {
             }
             Err(_) => self.metrics.record(op, Status::Error, elapsed),
         }
-        result
     }
 
-    /// Runs `body` under the outer response bound: redis-rs enforces the response timeout
-    /// itself; this bound also covers the wait for a reconnect. A timeout marks the
+    /// Runs `body` under the request bound (see [`Shared::bound`]). A timeout marks the
     /// connection unhealthy.
     async fn bounded<T>(
         &self,
         operation: &'static str,
         body: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        let bound = self.response_timeout.saturating_mul(2);
-        match tokio::time::timeout(bound, body).await {
+        match tokio::time::timeout(self.bound, body).await {
             Ok(r) => r,
-            Err(_) => {
-                self.healthy.store(false, Ordering::Relaxed);
-                Err(Error::Timeout {
-                    cache: self.name.clone(),
-                    operation,
-                    after: bound,
-                })
-            }
+            Err(_) => Err(self.timed_out(operation)),
+        }
+    }
+
+    /// The error of a request that hit the bound: the connection is marked unhealthy and, in
+    /// Sentinel mode, the master is looked up again before the next request (it may have
+    /// moved), as for a timeout reported by redis-rs.
+    #[cold]
+    fn timed_out(&self, operation: &'static str) -> Error {
+        self.healthy.store(false, Ordering::Relaxed);
+        self.resolve.store(true, Ordering::Release);
+        Error::Timeout {
+            cache: self.name.clone(),
+            operation,
+            after: self.bound,
         }
     }
 }
