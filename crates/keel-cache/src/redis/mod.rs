@@ -583,7 +583,41 @@ impl RedisCache {
     }
 }
 
+/// `prefix + key` as one command argument, written straight into the command's buffer
+/// (no `String` built per request).
+#[derive(Clone, Copy)]
+pub(super) struct Prefixed<'a> {
+    prefix: &'a str,
+    key: &'a str,
+}
+
+impl redis::ToRedisArgs for Prefixed<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        // redis-rs's writers append to an in-memory buffer: a `write` takes the whole slice
+        // and cannot fail (`write_all` only if one ever took less: it costs a loop per piece).
+        for piece in [self.prefix.as_bytes(), self.key.as_bytes()] {
+            let written = arg.write(piece).unwrap_or(0).min(piece.len());
+            if written < piece.len() {
+                let _ = arg.write_all(&piece[written..]);
+            }
+        }
+    }
+}
+
+impl redis::ToSingleRedisArg for Prefixed<'_> {}
+
 impl Shared {
+    /// `key` with this cache's prefix, as a command argument.
+    #[inline]
+    fn prefixed<'a>(&'a self, key: &'a str) -> Prefixed<'a> {
+        Prefixed {
+            prefix: &self.prefix,
+            key,
+        }
+    }
+
     fn key(&self, key: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + key.len());
         k.push_str(&self.prefix);

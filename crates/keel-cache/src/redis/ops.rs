@@ -47,7 +47,7 @@ impl Cache for RedisCache {
             s.limits.check_key(key)?;
             let mut c = s.conn().await?;
             let v: Option<Vec<u8>> = c
-                .get(s.key(key))
+                .get(s.prefixed(key))
                 .await
                 .map_err(|e| s.error(Operation::Get, &e))?;
             Ok(v.map(Bytes::from))
@@ -60,7 +60,7 @@ impl Cache for RedisCache {
             s.limits.check_entry(key, &value)?;
             let ms = s.ttl_ms(key, ttl)?;
             let mut cmd = redis::cmd("SET");
-            cmd.arg(s.key(key)).arg(value.as_ref());
+            cmd.arg(s.prefixed(key)).arg(value.as_ref());
             if let Some(ms) = ms {
                 cmd.arg("PX").arg(ms);
             }
@@ -75,12 +75,9 @@ impl Cache for RedisCache {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::Delete, ok, async move {
             s.limits.check_key(key)?;
-            let full = s.key(key);
+            let full = s.prefixed(key);
             let n: u64 = s
-                .write(|mut c| {
-                    let full = &full;
-                    async move { c.del(full).await }
-                })
+                .write(|mut c| async move { c.del(full).await })
                 .await?
                 .map_err(|e| s.write_error(Operation::Delete, &e))?;
             Ok(n > 0)
@@ -92,7 +89,7 @@ impl Cache for RedisCache {
         CacheFuture::boxed(s.run(Operation::Exists, ok, async move {
             s.limits.check_key(key)?;
             let mut c = s.conn().await?;
-            c.exists(s.key(key))
+            c.exists(s.prefixed(key))
                 .await
                 .map_err(|e| s.error(Operation::Exists, &e))
         }))
@@ -132,7 +129,7 @@ impl Cache for RedisCache {
             s.limits.check_key(key)?;
             let mut c = s.conn().await?;
             let ms: i64 = redis::cmd("PTTL")
-                .arg(s.key(key))
+                .arg(s.prefixed(key))
                 .query_async(&mut c)
                 .await
                 .map_err(|e| s.error(Operation::Ttl, &e))?;
@@ -150,7 +147,7 @@ impl Cache for RedisCache {
             s.limits.check_entry(key, &value)?;
             let ms = s.ttl_ms(key, ttl)?;
             let mut cmd = redis::cmd("SET");
-            cmd.arg(s.key(key)).arg(value.as_ref()).arg("NX");
+            cmd.arg(s.prefixed(key)).arg(value.as_ref()).arg("NX");
             if let Some(ms) = ms {
                 cmd.arg("PX").arg(ms);
             }
@@ -198,28 +195,25 @@ impl Cache for RedisCache {
         let s = &self.shared;
         CacheFuture::boxed(s.run(Operation::Incr, ok, async move {
             s.limits.check_key(key)?;
-            let full = s.key(key);
-            s.write(|mut c| {
-                let full = &full;
-                async move { c.incr(full, delta).await }
-            })
-            .await?
-            .map_err(|e| {
-                // INCRBY reports both failures as server errors; tell them apart by text.
-                let text = e.to_string();
-                if text.contains("overflow") {
-                    Error::Overflow {
-                        key: key_for_error(key),
-                        delta,
+            let full = s.prefixed(key);
+            s.write(|mut c| async move { c.incr(full, delta).await })
+                .await?
+                .map_err(|e| {
+                    // INCRBY reports both failures as server errors; tell them apart by text.
+                    let text = e.to_string();
+                    if text.contains("overflow") {
+                        Error::Overflow {
+                            key: key_for_error(key),
+                            delta,
+                        }
+                    } else if text.contains("not an integer") {
+                        Error::NotAnInteger {
+                            key: key_for_error(key),
+                        }
+                    } else {
+                        s.write_error(Operation::Incr, &e)
                     }
-                } else if text.contains("not an integer") {
-                    Error::NotAnInteger {
-                        key: key_for_error(key),
-                    }
-                } else {
-                    s.write_error(Operation::Incr, &e)
-                }
-            })
+                })
         }))
     }
 
