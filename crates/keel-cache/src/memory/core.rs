@@ -143,13 +143,13 @@ impl Stripes {
 
 /// By default one call in this many (per thread) is timed for the duration histogram; the
 /// request counts stay exact. See docs/metrics.md.
-pub(super) const TIME_ONE_IN: u32 = 8;
+pub(crate) const TIME_ONE_IN: u32 = 8;
 
 /// Per-thread, per-operation ticks choosing which calls are timed: the first call of each
 /// operation on a thread, then every `one_in`-th (so even a short-lived thread or a rare
 /// operation has its latency in the histogram).
 #[inline]
-fn sampled(one_in: u32, op: Operation) -> bool {
+pub(crate) fn sampled(one_in: u32, op: Operation) -> bool {
     thread_local! {
         static TICKS: [Cell<u32>; OPS] = const { [const { Cell::new(0) }; OPS] };
     }

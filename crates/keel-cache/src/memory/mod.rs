@@ -41,6 +41,8 @@ use bytes::Bytes;
 
 pub use self::builder::{Capacity, MemoryCacheBuilder};
 use self::core::Shared;
+/// The memory backend's timing sample, shared with the Redis backend (docs/metrics.md).
+pub(crate) use self::core::{TIME_ONE_IN, sampled};
 use crate::Result;
 use crate::contract::{Cache, CacheFuture, CacheKind};
 use crate::ttl::{KeyTtl, Ttl};
