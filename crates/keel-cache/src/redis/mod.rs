@@ -641,11 +641,13 @@ impl Shared {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
     }
 
-    /// Runs one request under the request bound, maps its error and records metrics. Not an
-    /// `async fn`: the timer wraps `body` where it is built and the recording is a `map` on
-    /// it, so the request's future is moved once into its box instead of once per layer
-    /// (each move copied the whole future, several hundred bytes for a SET).
-    fn run<'a, T>(
+    /// Runs one request under the request bound, maps its error and records metrics; call it
+    /// inside a runtime (from async code; see [`request`](Self::request)). Not an
+    /// `async fn`: the timer and the recording are combinators around `body`, so the request's
+    /// future is not copied once per layer (an `async fn` keeps its argument and the timer
+    /// holding it side by side, and each move copied the whole future, several hundred bytes
+    /// for a SET).
+    fn run<'a, T: 'a>(
         &'a self,
         op: Operation,
         status: impl FnOnce(&T) -> Status + 'a,
@@ -659,6 +661,23 @@ impl Shared {
             self.finish(op, status, || start.elapsed(), &result);
             result
         })
+    }
+
+    /// [`run`](Self::run) as the boxed future a [`Cache`] method returns. A Tokio timer needs
+    /// a runtime where it is made, and a request may be made outside one and awaited inside
+    /// (`rt.block_on(cache.get(k))`): then the timer is made at the first poll instead.
+    fn request<'a, T: 'a>(
+        &'a self,
+        op: Operation,
+        status: impl FnOnce(&T) -> Status + Send + 'a,
+        body: impl Future<Output = Result<T>> + Send + 'a,
+    ) -> CacheFuture<'a, Result<T>> {
+        // Inside a task a runtime is there: one thread-local read, no handle clone.
+        if tokio::task::try_id().is_some() || tokio::runtime::Handle::try_current().is_ok() {
+            CacheFuture::boxed(self.run(op, status, body))
+        } else {
+            CacheFuture::boxed(async move { self.run(op, status, body).await })
+        }
     }
 
     /// [`run`](Self::run) with the bounding left to `body` (a sweep bounds each step).
