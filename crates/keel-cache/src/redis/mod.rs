@@ -5,8 +5,9 @@
 //! was written. Atomic operations are single commands (`INCRBY`, `SET NX PX`) or Lua scripts
 //! (compare-and-set, persist-if-exists).
 //!
-//! Failure modes: every request is bounded by the response timeout (default 2 s) and fails
-//! with [`Error::Timeout`]; a refused or dropped connection fails with
+//! Failure modes: every request is bounded by the response timeout (default 2 s), including
+//! any wait for a reconnect (twice that in Cluster mode, around redis-rs's own per-attempt
+//! timeout), and fails with [`Error::Timeout`]; a refused or dropped connection fails with
 //! [`Error::Unavailable`], except a write whose connection dropped after it may have been
 //! sent: [`Error::OutcomeUnknown`] (writes are never re-sent, on any topology). The connection manager reconnects by itself on the next request
 //! after a failure, so the same cache recovers when the server comes back; nothing hangs and
@@ -149,8 +150,11 @@ impl RedisCacheBuilder {
         self
     }
 
-    /// How long one request may wait for its answer (default 2 s; at most 1 h, longer is cut
-    /// to that).
+    /// How long one request may take, a wait for a reconnect included (default 2 s; at most
+    /// 1 h, longer is cut to that). One Tokio timer per request enforces it (redis-rs's own
+    /// response timer is off on standalone and Sentinel connections, so there are not two);
+    /// in Cluster mode redis-rs times each attempt with it and Keel bounds the request at
+    /// twice it, leaving room for redirects and re-sends after a refusal.
     pub fn response_timeout(mut self, d: Duration) -> Self {
         self.response_timeout = d.min(crate::factory::MAX_TIMEOUT);
         self
