@@ -466,3 +466,66 @@ async fn errors_say_whether_they_are_transient() {
     let e = cache.get("k").await.unwrap_err();
     assert!(e.is_transient(), "{e:?}");
 }
+
+/// By default one request in eight (per thread and operation) is timed for the duration
+/// histogram; every request is counted. `time_one_in(1)` times them all.
+#[tokio::test]
+async fn sampled_timing_keeps_redis_request_counts_exact() {
+    let redis = Redis::start();
+    let metrics = MetricsService::new("lab").unwrap();
+    let sampled = redis.builder("sampled").metrics(&metrics).build().unwrap();
+    let every = redis
+        .builder("every")
+        .time_one_in(1)
+        .metrics(&metrics)
+        .build()
+        .unwrap();
+    sampled.connect().await.unwrap();
+    every.connect().await.unwrap();
+    sampled.set("k", "v".into(), Ttl::Never).await.unwrap();
+    for _ in 0..800 {
+        assert!(sampled.get("k").await.unwrap().is_some());
+        assert!(every.get("missing").await.unwrap().is_none());
+    }
+    let text = metrics.render();
+    let sample = |name: &str| {
+        keel_testkit::prometheus::sample(&text, name).unwrap_or_else(|| panic!("{name} in\n{text}"))
+    };
+    assert_eq!(
+        sample("lab_cache_requests_total{cache=\"sampled\",operation=\"get\",status=\"hit\"}"),
+        800.0
+    );
+    assert_eq!(sample("lab_cache_hits_total{cache=\"sampled\"}"), 800.0);
+    let timed =
+        sample("lab_cache_operation_duration_seconds_count{cache=\"sampled\",operation=\"get\"}");
+    // One in eight of this thread's gets: the tick is per thread and operation, shared with
+    // the other cache's gets on this (single) thread, which alternate with these.
+    assert!((95.0..=105.0).contains(&timed), "timed {timed}");
+    assert_eq!(
+        sample("lab_cache_requests_total{cache=\"every\",operation=\"get\",status=\"miss\"}"),
+        800.0
+    );
+    assert_eq!(
+        sample("lab_cache_operation_duration_seconds_count{cache=\"every\",operation=\"get\"}"),
+        800.0
+    );
+}
+
+/// A request made outside any runtime and awaited inside one works (its timer is made at the
+/// first poll): `rt.block_on(cache.get(k))` evaluates `cache.get(k)` before entering `rt`.
+#[test]
+fn a_request_made_outside_a_runtime_is_awaited_inside_one() {
+    let redis = Redis::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = redis.builder("app").build().unwrap();
+    rt.block_on(cache.connect()).unwrap();
+    rt.block_on(cache.set("k", "v".into(), Ttl::Never)).unwrap();
+    assert_eq!(
+        rt.block_on(cache.get("k")).unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert!(rt.block_on(cache.delete("k")).unwrap());
+}

@@ -43,24 +43,24 @@ impl Cache for RedisCache {
 
     fn get<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<Option<Bytes>>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::Get, is_hit, async move {
+        s.request(Operation::Get, is_hit, async move {
             s.limits.check_key(key)?;
             let mut c = s.conn().await?;
             let v: Option<Vec<u8>> = c
-                .get(s.key(key))
+                .get(s.prefixed(key))
                 .await
                 .map_err(|e| s.error(Operation::Get, &e))?;
             Ok(v.map(Bytes::from))
-        }))
+        })
     }
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<()>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::Set, ok, async move {
+        s.request(Operation::Set, ok, async move {
             s.limits.check_entry(key, &value)?;
             let ms = s.ttl_ms(key, ttl)?;
             let mut cmd = redis::cmd("SET");
-            cmd.arg(s.key(key)).arg(value.as_ref());
+            cmd.arg(s.prefixed(key)).arg(value.as_ref());
             if let Some(ms) = ms {
                 cmd.arg("PX").arg(ms);
             }
@@ -68,39 +68,36 @@ impl Cache for RedisCache {
             s.write(|mut c| async move { cmd.query_async::<()>(&mut c).await })
                 .await?
                 .map_err(|e| s.write_error(Operation::Set, &e))
-        }))
+        })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::Delete, ok, async move {
+        s.request(Operation::Delete, ok, async move {
             s.limits.check_key(key)?;
-            let full = s.key(key);
+            let full = s.prefixed(key);
             let n: u64 = s
-                .write(|mut c| {
-                    let full = &full;
-                    async move { c.del(full).await }
-                })
+                .write(|mut c| async move { c.del(full).await })
                 .await?
                 .map_err(|e| s.write_error(Operation::Delete, &e))?;
             Ok(n > 0)
-        }))
+        })
     }
 
     fn exists<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<bool>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::Exists, ok, async move {
+        s.request(Operation::Exists, ok, async move {
             s.limits.check_key(key)?;
             let mut c = s.conn().await?;
-            c.exists(s.key(key))
+            c.exists(s.prefixed(key))
                 .await
                 .map_err(|e| s.error(Operation::Exists, &e))
-        }))
+        })
     }
 
     fn expire<'a>(&'a self, key: &'a str, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::Expire, ok, async move {
+        s.request(Operation::Expire, ok, async move {
             s.limits.check_key(key)?;
             let ms = s.ttl_ms(key, ttl)?;
             let full = s.key(key);
@@ -123,16 +120,16 @@ impl Cache for RedisCache {
                 .await?
                 .map_err(|e| s.write_error(Operation::Expire, &e))?;
             Ok(changed == 1)
-        }))
+        })
     }
 
     fn ttl<'a>(&'a self, key: &'a str) -> CacheFuture<'a, Result<KeyTtl>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::Ttl, ok, async move {
+        s.request(Operation::Ttl, ok, async move {
             s.limits.check_key(key)?;
             let mut c = s.conn().await?;
             let ms: i64 = redis::cmd("PTTL")
-                .arg(s.key(key))
+                .arg(s.prefixed(key))
                 .query_async(&mut c)
                 .await
                 .map_err(|e| s.error(Operation::Ttl, &e))?;
@@ -141,16 +138,16 @@ impl Cache for RedisCache {
                 -1 => KeyTtl::Persistent,
                 ms => KeyTtl::Expires(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
             })
-        }))
+        })
     }
 
     fn set_nx<'a>(&'a self, key: &'a str, value: Bytes, ttl: Ttl) -> CacheFuture<'a, Result<bool>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::SetNx, ok, async move {
+        s.request(Operation::SetNx, ok, async move {
             s.limits.check_entry(key, &value)?;
             let ms = s.ttl_ms(key, ttl)?;
             let mut cmd = redis::cmd("SET");
-            cmd.arg(s.key(key)).arg(value.as_ref()).arg("NX");
+            cmd.arg(s.prefixed(key)).arg(value.as_ref()).arg("NX");
             if let Some(ms) = ms {
                 cmd.arg("PX").arg(ms);
             }
@@ -160,7 +157,7 @@ impl Cache for RedisCache {
                 .await?
                 .map_err(|e| s.write_error(Operation::SetNx, &e))?;
             Ok(set.is_some())
-        }))
+        })
     }
 
     fn set_if_match<'a>(
@@ -171,7 +168,7 @@ impl Cache for RedisCache {
         ttl: Ttl,
     ) -> CacheFuture<'a, Result<bool>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::Cas, ok, async move {
+        s.request(Operation::Cas, ok, async move {
             s.limits.check_entry(key, &value)?;
             let ms = s.ttl_ms(key, ttl)?;
             let (full, ms) = (s.key(key), ms.map(|m| m.to_string()).unwrap_or_default());
@@ -191,41 +188,38 @@ impl Cache for RedisCache {
                 .await?
                 .map_err(|e| s.write_error(Operation::Cas, &e))?;
             Ok(swapped == 1)
-        }))
+        })
     }
 
     fn incr_by<'a>(&'a self, key: &'a str, delta: i64) -> CacheFuture<'a, Result<i64>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::Incr, ok, async move {
+        s.request(Operation::Incr, ok, async move {
             s.limits.check_key(key)?;
-            let full = s.key(key);
-            s.write(|mut c| {
-                let full = &full;
-                async move { c.incr(full, delta).await }
-            })
-            .await?
-            .map_err(|e| {
-                // INCRBY reports both failures as server errors; tell them apart by text.
-                let text = e.to_string();
-                if text.contains("overflow") {
-                    Error::Overflow {
-                        key: key_for_error(key),
-                        delta,
+            let full = s.prefixed(key);
+            s.write(|mut c| async move { c.incr(full, delta).await })
+                .await?
+                .map_err(|e| {
+                    // INCRBY reports both failures as server errors; tell them apart by text.
+                    let text = e.to_string();
+                    if text.contains("overflow") {
+                        Error::Overflow {
+                            key: key_for_error(key),
+                            delta,
+                        }
+                    } else if text.contains("not an integer") {
+                        Error::NotAnInteger {
+                            key: key_for_error(key),
+                        }
+                    } else {
+                        s.write_error(Operation::Incr, &e)
                     }
-                } else if text.contains("not an integer") {
-                    Error::NotAnInteger {
-                        key: key_for_error(key),
-                    }
-                } else {
-                    s.write_error(Operation::Incr, &e)
-                }
-            })
-        }))
+                })
+        })
     }
 
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<Vec<Option<Bytes>>>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::GetMany, ok, async move {
+        s.request(Operation::GetMany, ok, async move {
             s.limits.check_keys(keys)?;
             let mut c = s.conn().await?;
             if keys.is_empty() {
@@ -240,7 +234,7 @@ impl Cache for RedisCache {
             let hits = values.iter().filter(|v| v.is_some()).count() as u64;
             s.metrics.record_lookups(hits, values.len() as u64 - hits);
             Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
-        }))
+        })
     }
 
     fn set_many<'a>(
@@ -249,7 +243,7 @@ impl Cache for RedisCache {
         ttl: Ttl,
     ) -> CacheFuture<'a, Result<()>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::SetMany, ok, async move {
+        s.request(Operation::SetMany, ok, async move {
             s.limits.check_entries(items)?;
             let ms = s.ttl_ms(items.first().map_or("", |(k, _)| *k), ttl)?;
             let c = s.write_conn().await?;
@@ -300,12 +294,12 @@ impl Cache for RedisCache {
             s.write(|mut c| async move { pipe.query_async::<()>(&mut c).await })
                 .await?
                 .map_err(|e| s.write_error(Operation::SetMany, &e))
-        }))
+        })
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> CacheFuture<'a, Result<u64>> {
         let s = &self.shared;
-        CacheFuture::boxed(s.run(Operation::DeleteMany, ok, async move {
+        s.request(Operation::DeleteMany, ok, async move {
             s.limits.check_keys(keys)?;
             s.write_conn().await?;
             if keys.is_empty() {
@@ -316,7 +310,7 @@ impl Cache for RedisCache {
             s.write(|mut c| async move { c.del(full).await })
                 .await?
                 .map_err(|e| s.write_error(Operation::DeleteMany, &e))
-        }))
+        })
     }
 
     fn clear<'a>(&'a self) -> CacheFuture<'a, Result<()>> {
