@@ -2,7 +2,7 @@
 //!
 //! `cargo bench -p keel-cache --bench tiered` — starts its own redis-server; 10 000 keys with
 //! 64-byte values (no TTL) written through each contender and read once to warm L1 (600 s
-//! `l1_ttl`; L1 built with `max_ttl` of the same, as the config factory does); then 15
+//! `l1_ttl`; L1 built with `max_ttl` of the same and coarse expiry, as the config factory does); then 15
 //! rounds of 200 000 sequential gets (uniform over the keys) per in-process contender on one
 //! task, the memory backend and the tiered cache taking turns every 2 000 gets (the first
 //! turn alternating), then 20 000 Redis gets. Per-round figures go to stderr.
@@ -73,6 +73,7 @@ fn main() {
                 "stale",
                 MemoryCache::builder("stale:l1")
                     .max_ttl(Duration::from_secs(660))
+                    .coarse_expiry(true)
                     .metrics(&metrics)
                     .build(),
                 redis("stale"),
@@ -94,6 +95,7 @@ fn main() {
             "tiered",
             MemoryCache::builder("tiered:l1")
                 .max_ttl(Duration::from_secs(600))
+                .coarse_expiry(true)
                 .metrics(&metrics)
                 .build(),
             redis("tiered"),

@@ -11,7 +11,7 @@
 //!
 //! Modes: `quick` (raw quick_cache, the memory core's library), `mem` (the memory backend,
 //! entries without TTL, as in the bench), `mem-timed` (the same, every call timed), `tiered` (L1 built
-//! with `max_ttl = l1_ttl`, as the config factory does) and `tiered-per-entry` (L1 built without
+//! with `max_ttl = l1_ttl` and coarse expiry, as the config factory does) and `tiered-per-entry` (L1 built without
 //! it, so moka keeps a per-entry expiry timer).
 use keel_cache::{Bytes, Cache, Endpoint, MemoryCache, RedisCache, Secret, TieredCache, Ttl};
 use std::time::Duration;
@@ -73,7 +73,10 @@ fn main() {
                 .build()
                 .unwrap();
             let l1 = match mode.as_str() {
-                "tiered" => MemoryCache::builder("t:l1").max_ttl(l1_ttl).build(),
+                "tiered" => MemoryCache::builder("t:l1")
+                    .max_ttl(l1_ttl)
+                    .coarse_expiry(true)
+                    .build(),
                 _ => MemoryCache::builder("t:l1").build(),
             };
             let t = TieredCache::builder("t", l1, l2)

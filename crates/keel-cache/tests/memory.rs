@@ -15,6 +15,44 @@ keel_testkit::cache_conformance!(|spec: Spec| async move {
     ) as Arc<dyn Cache>
 });
 
+/// With the coarse clock (a tiered L1's), deadlines still hold to within a kernel tick:
+/// entries expire, live ones are served, `ttl` reports what is left, and the sweep and the
+/// items gauge see the same clock.
+#[tokio::test]
+async fn coarse_expiry_still_expires_entries_and_reports_ttls() {
+    let cache = MemoryCache::builder("coarse")
+        .max_ttl(Duration::from_secs(60))
+        .coarse_expiry(true)
+        .build();
+    cache
+        .set("short", "v".into(), Ttl::After(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    cache
+        .set("long", "v".into(), Ttl::After(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    cache.set("capped", "v".into(), Ttl::Never).await.unwrap();
+    match cache.ttl("long").await.unwrap() {
+        KeyTtl::Expires(left) => assert!(
+            left > Duration::from_secs(25) && left <= Duration::from_secs(30),
+            "{left:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    match cache.ttl("capped").await.unwrap() {
+        KeyTtl::Expires(left) => assert!(left <= Duration::from_secs(60), "{left:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(cache.get("short").await.unwrap().is_some());
+    // 50 ms plus far more than any kernel tick (1–10 ms).
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(cache.get("short").await.unwrap(), None);
+    assert!(!cache.exists("short").await.unwrap());
+    assert!(cache.get("long").await.unwrap().is_some());
+    assert_eq!(cache.len(), 2);
+}
+
 #[tokio::test]
 async fn max_ttl_caps_every_entry_and_shorter_ttls_still_expire() {
     let cache = MemoryCache::builder("capped")

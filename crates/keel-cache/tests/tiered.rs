@@ -40,10 +40,12 @@ impl Tiered {
             .metrics(metrics)
             .build()
             .unwrap();
-        // As the config factory builds it: no L1 entry outlives l1_ttl (default 60 s).
+        // As the config factory builds it: no L1 entry outlives l1_ttl (default 60 s), on the
+        // coarse clock.
         let l1 = MemoryCache::builder(format!("{name}:l1"))
             .default_ttl(default_ttl)
             .max_ttl(Duration::from_secs(60))
+            .coarse_expiry(true)
             .metrics(metrics)
             .build();
         let cache = TieredCache::builder(name, l1, l2)

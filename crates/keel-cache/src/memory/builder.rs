@@ -46,6 +46,7 @@ pub struct MemoryCacheBuilder {
     pub(super) metrics: Option<MetricsService>,
     pub(super) count_evictions: bool,
     pub(super) time_one_in: u32,
+    pub(super) coarse_expiry: bool,
 }
 
 impl MemoryCacheBuilder {
@@ -59,7 +60,21 @@ impl MemoryCacheBuilder {
             metrics: None,
             count_evictions: true,
             time_one_in: super::core::TIME_ONE_IN,
+            coarse_expiry: false,
         }
+    }
+
+    /// Checks deadlines against the kernel's coarse monotonic clock instead of the CPU's
+    /// time-stamp counter (default: no). Reading it costs a few memory loads instead of a
+    /// counter read (~6 ns against ~20 ns on this project's KVM guests, a sixth of an L1 hit),
+    /// but it moves only once a kernel tick, so an entry can be served up to one tick (1–10
+    /// ms, `clock_getres(CLOCK_MONOTONIC_COARSE)`) after its deadline. Meant for a tiered
+    /// cache's L1, whose entries are bounded by `l1_ttl` anyway (the config factory turns it
+    /// on there); keep the default where a TTL must hold to the millisecond. Off Linux, the
+    /// precise clock is used either way.
+    pub fn coarse_expiry(mut self, on: bool) -> Self {
+        self.coarse_expiry = on;
+        self
     }
 
     /// Whether to count evictions in `<ns>_cache_evictions_total` (default: yes). The count

@@ -16,7 +16,7 @@ use quick_cache::sync::Cache as QuickCache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
 use super::builder::{Capacity, MemoryCacheBuilder};
-use super::expiry::{self, NEVER};
+use super::expiry::{self, DeadlineClock, NEVER};
 use crate::contract::{Limits, parse_counter};
 use crate::error::key_for_error;
 use crate::ttl::{KeyTtl, Ttl};
@@ -44,10 +44,10 @@ impl Stored {
         !expiry::passed(self.expires_at, now)
     }
 
-    /// Live now? Reads the clock only for an entry with a deadline.
+    /// Live now on `clock`? Reads the clock only for an entry with a deadline.
     #[inline]
-    fn is_live(&self) -> bool {
-        self.expires_at == NEVER || self.is_live_at(expiry::now())
+    fn is_live(&self, clock: DeadlineClock) -> bool {
+        self.expires_at == NEVER || self.is_live_at(clock.now())
     }
 }
 
@@ -76,6 +76,7 @@ impl Weighter<Key, Stored> for Weigh {
 #[derive(Clone)]
 struct Evictions {
     metrics: Option<CacheInstruments>,
+    clock: DeadlineClock,
 }
 
 impl Lifecycle<Key, Stored> for Evictions {
@@ -84,7 +85,7 @@ impl Lifecycle<Key, Stored> for Evictions {
     #[inline]
     fn on_evict(&self, _: &mut (), _: Key, v: Stored) {
         if let Some(m) = &self.metrics {
-            if v.is_live() {
+            if v.is_live(self.clock) {
                 m.record_size_eviction();
             } else {
                 m.record_expiry_eviction();
@@ -159,12 +160,6 @@ impl Timer {
             slot: keel_metrics::striped::slot(),
         }
     }
-
-    /// The clock for deadlines: the timer's reading when it has one.
-    #[inline]
-    fn now(self) -> u64 {
-        self.start.unwrap_or_else(expiry::now)
-    }
 }
 
 /// Everything a [`MemoryCache`](super::MemoryCache) and its clones share.
@@ -181,6 +176,9 @@ pub(super) struct Shared {
     may_expire: AtomicBool,
     /// Time one call in this many (see [`MemoryCacheBuilder::time_one_in`]).
     time_one_in: u32,
+    /// What deadlines are written and checked on (see
+    /// [`MemoryCacheBuilder::coarse_expiry`]).
+    clock: DeadlineClock,
 }
 
 impl Shared {
@@ -204,8 +202,14 @@ impl Shared {
         let options = options
             .build()
             .expect("estimated items and weight capacity are both set");
+        let clock = if b.coarse_expiry {
+            DeadlineClock::Coarse
+        } else {
+            DeadlineClock::Precise
+        };
         let lifecycle = Evictions {
             metrics: b.count_evictions.then(|| metrics.clone()),
+            clock,
         };
         let store = Store::with_options(
             options,
@@ -219,6 +223,7 @@ impl Shared {
             stripes: Stripes::new(),
             default_ttl: b.default_ttl,
             max_ttl: b.max_ttl,
+            clock,
             limits: b.limits,
             open: AtomicBool::new(true),
             metrics,
@@ -229,7 +234,7 @@ impl Shared {
 
     /// Removes every expired entry, counting each once; one shard's write lock at a time.
     fn sweep_expired(&self) {
-        let now = expiry::now();
+        let now = self.clock.now();
         let removed = Cell::new(0u64);
         self.store.retain(|_, v| {
             let live = v.is_live_at(now);
@@ -282,7 +287,7 @@ impl Shared {
         if ttl.is_some() && !self.may_expire.load(Ordering::Relaxed) {
             self.may_expire.store(true, Ordering::Relaxed);
         }
-        Ok(expiry::deadline(now, ttl))
+        Ok(self.clock.deadline(now, ttl))
     }
 
     /// A live entry or `None`. An expired entry found here is removed (unless a write replaced
@@ -293,7 +298,7 @@ impl Shared {
         if v.expires_at == NEVER {
             return Some(v);
         }
-        let now = expiry::now();
+        let now = self.clock.now();
         if v.is_live_at(now) {
             return Some(v);
         }
@@ -343,7 +348,7 @@ impl Shared {
         self.ensure_open()?;
         Ok(match self.store.remove(key) {
             None => false,
-            Some((_, v)) if v.is_live() => true,
+            Some((_, v)) if v.is_live(self.clock) => true,
             Some(_) => {
                 // It had expired: removed here, so counted here.
                 self.metrics.record_expiry_eviction();
@@ -407,12 +412,15 @@ impl Shared {
         if v.expires_at == NEVER {
             return Ok(Some((v.data, true)));
         }
-        let now = expiry::now();
+        let now = self.clock.now();
         if !v.is_live_at(now) {
             self.remove_expired(key, now);
             return Ok(None);
         }
-        Ok(Some((v.data, v.expires_at - now > expiry::ticks(margin))))
+        Ok(Some((
+            v.data,
+            v.expires_at - now > self.clock.ticks(margin),
+        )))
     }
 }
 
@@ -472,7 +480,7 @@ impl Shared {
             let expires_at = match (ttl, self.default_ttl, self.max_ttl) {
                 // The common case reads no clock.
                 (Ttl::Never, _, None) | (Ttl::Default, None, None) => NEVER,
-                _ => self.deadline(key, ttl, timer.now())?,
+                _ => self.deadline(key, ttl, self.clock.now())?,
             };
             self.put(
                 key,
@@ -508,7 +516,7 @@ impl Shared {
         let result = (|| {
             self.limits.check_key(key)?;
             self.ensure_open()?;
-            let expires_at = self.deadline(key, ttl, timer.now())?;
+            let expires_at = self.deadline(key, ttl, self.clock.now())?;
             self.compute(key, |current| {
                 Ok(match current {
                     Some(v) => (
@@ -535,7 +543,7 @@ impl Shared {
                     expires_at: NEVER, ..
                 }) => KeyTtl::Persistent,
                 Some(Stored { expires_at, .. }) => {
-                    KeyTtl::Expires(expiry::between(expiry::now(), expires_at))
+                    KeyTtl::Expires(self.clock.between(self.clock.now(), expires_at))
                 }
             })
         });
@@ -547,7 +555,7 @@ impl Shared {
         let result = (|| {
             self.limits.check_entry(key, &value)?;
             self.ensure_open()?;
-            let expires_at = self.deadline(key, ttl, timer.now())?;
+            let expires_at = self.deadline(key, ttl, self.clock.now())?;
             self.compute(key, |current| {
                 Ok(match current {
                     Some(_) => (None, false),
@@ -575,7 +583,7 @@ impl Shared {
         let result = (|| {
             self.limits.check_entry(key, &value)?;
             self.ensure_open()?;
-            let expires_at = self.deadline(key, ttl, timer.now())?;
+            let expires_at = self.deadline(key, ttl, self.clock.now())?;
             self.compute(key, |current| {
                 Ok(match current {
                     Some(v) if v.data == expected => (
@@ -643,7 +651,7 @@ impl Shared {
             self.limits.check_entries(items)?;
             self.ensure_open()?;
             let first = items.first().map_or("", |(k, _)| *k);
-            let expires_at = self.deadline(first, ttl, timer.now())?;
+            let expires_at = self.deadline(first, ttl, self.clock.now())?;
             for (key, value) in items {
                 self.put(
                     key,
