@@ -40,6 +40,15 @@ fn is_set(op: &str, r: u64) -> bool {
     }
 }
 
+/// Task `t`'s requests, the same sequence for both contenders: (key index, whether a SET).
+fn requests(op: &'static str, t: usize, per: usize) -> impl Iterator<Item = (usize, bool)> {
+    let mut s = 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1);
+    (0..per).map(move |_| {
+        let r = next(&mut s);
+        ((r % KEYS) as usize, is_set(op, r >> 32))
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, who, op, n, tasks, url] = &args[..] else {
@@ -74,11 +83,9 @@ fn main() {
             for t in 0..tasks {
                 let (cache, keys, value) = (cache.clone(), keys.clone(), value.clone());
                 handles.push(tokio::spawn(async move {
-                    let mut s = 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1);
-                    for _ in 0..per {
-                        let r = next(&mut s);
-                        let key = &keys[(r % KEYS) as usize];
-                        if is_set(op, r >> 32) {
+                    for (i, set) in requests(op, t, per) {
+                        let key = &keys[i];
+                        if set {
                             cache.set(key, value.clone(), Ttl::Never).await.unwrap();
                         } else {
                             std::hint::black_box(cache.get(key).await.unwrap());
@@ -106,11 +113,9 @@ fn main() {
             for t in 0..tasks {
                 let (mut conn, keys, value) = (conn.clone(), keys.clone(), value.clone());
                 handles.push(tokio::spawn(async move {
-                    let mut s = 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1);
-                    for _ in 0..per {
-                        let r = next(&mut s);
-                        let key = &keys[(r % KEYS) as usize];
-                        if is_set(op, r >> 32) {
+                    for (i, set) in requests(op, t, per) {
+                        let key = &keys[i];
+                        if set {
                             let () = conn.set(key, value.as_ref()).await.unwrap();
                         } else {
                             let v: Option<Vec<u8>> = conn.get(key).await.unwrap();

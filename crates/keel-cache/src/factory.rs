@@ -245,8 +245,8 @@ fn tiered_from_config(
         .l1_ttl
         .unwrap_or(crate::tiered::DEFAULT_L1_TTL);
     let stale = config.options.stale_if_error;
-    // No entry outlives l1_ttl (plus the stale-if-error window) in L1, give or take one
-    // tick of the coarse clock its deadlines are checked on (cheaper on every L1 hit).
+    // No entry outlives l1_ttl (plus the stale-if-error window) in L1, plus up to two
+    // ticks of the coarse clock its deadlines are checked on (cheaper on every L1 hit).
     let mut builder = crate::tiered::TieredCache::builder(
         &config.name,
         memory_builder(&l1, metrics)?

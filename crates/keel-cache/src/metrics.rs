@@ -17,9 +17,8 @@
 //! assert!(text.contains("lab_cache_hits_total{cache=\"sessions\"} 1"));
 //! ```
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -179,6 +178,9 @@ struct StatsStripe {
     batch_misses: AtomicU64,
     evicted_size: AtomicU64,
     evicted_expired: AtomicU64,
+    /// Countdowns choosing which calls are timed ([`CacheInstruments::sampled`]), one per
+    /// operation.
+    ticks: [AtomicU32; OPS],
 }
 
 impl Default for StatsStripe {
@@ -189,6 +191,7 @@ impl Default for StatsStripe {
             batch_misses: AtomicU64::new(0),
             evicted_size: AtomicU64::new(0),
             evicted_expired: AtomicU64::new(0),
+            ticks: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
 }
@@ -323,27 +326,6 @@ impl CacheMetrics {
     }
 }
 
-/// Whether to time this call of `op`: one call in `one_in` per thread and operation, the
-/// first included, so even a short-lived thread or a rare operation has its latency in the
-/// histogram (backends that time a sample; see docs/metrics.md). The ticks are per-thread
-/// countdowns, shared by every cache on the thread: no division on the hot path.
-#[inline(always)]
-pub(crate) fn sampled(one_in: u32, op: Operation) -> bool {
-    thread_local! {
-        static TICKS: [Cell<u32>; OPS] = const { [const { Cell::new(0) }; OPS] };
-    }
-    TICKS.with(|ticks| {
-        let tick = &ticks[op_slot(op)];
-        let left = tick.get();
-        tick.set(if left == 0 {
-            one_in.max(1) - 1
-        } else {
-            left - 1
-        });
-        left == 0
-    })
-}
-
 /// Operations with a tick of their own.
 const OPS: usize = 13;
 
@@ -387,6 +369,26 @@ impl CacheInstruments {
     fn stripe(&self, slot: Slot) -> &StatsStripe {
         // `% STRIPES` is a mask: no bounds check left.
         &self.stats.stripes[slot.index() % STRIPES]
+    }
+
+    /// Whether to time this call of `op`: one call in `one_in` per operation and thread
+    /// stripe of this cache, the first included, so even a short-lived thread or a rare
+    /// operation has its latency in the histogram (for backends that time a sample; see
+    /// docs/metrics.md); `one_in <= 1` times every call. A countdown, not a modulo: no
+    /// division on the hot path. On a stripe shared by several threads a race may skip or
+    /// repeat a tick: which calls are timed shifts, the counts stay exact.
+    #[inline(always)]
+    pub(crate) fn sampled(&self, slot: Slot, one_in: u32, op: Operation) -> bool {
+        if one_in <= 1 {
+            return true;
+        }
+        let tick = &self.stripe(slot).ticks[op_slot(op)];
+        let left = tick.load(Ordering::Relaxed);
+        tick.store(
+            if left == 0 { one_in - 1 } else { left - 1 },
+            Ordering::Relaxed,
+        );
+        left == 0
     }
 
     /// Counts one request of `op` with `status` that took `elapsed`. A pair the operation

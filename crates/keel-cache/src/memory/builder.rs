@@ -67,10 +67,11 @@ impl MemoryCacheBuilder {
     /// Checks deadlines against the kernel's coarse monotonic clock instead of the CPU's
     /// time-stamp counter (default: no). Reading it costs a few memory loads instead of a
     /// counter read (~6 ns against ~20 ns on this project's KVM guests, a sixth of an L1 hit),
-    /// but it moves only once a kernel tick, so an entry can be served up to one tick (1–10
-    /// ms, `clock_getres(CLOCK_MONOTONIC_COARSE)`) after its deadline. Meant for a tiered
-    /// cache's L1, whose entries are bounded by `l1_ttl` anyway (the config factory turns it
-    /// on there); keep the default where a TTL must hold to the millisecond. Off Linux, the
+    /// but it moves only once a kernel tick, so an entry can be served up to two ticks (a
+    /// tick is 1–10 ms, `clock_getres(CLOCK_MONOTONIC_COARSE)`) after its deadline, never
+    /// before (and `ttl` may report up to two ticks more than is left). Meant for a tiered
+    /// cache's L1, whose entries are bounded by `l1_ttl` anyway
+    /// (the config factory turns it on there); keep the default where a TTL must hold to the millisecond. Off Linux, the
     /// precise clock is used either way.
     pub fn coarse_expiry(mut self, on: bool) -> Self {
         self.coarse_expiry = on;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use keel_metrics::MetricsService;
 use keel_metrics::striped::Slot;
 
-use crate::metrics::{CacheInstruments, CacheMetrics, Operation, Status, sampled};
+use crate::metrics::{CacheInstruments, CacheMetrics, Operation, Status};
 use quick_cache::sync::Cache as QuickCache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
@@ -154,10 +154,11 @@ struct Timer {
 
 impl Timer {
     #[inline(always)]
-    fn start(one_in: u32, op: Operation) -> Self {
+    fn start(metrics: &CacheInstruments, one_in: u32, op: Operation) -> Self {
+        let slot = keel_metrics::striped::slot();
         Timer {
-            start: sampled(one_in, op).then(expiry::now),
-            slot: keel_metrics::striped::slot(),
+            start: metrics.sampled(slot, one_in, op).then(expiry::now),
+            slot,
         }
     }
 }
@@ -453,7 +454,7 @@ impl Shared {
 
     #[inline]
     pub(super) fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let timer = Timer::start(self.time_one_in, Operation::Get);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::Get);
         let checked = self.limits.check_key(key).and_then(|()| self.ensure_open());
         if let Err(e) = checked {
             self.record(Operation::Get, Status::Error, timer);
@@ -473,7 +474,7 @@ impl Shared {
 
     #[inline]
     pub(super) fn set(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<()> {
-        let timer = Timer::start(self.time_one_in, Operation::Set);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::Set);
         let result = (|| {
             self.limits.check_entry(key, &value)?;
             self.ensure_open()?;
@@ -494,7 +495,7 @@ impl Shared {
     }
 
     pub(super) fn delete(&self, key: &str) -> Result<bool> {
-        let timer = Timer::start(self.time_one_in, Operation::Delete);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::Delete);
         let result = self.limits.check_key(key).and_then(|()| {
             self.ensure_open()?;
             self.remove(key)
@@ -503,7 +504,7 @@ impl Shared {
     }
 
     pub(super) fn exists(&self, key: &str) -> Result<bool> {
-        let timer = Timer::start(self.time_one_in, Operation::Exists);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::Exists);
         let result = self.limits.check_key(key).and_then(|()| {
             self.ensure_open()?;
             Ok(self.live(key).is_some())
@@ -512,7 +513,7 @@ impl Shared {
     }
 
     pub(super) fn expire(&self, key: &str, ttl: Ttl) -> Result<bool> {
-        let timer = Timer::start(self.time_one_in, Operation::Expire);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::Expire);
         let result = (|| {
             self.limits.check_key(key)?;
             self.ensure_open()?;
@@ -534,7 +535,7 @@ impl Shared {
     }
 
     pub(super) fn ttl(&self, key: &str) -> Result<KeyTtl> {
-        let timer = Timer::start(self.time_one_in, Operation::Ttl);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::Ttl);
         let result = self.limits.check_key(key).and_then(|()| {
             self.ensure_open()?;
             Ok(match self.live(key) {
@@ -551,7 +552,7 @@ impl Shared {
     }
 
     pub(super) fn set_nx(&self, key: &str, value: Bytes, ttl: Ttl) -> Result<bool> {
-        let timer = Timer::start(self.time_one_in, Operation::SetNx);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::SetNx);
         let result = (|| {
             self.limits.check_entry(key, &value)?;
             self.ensure_open()?;
@@ -579,7 +580,7 @@ impl Shared {
         expected: &[u8],
         ttl: Ttl,
     ) -> Result<bool> {
-        let timer = Timer::start(self.time_one_in, Operation::Cas);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::Cas);
         let result = (|| {
             self.limits.check_entry(key, &value)?;
             self.ensure_open()?;
@@ -601,7 +602,7 @@ impl Shared {
     }
 
     pub(super) fn incr_by(&self, key: &str, delta: i64) -> Result<i64> {
-        let timer = Timer::start(self.time_one_in, Operation::Incr);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::Incr);
         let result = self.limits.check_key(key).and_then(|()| {
             self.ensure_open()?;
             self.compute(key, |current| {
@@ -628,7 +629,7 @@ impl Shared {
     }
 
     pub(super) fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
-        let timer = Timer::start(self.time_one_in, Operation::GetMany);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::GetMany);
         let result = (|| {
             self.limits.check_keys(keys)?;
             self.ensure_open()?;
@@ -646,7 +647,7 @@ impl Shared {
     }
 
     pub(super) fn set_many(&self, items: &[(&str, Bytes)], ttl: Ttl) -> Result<()> {
-        let timer = Timer::start(self.time_one_in, Operation::SetMany);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::SetMany);
         let result = (|| {
             self.limits.check_entries(items)?;
             self.ensure_open()?;
@@ -667,7 +668,7 @@ impl Shared {
     }
 
     pub(super) fn delete_many(&self, keys: &[&str]) -> Result<u64> {
-        let timer = Timer::start(self.time_one_in, Operation::DeleteMany);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::DeleteMany);
         let result = (|| {
             self.limits.check_keys(keys)?;
             self.ensure_open()?;
@@ -681,7 +682,7 @@ impl Shared {
     }
 
     pub(super) fn clear(&self) -> Result<()> {
-        let timer = Timer::start(self.time_one_in, Operation::Clear);
+        let timer = Timer::start(&self.metrics, self.time_one_in, Operation::Clear);
         let result = {
             // Under every stripe, like `close`: a read-modify-write that read a key before
             // the clear cannot write its result back after it.

@@ -66,8 +66,9 @@ pub(super) enum DeadlineClock {
     Precise,
     /// The kernel's `CLOCK_MONOTONIC_COARSE` in nanoseconds: a read is a few memory loads
     /// (~6 ns on this project's KVM guests against ~20 ns for the TSC), but the clock moves
-    /// only once a kernel tick (1–10 ms), so an entry can be served up to one tick after its
-    /// deadline. Off Linux, the precise clock.
+    /// only once a kernel tick (1–10 ms), so an entry can be served up to two ticks after its
+    /// deadline (never before it: see [`deadline`](Self::deadline)). Off Linux, the precise
+    /// clock.
     Coarse,
 }
 
@@ -106,12 +107,21 @@ impl DeadlineClock {
     }
 
     /// The deadline `ttl` after `now` (`None`: never). A TTL is at most [`crate::MAX_TTL`]
-    /// (100 years); a deadline that would pass [`NEVER`] is kept just below it.
+    /// (100 years); a deadline that would pass [`NEVER`] is kept just below it. On the coarse
+    /// clock one tick is added: `now` may lag the true time by up to a tick, and an entry
+    /// must never expire early, only (up to two ticks) late.
     #[inline]
     pub(super) fn deadline(self, now: u64, ttl: Option<Duration>) -> u64 {
+        let slack = match self {
+            DeadlineClock::Coarse if COARSE_IS_NANOS => coarse_tick(),
+            _ => 0,
+        };
         match ttl {
             None => NEVER,
-            Some(d) => now.saturating_add(self.ticks(d)).min(NEVER - 1),
+            Some(d) => now
+                .saturating_add(self.ticks(d))
+                .saturating_add(slack)
+                .min(NEVER - 1),
         }
     }
 }
@@ -130,10 +140,28 @@ fn coarse_now() -> u64 {
         .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
 }
 
+/// The coarse clock's resolution (one kernel tick) in nanoseconds.
+#[cfg(target_os = "linux")]
+fn coarse_tick() -> u64 {
+    static TICK: OnceLock<u64> = OnceLock::new();
+    *TICK.get_or_init(|| {
+        let t = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
+        u64::try_from(t.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+    })
+}
+
 #[cfg(not(target_os = "linux"))]
 #[inline]
 fn coarse_now() -> u64 {
     now()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn coarse_tick() -> u64 {
+    0
 }
 
 /// Whether a deadline has passed at `now`.
@@ -238,9 +266,10 @@ mod tests {
         // The coarse clock converts exactly and moves forward too.
         let c = DeadlineClock::Coarse;
         let start = c.now();
+        // Five milliseconds and one tick of slack: never early.
         assert_eq!(
             c.between(start, c.deadline(start, Some(Duration::from_millis(5)))),
-            Duration::from_millis(5)
+            Duration::from_millis(5) + Duration::from_nanos(coarse_tick())
         );
         std::thread::sleep(Duration::from_millis(30));
         assert!(passed(

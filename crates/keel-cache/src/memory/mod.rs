@@ -18,8 +18,8 @@
 //! An expired entry is never served: every read checks its deadline (an entry without one is
 //! recognised without reading the clock; with
 //! [`coarse_expiry`](MemoryCacheBuilder::coarse_expiry), as a tiered L1 has, against a clock
-//! that moves once a kernel tick, so up to one tick late). It is removed by the read that finds it, by a
-//! process-wide background sweep every second (`keel-memory-sweep`, one shard lock at a time)
+//! that moves once a kernel tick, so up to two ticks late, never early). It is removed by
+//! the read that finds it, by a process-wide background sweep every second (`keel-memory-sweep`, one shard lock at a time)
 //! or by eviction. Entries the cache drops on its own are counted in
 //! `<ns>_cache_evictions_total{cause="size"|"expired"}`, each exactly once (an expired entry
 //! that a `delete` or a read-modify-write finds is counted by it; one that a plain `set`

@@ -134,7 +134,7 @@ impl Shared {
     /// Whether the Sentinel master must be looked up again before the next request (the slow
     /// path of [`conns`](Self::conns)); the common case is one relaxed load, no `await`.
     #[inline]
-    fn resolve_pending(&self) -> bool {
+    pub(super) fn resolve_pending(&self) -> bool {
         matches!(self.target, Target::Sentinel(_)) && self.resolve.load(Ordering::Acquire)
     }
 

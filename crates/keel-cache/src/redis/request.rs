@@ -52,7 +52,7 @@ impl Shared {
     }
 
     /// Runs one request under the request bound, maps its error and records metrics; call it
-    /// inside a runtime (from async code; see [`request`](Self::request)). Not an
+    /// inside a runtime, when the request starts (see [`request`](Self::request)). Not an
     /// `async fn`: the timer and the recording are combinators around `body`, so the request's
     /// future is not copied once per layer (an `async fn` keeps its argument and the timer
     /// holding it side by side, and each move copied the whole future, several hundred bytes
@@ -66,28 +66,35 @@ impl Shared {
         use futures_util::FutureExt as _;
         // One clock read serves the timer's deadline and the duration's start.
         let start = tokio::time::Instant::now();
-        tokio::time::timeout_at(start + self.bound, body).map(move |bounded| {
+        // A request that will look the Sentinel master up again first gets the time to
+        // connect on top (the look-up is bounded by the connect timeout): cut short at the
+        // bound, every request would start it over and none would reach the new master.
+        let bound = if self.resolve_pending() {
+            self.bound.saturating_add(self.connect_timeout)
+        } else {
+            self.bound
+        };
+        tokio::time::timeout_at(start + bound, body).map(move |bounded| {
             let result = bounded.unwrap_or_else(|_| Err(self.timed_out(op.as_str())));
             self.finish(op, status, || start.elapsed(), &result);
             result
         })
     }
 
-    /// [`run`](Self::run) as the boxed future a [`Cache`] method returns. A Tokio timer needs
-    /// a runtime where it is made, and a request may be made outside one and awaited inside
-    /// (`rt.block_on(cache.get(k))`): then the timer is made at the first poll instead.
+    /// [`run`](Self::run) as the boxed future a [`Cache`] method returns. The bound and the
+    /// duration start when the future is first polled, not when it is made: a request made
+    /// now and awaited later (collected into a `buffer_unordered`, or held across another
+    /// `await`) must not time out before it was sent — an applied write would then be
+    /// reported as an unknown outcome. This also lets a request be made outside a runtime and
+    /// awaited inside one (`rt.block_on(cache.get(k))`). Costs one move of `body` into the
+    /// timer at the first poll.
     pub(super) fn request<'a, T: 'a>(
         &'a self,
         op: Operation,
         status: impl FnOnce(&T) -> Status + Send + 'a,
         body: impl Future<Output = Result<T>> + Send + 'a,
     ) -> CacheFuture<'a, Result<T>> {
-        // Inside a task a runtime is there: one thread-local read, no handle clone.
-        if tokio::task::try_id().is_some() || tokio::runtime::Handle::try_current().is_ok() {
-            CacheFuture::boxed(self.run(op, status, body))
-        } else {
-            CacheFuture::boxed(async move { self.run(op, status, body).await })
-        }
+        CacheFuture::boxed(async move { self.run(op, status, body).await })
     }
 
     /// [`run`](Self::run) with the bounding left to `body` (a sweep bounds each step).
@@ -126,10 +133,11 @@ impl Shared {
         // Every request is counted; one in `time_one_in` also goes into the duration
         // histogram (docs/metrics.md): the closing clock read and the histogram update were a
         // measurable share of the client's CPU per request.
-        if crate::metrics::sampled(self.time_one_in, op) {
-            self.metrics.record(op, status, elapsed());
+        let slot = keel_metrics::striped::slot();
+        if self.metrics.sampled(slot, self.time_one_in, op) {
+            self.metrics.record_in(slot, op, status, elapsed());
         } else {
-            self.metrics.count(op, status);
+            self.metrics.count_in(slot, op, status);
         }
     }
 
