@@ -133,11 +133,20 @@ const COARSE_IS_NANOS: bool = cfg!(target_os = "linux");
 #[cfg(target_os = "linux")]
 #[inline]
 fn coarse_now() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    u64::try_from(t.tv_sec)
+    use nix::time::{ClockId, clock_gettime};
+    // The coarse clock exists on every Linux since 2.6.32; were it refused, the precise
+    // monotonic clock has the same epoch (boot), so deadlines stay comparable.
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
+        .or_else(|_| clock_gettime(ClockId::CLOCK_MONOTONIC))
+        .map_or(0, |t| nanos(t.tv_sec(), t.tv_nsec()))
+}
+
+#[cfg(target_os = "linux")]
+fn nanos(sec: i64, nsec: i64) -> u64 {
+    u64::try_from(sec)
         .unwrap_or(0)
         .saturating_mul(1_000_000_000)
-        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+        .saturating_add(u64::try_from(nsec).unwrap_or(0))
 }
 
 /// The coarse clock's resolution (one kernel tick) in nanoseconds.
@@ -145,11 +154,10 @@ fn coarse_now() -> u64 {
 fn coarse_tick() -> u64 {
     static TICK: OnceLock<u64> = OnceLock::new();
     *TICK.get_or_init(|| {
-        let t = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
-        u64::try_from(t.tv_sec)
-            .unwrap_or(0)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+        use nix::time::{ClockId, clock_getres};
+        // 10 ms (HZ = 100, the coarsest kernel tick) if the resolution cannot be read.
+        clock_getres(ClockId::CLOCK_MONOTONIC_COARSE)
+            .map_or(10_000_000, |t| nanos(t.tv_sec(), t.tv_nsec()))
     })
 }
 
