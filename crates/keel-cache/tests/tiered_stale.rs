@@ -12,6 +12,17 @@ use keel_cache::{Cache, Endpoint, Jitter, KeyTtl, MemoryCache, RedisCache, Secre
 use keel_metrics::MetricsService;
 use keel_testkit::redis::RedisServer;
 
+/// The L2 of every node here: `app` on `server`, 500 ms response timeout, 1 s to connect.
+fn l2(server: &RedisServer, metrics: &MetricsService) -> RedisCache {
+    RedisCache::builder("app", Endpoint::Url(Secret::new(server.url())))
+        .response_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(1))
+        .items_refresh(None)
+        .metrics(metrics)
+        .build()
+        .unwrap()
+}
+
 /// A tiered node over `server` with `l1_ttl`, a stale-if-error `window` (if any) and TTL
 /// `jitter` (if any), built as the config factory builds it (L1 `max_ttl = l1_ttl + window`).
 async fn node(
@@ -21,13 +32,7 @@ async fn node(
     jitter: Option<Jitter>,
     metrics: &MetricsService,
 ) -> TieredCache {
-    let l2 = RedisCache::builder("app", Endpoint::Url(Secret::new(server.url())))
-        .response_timeout(Duration::from_millis(500))
-        .connect_timeout(Duration::from_secs(1))
-        .items_refresh(None)
-        .metrics(metrics)
-        .build()
-        .unwrap();
+    let l2 = l2(server, metrics);
     let l1 = MemoryCache::builder("app:l1")
         .max_ttl(l1_ttl + window.unwrap_or_default())
         .metrics(metrics)
@@ -284,13 +289,7 @@ async fn an_l2_miss_drops_the_stale_copy() {
 /// A node over `server` in pub/sub mode (no client tracking: redis-cli's changes send no
 /// invalidation), `l1_ttl = 1s`, `stale_if_error = 60s`, 500 ms response timeout.
 async fn pubsub_node(server: &RedisServer, metrics: &MetricsService) -> TieredCache {
-    let l2 = RedisCache::builder("app", Endpoint::Url(Secret::new(server.url())))
-        .response_timeout(Duration::from_millis(500))
-        .connect_timeout(Duration::from_secs(1))
-        .items_refresh(None)
-        .metrics(metrics)
-        .build()
-        .unwrap();
+    let l2 = l2(server, metrics);
     let l1 = MemoryCache::builder("app:l1")
         .max_ttl(Duration::from_secs(61))
         .metrics(metrics)
