@@ -24,7 +24,8 @@ fn l2(server: &RedisServer, metrics: &MetricsService) -> RedisCache {
 }
 
 /// A tiered node over `server` with `l1_ttl`, a stale-if-error `window` (if any) and TTL
-/// `jitter` (if any), built as the config factory builds it (L1 `max_ttl = l1_ttl + window`).
+/// `jitter` (if any), built as the config factory builds it (L1 `max_ttl = l1_ttl + window`, coarse
+/// expiry).
 async fn node(
     server: &RedisServer,
     l1_ttl: Duration,
@@ -35,6 +36,7 @@ async fn node(
     let l2 = l2(server, metrics);
     let l1 = MemoryCache::builder("app:l1")
         .max_ttl(l1_ttl + window.unwrap_or_default())
+        .coarse_expiry(true)
         .metrics(metrics)
         .build();
     let mut builder = TieredCache::builder("app", l1, l2)
